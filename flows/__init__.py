@@ -1,0 +1,10 @@
+"""Prefect 3 flows: one per DVC stage, plus `reproduce` (the whole DAG) and `reevaluate` (scheduled).
+
+Without PREFECT_API_URL, Prefect runs against its local API with SQLite (the embedded default);
+`prefect server start` shows the same runs in the UI.
+"""
+
+import os
+
+# The library logs through the standard `notbugs` logger; ship those lines to the Prefect UI too.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "notbugs")

@@ -1,0 +1,5 @@
+import sys
+
+from notbugs.cli import main
+
+sys.exit(main())

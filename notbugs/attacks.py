@@ -1,0 +1,133 @@
+"""l2 PGD and representation matching, batched on the device, one forward and one backward per step.
+
+Conventions follow the paper and the authors' `robustness` library: images in [0, 1]; a step moves
+along the per-example l2-normalised gradient; after each step the perturbation is projected onto the
+l2 ball of radius eps around the centre and the image clipped to [0, 1].
+
+Representation matching (how D_R and D_NR are built) minimises ||g(z) - g(x)||_2 from a start image
+with the same normalised steps and no distance bound. The target representation g(x) is computed
+once per batch, so each step costs one forward and one backward (the reference code runs two
+forwards per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, gradient or attack produced NaN or inf."""
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+
+
+def normalised(grad: torch.Tensor) -> torch.Tensor:
+    return grad / _l2(grad)
+
+
+def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale each perturbation back onto the l2 ball of radius eps if it left it."""
+    norm = _l2(delta)
+    return delta * torch.clamp(eps / norm, max=1.0)
+
+
+def random_in_ball(shape, eps: float, g: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform random direction with a radius uniform in [0, eps] (the `robustness` library's l2 start)."""
+    direction = torch.randn(shape, generator=g, device=device)
+    radius = eps * torch.rand(shape[0], generator=g, device=device)[:, None, None, None]
+    return normalised(direction) * radius
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Eval mode and no parameter gradients while attacking; restores the previous state."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+def _autocast(device: torch.device):
+    # bf16 on the GPU; fp32 on the CPU, where bf16 is slow and the tests want exact numbers
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise NonFiniteError(f"{what} is NaN or inf")
+
+
+def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
+           targeted: bool = False, random_start: bool = False, g: torch.Generator | None = None) -> torch.Tensor:
+    """l2 PGD. Untargeted: raise the loss of label y. Targeted: lower the loss of target y.
+
+    The model should be in eval mode with frozen parameters (see `frozen`); returns x_adv, detached.
+    """
+    x = x.detach()
+    delta = random_in_ball(x.shape, eps, g, x.device) if random_start else torch.zeros_like(x)
+    delta = (x + delta).clamp(0, 1) - x
+    sign = -1.0 if targeted else 1.0
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with _autocast(x.device):
+            logits = model(x + delta)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        _check_finite(grad, "PGD gradient")
+        delta = delta.detach() + sign * step_size * normalised(grad)
+        delta = project_l2(delta, eps)
+        delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
+
+
+def representation_distance(model, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-example ||g(z) - target||_2."""
+    with _autocast(z.device):
+        rep = model.features(z)
+    return (rep.float() - target).flatten(1).norm(dim=1)
+
+
+def match_representation(model, start: torch.Tensor, target_images: torch.Tensor, steps: int,
+                         step_size: float, final_step_size: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Move `start` so that the model's representation matches that of `target_images`.
+
+    Normalised gradient descent on ||g(z) - g(x)||_2, z clipped to [0, 1], no distance bound. The
+    step size decays linearly from `step_size` to `final_step_size` (equal: constant, the paper).
+    Returns z and statistics: mean start / final distance, absolute and relative to ||g(x)||.
+    """
+    final_step_size = step_size if final_step_size is None else final_step_size
+    with torch.no_grad(), _autocast(start.device):
+        target = model.features(target_images).float()
+    target_norm = target.flatten(1).norm(dim=1).clamp_min(1e-12)
+    z = start.detach().clone()
+    with torch.no_grad():
+        d0 = representation_distance(model, z, target)
+    for i in range(steps):
+        lr = step_size + (final_step_size - step_size) * (i / max(steps - 1, 1))
+        z.requires_grad_(True)
+        dist = representation_distance(model, z, target)
+        (grad,) = torch.autograd.grad(dist.sum(), z)
+        _check_finite(grad, "representation-matching gradient")
+        z = (z.detach() - lr * normalised(grad)).clamp(0, 1)
+    with torch.no_grad():
+        d1 = representation_distance(model, z, target)
+    _check_finite(z, "representation-matched images")
+    stats = {
+        "start_distance": d0.mean().item(), "final_distance": d1.mean().item(),
+        "start_relative": (d0 / target_norm).mean().item(), "final_relative": (d1 / target_norm).mean().item(),
+    }
+    return z.detach(), stats

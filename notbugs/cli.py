@@ -1,0 +1,114 @@
+"""Command line: one subcommand per pipeline stage, in pipeline order.
+
+    notbugs fetch                     CIFAR-10 from the official archive or a mirror, verified
+    notbugs source standard|robust    train the standard / l2-adversarial source model on D
+    notbugs construct d_r|d_nr|d_rand|d_det
+    notbugs train d_r|d_nr|d_rand|d_det
+    notbugs transfer                  Figure 3
+    notbugs report                    HTML + Markdown report from the result tables
+    notbugs reevaluate                re-score every trained model under the current suite
+    notbugs all                       every stage in order (what `dvc repro` runs)
+    notbugs results                   row counts of the result tables
+
+Every subcommand takes --params, --profile, --data-dir and --device. Runs without Prefect or DVC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
+
+STAGES = [
+    ("fetch", "get CIFAR-10 (official archive or offline mirror), verify it, write the canonical arrays"),
+    ("source", "train a source model on D: 'standard' (C) or 'robust' (l2 adversarial, C_R)"),
+    ("construct", "build a constructed training set: d_r, d_nr (representation matching), d_rand, d_det (PGD)"),
+    ("train", "train the profile's architecture on a constructed set, test on the real test set"),
+    ("transfer", "Figure 3: transfer success and D_det accuracy for each architecture"),
+    ("report", "render the HTML and Markdown report from the result tables"),
+    ("reevaluate", "re-score every trained model under the profile's reevaluate suite (appends rows)"),
+    ("all", "run every stage above in pipeline order (fetch .. report)"),
+    ("results", "print the row count of each result table"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="notbugs", description="Reproduce 'Adversarial Examples Are Not Bugs, They Are Features' on CIFAR-10.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages in pipeline order:\n" + "\n".join(f"  {n:<11} {h}" for n, h in STAGES))
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, help_text in STAGES:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+        p.add_argument("--profile", choices=PROFILES, help="override the profile named in the parameter file")
+        p.add_argument("--data-dir", default="data", help="where artefacts and result tables live (default: data)")
+        p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+        if name == "source":
+            p.add_argument("kind", choices=["standard", "robust"], help="which source model")
+        if name in ("construct", "train"):
+            p.add_argument("dataset", choices=DATASETS, help="which constructed set")
+        if name == "report":
+            p.add_argument("--out", default=None, help="output folder (default: <data-dir>/report)")
+    return parser
+
+
+def run_all(params, data_dir: str, device: str) -> None:
+    from notbugs import stages as S
+
+    S.stage_fetch(params, data_dir, device)
+    for kind in ("standard", "robust"):
+        S.stage_source(params, kind, data_dir, device)
+    for name in DATASETS:
+        S.stage_construct(params, name, data_dir, device)
+    for name in DATASETS:
+        S.stage_train(params, name, data_dir, device)
+    S.stage_transfer(params, data_dir, device)
+    S.stage_report(params, data_dir, None, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(args.params, args.profile)
+    except ConfigError as e:
+        print(f"notbugs: bad parameters: {e}", file=sys.stderr)
+        return 2
+    from notbugs import results
+    from notbugs import stages as S
+
+    logging.getLogger("notbugs").info("profile %s (from %s)", params.profile.name, args.params)
+    try:
+        if args.stage == "fetch":
+            out = S.stage_fetch(params, args.data_dir, args.device)
+            out = {"counts": out["counts"], "source": out["source"], "origin": out["origin"]}
+        elif args.stage == "source":
+            out = S.stage_source(params, args.kind, args.data_dir, args.device)
+        elif args.stage == "construct":
+            out = S.stage_construct(params, args.dataset, args.data_dir, args.device)
+        elif args.stage == "train":
+            out = S.stage_train(params, args.dataset, args.data_dir, args.device)
+        elif args.stage == "transfer":
+            out = S.stage_transfer(params, args.data_dir, args.device)
+        elif args.stage == "report":
+            out = S.stage_report(params, args.data_dir, args.out, args.device)
+        elif args.stage == "reevaluate":
+            out = S.stage_reevaluate(params, args.data_dir, args.device)
+        elif args.stage == "all":
+            run_all(params, args.data_dir, args.device)
+            out = results.summary(S.results_root(args.data_dir))
+        else:
+            out = results.summary(S.results_root(args.data_dir))
+    except (ValueError, RuntimeError, FloatingPointError, OSError) as e:
+        print(f"notbugs {args.stage}: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Typed loading of params.yaml: one frozen dataclass per recipe section, unknown keys refused.
+
+Validation happens here, before any work starts, so that a typo or a negative eps fails in a second
+instead of after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DATASETS = ("d_r", "d_nr", "d_rand", "d_det")  # the paper's four constructed training sets
+PROFILES = ("tiny", "cpu", "fast", "paper")
+SOURCES = ("official", "mirror")
+
+
+class ConfigError(ValueError):
+    """A parameter is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str  # official | mirror
+    mirror: str
+    root: str
+    train_per_class: int
+    test_per_class: int
+
+
+@dataclass(frozen=True)
+class SubsetConfig:
+    train: int  # images used from the training set, class-balanced; 0 = all
+    test: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_pad: int  # random crop 32 after zero padding by this many pixels; 0 = off
+    flip: bool
+    jitter: float  # colour jitter strength (brightness, contrast, saturation), 0 = off
+    rotate: float  # max rotation in degrees, 0 = off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float  # initial lr (step schedule) or peak lr (onecycle / linear)
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str  # step | onecycle | linear
+    milestones: tuple[int, ...]  # epochs at which the step schedule multiplies lr by gamma
+    gamma: float
+    warmup: float  # fraction of all steps spent warming up (onecycle)
+    label_smoothing: float
+    augment: AugmentConfig
+    checkpoint_every: int  # epochs between checkpoints
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    eps: float
+    steps: int
+    step_size: float
+    random_start: bool
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    steps: int
+    step_size: float
+    final_step_size: float  # step size decays linearly from step_size to this; equal = constant (paper)
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    eps: float
+    steps: int
+    step_size: float
+
+
+@dataclass(frozen=True)
+class ConstructConfig:
+    seed: int
+    shard_size: int
+    batch_size: int
+    match: MatchConfig
+    pgd: PGDConfig
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    eps: tuple[float, ...]  # robust accuracy at each of these l2 radii
+    steps: int
+    step_factor: float  # step size = step_factor * eps / steps
+    restarts: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    archs: tuple[str, ...]
+    width: float
+    n: int  # test images attacked on the source model
+
+
+@dataclass(frozen=True)
+class Profile:
+    subset: SubsetConfig
+    arch: str
+    width: float
+    train: TrainConfig
+    adversarial: AdversarialConfig
+    train_on: dict  # dataset name -> TrainConfig (the base recipe with that set's overrides)
+    construct: ConstructConfig
+    evaluate: EvalConfig
+    reevaluate: EvalConfig
+    transfer: TransferConfig
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Params:
+    profile: Profile
+    data: DataConfig
+    raw: dict = field(repr=False, compare=False)  # the resolved profile as plain data, for hashing
+
+    def hash(self, *sections: str) -> str:
+        """Short hash of the named profile sections (all when none): provenance of a stage's recipe."""
+        body = self.raw if not sections else {s: self.raw[s] for s in sections}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _build(cls, data, where: str):
+    """Make dataclass `cls` from a dict, refusing unknown or missing keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("name", "raw")]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; accepted: {names}")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
+    return cls(**{n: _convert(hints[n], data[n], f"{where}.{n}") for n in names})
+
+
+def _convert(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is dict or origin is dict:
+        return value
+    if isinstance(hint, types.UnionType):
+        raise ConfigError(f"{where}: unsupported type {hint}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _merge(base: dict, override: dict, where: str) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key {key!r}; accepted: {sorted(base)}")
+        out[key] = _merge(base[key], value, f"{where}.{key}") if isinstance(value, dict) else value
+    return out
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(p: Profile) -> None:
+    """Range checks that types alone cannot express."""
+    from notbugs.models import ARCHS  # late import: config loading must stay cheap
+
+    where = f"profiles.{p.name}"
+    for arch in (p.arch, *p.transfer.archs):
+        _check(arch in ARCHS, f"{where}: unknown architecture {arch!r}; accepted: {sorted(ARCHS)}")
+    _check(p.width > 0 and p.transfer.width > 0, f"{where}: width must be > 0")
+    _check(p.subset.train >= 0 and p.subset.test >= 0, f"{where}.subset: sizes must be >= 0 (0 = all)")
+    _check(set(p.train_on) == set(DATASETS), f"{where}.train_on: needs exactly {list(DATASETS)}")
+    for name, t in [("train", p.train)] + [(f"train_on.{k}", v) for k, v in p.train_on.items()]:
+        w = f"{where}.{name}"
+        _check(t.epochs > 0, f"{w}.epochs must be > 0, got {t.epochs}")
+        _check(t.batch_size > 0, f"{w}.batch_size must be > 0")
+        _check(t.lr > 0, f"{w}.lr must be > 0, got {t.lr}")
+        _check(t.schedule in ("step", "onecycle", "linear"), f"{w}.schedule must be step|onecycle|linear")
+        _check(0 <= t.warmup < 1, f"{w}.warmup must be in [0, 1)")
+        _check(0 <= t.label_smoothing < 1, f"{w}.label_smoothing must be in [0, 1)")
+        _check(t.checkpoint_every > 0, f"{w}.checkpoint_every must be > 0")
+        _check(t.augment.crop_pad >= 0 and t.augment.jitter >= 0 and t.augment.rotate >= 0,
+               f"{w}.augment: values must be >= 0")
+    a = p.adversarial
+    _check(a.eps > 0 and a.steps > 0 and a.step_size > 0, f"{where}.adversarial: eps, steps, step_size must be > 0")
+    c = p.construct
+    _check(c.shard_size > 0 and c.batch_size > 0, f"{where}.construct: shard_size and batch_size must be > 0")
+    _check(c.match.steps > 0 and c.match.step_size > 0 and c.match.final_step_size > 0,
+           f"{where}.construct.match: steps and step sizes must be > 0")
+    _check(c.pgd.eps > 0 and c.pgd.steps > 0 and c.pgd.step_size > 0,
+           f"{where}.construct.pgd: eps, steps, step_size must be > 0")
+    for name, e in (("evaluate", p.evaluate), ("reevaluate", p.reevaluate)):
+        _check(all(x > 0 for x in e.eps), f"{where}.{name}.eps: every eps must be > 0, got {list(e.eps)}")
+        _check(e.steps > 0 and e.restarts > 0 and e.batch_size > 0 and e.step_factor > 0,
+               f"{where}.{name}: steps, restarts, batch_size, step_factor must be > 0")
+    _check(p.transfer.n > 0, f"{where}.transfer.n must be > 0")
+
+
+def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
+    """Read params.yaml, pick the profile (argument > NOTBUGS_PROFILE > `profile:` key), validate it.
+
+    The data source and mirror can be overridden from the environment (NOTBUGS_DATA_SOURCE,
+    NOTBUGS_MIRROR) so that an offline machine points at its mirror without editing params.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: parameter file not found")
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(doc) - {"profile", "data", "profiles"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; accepted: data, profile, profiles")
+    name = profile or os.environ.get("NOTBUGS_PROFILE") or doc.get("profile")
+    profiles = doc.get("profiles") or {}
+    if name not in profiles:
+        raise ConfigError(f"{path}: unknown profile {name!r}; defined: {sorted(profiles)}")
+
+    data = dict(doc.get("data") or {})
+    data["source"] = os.environ.get("NOTBUGS_DATA_SOURCE", data.get("source"))
+    data["mirror"] = os.environ.get("NOTBUGS_MIRROR", data.get("mirror"))
+    data_cfg = _build(DataConfig, data, "data")
+    _check(data_cfg.source in SOURCES, f"data.source must be one of {list(SOURCES)}, got {data_cfg.source!r}")
+
+    raw = dict(profiles[name])
+    where = f"profiles.{name}"
+    if not isinstance(raw.get("train"), dict) or not isinstance(raw.get("train_on"), dict):
+        raise ConfigError(f"{where}: needs mappings 'train' and 'train_on'")
+    train_on = {k: _build(TrainConfig, _merge(raw["train"], v or {}, f"{where}.train_on.{k}"),
+                          f"{where}.train_on.{k}") for k, v in raw["train_on"].items()}
+    fields = {k: v for k, v in raw.items() if k != "train_on"}
+    fields["train_on"] = {}
+    prof = _build(Profile, fields, where)
+    prof = dataclasses.replace(prof, name=name, train_on=train_on)
+    validate(prof)
+    return Params(profile=prof, data=data_cfg, raw=raw)

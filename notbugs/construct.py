@@ -1,0 +1,132 @@
+"""The paper's four constructed training sets, built in shards that survive a killed run.
+
+- D_R / D_NR: for each training image x (label y), start from another training image x' drawn with
+  the seed and match the robust (D_R) or standard (D_NR) model's penultimate representation of x;
+  the result keeps label y.
+- D_rand / D_det: targeted l2 PGD on the standard model from x towards t (uniform random, or
+  (y + 1) mod 10); the result is relabelled t.
+
+Assignments (start images, targets) are drawn up front for the whole set from the seed, so each
+shard is independent of the others. A shard is `shard-XXXXX.npz` (float16 images, never re-quantised
+to 8 bits, labels, source and start indices) plus `shard-XXXXX.json` (checksum, recipe hash,
+statistics), the JSON written last: a shard counts as done only when its JSON exists, matches the
+recipe and the npz checksum. `manifest.json`, written when every shard is done, marks the set
+complete.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from notbugs.attacks import frozen, match_representation, pgd_l2
+from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
+
+log = logging.getLogger("notbugs.construct")
+
+MATCHING = ("d_r", "d_nr")
+TARGETED = ("d_rand", "d_det")
+
+
+def assignments(name: str, labels: np.ndarray, seed: int, num_classes: int = 10) -> dict:
+    """Start image positions (matching sets) or target labels (PGD sets), for every position."""
+    rng = np.random.default_rng([seed, ("d_r", "d_nr", "d_rand", "d_det").index(name)])
+    n = len(labels)
+    if name in MATCHING:
+        # uniform over the *other* images: an offset in 1..n-1 never maps an image to itself
+        return {"start": (np.arange(n) + rng.integers(1, n, size=n)) % n}
+    if name == "d_rand":
+        return {"target": rng.integers(0, num_classes, size=n)}
+    if name == "d_det":
+        return {"target": (labels + 1) % num_classes}
+    raise ValueError(f"unknown constructed dataset {name!r}; accepted: d_r, d_nr, d_rand, d_det")
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+
+
+def _shard_done(out_dir: Path, k: int, recipe_hash: str) -> bool:
+    meta_path, data_path = out_dir / f"shard-{k:05d}.json", out_dir / f"shard-{k:05d}.npz"
+    if not meta_path.exists() or not data_path.exists():
+        return False
+    try:
+        meta = read_json(meta_path)
+    except ArtefactError:
+        return False
+    return meta.get("recipe_hash") == recipe_hash and meta.get("sha256") == sha256_file(data_path)
+
+
+def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, source_index: np.ndarray,
+                assign: dict, k: int, a: int, b: int, recipe: dict, recipe_hash: str, out_dir: Path,
+                device: torch.device) -> dict:
+    """Construct positions [a, b) of the set and write shard k; returns its statistics."""
+    t0 = time.perf_counter()
+    batch = recipe["batch_size"]
+    outs, stats = [], []
+    with frozen(model):
+        for s in range(a, b, batch):
+            e = min(s + batch, b)
+            x = images[s:e].to(device)
+            if name in MATCHING:
+                m = recipe["match"]
+                start = images[torch.as_tensor(assign["start"][s:e])].to(device)
+                z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"])
+                st["n"] = e - s
+            else:
+                p = recipe["pgd"]
+                t = torch.as_tensor(assign["target"][s:e], device=device)
+                z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True)
+                with torch.no_grad():
+                    hit = (model(z).argmax(1) == t).float().sum().item()
+                st = {"n": e - s, "success": hit}
+            outs.append(z.to(torch.float16).cpu())
+            stats.append(st)
+    out = torch.cat(outs).numpy()
+    if not np.isfinite(out).all():
+        raise ArtefactError(f"{name} shard {k}: constructed images contain NaN or inf; nothing written")
+    new_labels = labels[a:b] if name in MATCHING else assign["target"][a:b]
+    start_index = source_index[assign["start"][a:b]] if name in MATCHING else np.full(b - a, -1)
+    buf = io.BytesIO()
+    np.savez(buf, images=out, labels=new_labels.astype(np.int64), source_index=source_index[a:b].astype(np.int64),
+             start_index=start_index.astype(np.int64))
+    data = buf.getvalue()
+    atomic_write_bytes(out_dir / f"shard-{k:05d}.npz", data)
+    n = sum(st["n"] for st in stats)
+    summary = {"n": n, "wall_s": time.perf_counter() - t0}
+    for key in stats[0]:
+        if key != "n":  # batch means weighted by batch size; 'success' is a count -> rate
+            total = sum(st[key] * (1 if key == "success" else st["n"]) for st in stats)
+            summary["success_rate" if key == "success" else key] = total / n
+    write_json(out_dir / f"shard-{k:05d}.json", {"shard": k, "start": a, "stop": b, "recipe_hash": recipe_hash,
+                                                   "sha256": sha256_bytes(data), "stats": summary})
+    return summary
+
+
+def load_constructed(out_dir: str | Path) -> dict:
+    """Read a complete constructed set, verifying every shard against the manifest."""
+    out_dir = Path(out_dir)
+    rebuild = f"dvc repro construct@{out_dir.name}  (or: notbugs construct {out_dir.name})"
+    if not (out_dir / "manifest.json").exists():
+        raise ArtefactError(f"{out_dir}: constructed set is incomplete (no manifest.json); run `{rebuild}`")
+    manifest = read_json(out_dir / "manifest.json")
+    parts = {"images": [], "labels": [], "source_index": [], "start_index": []}
+    for shard in manifest["shards"]:
+        path = out_dir / shard["file"]
+        if not path.exists() or sha256_file(path) != shard["sha256"]:
+            raise ArtefactError(f"{path} is missing or corrupt (checksum differs from the manifest); run `{rebuild}`")
+        with np.load(path, allow_pickle=False) as z:
+            for key in parts:
+                parts[key].append(z[key])
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    if not np.isfinite(arrays["images"]).all():
+        raise ArtefactError(f"{out_dir}: constructed images contain NaN or inf; run `{rebuild}`")
+    if arrays["images"].shape[1:] != (3, 32, 32):
+        raise ArtefactError(f"{out_dir}: images have shape {arrays['images'].shape}, expected (N, 3, 32, 32)")
+    arrays["manifest"] = manifest
+    return arrays

@@ -1,0 +1,266 @@
+"""CIFAR-10: fetch from the official archive or an offline mirror, verify, store one canonical format.
+
+Both sources go through the same path: decode to uint8 arrays, check every count and shape, then
+write `data/cifar10/{train,test}_{images,labels}.npy` and a manifest with their SHA-256, atomically
+(a temporary folder renamed into place), so a failed fetch leaves nothing half-written.
+
+The mirror is the ImageFolder layout (`train/<class>/*.png`, `test/<class>/*.png`), either
+extracted or packed into `.tar` / `.tar.gz` parts. Images are ordered by (class index, file name),
+which is the order the mirror's README hashes.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from notbugs.storage import ArtefactError, load_npy, read_json, save_npy, sha256_file, write_json
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    """The source data is missing, corrupt or not CIFAR-10 as expected."""
+
+
+@dataclass(frozen=True)
+class Cifar:
+    train_images: np.ndarray  # (50000, 32, 32, 3) uint8
+    train_labels: np.ndarray  # (50000,) int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: tuple[str, ...]
+
+
+# ---------------------------------------------------------------- mirror (ImageFolder, tar parts)
+
+def _decode_png(data: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.size != (32, 32):
+                raise DataError(f"{name}: image is {im.size[0]}x{im.size[1]}, expected 32x32")
+            if im.mode != "RGB":
+                raise DataError(f"{name}: image mode is {im.mode}, expected RGB")
+            return np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many types for truncated or corrupt files
+        raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def _split_path(rel: str):
+    """'train/cat/x.png' -> ('train', 'cat', 'x.png'); None for anything that is not an image entry."""
+    parts = Path(rel).parts
+    parts = parts[1:] if parts and parts[0] == "." else parts
+    if len(parts) != 3 or parts[0] not in SPLITS or not parts[2].lower().endswith(".png"):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def _read_mirror_files(mirror: Path) -> dict:
+    """{(split, class, filename): png bytes} from an extracted tree and/or tar parts in `mirror`."""
+    entries: dict = {}
+    for split in SPLITS:
+        for path in sorted((mirror / split).glob("*/*")):
+            key = _split_path(str(path.relative_to(mirror)))
+            if key is None:
+                raise DataError(f"{path}: unexpected file in the mirror (expected <class>/<name>.png)")
+            entries[key] = path.read_bytes()
+    archives = sorted(p for p in mirror.iterdir() if p.name.endswith((".tar", ".tar.gz", ".tgz")))
+    sums = _read_sha256sums(mirror / "SHA256SUMS")
+    for archive in archives:
+        if archive.name in sums and sha256_file(archive) != sums[archive.name]:
+            raise DataError(f"{archive}: SHA-256 does not match {mirror / 'SHA256SUMS'} (corrupt or truncated copy)")
+        entries.update(_read_tar(archive))
+    if not entries:
+        raise DataError(f"{mirror}: no CIFAR-10 images found (expected train/<class>/*.png and "
+                        f"test/<class>/*.png, extracted or in .tar/.tar.gz parts)")
+    return entries
+
+
+def _read_sha256sums(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    sums = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            sums[name.strip().lstrip("*")] = digest
+    return sums
+
+
+def _read_tar(archive: Path) -> dict:
+    entries = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                key = _split_path(member.name)
+                if key is None or not member.isfile():
+                    raise DataError(f"{archive}: unexpected entry {member.name!r} (expected "
+                                    f"train|test/<class>/<name>.png)")
+                entries[key] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, Exception) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{archive}: cannot read archive ({type(e).__name__}: {e}); truncated or corrupt?") from e
+    if not entries:
+        raise DataError(f"{archive}: archive holds no images")
+    return entries
+
+
+def decode_mirror(mirror: str | Path) -> dict:
+    """Decode a mirror into {split: (images uint8 NHWC, labels int64)}, ordered by (class, file name)."""
+    mirror = Path(mirror)
+    if not mirror.is_dir():
+        raise DataError(f"CIFAR-10 mirror folder {mirror} does not exist")
+    entries = _read_mirror_files(mirror)
+    out = {}
+    for split in SPLITS:
+        keys = sorted((k for k in entries if k[0] == split), key=lambda k: (_class_index(k, mirror), k[2]))
+        if not keys:
+            raise DataError(f"{mirror}: no {split}/ images found")
+        images = np.stack([_decode_png(entries[k], f"{mirror}:{'/'.join(k)}") for k in keys])
+        labels = np.array([CLASSES.index(k[1]) for k in keys], dtype=np.int64)
+        out[split] = (images, labels)
+    return out
+
+
+def _class_index(key, mirror) -> int:
+    if key[1] not in CLASSES:
+        raise DataError(f"{mirror}: unknown class folder {key[0]}/{key[1]}; expected exactly {list(CLASSES)}")
+    return CLASSES.index(key[1])
+
+
+# ---------------------------------------------------------------- official archive
+
+def decode_official(download_dir: str | Path) -> dict:
+    """Download (if needed) and verify the official python archive with torchvision, then decode.
+
+    torchvision checks the archive's MD5 and each batch file's MD5 before unpickling the batches,
+    so only the exact official bytes are ever unpickled.
+    """
+    from torchvision.datasets import CIFAR10
+
+    out = {}
+    for split in SPLITS:
+        try:
+            ds = CIFAR10(str(download_dir), train=(split == "train"), download=True)
+        except Exception as e:
+            raise DataError(
+                f"cannot download CIFAR-10 from {OFFICIAL_URL} ({type(e).__name__}: {e}). Offline? Point at a "
+                f"mirror instead: set data.source: mirror in params.yaml (or NOTBUGS_DATA_SOURCE=mirror) and "
+                f"data.mirror / NOTBUGS_MIRROR to a folder holding train/ and test/ (ImageFolder PNGs or "
+                f".tar/.tar.gz parts)") from e
+        if tuple(ds.classes) != CLASSES:
+            raise DataError(f"official archive lists classes {ds.classes}, expected {list(CLASSES)}")
+        out[split] = (np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64))
+    return out
+
+
+# ---------------------------------------------------------------- verify, write, load
+
+def verify(split: str, images: np.ndarray, labels: np.ndarray, per_class: int) -> None:
+    """Counts, shapes and label range of one split; a DataError names what is wrong."""
+    expected = per_class * len(CLASSES)
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
+        raise DataError(f"{split}: images have shape {images.shape} {images.dtype}, expected (N, 32, 32, 3) uint8")
+    if len(images) != expected or len(labels) != expected:
+        raise DataError(f"{split}: {len(images)} images, expected {expected} ({per_class} per class)")
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
+        raise DataError(f"{split}: labels outside 0..{len(CLASSES) - 1}")
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    wrong = {CLASSES[c]: int(n) for c, n in enumerate(counts) if n != per_class}
+    if wrong:
+        raise DataError(f"{split}: classes with the wrong number of images {wrong}, expected {per_class} each")
+
+
+def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: int = 5000,
+          test_per_class: int = 1000) -> dict:
+    """Fetch CIFAR-10 from `source` ('official' | 'mirror'), verify it, write the canonical format.
+
+    Returns the manifest. Nothing under `root` changes unless every check passed.
+    """
+    root = Path(root)
+    if source == "mirror":
+        splits = decode_mirror(mirror)
+        origin = str(Path(mirror).resolve())
+    elif source == "official":
+        splits = decode_official(root.parent / "cifar10-official")
+        origin = OFFICIAL_URL
+    else:
+        raise DataError(f"unknown data source {source!r}; accepted: official, mirror")
+    per_class = {"train": train_per_class, "test": test_per_class}
+    for split, (images, labels) in splits.items():
+        verify(split, images, labels, per_class[split])
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{root.name}-", dir=root.parent))
+    try:
+        files = {}
+        for split, (images, labels) in splits.items():
+            files[f"{split}_images.npy"] = save_npy(tmp / f"{split}_images.npy", images)
+            files[f"{split}_labels.npy"] = save_npy(tmp / f"{split}_labels.npy", labels)
+        manifest = {
+            "dataset": "cifar10", "source": source, "origin": origin, "classes": list(CLASSES),
+            "counts": {s: int(len(splits[s][1])) for s in SPLITS}, "files": files,
+            # SHA-256 of the raw (N,32,32,3) uint8 bytes: comparable with the mirror README's figures
+            "array_sha256": {s: _array_sha(splits[s][0]) for s in SPLITS},
+        }
+        write_json(tmp / "manifest.json", manifest)
+        _swap_in(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _array_sha(a: np.ndarray) -> str:
+    import hashlib
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _swap_in(new: Path, root: Path) -> None:
+    """Replace folder `root` by `new` so that a reader sees the old or the new, never a mix."""
+    old = None
+    if root.exists():
+        old = root.with_name(f".old-{root.name}-{new.name}")
+        root.rename(old)
+    new.rename(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load(root: str | Path = "data/cifar10") -> Cifar:
+    """Read the canonical arrays, verifying each against the manifest."""
+    root = Path(root)
+    rebuild = "notbugs fetch"
+    manifest = read_json(root / "manifest.json") if (root / "manifest.json").exists() else None
+    if manifest is None:
+        raise ArtefactError(f"{root}/manifest.json is missing: CIFAR-10 is not fetched yet; run `{rebuild}`")
+    arrays = {name: load_npy(root / name, sha, rebuild) for name, sha in manifest["files"].items()}
+    return Cifar(arrays["train_images.npy"], arrays["train_labels.npy"], arrays["test_images.npy"],
+                 arrays["test_labels.npy"], tuple(manifest["classes"]))
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of n images, n/10 per class, drawn with `seed`; n = 0 means all."""
+    if n == 0 or n >= len(labels):
+        return np.arange(len(labels))
+    classes = np.unique(labels)
+    if n % len(classes):
+        raise DataError(f"subset size {n} is not a multiple of the {len(classes)} classes")
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[: n // len(classes)] for c in classes]
+    return np.sort(np.concatenate(picks))

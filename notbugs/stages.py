@@ -1,0 +1,461 @@
+"""The pipeline's stages as plain functions: fetch, source, construct, train, transfer, reevaluate, report.
+
+Each stage reads its recipe from a `Params`, its inputs from `data_dir`, writes its artefacts there
+atomically, appends rows to the result tables and a metrics JSON for DVC, and records one `runs`
+row with its provenance. The command line (`notbugs.cli`) and the Prefect flows (`flows/`) both
+call these functions; the finer units (one model, one shard, one evaluation) are public too, so the
+flows can run them as separate tasks.
+
+Layout under data_dir (default `data/`):
+  cifar10/                 canonical arrays + manifest            (fetch)
+  models/<name>/           model.pt + meta.json                   (source, train, transfer)
+  datasets/<name>/         shards + manifest.json                 (construct)
+  work/<name>/             in-progress checkpoints (resume)
+  metrics/<stage>.json     DVC metrics;  plots/<name>.csv: training curves
+  results/<table>/         Parquet result tables (append-only)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from notbugs import construct as C
+from notbugs import data as D
+from notbugs import results
+from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
+from notbugs.evaluate import evaluate, make_transfer_examples, transfer_success
+from notbugs.models import make_model
+from notbugs.storage import atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
+from notbugs.train import load_model, pick_device, save_model, train
+
+log = logging.getLogger("notbugs")
+
+
+# ---------------------------------------------------------------- paths and provenance
+
+def model_dir(data_dir, name: str) -> Path:
+    return Path(data_dir) / "models" / name
+
+
+def dataset_dir(data_dir, name: str) -> Path:
+    return Path(data_dir) / "datasets" / name
+
+
+def results_root(data_dir) -> Path:
+    return Path(data_dir) / "results"
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             timeout=10, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _input_hashes(paths: list[Path]) -> str:
+    """SHA-256 of each input's manifest / meta file (small files that hold the big files' checksums)."""
+    out = {str(p): sha256_file(p) for p in paths if Path(p).exists()}
+    return results.to_json(out)
+
+
+@contextlib.contextmanager
+def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inputs: list[Path] = ()):
+    """Yield a run id; on exit append the stage's `runs` row, status ok or failed."""
+    run_id = results.new_run_id()
+    started, t0 = results.now_utc(), time.perf_counter()
+    status = "failed"
+    try:
+        yield run_id
+        status = "ok"
+    finally:
+        results.append("runs", [{
+            "run_id": run_id, "stage": stage, "profile": params.profile.name, "params_hash": params.hash(),
+            "code_version": code_version(), "input_hashes": _input_hashes(list(inputs)),
+            "device": device_name(device), "started_at": started, "ended_at": results.now_utc(),
+            "wall_s": time.perf_counter() - t0, "status": status}], results_root(data_dir))
+
+
+def _seed(params: Params, name: str) -> int:
+    """A distinct, stable seed per model name, derived from the profile's seed."""
+    return params.profile.subset.seed * 1_000 + zlib.crc32(name.encode()) % 1_000
+
+
+def _metric_key(row: dict) -> str:
+    return "clean" if row["attack"] == "none" else f"{row['attack']}_eps{row['eps']:g}"
+
+
+# ---------------------------------------------------------------- data
+
+@dataclass(frozen=True)
+class Split:
+    """One profile's view of CIFAR-10: float images in [0,1], NCHW, with their canonical indices."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    train_index: np.ndarray
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def to_float(images_nhwc: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float().div_(255).contiguous()
+
+
+def load_split(params: Params, data_dir) -> Split:
+    cifar = D.load(Path(data_dir) / "cifar10")
+    s = params.profile.subset
+    tr = D.balanced_subset(cifar.train_labels, s.train, s.seed)
+    te = D.balanced_subset(cifar.test_labels, s.test, s.seed)
+    return Split(to_float(cifar.train_images[tr]), torch.from_numpy(cifar.train_labels[tr]), tr,
+                 to_float(cifar.test_images[te]), torch.from_numpy(cifar.test_labels[te]))
+
+
+# ---------------------------------------------------------------- units: one model, one evaluation
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str        # folder under models/
+    arch: str
+    width: float
+    train_set: str   # d | d_r | d_nr | d_rand | d_det
+    training: str    # standard | adversarial
+    recipe: TrainConfig
+    adversarial: AdversarialConfig | None = None
+
+    def model_id(self, profile: str) -> str:
+        return f"{profile}/{self.training}-{self.train_set}-{self.arch}"
+
+
+def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,
+               run_id: str) -> dict:
+    """Train (or resume) one model, save it, and record its `models` and `epochs` rows."""
+    prof = params.profile.name
+    model_id = spec.model_id(prof)
+    seed = _seed(params, spec.name)
+    torch.manual_seed(seed)
+    model = make_model(spec.arch, width=spec.width)
+    log.info("training %s (%s, width %g) on %s, %d images, %d epochs", model_id, spec.arch, spec.width,
+             spec.train_set, len(y), spec.recipe.epochs)
+    history = train(model, x, y, spec.recipe, seed, device, adversarial=spec.adversarial,
+                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id)
+    out = model_dir(data_dir, spec.name)
+    recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y)}
+    meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
+                                   "training": spec.training, "recipe": recipe, "run_id": run_id,
+                                   "rebuild": f"dvc repro (stage that trains {spec.name})"})
+    _write_curve(Path(data_dir) / "plots" / f"{spec.name}.csv", history)
+    root = results_root(data_dir)
+    results.append("models", [{
+        "model_id": model_id, "profile": prof, "arch": spec.arch, "width": float(spec.width),
+        "train_set": spec.train_set, "training": spec.training, "recipe": results.to_json(recipe),
+        "checkpoint_path": str(out / "model.pt"), "checkpoint_sha256": meta["checkpoint_sha256"],
+        "run_id": run_id, "created_at": results.now_utc()}], root)
+    results.append("epochs", [{"model_id": model_id, "profile": prof, "run_id": run_id, **h} for h in history], root)
+    return {"model": model, "meta": meta, "history": history}
+
+
+def _write_curve(path: Path, history: list[dict]) -> None:
+    lines = [",".join(["epoch", "train_loss", "train_acc", "lr", "wall_s"])]
+    lines += [",".join(f"{h[k]}" for k in ("epoch", "train_loss", "train_acc", "lr", "wall_s")) for h in history]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def evaluate_unit(params: Params, model, model_id: str, split: Split, cfg: EvalConfig, data_dir, device,
+                  run_id: str) -> dict:
+    """Clean and robust accuracy on the real test set; rows appended; returns {metric: accuracy}."""
+    rows = evaluate(model, model_id, split.test_x, split.test_y, cfg.eps, cfg.steps, cfg.step_factor,
+                    cfg.restarts, cfg.batch_size, device)
+    stamp = results.now_utc()
+    for r in rows:
+        r.update(profile=params.profile.name, run_id=run_id, evaluated_at=stamp)
+    results.append("evaluations", rows, results_root(data_dir))
+    metrics = {_metric_key(r): round(r["accuracy"], 4) for r in rows}
+    log.info("%s on the real test set: %s", model_id,
+             ", ".join(f"{k} {100 * v:.1f}%" for k, v in metrics.items()))
+    return metrics
+
+
+def _write_metrics(data_dir, stage: str, metrics: dict) -> None:
+    write_json(Path(data_dir) / "metrics" / f"{stage}.json", metrics)
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
+    d = params.data
+    root = Path(data_dir) / "cifar10"
+    with recorded_run("fetch", params, data_dir, pick_device(device)):
+        log.info("fetching CIFAR-10 from the %s source (%s)", d.source,
+                 d.mirror if d.source == "mirror" else D.OFFICIAL_URL)
+        manifest = D.fetch(d.source, d.mirror, root, d.train_per_class, d.test_per_class)
+    _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
+    return manifest
+
+
+def source_spec(params: Params, kind: str) -> ModelSpec:
+    p = params.profile
+    if kind == "standard":
+        return ModelSpec("standard", p.arch, p.width, "d", "standard", p.train)
+    if kind == "robust":
+        return ModelSpec("robust", p.arch, p.width, "d", "adversarial", p.train, p.adversarial)
+    raise ValueError(f"unknown source model {kind!r}; accepted: standard, robust")
+
+
+def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto") -> dict:
+    """Train the standard (C) or the l2-adversarially trained (C_R) source model on D."""
+    dev = pick_device(device)
+    spec = source_spec(params, kind)
+    with recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"]) as run_id:
+        split = load_split(params, data_dir)
+        out = train_unit(params, spec, split.train_x, split.train_y, data_dir, dev, run_id)
+        metrics = evaluate_unit(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
+                                data_dir, dev, run_id)
+    _write_metrics(data_dir, f"source_{kind}", metrics)
+    return metrics
+
+
+@dataclass
+class ConstructJob:
+    """Everything needed to build the shards of one constructed set; `build(k)` builds shard k."""
+    name: str
+    model: torch.nn.Module
+    source_meta: dict
+    images: torch.Tensor
+    labels: np.ndarray
+    source_index: np.ndarray
+    assign: dict
+    recipe: dict
+    recipe_hash: str
+    ranges: list
+    out_dir: Path
+    device: torch.device
+
+    def pending(self) -> list[int]:
+        return [k for k in range(len(self.ranges)) if not C._shard_done(self.out_dir, k, self.recipe_hash)]
+
+    def build(self, k: int) -> dict:
+        a, b = self.ranges[k]
+        stats = C.build_shard(self.name, self.model, self.images, self.labels, self.source_index, self.assign,
+                              k, a, b, self.recipe, self.recipe_hash, self.out_dir, self.device)
+        log.info("building %s shard %d/%d from the %s %s: %s", self.name.upper(), k + 1, len(self.ranges),
+                 self.source_meta["training"], self.source_meta["arch"], _describe(stats))
+        return stats
+
+
+def _describe(stats: dict) -> str:
+    if "final_distance" in stats:
+        return (f"mean representation distance {stats['start_distance']:.3f} -> {stats['final_distance']:.3f} "
+                f"(relative {stats['start_relative']:.2f} -> {stats['final_relative']:.2f})")
+    return f"targeted attack success on the source model {100 * stats['success_rate']:.1f}%"
+
+
+def prepare_construct(params: Params, name: str, data_dir="data", device: str = "auto") -> ConstructJob:
+    if name not in DATASETS:
+        raise ValueError(f"unknown constructed dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    dev = pick_device(device)
+    c = params.profile.construct
+    source = "robust" if name == "d_r" else "standard"
+    model, meta = load_model(model_dir(data_dir, source), dev)
+    split = load_split(params, data_dir)
+    labels = split.train_y.numpy()
+    recipe = {"name": name, "seed": c.seed, "batch_size": c.batch_size, "shard_size": c.shard_size,
+              "subset": repr(params.profile.subset), "source_model_id": meta["model_id"],
+              "source_model_sha256": meta["checkpoint_sha256"]}
+    if name in C.MATCHING:
+        recipe["match"] = {"steps": c.match.steps, "step_size": c.match.step_size,
+                           "final_step_size": c.match.final_step_size}
+    else:
+        recipe["pgd"] = {"eps": c.pgd.eps, "steps": c.pgd.steps, "step_size": c.pgd.step_size}
+    recipe_hash = sha256_bytes(results.to_json(recipe).encode())[:16]
+    out_dir = dataset_dir(data_dir, name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return ConstructJob(name, model, meta, split.train_x, labels, split.train_index,
+                        C.assignments(name, labels, c.seed), recipe, recipe_hash,
+                        C.shard_ranges(len(labels), c.shard_size), out_dir, dev)
+
+
+def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -> dict:
+    """Write the manifest once every shard is done; record the `datasets` row."""
+    missing = job.pending()
+    if missing:
+        raise RuntimeError(f"{job.name}: shards {missing} are not built yet")
+    for stale in job.out_dir.glob("shard-*"):  # shards of an earlier, larger plan
+        if int(stale.name[6:11]) >= len(job.ranges):
+            stale.unlink()
+    shards, per_shard = [], []
+    for k in range(len(job.ranges)):
+        meta = read_json(job.out_dir / f"shard-{k:05d}.json")
+        shards.append({"file": f"shard-{k:05d}.npz", "sha256": meta["sha256"], "n": meta["stats"]["n"]})
+        per_shard.append(meta["stats"])
+    n = sum(s["n"] for s in per_shard)
+    keys = [k for k in per_shard[0] if k not in ("n", "wall_s")]
+    stats = {k: sum(s[k] * s["n"] for s in per_shard) / n for k in keys}
+    stats["wall_s"] = sum(s["wall_s"] for s in per_shard)
+    manifest = {"name": job.name, "recipe": job.recipe, "recipe_hash": job.recipe_hash, "n": n,
+                "shards": shards, "stats": stats, "dtype": "float16", "run_id": run_id}
+    write_json(job.out_dir / "manifest.json", manifest)
+    results.append("datasets", [{
+        "dataset_id": f"{params.profile.name}/{job.name}", "profile": params.profile.name, "name": job.name,
+        "recipe": results.to_json(job.recipe), "source_model_id": job.source_meta["model_id"],
+        "source_model_sha256": job.source_meta["checkpoint_sha256"], "n_images": n,
+        "stats": results.to_json(stats), "path": str(job.out_dir), "run_id": run_id,
+        "created_at": results.now_utc()}], results_root(data_dir))
+    return stats
+
+
+def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto") -> dict:
+    """Build one of D_R, D_NR, D_rand, D_det; finished shards of an interrupted run are kept."""
+    dev = pick_device(device)
+    src = "robust" if name == "d_r" else "standard"
+    with recorded_run(f"construct@{name}", params, data_dir, dev,
+                      [model_dir(data_dir, src) / "meta.json"]) as run_id:
+        job = prepare_construct(params, name, data_dir, device)
+        (job.out_dir / "manifest.json").unlink(missing_ok=True)
+        pending = job.pending()
+        if len(pending) < len(job.ranges):
+            log.info("%s: %d of %d shards already built, resuming", name, len(job.ranges) - len(pending),
+                     len(job.ranges))
+        for k in pending:
+            job.build(k)
+        stats = finish_construct(params, job, data_dir, run_id)
+    _write_metrics(data_dir, f"construct_{name}", {k: round(v, 4) for k, v in stats.items()})
+    return stats
+
+
+def load_training_set(data_dir, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    arrays = C.load_constructed(dataset_dir(data_dir, name))
+    return torch.from_numpy(arrays["images"]).float(), torch.from_numpy(arrays["labels"])
+
+
+def stage_train(params: Params, name: str, data_dir="data", device: str = "auto") -> dict:
+    """Standard training of the profile's architecture on a constructed set; test on the real test set."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown training set {name!r}; accepted: {', '.join(DATASETS)}")
+    dev = pick_device(device)
+    p = params.profile
+    spec = ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
+    inputs = [dataset_dir(data_dir, name) / "manifest.json"]
+    with recorded_run(f"train@{name}", params, data_dir, dev, inputs) as run_id:
+        x, y = load_training_set(data_dir, name)
+        split = load_split(params, data_dir)
+        out = train_unit(params, spec, x, y, data_dir, dev, run_id)
+        metrics = evaluate_unit(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev, run_id)
+        metrics["train_acc_final"] = round(out["history"][-1]["train_acc"], 4)
+    _write_metrics(data_dir, f"train_{name}", metrics)
+    return metrics
+
+
+def transfer_specs(params: Params) -> list[ModelSpec]:
+    """Figure 3: each architecture trained on D (transfer target) and on D_det."""
+    p, t = params.profile, params.profile.transfer
+    specs = []
+    for arch in t.archs:
+        specs.append(ModelSpec(f"transfer/{arch}-d", arch, t.width, "d", "standard", p.train))
+        specs.append(ModelSpec(f"transfer/{arch}-d_det", arch, t.width, "d_det", "standard", p.train_on["d_det"]))
+    return specs
+
+
+def measure_transfer(params: Params, trained: dict, split: Split, data_dir, device, run_id: str) -> dict:
+    """Figure 3 from trained transfer models ({spec name: train_unit output}): transfer success of
+    D_det-style examples made on the standard source model, and accuracy after training on D_det."""
+    p, t = params.profile, params.profile.transfer
+    source, source_meta = load_model(model_dir(data_dir, "standard"), device)
+    n = min(t.n, len(split.test_y))
+    pgd = p.construct.pgd
+    adv, targets = make_transfer_examples(source, split.test_x[:n], split.test_y[:n], pgd.eps, pgd.steps,
+                                          pgd.step_size, p.evaluate.batch_size, device)
+    metrics, rows = {}, []
+    for spec in transfer_specs(params):
+        model = trained[spec.name]["model"].to(device)
+        if spec.train_set == "d":
+            rate = transfer_success(model, adv, targets, p.evaluate.batch_size, device)
+            rows.append({"source_model_id": source_meta["model_id"], "target_model_id": spec.model_id(p.name),
+                         "target_arch": spec.arch, "profile": p.name, "attack": "pgd_l2_targeted_next",
+                         "eps": pgd.eps, "steps": pgd.steps, "success_rate": rate, "n": n,
+                         "run_id": run_id, "created_at": results.now_utc()})
+            metrics.setdefault(spec.arch, {})["transfer_success"] = round(rate, 4)
+            log.info("transfer from the standard %s to %s: %.1f%% reach the target", source_meta["arch"],
+                     spec.arch, 100 * rate)
+        else:
+            correct = (predict_labels(model, split, p.evaluate.batch_size, device) == split.test_y).float()
+            metrics.setdefault(spec.arch, {})["d_det_clean"] = round(correct.mean().item(), 4)
+    results.append("transfer", rows, results_root(data_dir))
+    return metrics
+
+
+def predict_labels(model, split: Split, batch_size: int, device) -> torch.Tensor:
+    from notbugs.evaluate import predict
+
+    return predict(model, split.test_x, batch_size, device)
+
+
+def stage_transfer(params: Params, data_dir="data", device: str = "auto") -> dict:
+    """Train each architecture on D and on D_det, evaluate them, then measure transfer (Figure 3)."""
+    dev = pick_device(device)
+    p = params.profile
+    with recorded_run("transfer", params, data_dir, dev, [model_dir(data_dir, "standard") / "meta.json",
+                                                          dataset_dir(data_dir, "d_det") / "manifest.json"]) as run_id:
+        split = load_split(params, data_dir)
+        det_x, det_y = load_training_set(data_dir, "d_det")
+        trained = {}
+        for spec in transfer_specs(params):
+            x, y = (split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)
+            trained[spec.name] = train_unit(params, spec, x, y, data_dir, dev, run_id)
+            evaluate_unit(params, trained[spec.name]["model"], spec.model_id(p.name), split, p.evaluate,
+                          data_dir, dev, run_id)
+        metrics = measure_transfer(params, trained, split, data_dir, dev, run_id)
+    _write_metrics(data_dir, "transfer", metrics)
+    return metrics
+
+
+def trained_models(data_dir) -> list[Path]:
+    return sorted(p.parent for p in (Path(data_dir) / "models").rglob("meta.json"))
+
+
+def stage_reevaluate(params: Params, data_dir="data", device: str = "auto") -> dict:
+    """Re-score every trained model under the profile's `reevaluate` suite; rows are appended."""
+    dev = pick_device(device)
+    summary = {}
+    with recorded_run("reevaluate", params, data_dir, dev) as run_id:
+        split = load_split(params, data_dir)
+        for path in trained_models(data_dir):
+            model, meta = load_model(path, dev)
+            if meta.get("profile") != params.profile.name:
+                continue  # models of another profile were trained on other data subsets
+            summary[meta["model_id"]] = evaluate_unit(params, model, meta["model_id"], split,
+                                                      params.profile.reevaluate, data_dir, dev, run_id)
+    return summary
+
+
+def stage_report(params: Params, data_dir="data", out_dir: str | None = None, device: str = "auto") -> dict:
+    from notbugs.report import build_report
+
+    out = Path(out_dir) if out_dir else Path(data_dir) / "report"
+    with recorded_run("report", params, data_dir, pick_device(device)):
+        paths = build_report(results_root(data_dir), data_dir, out, params.profile.name)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def env_info() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
+            "cuda": torch.cuda.is_available(), "pid": os.getpid()}

@@ -1,0 +1,131 @@
+"""Atomic, checksummed files: every artefact is written to a temporary file and renamed into place.
+
+A killed process therefore leaves either the old file or the new one, never half of one, and
+readers verify the SHA-256 recorded in a manifest before trusting an array or a checkpoint.
+Checkpoints are tensors only and are loaded with `weights_only=True`: reading a file never runs
+code from it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ArtefactError(RuntimeError):
+    """An artefact on disk is missing, corrupt or does not match its manifest."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        if e.errno == errno.ENOSPC:
+            raise ArtefactError(f"disk full while writing {path}; nothing was written, free space and re-run") from e
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise ArtefactError(f"cannot write {path}: {e.strerror} (read-only output folder?)") from e
+        raise
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ArtefactError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtefactError(f"{path} is not valid JSON ({e})") from e
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> str:
+    """Write one array atomically; returns its SHA-256 for the manifest."""
+    data = npy_bytes(np.ascontiguousarray(array))
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
+
+
+def load_npy(path: str | Path, sha256: str | None = None, rebuild: str = "") -> np.ndarray:
+    """Read an array (never a pickle), checking its checksum when one is given."""
+    path = Path(path)
+    hint = f"; rebuild it with `{rebuild}`" if rebuild else ""
+    if not path.exists():
+        raise ArtefactError(f"{path} is missing{hint}")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise ArtefactError(f"{path} is corrupt (SHA-256 differs from its manifest){hint}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ArtefactError(f"{path} is not a plain array file ({e}){hint}") from e
+
+
+def save_tensors(path: str | Path, tensors: dict) -> str:
+    """Save a (nested) dict of tensors and plain numbers; returns the file's SHA-256."""
+    buf = io.BytesIO()
+    torch.save(tensors, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
+
+
+def load_tensors(path: str | Path, sha256: str | None = None, rebuild: str = "") -> dict:
+    """Load a checkpoint with weights_only=True: a file holding arbitrary objects is refused."""
+    path = Path(path)
+    hint = f"; rebuild it with `{rebuild}`" if rebuild else ""
+    if not path.exists():
+        raise ArtefactError(f"{path} is missing{hint}")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise ArtefactError(f"{path} is corrupt (SHA-256 differs from its metadata){hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, planted pickle, ...: all mean "do not trust this file"
+        raise ArtefactError(f"{path} cannot be loaded as a tensors-only checkpoint ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}){hint}") from e

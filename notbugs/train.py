@@ -1,0 +1,176 @@
+"""Standard and l2-PGD adversarial training, with checkpoints that make a killed run resumable.
+
+The whole training set sits on the device; each epoch draws its permutation and augmentation from a
+generator seeded by (seed, epoch), so a run resumed from the checkpoint of epoch k replays exactly
+what an uninterrupted run does from epoch k (bit-identical on the CPU). The learning rate is a pure
+function of the step, so no scheduler state needs saving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from notbugs.attacks import NonFiniteError, frozen, pgd_l2
+from notbugs.augment import augment
+from notbugs.config import AdversarialConfig, TrainConfig
+from notbugs.progress import Progress
+from notbugs.storage import ArtefactError, load_tensors, save_tensors, sha256_bytes
+
+log = logging.getLogger("notbugs.train")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total`."""
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    warm = int(cfg.warmup * total)
+    if step < warm:  # linear warm-up from 0
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(total - warm, 1)
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - frac)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))  # onecycle: warm-up then cosine down
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor) -> str:
+    """What a checkpoint must match to be resumed: recipe, seed, architecture and data."""
+    body = json.dumps({"cfg": repr(cfg), "adv": repr(adversarial), "seed": seed, "arch": model.arch,
+                       "width": model.width, "n": len(labels),
+                       "labels": sha256_bytes(labels.cpu().numpy().tobytes()),
+                       "images": float(images[:64].double().sum())}, sort_keys=True)
+    return sha256_bytes(body.encode())[:16]
+
+
+def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, seed: int,
+          device: torch.device, adversarial: AdversarialConfig | None = None, workdir: str | Path | None = None,
+          desc: str = "train", stop_after_epoch: int | None = None) -> list[dict]:
+    """Train `model` in place on float images (N,3,32,32) in [0,1]; returns one record per epoch.
+
+    With `workdir`, a checkpoint is written every `cfg.checkpoint_every` epochs and a matching
+    checkpoint found there is resumed. `stop_after_epoch` ends early (tests of resumption).
+    """
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    images = images.to(device)
+    labels = labels.to(device)
+    decay, no_decay = [], []
+    for p in model.parameters():  # no weight decay on BatchNorm and biases, as usual for CIFAR ResNets
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    n = len(labels)
+    steps_per_epoch = max(n // cfg.batch_size, 1)  # drop the last partial batch: same step count per epoch
+    total = steps_per_epoch * cfg.epochs
+    signature = _signature(model, cfg, adversarial, seed, labels, images)
+
+    ckpt = Path(workdir) / "checkpoint.pt" if workdir else None
+    history: list[dict] = []
+    start_epoch = 0
+    if ckpt is not None and ckpt.exists():
+        state = load_tensors(ckpt)
+        if state.get("signature") == signature:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, history = int(state["epoch"]), list(state["history"])
+            log.info("%s: resuming from %s at epoch %d/%d", desc, ckpt, start_epoch, cfg.epochs)
+        else:
+            log.warning("%s: ignoring checkpoint %s made with another recipe or data", desc, ckpt)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        g = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g, device=device)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = Progress(steps_per_epoch, f"{desc} epoch {epoch + 1}/{cfg.epochs}", "batch")
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            lr = lr_at(step, total, steps_per_epoch, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x, y = augment(images[idx], cfg.augment, g), labels[idx]
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            if adversarial is not None:
+                with frozen(model):
+                    x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
+                               random_start=adversarial.random_start, g=g)
+            with _autocast(device):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                where = f"last good checkpoint kept at {ckpt}" if ckpt else "no checkpoint"
+                raise NonFiniteError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} ({where}); "
+                                     f"lower the learning rate or check the training data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.update(1, f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+        bar.close()
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                        "lr": lr, "wall_s": time.perf_counter() - t0})
+        done = epoch + 1
+        if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+            save_tensors(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": done,
+                                "history": history, "signature": signature})
+        if stop_after_epoch is not None and done >= stop_after_epoch:
+            break
+    return history
+
+
+def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict) -> dict:
+    """Write model.pt (tensors only) and meta.json (architecture, recipe, SHA-256) atomically."""
+    from notbugs.storage import write_json
+
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sha = save_tensors(out_dir / "model.pt", state)
+    meta = {**meta, "arch": model.arch, "width": model.width, "num_classes": model.num_classes,
+            "checkpoint_sha256": sha}
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a saved model from meta.json and model.pt; checksums and architecture are verified."""
+    from notbugs.models import make_model
+    from notbugs.storage import read_json
+
+    model_dir = Path(model_dir)
+    meta = read_json(model_dir / "meta.json")
+    state = load_tensors(model_dir / "model.pt", meta.get("checkpoint_sha256"),
+                         rebuild=meta.get("rebuild", "dvc repro"))
+    model = make_model(meta["arch"], meta.get("num_classes", 10), meta["width"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ArtefactError(f"{model_dir}/model.pt does not fit architecture {meta['arch']} "
+                            f"(width {meta['width']}): {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), meta

@@ -1,0 +1,64 @@
+"""The pipeline's units of work as Prefect tasks. Each is one call into the plain library."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from notbugs import stages as S
+
+GPU_TAG = "gpu"
+log = logging.getLogger("notbugs")
+
+# Transient failures (a preempted GPU, a flaky filesystem) get retried; the units resume from their
+# checkpoints and finished shards, so a retry costs at most one checkpoint interval. Tensors flow
+# between tasks in-process, so results are not cached or persisted by Prefect (cache_policy=NONE).
+RETRY = {"retries": 2, "retry_delay_seconds": 10, "cache_policy": NONE}
+
+
+@task(name="fetch CIFAR-10", **RETRY)
+def fetch_data(params, data_dir: str, device: str) -> dict:
+    return S.stage_fetch(params, data_dir, device)
+
+
+@task(name="train model", tags=[GPU_TAG], task_run_name="train {spec.name}", **RETRY)
+def train_model(params, spec: S.ModelSpec, x, y, data_dir: str, device, run_id: str) -> dict:
+    return S.train_unit(params, spec, x, y, data_dir, device, run_id)
+
+
+@task(name="evaluate model", tags=[GPU_TAG], task_run_name="evaluate {model_id}", **RETRY)
+def evaluate_model(params, model, model_id: str, split, cfg, data_dir: str, device, run_id: str) -> dict:
+    return S.evaluate_unit(params, model, model_id, split, cfg, data_dir, device, run_id)
+
+
+@task(name="build shard", tags=[GPU_TAG], task_run_name="build {job.name} shard {k}", **RETRY)
+def build_shard(job: S.ConstructJob, k: int) -> dict:
+    return job.build(k)
+
+
+@task(name="render report", **RETRY)
+def render_report(params, data_dir: str, out_dir, device: str) -> dict:
+    return S.stage_report(params, data_dir, out_dir, device)
+
+
+def publish_table(key: str, rows: list[dict], description: str) -> None:
+    """A table artifact on the current flow run (shown in the Prefect UI's Artifacts tab)."""
+    safe = key.replace("_", "-").replace("@", "-").lower()
+    create_table_artifact(key=safe, table=rows, description=description)
+
+
+def ensure_gpu_limit() -> int:
+    """Create (or resize) the `gpu` tag concurrency limit: one task per visible GPU (one on a CPU)."""
+    from prefect.client.orchestration import get_client
+
+    slots = max(torch.cuda.device_count(), 1)
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
+    except Exception as e:  # the limit is a safeguard, never a reason to fail a stage
+        log.warning("could not set the '%s' concurrency limit (%s); continuing without it", GPU_TAG, e)
+    return slots

@@ -1,0 +1,189 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from notbugs.models import ARCHS, CIFAR_MEAN, CIFAR_STD, Classifier, make_model
+
+ALL_ARCHS = ["resnet18", "resnet50", "vgg16", "densenet121", "inception_v3", "resnet9"]
+SMALL = 0.125  # narrow enough that every arch runs a batch of 2 in milliseconds on CPU
+
+
+def small_model(arch: str, seed: int = 0, **kwargs) -> Classifier:
+    torch.manual_seed(seed)
+    return make_model(arch, width=SMALL, **kwargs)
+
+
+def images(n: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_has_exactly_the_six_archs():
+    assert sorted(ARCHS) == sorted(ALL_ARCHS)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_small_models_give_logits_and_features(arch):
+    model = small_model(arch)
+    x = images()
+    logits = model(x)
+    feats = model.features(x)
+    assert logits.shape == (2, 10)
+    assert feats.shape == (2, model.repr_dim)
+    assert model.arch == arch and model.width == SMALL and model.num_classes == 10
+    assert torch.isfinite(logits).all() and torch.isfinite(feats).all()
+
+
+def test_num_classes_sets_head_size():
+    model = small_model("resnet9", num_classes=7)
+    assert model(images()).shape == (2, 7)
+    assert model.num_classes == 7
+
+
+@pytest.mark.parametrize(
+    "arch, repr_dim, min_params, max_params",
+    [
+        ("resnet18", 512, 11.0e6, 11.3e6),
+        ("resnet50", 2048, 23.4e6, 23.6e6),
+        ("densenet121", 1024, 6.9e6, 7.0e6),
+        ("vgg16", 512, 14.6e6, 14.8e6),
+        ("inception_v3", 2048, 21.0e6, 22.5e6),
+        ("resnet9", 512, 6.5e6, 6.6e6),
+    ],
+)
+def test_full_width_sizes_match_the_reference_architectures(arch, repr_dim, min_params, max_params):
+    model = make_model(arch)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert model.repr_dim == repr_dim
+    assert min_params <= n_params <= max_params, f"{arch}: {n_params:,} parameters"
+
+
+def test_width_multiplies_channel_counts():
+    # ResNet-18 at width 0.25 has 16 base channels, hence 16 * 8 = 128 at the last stage.
+    assert make_model("resnet18", width=0.25).repr_dim == 128
+    assert make_model("resnet50", width=0.25).repr_dim == 512
+    assert make_model("vgg16", width=0.5).repr_dim == 256
+    # Tiny widths still leave at least one channel everywhere and the model still runs.
+    tiny = make_model("inception_v3", width=1e-3)
+    assert tiny(images()).shape == (2, 10)
+
+
+def test_wider_densenet_has_more_parameters():
+    # DenseNet's width acts on the growth rate, so the parameter count must grow with it.
+    def count(width):
+        return sum(p.numel() for p in make_model("densenet121", width=width).parameters())
+
+    assert count(0.125) < count(0.25) < count(0.5)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet9", "inception_v3"])
+def test_normalisation_happens_inside_the_model(arch):
+    model = small_model(arch).eval()
+    x = images()
+    mean = torch.tensor(CIFAR_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).reshape(1, 3, 1, 1)
+    with torch.no_grad():
+        manual = model.head(model.backbone((x - mean) / std)) * model.logit_scale
+        unnormalised = model.head(model.backbone(x)) * model.logit_scale
+        torch.testing.assert_close(model(x), manual)
+        assert not torch.allclose(model(x), unnormalised)
+        before = model(x)
+        model.mean.add_(0.1)
+        assert not torch.allclose(model(x), before)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_untrained_eval_model_responds_to_its_input(arch):
+    # With fresh BN statistics a badly scaled init collapses every image to the same output; attacks on
+    # untrained models in fast tests would then see no signal.
+    model = small_model(arch).eval()
+    with torch.no_grad():
+        feats = model.features(images(n=8))
+    spread = feats.std(dim=0).mean() / feats.pow(2).mean().sqrt()
+    assert 1e-3 < feats.pow(2).mean().sqrt() < 1e3
+    assert spread > 1e-3
+
+
+def test_resnet9_scales_its_logits():
+    model = small_model("resnet9").eval()
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), 0.125 * model.head(model.features(x)))
+
+
+def test_normalisation_buffers_follow_dtype_and_state_dict():
+    model = small_model("resnet9").eval()
+    assert {"mean", "std"} <= set(dict(model.named_buffers()))
+    assert "mean" in model.state_dict()
+    model = model.to(torch.float64)
+    assert model.mean.dtype == torch.float64 and model.std.dtype == torch.float64
+    out = model(images().double())
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_input_gradient_is_finite_nonzero_and_input_untouched(arch):
+    model = small_model(arch).eval()
+    x = images()
+    x_before = x.clone()
+    x.requires_grad_(True)
+    loss = F.cross_entropy(model(x), torch.tensor([3, 7]))
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0
+    assert torch.equal(x.detach(), x_before)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_train_mode_backward_reaches_every_parameter(arch):
+    # An unused module would silently never train (and breaks DistributedDataParallel).
+    model = small_model(arch).train()
+    F.cross_entropy(model(images()), torch.tensor([0, 1])).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_channels_last_matches_contiguous(arch):
+    model = small_model(arch).eval()
+    x = images()
+    with torch.no_grad():
+        expected = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121", "inception_v3", "resnet9"])
+def test_runs_under_bf16_autocast_with_input_grad(arch):
+    # CPU stand-in for the CUDA bf16 autocast used in training.
+    model = small_model(arch).to(memory_format=torch.channels_last)
+    x = images().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    (grad,) = torch.autograd.grad(logits.float().sum(), x)
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+
+
+def test_unknown_arch_is_rejected_with_the_accepted_names():
+    with pytest.raises(ValueError, match="resnet1000") as info:
+        make_model("resnet1000")
+    for name in ALL_ARCHS:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("width", [0, -0.5, math.nan, math.inf, "wide", None])
+def test_non_positive_or_non_finite_width_is_rejected(width):
+    with pytest.raises(ValueError, match="width"):
+        make_model("resnet18", width=width)
+
+
+def test_same_seed_gives_same_weights_and_other_seed_does_not():
+    a = small_model("resnet18", seed=0).state_dict()
+    b = small_model("resnet18", seed=0).state_dict()
+    c = small_model("resnet18", seed=1).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

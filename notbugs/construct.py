@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,16 @@ def assignments(name: str, labels: np.ndarray, seed: int, num_classes: int = 10)
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """An .npz archive with fixed timestamps, so equal arrays give byte-identical files."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, array in arrays.items():
+            with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _shard_done(out_dir: Path, k: int, recipe_hash: str) -> bool:
@@ -92,10 +103,8 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
         raise ArtefactError(f"{name} shard {k}: constructed images contain NaN or inf; nothing written")
     new_labels = labels[a:b] if name in MATCHING else assign["target"][a:b]
     start_index = source_index[assign["start"][a:b]] if name in MATCHING else np.full(b - a, -1)
-    buf = io.BytesIO()
-    np.savez(buf, images=out, labels=new_labels.astype(np.int64), source_index=source_index[a:b].astype(np.int64),
-             start_index=start_index.astype(np.int64))
-    data = buf.getvalue()
+    data = npz_bytes({"images": out, "labels": new_labels.astype(np.int64),
+                      "source_index": source_index[a:b].astype(np.int64), "start_index": start_index.astype(np.int64)})
     atomic_write_bytes(out_dir / f"shard-{k:05d}.npz", data)
     n = sum(st["n"] for st in stats)
     summary = {"n": n, "wall_s": time.perf_counter() - t0}

@@ -132,6 +132,9 @@ def decode_mirror(mirror: str | Path) -> dict:
         keys = sorted((k for k in entries if k[0] == split), key=lambda k: (_class_index(k, mirror), k[2]))
         if not keys:
             raise DataError(f"{mirror}: no {split}/ images found")
+        missing = sorted(set(CLASSES) - {k[1] for k in keys})
+        if missing:
+            raise DataError(f"{mirror}: {split}/ has no class folder(s) {missing}; expected exactly {list(CLASSES)}")
         images = np.stack([_decode_png(entries[k], f"{mirror}:{'/'.join(k)}") for k in keys])
         labels = np.array([CLASSES.index(k[1]) for k in keys], dtype=np.int64)
         out[split] = (images, labels)
@@ -177,14 +180,15 @@ def verify(split: str, images: np.ndarray, labels: np.ndarray, per_class: int) -
     expected = per_class * len(CLASSES)
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
         raise DataError(f"{split}: images have shape {images.shape} {images.dtype}, expected (N, 32, 32, 3) uint8")
-    if len(images) != expected or len(labels) != expected:
-        raise DataError(f"{split}: {len(images)} images, expected {expected} ({per_class} per class)")
-    if labels.min() < 0 or labels.max() >= len(CLASSES):
+    if len(images) != len(labels):
+        raise DataError(f"{split}: {len(images)} images but {len(labels)} labels")
+    if len(labels) == 0 or labels.min() < 0 or labels.max() >= len(CLASSES):
         raise DataError(f"{split}: labels outside 0..{len(CLASSES) - 1}")
     counts = np.bincount(labels, minlength=len(CLASSES))
     wrong = {CLASSES[c]: int(n) for c, n in enumerate(counts) if n != per_class}
     if wrong:
-        raise DataError(f"{split}: classes with the wrong number of images {wrong}, expected {per_class} each")
+        raise DataError(f"{split}: classes with the wrong number of images {wrong}, expected {per_class} each "
+                        f"({expected} in all, found {len(labels)})")
 
 
 def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: int = 5000,

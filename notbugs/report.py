@@ -1,0 +1,945 @@
+"""The reproduction report: our numbers beside the paper's, as one self-contained page.
+
+`build_report` reads the result tables (notbugs.results), a few sample images of the constructed
+sets and CIFAR-10, and writes
+
+- `report.html`: inline CSS, inline SVG figures, base64 PNG samples; no scripts, no external URLs,
+  so the file can be mailed or archived as it is;
+- `report.md`: the same tables in Markdown, figures as links to SVG / PNG files written beside it;
+- `summary.json`: the headline numbers (percent), for `dvc metrics`.
+
+The report is assembled once as a flat list of blocks (heading, paragraph, table, figure, ...) and
+rendered twice, so the HTML and the Markdown can never disagree. Anything not run yet shows as a
+note instead of an exception: the report is useful while the pipeline is still half done.
+Figures are drawn by the small SVG functions below (no matplotlib: the library stays light).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from notbugs import results
+
+PAPER_CLAIM = (
+    "Ilyas et al. (2019) argue that adversarial examples are not bugs but features: a dataset's "
+    "predictive signal splits into robust features, which survive a small l2 perturbation, and "
+    "non-robust ones, which are predictive yet brittle and invisible to humans. On CIFAR-10 they "
+    "build new training sets from the representations of a robust and a standard model (D_R, D_NR) "
+    "and from targeted adversarial examples relabelled as their target (D_rand, D_det), train "
+    "ordinary classifiers on them and test on the real test set. Training on D_R gives robustness "
+    "without adversarial training; training on D_NR gives good accuracy but none; and models "
+    "trained only on mislabelled adversarial examples (D_rand, D_det) still generalise to the "
+    "correctly labelled test set, so the perturbations carry real, transferable features."
+)
+
+ROBUST_EPS = 0.25  # the paper's Figure 2 legend: l2 PGD at eps 0.25
+FLAG_PTS = 5.0  # a result further than this from the paper's number is flagged
+SAMPLE_SIZE = 64  # pixels: 32x32 CIFAR images upscaled (nearest) so they are visible
+CONSTRUCTED = ("d_r", "d_nr", "d_rand", "d_det")
+SET_LABEL = {"d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
+SERIES_COLOURS = ("#1f5fa8", "#9fc3e9", "#c4501b", "#f4b48f")  # clean ours/paper, robust ours/paper
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One reference result: which model to look up and what the paper reports for it (percent)."""
+
+    key: str
+    label: str
+    training: str
+    train_set: str
+    clean: float
+    robust: float | None
+    source: str
+
+
+FIGURE2 = (
+    PaperRow("standard", "Standard training on D", "standard", "d", 95.3, 4.5, "paper Fig. 2 / Table 7"),
+    PaperRow("adversarial", "Adversarial training on D", "adversarial", "d", 90.8, 82.3,
+             "authors' released checkpoint"),
+    PaperRow("d_r", "Standard training on D_R", "standard", "d_r", 84.1, 48.3, "paper Fig. 2"),
+    PaperRow("d_nr", "Standard training on D_NR", "standard", "d_nr", 87.7, 0.8, "paper Fig. 2"),
+)
+TABLE1 = (
+    PaperRow("d", "Standard training on D", "standard", "d", 95.3, None, "paper Table 1"),
+    PaperRow("d_rand", "Standard training on D_rand", "standard", "d_rand", 63.3, None, "paper Table 1"),
+    PaperRow("d_det", "Standard training on D_det", "standard", "d_det", 43.7, None, "paper Table 1"),
+)
+
+
+# ---------------------------------------------------------------- document blocks
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A coloured badge in HTML, bold text in Markdown. kind: bad | warn | ok | missing."""
+
+    text: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something is missing (not run yet, not built yet): shown as a visible box, never hidden."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: tuple
+    rows: tuple  # of tuples of str | Flag
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file stem for the Markdown side (name.svg)
+    svg: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class SampleGrid:
+    columns: tuple  # column headers (training-set index of the source image)
+    rows: tuple  # of (set label, tuple of (uint8 HWC image or None, caption))
+
+
+@dataclass(frozen=True)
+class Measured:
+    ref: PaperRow
+    model_id: str | None
+    clean: float | None  # percent
+    robust: float | None
+    robust_steps: int | None
+
+
+# ---------------------------------------------------------------- reading the tables
+
+
+def _load_tables(root, profile: str | None) -> tuple[dict[str, pd.DataFrame], str | None, list[str]]:
+    """All tables filtered to one profile; without one, the profile written to most recently."""
+    tables = {name: results.load(name, root) for name in results.TABLES}
+    profiles = sorted({p for df in tables.values() for p in df["profile"].dropna().unique()})
+    if profile is None:
+        profile = _latest_profile(tables)
+    filtered = {name: df[df["profile"] == profile].reset_index(drop=True) for name, df in tables.items()}
+    return filtered, profile, profiles
+
+
+def _latest_profile(tables: dict[str, pd.DataFrame]) -> str | None:
+    stamps = []
+    for name, column in (("runs", "ended_at"), ("evaluations", "evaluated_at"), ("models", "created_at"),
+                         ("datasets", "created_at"), ("transfer", "created_at")):
+        df = tables[name]
+        if not df.empty:
+            row = df.loc[df[column].idxmax()]
+            stamps.append((row[column], row["profile"]))
+    return max(stamps)[1] if stamps else None
+
+
+def _latest(df: pd.DataFrame, keys: list[str], time_column: str) -> pd.DataFrame:
+    """One row per key: the one with the latest timestamp (results are corrected by appending)."""
+    if df.empty:
+        return df
+    return df.sort_values(time_column, kind="stable").drop_duplicates(keys, keep="last")
+
+
+def _latest_evaluations(evaluations: pd.DataFrame) -> pd.DataFrame:
+    ev = evaluations.assign(eps_key=evaluations["eps"].round(6))
+    return _latest(ev, ["model_id", "attack", "eps_key"], "evaluated_at").reset_index(drop=True)
+
+
+def _main_arch(models: pd.DataFrame) -> str | None:
+    """The architecture of the main experiment (the source models), as opposed to transfer targets."""
+    if models.empty:
+        return None
+    for mask in (models["training"] == "adversarial", models["train_set"].isin(CONSTRUCTED)):
+        if mask.any():
+            return str(models.loc[mask, "arch"].mode().iloc[0])
+    return str(models["arch"].mode().iloc[0])
+
+
+def _pick_model(models: pd.DataFrame, training: str, train_set: str, arch: str | None) -> pd.Series | None:
+    found = models[(models["training"] == training) & (models["train_set"] == train_set)]
+    if arch is not None and (found["arch"] == arch).any():
+        found = found[found["arch"] == arch]
+    if found.empty:
+        return None
+    return found.sort_values("created_at", kind="stable").iloc[-1]
+
+
+def _evaluation(evals: pd.DataFrame, model_id: str, attack: str, eps: float | None = None) -> pd.Series | None:
+    found = evals[(evals["model_id"] == model_id) & (evals["attack"] == attack)]
+    if eps is not None:
+        found = found[np.isclose(found["eps"].astype(float), eps)]
+    if found.empty:
+        return None
+    return found.sort_values("evaluated_at", kind="stable").iloc[-1]
+
+
+def _measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None) -> Measured:
+    model = _pick_model(models, ref.training, ref.train_set, arch)
+    if model is None:
+        return Measured(ref, None, None, None, None)
+    clean = _evaluation(evals, model["model_id"], "none")
+    robust = _evaluation(evals, model["model_id"], "pgd_l2", ROBUST_EPS)
+    return Measured(ref, str(model["model_id"]),
+                    None if clean is None else 100.0 * float(clean["accuracy"]),
+                    None if robust is None else 100.0 * float(robust["accuracy"]),
+                    None if robust is None else int(robust["steps"]))
+
+
+@dataclass(frozen=True)
+class TransferPoint:
+    arch: str
+    success: float | None  # percent of transferred targeted examples that hit their target
+    d_det_acc: float | None  # percent clean test accuracy after training on D_det
+    source_model_id: str | None
+    d_det_model_id: str | None
+
+
+def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame) -> list[TransferPoint]:
+    latest = _latest(transfer, ["target_arch"], "created_at")
+    d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
+    archs = sorted(set(latest["target_arch"]) | set(d_det["arch"]))
+    points = []
+    for arch in archs:
+        row = latest[latest["target_arch"] == arch]
+        model = _pick_model(d_det[d_det["arch"] == arch], "standard", "d_det", None)
+        clean = None if model is None else _evaluation(evals, model["model_id"], "none")
+        points.append(TransferPoint(
+            arch,
+            None if row.empty else 100.0 * float(row["success_rate"].iloc[0]),
+            None if clean is None else 100.0 * float(clean["accuracy"]),
+            None if row.empty else str(row["source_model_id"].iloc[0]),
+            None if model is None else str(model["model_id"]),
+        ))
+    return points
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 2 or np.std(xs) == 0 or np.std(ys) == 0:
+        return None
+    return float(np.corrcoef(xs, ys)[0, 1])
+
+
+def _construction_stats(datasets: pd.DataFrame) -> dict[str, dict]:
+    """Latest recorded statistics per constructed set; unreadable stats become an empty dict."""
+    latest = _latest(datasets[datasets["name"].isin(CONSTRUCTED)], ["name"], "created_at")
+    stats = {}
+    for _, row in latest.iterrows():
+        try:
+            parsed = json.loads(row["stats"])
+        except (TypeError, json.JSONDecodeError):
+            parsed = {}
+        stats[str(row["name"])] = {"stats": parsed if isinstance(parsed, dict) else {},
+                                   "n_images": int(row["n_images"]),
+                                   "source_model_id": row["source_model_id"]}
+    return stats
+
+
+def _epoch_curves(epochs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per model, one row per epoch. A resumed run writes later epochs under a new run id, so
+    rows are deduplicated per epoch (the last written wins) rather than per run."""
+    curves = {}
+    deduped = epochs.drop_duplicates(["model_id", "epoch"], keep="last")
+    for model_id, rows in deduped.groupby("model_id", sort=True):
+        curves[str(model_id)] = rows.sort_values("epoch")
+    return curves
+
+
+# ---------------------------------------------------------------- sample images
+
+
+def _default_load_constructed(path: Path) -> dict:
+    from notbugs.construct import load_constructed  # imports torch: only when samples are drawn
+
+    return load_constructed(path)
+
+
+def _default_load_cifar(path: Path):
+    from notbugs.data import load
+
+    return load(path)
+
+
+def _cifar_classes() -> tuple[str, ...]:
+    from notbugs.data import CLASSES
+
+    return CLASSES
+
+
+def _missing_errors() -> tuple:
+    from notbugs.storage import ArtefactError
+
+    return (ArtefactError, OSError, ValueError, KeyError)
+
+
+def _to_uint8_hwc(image: np.ndarray) -> np.ndarray:
+    """CHW floats in [0, 1] (constructed sets) or HWC uint8 (CIFAR) -> HWC uint8."""
+    if image.dtype == np.uint8:
+        return image
+    hwc = np.transpose(np.asarray(image, dtype=np.float32), (1, 2, 0))
+    return np.round(np.clip(hwc, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _upscale(image: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:
+    factor = max(1, size // image.shape[0])
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def _choose_sources(source_index: np.ndarray, original_labels: np.ndarray | None, n: int) -> list[int]:
+    """Training-set indices to show: one per class when the labels are known (like the paper's
+    Figure 2a), otherwise evenly spaced through the set."""
+    if original_labels is not None:
+        chosen = []
+        for c in np.unique(original_labels):
+            chosen.append(int(source_index[np.flatnonzero(original_labels == c)[0]]))
+        if len(chosen) >= n:
+            return chosen[:n]
+    positions = np.linspace(0, len(source_index) - 1, num=min(n, len(source_index))).round().astype(int)
+    return [int(source_index[p]) for p in positions]
+
+
+def _sample_grid(data_dir: Path, n: int, load_constructed, load_cifar) -> tuple[SampleGrid | None, list[str]]:
+    """The grid of sample images and notes about what could not be shown."""
+    errors = _missing_errors()
+    notes = []
+    try:
+        cifar = load_cifar(data_dir / "cifar10")
+    except errors as e:
+        cifar = None
+        notes.append(f"CIFAR-10 is not fetched yet, so the D row is empty ({e}).")
+    classes = tuple(cifar.classes) if cifar is not None else _cifar_classes()
+    chosen: list[int] | None = None
+    rows = []
+    for name in CONSTRUCTED:
+        try:
+            data = load_constructed(data_dir / "datasets" / name)
+        except errors as e:
+            notes.append(f"{SET_LABEL[name]} is not built yet ({e}).")
+            continue
+        source_index = data["source_index"]
+        if chosen is None:
+            originals = cifar.train_labels[source_index] if cifar is not None else (
+                data["labels"] if name in ("d_r", "d_nr") else None)
+            chosen = _choose_sources(source_index, originals, n)
+        # keep only the few sample images: a full set is hundreds of MB
+        position = {int(s): i for i, s in enumerate(source_index)}
+        cells = []
+        for s in chosen:
+            i = position.get(s)
+            cells.append((None, "—") if i is None else
+                         (_upscale(_to_uint8_hwc(data["images"][i])), classes[int(data["labels"][i])]))
+        rows.append((SET_LABEL[name], tuple(cells)))
+        del data
+    if chosen is None:
+        notes.append("No constructed set is built yet, so there are no samples to show.")
+        return None, notes
+    if cifar is not None:
+        original = tuple((_upscale(cifar.train_images[s]), classes[int(cifar.train_labels[s])]) for s in chosen)
+    else:
+        original = tuple((None, "—") for _ in chosen)
+    rows.insert(0, ("D", original))
+    return SampleGrid(tuple(f"#{s}" for s in chosen), tuple(rows)), notes
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _grid_png(grid: SampleGrid, gap: int = 4) -> bytes:
+    """All sample images in one PNG (rows = sets) for the Markdown report; labels go in a table."""
+    n_rows, n_cols = len(grid.rows), len(grid.columns)
+    step = SAMPLE_SIZE + gap
+    canvas = np.full((n_rows * step + gap, n_cols * step + gap, 3), 255, dtype=np.uint8)
+    for r, (_, cells) in enumerate(grid.rows):
+        for c, (image, _) in enumerate(cells):
+            if image is not None:
+                y, x = gap + r * step, gap + c * step
+                canvas[y:y + image.shape[0], x:x + image.shape[1]] = image
+    return _png_bytes(canvas)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _compare(ours: float | None, paper: float | None) -> Flag:
+    if paper is None:
+        return Flag("no paper number", "missing")
+    if ours is None:
+        return Flag("not run yet", "missing")
+    diff = ours - paper
+    if abs(diff) <= FLAG_PTS:
+        return Flag(f"within {FLAG_PTS:.0f} pts ({diff:+.1f})", "ok")
+    if diff < 0:
+        return Flag(f"below paper by {-diff:.1f} pts", "bad")
+    return Flag(f"above paper by {diff:.1f} pts", "warn")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def _when(stamp) -> str:
+    return pd.Timestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ---------------------------------------------------------------- SVG figures
+
+
+def _esc(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _svg(width: int, height: int, label: str, body: list[str]) -> str:
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(label)}" '
+            f'font-family="Helvetica, Arial, sans-serif" font-size="12">')
+    # a white background so the standalone .svg files read well in any viewer
+    return "\n".join([head, f'<rect width="{width}" height="{height}" fill="#fff"/>', *body, "</svg>"])
+
+
+def _text(x: float, y: float, text, anchor: str = "middle", size: int = 12, fill: str = "#222",
+          extra: str = "") -> str:
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" fill="{fill}"'
+            f'{extra}>{_esc(text)}</text>')
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, stroke: str = "#ccc") -> str:
+    return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}"/>'
+
+
+def _grouped_bars_svg(groups: list[str], series: list[tuple[str, str, list]], title: str) -> str:
+    """Grouped vertical bars on a 0-100 (percent) axis; a missing value is written as 'n/a'."""
+    width, height, left, right, top, bottom = 780, 360, 50, 12, 62, 44
+    pw, ph = width - left - right, height - top - bottom
+    body = [_text(width / 2, 20, title, size=14, extra=' font-weight="bold"')]
+    for tick in range(0, 101, 20):
+        y = top + ph - ph * tick / 100
+        body += [_line(left, y, left + pw, y), _text(left - 6, y + 4, tick, anchor="end", size=11)]
+    body.append(_text(14, top + ph / 2, "accuracy (%)", extra=f' transform="rotate(-90 14 {top + ph / 2:.1f})"'))
+    group_w = pw / len(groups)
+    bar_w = group_w * 0.84 / len(series)
+    for g, group in enumerate(groups):
+        x0 = left + g * group_w + group_w * 0.08
+        for s, (_, colour, values) in enumerate(series):
+            value, x = values[g], x0 + s * bar_w
+            if value is None:
+                body.append(_text(x + bar_w / 2, top + ph - 4, "n/a", size=10, fill="#888"))
+                continue
+            h = ph * min(max(value, 0.0), 100.0) / 100
+            body.append(f'<rect x="{x + 1:.1f}" y="{top + ph - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
+                        f'fill="{colour}" stroke="#555" stroke-width="0.5"/>')
+            body.append(_text(x + bar_w / 2, top + ph - h - 4, f"{value:.1f}", size=10))
+        body.append(_text(left + (g + 0.5) * group_w, top + ph + 20, group))
+    body.append(_line(left, top + ph, left + pw, top + ph, stroke="#333"))
+    for s, (name, colour, _) in enumerate(series):
+        x = left + s * 180
+        body += [f'<rect x="{x}" y="34" width="12" height="12" fill="{colour}" stroke="#555" stroke-width="0.5"/>',
+                 _text(x + 17, 44, name, anchor="start")]
+    return _svg(width, height, title, body)
+
+
+def _axis_range(values: list[float]) -> tuple[float, float, float]:
+    """A 0-100 sub-range around the values, on a 5 or 10 grid: (low, high, tick step)."""
+    lo = max(0.0, math.floor((min(values) - 5) / 10) * 10)
+    hi = min(100.0, math.ceil((max(values) + 5) / 10) * 10)
+    if hi - lo < 20:
+        lo, hi = max(0.0, hi - 20), max(hi, 20.0)
+    return lo, hi, 10.0 if hi - lo > 40 else 5.0
+
+
+def _scatter_svg(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str) -> str:
+    width, height, left, right, top, bottom = 560, 400, 60, 30, 40, 50
+    pw, ph = width - left - right, height - top - bottom
+    xlo, xhi, xstep = _axis_range([p[1] for p in points])
+    ylo, yhi, ystep = _axis_range([p[2] for p in points])
+
+    def sx(v):
+        return left + pw * (v - xlo) / (xhi - xlo)
+
+    def sy(v):
+        return top + ph - ph * (v - ylo) / (yhi - ylo)
+
+    body = [_text(width / 2, 22, title, size=14, extra=' font-weight="bold"')]
+    for tick in np.arange(xlo, xhi + 1e-9, xstep):
+        body += [_line(sx(tick), top, sx(tick), top + ph), _text(sx(tick), top + ph + 16, f"{tick:.0f}", size=11)]
+    for tick in np.arange(ylo, yhi + 1e-9, ystep):
+        body += [_line(left, sy(tick), left + pw, sy(tick)),
+                 _text(left - 6, sy(tick) + 4, f"{tick:.0f}", anchor="end", size=11)]
+    body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+    body.append(_text(left + pw / 2, height - 10, xlabel))
+    body.append(_text(16, top + ph / 2, ylabel, extra=f' transform="rotate(-90 16 {top + ph / 2:.1f})"'))
+    for label, x, y in points:
+        body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{SERIES_COLOURS[0]}"/>')
+        # labels go left of points in the right third so they stay inside the plot
+        right_side = sx(x) < left + pw * 0.66
+        body.append(_text(sx(x) + (8 if right_side else -8), sy(y) - 6, f"{label} ({x:.1f}, {y:.1f})",
+                          anchor="start" if right_side else "end", size=11))
+    return _svg(width, height, title, body)
+
+
+def _line_panel(x: float, y: float, w: float, h: float, xs: list[int], ys: list[float],
+                ylo: float, yhi: float, title: str, colour: str, yfmt: str) -> list[str]:
+    """One small line chart with its top-left corner at (x, y)."""
+    xlo, xhi = min(xs), max(max(xs), min(xs) + 1)
+
+    def sx(v):
+        return x + w * (v - xlo) / (xhi - xlo)
+
+    def sy(v):
+        return y + h - h * (v - ylo) / (yhi - ylo)
+
+    body = [f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="none" stroke="#999"/>',
+            _text(x + w / 2, y - 5, title, size=11)]
+    for tick in (ylo, (ylo + yhi) / 2, yhi):
+        body += [_line(x, sy(tick), x + w, sy(tick), stroke="#eee"),
+                 _text(x - 4, sy(tick) + 4, format(tick, yfmt), anchor="end", size=10)]
+    body += [_text(sx(xlo), y + h + 13, xlo, size=10), _text(sx(xhi), y + h + 13, xhi, size=10),
+             _text(x + w / 2, y + h + 13, "epoch", size=10, fill="#666")]
+    path = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(xs, ys))
+    body.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+    if len(xs) == 1:
+        body.append(f'<circle cx="{sx(xs[0]):.1f}" cy="{sy(ys[0]):.1f}" r="3" fill="{colour}"/>')
+    return body
+
+
+def _training_curves_svg(curves: dict[str, pd.DataFrame]) -> str:
+    """Small multiples: one row per model, training loss on the left, training accuracy on the right."""
+    width, row_h, panel_w, panel_h = 780, 150, 320, 95
+    body = []
+    for r, (model_id, rows) in enumerate(curves.items()):
+        top = r * row_h + 22
+        epochs = rows["epoch"].astype(int).tolist()
+        loss = rows["train_loss"].astype(float).tolist()
+        acc = (100.0 * rows["train_acc"].astype(float)).tolist()
+        final = f"{model_id}: {len(epochs)} epochs, final train acc {acc[-1]:.1f}%, {rows['wall_s'].sum():.0f} s"
+        body.append(_text(10, top, final, anchor="start", size=12, extra=' font-weight="bold"'))
+        loss_hi = max(max(loss) * 1.1, 1e-3) if all(map(math.isfinite, loss)) else 1.0
+        body += _line_panel(60, top + 22, panel_w, panel_h, epochs, loss, 0.0, loss_hi, "training loss",
+                            SERIES_COLOURS[2], ".2f")
+        body += _line_panel(60 + panel_w + 70, top + 22, panel_w, panel_h, epochs, acc, 0.0, 100.0,
+                            "training accuracy (%)", SERIES_COLOURS[0], ".0f")
+    return _svg(width, len(curves) * row_h + 10, "training curves", body)
+
+
+# ---------------------------------------------------------------- report sections
+
+
+def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame) -> list:
+    others = [p for p in profiles if p != profile]
+    profile_text = f"Profile: {profile or '(none: no results yet)'}."
+    if others:
+        profile_text += f" Other profiles in the tables, not shown: {', '.join(others)}."
+    blocks = [Heading("Adversarial Examples Are Not Bugs, They Are Features: reproduction report", 1),
+              Para(PAPER_CLAIM), Para(profile_text),
+              Para(f"Report generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC. All times UTC."),
+              Heading("Provenance")]
+    if runs.empty:
+        return blocks + [Note("No stage has run yet for this profile (the runs table is empty): not run yet.")]
+    versions = sorted(runs["code_version"].unique())
+    if len(versions) > 1:
+        blocks.append(Bullets((Flag(f"results come from {len(versions)} code versions: {', '.join(versions)}",
+                                    "warn"),)))
+    rows = []
+    for _, run in runs.sort_values("started_at", kind="stable").iterrows():
+        status = Flag(run["status"], "ok" if run["status"] == "ok" else "bad")
+        rows.append((run["stage"], status, run["code_version"], run["device"], _when(run["started_at"]),
+                     _when(run["ended_at"]), _duration(float(run["wall_s"]))))
+    blocks.append(Table(("stage", "status", "code version", "device", "started", "ended", "wall time"),
+                        tuple(rows)))
+    total = float(runs["wall_s"].sum())
+    span = (runs["ended_at"].max() - runs["started_at"].min()).total_seconds()
+    blocks.append(Para(f"{len(runs)} stage runs, {_duration(total)} of stage time in all, "
+                       f"{_duration(span)} from the first start to the last end."))
+    return blocks
+
+
+def _flag_lines(fig2: list[Measured], tab1: list[Measured]) -> list[Flag]:
+    """Every result further than FLAG_PTS from the paper, once each (Table 1's D is Figure 2's model)."""
+    lines, seen = [], set()
+    for m in fig2 + tab1:
+        for metric, ours, paper in (("clean", m.clean, m.ref.clean), ("robust", m.robust, m.ref.robust)):
+            if ours is None or paper is None or (m.model_id, metric) in seen:
+                continue
+            seen.add((m.model_id, metric))
+            flag = _compare(ours, paper)
+            if flag.kind in ("bad", "warn"):
+                lines.append(Flag(f"{m.ref.label} ({m.model_id}), {metric} accuracy {ours:.1f} vs paper "
+                                  f"{paper:.1f}: {flag.text}", flag.kind))
+    return lines
+
+
+def _deviation_blocks(flags: list[Flag], deviations: list[str] | None) -> list:
+    blocks = [Heading("Deviations from the paper")]
+    if flags:
+        blocks += [Para(f"Results more than {FLAG_PTS:.0f} points away from the paper's number:"),
+                   Bullets(tuple(flags))]
+    else:
+        blocks.append(Para(f"No measured result is more than {FLAG_PTS:.0f} points away from the paper's number "
+                           "(results not run yet are not counted)."))
+    if deviations:
+        blocks += [Para("Deviations of this profile from the paper's protocol:"), Bullets(tuple(deviations))]
+    return blocks
+
+
+def _figure2_blocks(fig2: list[Measured]) -> list:
+    blocks = [Heading("Figure 2: robust and non-robust features"),
+              Para("Clean test accuracy and robust accuracy (l2 PGD, eps 0.25) on the real CIFAR-10 test set, "
+                   "ours beside the paper's. Standard and adversarial training are on the original D; D_R and "
+                   "D_NR are trained with standard training only.")]
+    steps = sorted({m.robust_steps for m in fig2 if m.robust_steps is not None})
+    if steps:
+        blocks.append(Para(f"Our robust accuracy: l2 PGD at eps {ROBUST_EPS} with {'/'.join(map(str, steps))} "
+                           f"steps (the paper scores with 20- and 100-step PGD)."))
+    if all(m.model_id is None for m in fig2):
+        blocks.append(Note("Figure 2: no model is trained yet for this profile: not run yet."))
+    series = [("clean, ours", SERIES_COLOURS[0], [m.clean for m in fig2]),
+              ("clean, paper", SERIES_COLOURS[1], [m.ref.clean for m in fig2]),
+              ("robust (eps 0.25), ours", SERIES_COLOURS[2], [m.robust for m in fig2]),
+              ("robust, paper", SERIES_COLOURS[3], [m.ref.robust for m in fig2])]
+    groups = ["standard (D)", "adversarial (D)", "D_R", "D_NR"]
+    blocks.append(Figure("figure2", _grouped_bars_svg(groups, series, "Figure 2: test accuracy (%)"),
+                         "Figure 2: clean and robust (l2 eps 0.25) test accuracy, ours beside the paper's."))
+    rows = tuple((m.ref.label, m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
+                  _compare(m.clean, m.ref.clean), _pct(m.robust), _pct(m.ref.robust),
+                  _compare(m.robust, m.ref.robust), m.ref.source) for m in fig2)
+    blocks.append(Table(("training", "model", "clean, ours", "clean, paper", "clean vs paper", "robust, ours",
+                         "robust, paper", "robust vs paper", "paper source"), rows))
+    return blocks
+
+
+def _table1_blocks(tab1: list[Measured]) -> list:
+    blocks = [Heading("Table 1: non-robust features suffice for generalisation"),
+              Para("Clean accuracy on the real CIFAR-10 test set after standard training on D, on D_rand "
+                   "(targeted adversarial examples towards a random class, relabelled as the target) and on "
+                   "D_det (target = label + 1). On D_rand and D_det every training label is 'wrong' for a "
+                   "human; chance is 10%.")]
+    if all(m.model_id is None for m in tab1):
+        blocks.append(Note("Table 1: no model is trained yet for this profile: not run yet."))
+    rows = tuple((SET_LABEL[m.ref.train_set], m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
+                  _compare(m.clean, m.ref.clean), _pct(m.robust)) for m in tab1)
+    blocks.append(Table(("training set", "model", "test acc, ours", "test acc, paper", "vs paper",
+                         f"robust (eps {ROBUST_EPS}), ours"), rows))
+    return blocks
+
+
+def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
+    blocks = [Heading("Figure 3: transferability and learning from non-robust features"),
+              Para("For each architecture: the success rate of targeted adversarial examples made on the standard "
+                   "source model (D_det settings) when transferred to a standard model of that architecture, and "
+                   "the test accuracy of that architecture after training on D_det. The paper (VGG-16, "
+                   "Inception-v3, DenseNet, ResNet-18, ResNet-50) finds a positive relation: architectures the "
+                   "attack transfers to more also learn more from D_det.")]
+    if not points:
+        return blocks + [Note("Figure 3: no transfer measurement and no D_det model yet: not run yet.")], None
+    complete = [(p.arch, p.success, p.d_det_acc) for p in points if p.success is not None and p.d_det_acc is not None]
+    r = _pearson([p[1] for p in complete], [p[2] for p in complete])
+    if complete:
+        blocks.append(Figure("figure3", _scatter_svg(complete, "transfer success rate (%)",
+                                                     "test accuracy after training on D_det (%)",
+                                                     "Figure 3: transfer vs learning from D_det"),
+                             "Figure 3: transfer success rate vs test accuracy after training on D_det, "
+                             "one point per architecture."))
+    else:
+        blocks.append(Note("Figure 3: no architecture has both a transfer rate and a D_det accuracy yet: not run yet."))
+    if r is None:
+        blocks.append(Para(f"{len(complete)} architecture(s) with both numbers: too few (or no spread) for a "
+                           "correlation."))
+    else:
+        verdict = Flag("positive, as in the paper" if r > 0 else "not positive, unlike the paper",
+                       "ok" if r > 0 else "bad")
+        blocks.append(Bullets((f"Pearson r = {r:+.2f} over {len(complete)} architectures", verdict)))
+    rows = tuple((p.arch, _pct(p.success) if p.success is not None else "not run yet",
+                  _pct(p.d_det_acc) if p.d_det_acc is not None else "not run yet",
+                  p.source_model_id or "—", p.d_det_model_id or "—") for p in points)
+    blocks.append(Table(("architecture", "transfer success, ours", "D_det test acc, ours", "source model",
+                         "D_det model"), rows))
+    return blocks, r
+
+
+def _sample_blocks(grid: SampleGrid | None, notes: list[str]) -> list:
+    blocks = [Heading("Samples of the training sets"),
+              Para("The same training images in every set (columns: index in the CIFAR-10 training set), with "
+                   "the label each set assigns underneath, as in the paper's Figure 2a. D_R and D_NR keep the "
+                   "original label; D_rand and D_det carry the attack's target label. Images upscaled "
+                   f"{SAMPLE_SIZE // 32}x (nearest neighbour).")]
+    blocks += [Note(n) for n in notes]
+    if grid is not None:
+        blocks.append(grid)
+    return blocks
+
+
+def _construction_blocks(construction: dict[str, dict]) -> list:
+    blocks = [Heading("Construction statistics"),
+              Para("D_R / D_NR: l2 distance between the constructed image's representation and the target "
+                   "image's, at the start (the random start image) and at the end of the matching, absolute and "
+                   "relative to the target representation's norm. D_rand / D_det: success rate of the targeted "
+                   "attack on the source model. The paper reports neither; they show whether construction did "
+                   "its job.")]
+    if not construction:
+        return blocks + [Note("No constructed set is recorded in the datasets table yet: not run yet.")]
+
+    def start_final(stats, kind):
+        start, final = stats.get(f"start_{kind}"), stats.get(f"final_{kind}")
+        if start is None and final is None:
+            return "—"
+        return " → ".join("—" if v is None else f"{float(v):.3f}" for v in (start, final))
+
+    rows = []
+    for name in CONSTRUCTED:
+        if name not in construction:
+            rows.append((SET_LABEL[name], Flag("not run yet", "missing"), "", "", "", ""))
+            continue
+        entry, stats = construction[name], construction[name]["stats"]
+        success = stats.get("success_rate")
+        rows.append((SET_LABEL[name], str(entry["n_images"]), entry["source_model_id"] or "—",
+                     start_final(stats, "distance"), start_final(stats, "relative"),
+                     "—" if success is None else _pct(100.0 * float(success))))
+    blocks.append(Table(("set", "images", "source model", "distance start → final", "relative start → final",
+                         "attack success (%)"), tuple(rows)))
+    return blocks
+
+
+def _curves_blocks(curves: dict[str, pd.DataFrame]) -> list:
+    blocks = [Heading("Training curves")]
+    if not curves:
+        return blocks + [Note("No training epoch is recorded yet: not run yet.")]
+    return blocks + [Figure("training_curves", _training_curves_svg(curves),
+                            "Training loss and training accuracy per epoch, one row per model.")]
+
+
+def _evaluations_blocks(evals: pd.DataFrame) -> list:
+    blocks = [Heading("All evaluations"),
+              Para("The latest evaluation of every model under every attack setting (a re-evaluation "
+                   "supersedes an older row).")]
+    if evals.empty:
+        return blocks + [Note("No evaluation yet: not run yet.")]
+    rows = tuple((e["model_id"], e["test_set"], e["attack"], f"{e['eps']:g}", str(e["steps"]),
+                  _pct(100.0 * e["accuracy"]), str(e["n"]), _when(e["evaluated_at"]))
+                 for _, e in evals.sort_values(["model_id", "attack", "eps"]).iterrows())
+    return blocks + [Table(("model", "test set", "attack", "eps", "steps", "accuracy (%)", "n", "evaluated"), rows)]
+
+
+def _summary(profile, fig2, tab1, points, r, construction, flags, deviations) -> dict:
+    def rounded(v):
+        return None if v is None else round(v, 2)
+
+    return {
+        "profile": profile,
+        "figure2": {m.ref.key: {"model_id": m.model_id, "clean": rounded(m.clean), "robust": rounded(m.robust),
+                                "paper_clean": m.ref.clean, "paper_robust": m.ref.robust} for m in fig2},
+        "table1": {m.ref.key: {"model_id": m.model_id, "clean": rounded(m.clean), "paper_clean": m.ref.clean}
+                   for m in tab1},
+        "figure3": {"points": {p.arch: {"transfer_success": rounded(p.success), "d_det_acc": rounded(p.d_det_acc)}
+                               for p in points},
+                    "pearson_r": rounded(r)},
+        "construction": {name: entry["stats"] for name, entry in construction.items()},
+        "flags": [f.text for f in flags],
+        "deviations": list(deviations or []),
+    }
+
+
+# ---------------------------------------------------------------- rendering
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
+       max-width: 1180px; margin: 24px auto; padding: 0 20px; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.3em; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: 10px 0 16px; font-size: 0.9em; }
+th, td { border: 1px solid #d5d5d5; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f5f8; }
+tr:nth-child(even) td { background: #fafafa; }
+.badge { display: inline-block; padding: 1px 7px; border-radius: 9px; font-size: 0.85em; white-space: nowrap; }
+.badge.bad { background: #fde2e1; color: #9b1c1c; border: 1px solid #e9a5a3; font-weight: 600; }
+.badge.warn { background: #fff1d6; color: #8a5300; border: 1px solid #e8c27a; font-weight: 600; }
+.badge.ok { background: #e3f4e5; color: #1f6b2a; border: 1px solid #a9d8b0; }
+.badge.missing { background: #eee; color: #555; border: 1px solid #ccc; }
+.note { background: #fff8e1; border-left: 4px solid #e0a800; padding: 6px 12px; margin: 8px 0; }
+figure { margin: 12px 0 20px; }
+figcaption { font-size: 0.85em; color: #555; }
+table.samples td { text-align: center; padding: 3px; background: #fff; }
+table.samples th[scope=row] { vertical-align: middle; }
+table.samples img { image-rendering: pixelated; display: block; margin: 0 auto; }
+table.samples .label { font-size: 0.8em; color: #333; }
+"""
+
+
+def _html_cell(value) -> str:
+    if isinstance(value, Flag):
+        return f'<span class="badge {value.kind}">{_esc(value.text)}</span>'
+    return _esc(value)
+
+
+def _html_samples(grid: SampleGrid) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in ("set", *grid.columns))
+    rows = []
+    for label, cells in grid.rows:
+        tds = []
+        for image, caption in cells:
+            img = "—" if image is None else (
+                f'<img src="data:image/png;base64,{base64.b64encode(_png_bytes(image)).decode()}" '
+                f'width="{image.shape[1]}" height="{image.shape[0]}" alt="{_esc(label)}: {_esc(caption)}">')
+            tds.append(f'<td>{img}<div class="label">{_esc(caption)}</div></td>')
+        rows.append(f'<tr><th scope="row">{_esc(label)}</th>{"".join(tds)}</tr>')
+    return f'<table class="samples"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _render_html(blocks: list) -> str:
+    parts = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"<h{block.level}>{_esc(block.text)}</h{block.level}>")
+        elif isinstance(block, Para):
+            parts.append(f"<p>{_esc(block.text)}</p>")
+        elif isinstance(block, Note):
+            parts.append(f'<div class="note"><strong>Not available:</strong> {_esc(block.text)}</div>')
+        elif isinstance(block, Bullets):
+            parts.append("<ul>" + "".join(f"<li>{_html_cell(item)}</li>" for item in block.items) + "</ul>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{_esc(h)}</th>" for h in block.headers)
+            body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif isinstance(block, Figure):
+            parts.append(f"<figure>{block.svg}<figcaption>{_esc(block.caption)}</figcaption></figure>")
+        elif isinstance(block, SampleGrid):
+            parts.append(_html_samples(block))
+    title = "notbugs reproduction report"
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+def _md_cell(value) -> str:
+    text = f"**{value.text}**" if isinstance(value, Flag) and value.kind in ("bad", "warn") else (
+        value.text if isinstance(value, Flag) else str(value))
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers, rows) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _render_markdown(blocks: list) -> tuple[str, dict[str, bytes]]:
+    """The Markdown text and the figure files it links to (name -> bytes)."""
+    parts, files = [], {}
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append("#" * block.level + " " + block.text)
+        elif isinstance(block, Para):
+            parts.append(block.text)
+        elif isinstance(block, Note):
+            parts.append(f"> **Not available:** {block.text}")
+        elif isinstance(block, Bullets):
+            parts.append("\n".join(f"- {_md_cell(item)}" for item in block.items))
+        elif isinstance(block, Table):
+            parts.append(_md_table(block.headers, block.rows))
+        elif isinstance(block, Figure):
+            files[f"{block.name}.svg"] = block.svg.encode()
+            parts.append(f"![{block.caption}]({block.name}.svg)\n\n*{block.caption}*")
+        elif isinstance(block, SampleGrid):
+            files["samples.png"] = _grid_png(block)
+            labels = tuple((label, *(caption for _, caption in cells)) for label, cells in block.rows)
+            parts.append("![Samples: rows " + ", ".join(r[0] for r in block.rows) + "](samples.png)\n\n"
+                         + _md_table(("set", *block.columns), labels))
+    return "\n\n".join(parts) + "\n", files
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Temp file + rename, so a reader (or DVC) never sees half a report."""
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_report(results_root, data_dir, out_dir, profile: str | None = None,
+                 deviations: list[str] | None = None, *, n_samples: int = 8,
+                 load_constructed=None, load_cifar=None) -> dict[str, Path]:
+    """Write report.html, report.md (+ figure files) and summary.json into out_dir; return their paths.
+
+    profile: the params profile to report (default: the one written to most recently).
+    deviations: this profile's known deviations from the paper's protocol, listed verbatim.
+    load_constructed / load_cifar: loaders for sample images (default: notbugs.construct /
+    notbugs.data); a set that fails to load is reported as not built yet.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables, profile, profiles = _load_tables(results_root, profile)
+    evals = _latest_evaluations(tables["evaluations"])
+    arch = _main_arch(tables["models"])
+    fig2 = [_measure(ref, tables["models"], evals, arch) for ref in FIGURE2]
+    tab1 = [_measure(ref, tables["models"], evals, arch) for ref in TABLE1]
+    points = _transfer_points(tables["transfer"], tables["models"], evals)
+    construction = _construction_stats(tables["datasets"])
+    grid, sample_notes = _sample_grid(Path(data_dir), n_samples, load_constructed or _default_load_constructed,
+                                      load_cifar or _default_load_cifar)
+    flags = _flag_lines(fig2, tab1)
+    figure3, r = _figure3_blocks(points)
+
+    blocks = (_header_blocks(profile, profiles, tables["runs"]) + _deviation_blocks(flags, deviations)
+              + _figure2_blocks(fig2) + _table1_blocks(tab1) + figure3 + _sample_blocks(grid, sample_notes)
+              + _construction_blocks(construction) + _curves_blocks(_epoch_curves(tables["epochs"]))
+              + _evaluations_blocks(evals))
+
+    paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "summary": out_dir / "summary.json"}
+    markdown, files = _render_markdown(blocks)
+    for name, data in files.items():
+        _write(out_dir / name, data)
+        paths[Path(name).stem] = out_dir / name
+    _write(paths["html"], _render_html(blocks).encode())
+    _write(paths["markdown"], markdown.encode())
+    summary = _summary(profile, fig2, tab1, points, r, construction, flags, deviations)
+    _write(paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    return paths

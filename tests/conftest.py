@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny synthetic CIFAR-like mirror and a params file pointing at it.
+
+The synthetic classes differ in colour and in a stripe pattern, so that tiny nets learn them in a
+few epochs and attacks have something real to work against.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from notbugs.data import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "cifar10"
+
+
+def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:
+    hue = np.array([(label * 37) % 256, (label * 91 + 50) % 256, (label * 53 + 120) % 256], dtype=np.float64)
+    img = np.tile(hue, (32, 32, 1)) * 0.6
+    period = 2 + label % 5
+    stripes = (np.arange(32) // period) % 2
+    img[:, :, label % 3] += 80 * (stripes[None, :] if label < 5 else stripes[:, None])
+    img += rng.normal(0, 20, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def png_bytes(array: np.ndarray, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_mirror(root: Path, train_per_class: int = 20, test_per_class: int = 10, seed: int = 0,
+                as_tar: bool = False) -> Path:
+    """Write an ImageFolder tree (or tar.gz parts) of synthetic 32x32 images."""
+    rng = np.random.default_rng(seed)
+    files = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        for c, name in enumerate(CLASSES):
+            for i in range(per_class):
+                files[f"{split}/{name}/{split}_{c}_{i:05d}.png"] = png_bytes(synthetic_image(c, rng))
+    root.mkdir(parents=True, exist_ok=True)
+    if as_tar:
+        for part, split in enumerate(("train", "test")):
+            with tarfile.open(root / f"part-{part}.tar.gz", "w:gz") as tar:
+                for rel, data in files.items():
+                    if rel.startswith(split):
+                        info = tarfile.TarInfo(rel)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    else:
+        for rel, data in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+    return root
+
+
+def write_params(path: Path, mirror: Path, data_root: Path, train_per_class=20, test_per_class=10,
+                 profile: str = "tiny", edit=None) -> Path:
+    """A copy of the project's params.yaml, pointed at `mirror`, optionally edited by `edit(doc)`."""
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["profile"] = profile
+    doc["data"].update(source="mirror", mirror=str(mirror), root=str(data_root),
+                       train_per_class=train_per_class, test_per_class=test_per_class)
+    if edit:
+        edit(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory) -> Path:
+    return make_mirror(tmp_path_factory.mktemp("mirror"))
+
+
+@pytest.fixture
+def params_file(tmp_path, mirror) -> Path:
+    return write_params(tmp_path / "params.yaml", mirror, tmp_path / "data" / "cifar10")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    for var in ("NOTBUGS_PROFILE", "NOTBUGS_DATA_SOURCE", "NOTBUGS_MIRROR"):
+        monkeypatch.delenv(var, raising=False)

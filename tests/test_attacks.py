@@ -1,0 +1,135 @@
+"""l2 PGD and representation matching: they do what they claim, inside their constraints."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from notbugs.attacks import frozen, match_representation, pgd_l2, project_l2
+from notbugs.augment import augment
+from notbugs.config import AugmentConfig, TrainConfig
+from notbugs.models import make_model
+from notbugs.train import train
+from tests.conftest import synthetic_image
+
+CPU = torch.device("cpu")
+
+
+def synthetic_batch(n_per_class: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    images = np.stack([synthetic_image(int(c), rng) for c in labels])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return x, torch.from_numpy(labels)
+
+
+RECIPE = TrainConfig(epochs=6, batch_size=32, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                     schedule="onecycle", milestones=(), gamma=0.1, warmup=0.2, label_smoothing=0.0,
+                     augment=AugmentConfig(crop_pad=0, flip=False, jitter=0.0, rotate=0.0), checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small net trained to high accuracy on the synthetic classes."""
+    torch.manual_seed(0)
+    model = make_model("resnet9", width=0.25)
+    x, y = synthetic_batch(32)
+    train(model, x, y, RECIPE, seed=0, device=CPU)
+    model.eval()
+    xt, yt = synthetic_batch(10, seed=1)
+    with torch.no_grad():
+        acc = (model(xt).argmax(1) == yt).float().mean().item()
+    assert acc > 0.9, f"the test model did not learn the synthetic task ({acc:.2f})"
+    return model, xt, yt
+
+
+def test_untargeted_pgd_raises_the_loss_and_stays_in_the_ball(trained):
+    model, x, y = trained
+    eps = 4.0  # the synthetic classes are very separable: a larger ball is needed to hurt
+    with frozen(model):
+        adv = pgd_l2(model, x, y, eps=eps, steps=20, step_size=0.5)
+        before = F.cross_entropy(model(x), y).item()
+        after = F.cross_entropy(model(adv), y).item()
+    assert after > before + 0.5, (before, after)
+    assert (adv - x).flatten(1).norm(dim=1).max().item() <= eps + 1e-5
+    assert adv.min().item() >= 0 and adv.max().item() <= 1
+
+
+def test_targeted_pgd_reaches_its_target(trained):
+    model, x, y = trained
+    target = (y + 1) % 10
+    with frozen(model):
+        adv = pgd_l2(model, x, target, eps=8.0, steps=40, step_size=0.4, targeted=True)
+        hit = (model(adv).argmax(1) == target).float().mean().item()
+    assert hit > 0.9
+    assert (adv - x).flatten(1).norm(dim=1).max().item() <= 8.0 + 1e-5
+
+
+def test_random_start_stays_in_the_ball_and_is_reproducible(trained):
+    model, x, y = trained
+    with frozen(model):
+        a = pgd_l2(model, x, y, 0.25, 2, 0.1, random_start=True, g=torch.Generator().manual_seed(1))
+        b = pgd_l2(model, x, y, 0.25, 2, 0.1, random_start=True, g=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert (a - x).flatten(1).norm(dim=1).max().item() <= 0.25 + 1e-5
+
+
+def test_frozen_restores_training_mode_and_grad_flags(trained):
+    model, _, _ = trained
+    model.train()
+    with frozen(model):
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    model.eval()
+
+
+def test_projection():
+    d = torch.randn(4, 3, 32, 32)
+    p = project_l2(d, 0.5)
+    assert torch.allclose(p.flatten(1).norm(dim=1), torch.full((4,), 0.5), atol=1e-5)
+    small = d / d.flatten(1).norm(dim=1)[:, None, None, None] * 0.1
+    assert torch.allclose(project_l2(small, 0.5), small)
+
+
+def test_representation_matching_lowers_the_distance(trained):
+    model, x, y = trained
+    start = x.roll(1, 0)  # start from other images, as in D_R / D_NR
+    with frozen(model):
+        z, stats = match_representation(model, start, x, steps=40, step_size=0.1)
+    assert stats["final_distance"] < 0.5 * stats["start_distance"]
+    assert stats["final_relative"] < stats["start_relative"]
+    assert z.min().item() >= 0 and z.max().item() <= 1
+
+
+def test_matching_with_a_decaying_step_is_deterministic(trained):
+    model, x, _ = trained
+    with frozen(model):
+        a, _ = match_representation(model, x.roll(1, 0), x, steps=5, step_size=0.3, final_step_size=0.02)
+        b, _ = match_representation(model, x.roll(1, 0), x, steps=5, step_size=0.3, final_step_size=0.02)
+    assert torch.equal(a, b)
+
+
+def test_augment_is_reproducible_and_keeps_shapes_and_range():
+    x, _ = synthetic_batch(2)
+    cfg = AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0)
+    a = augment(x, cfg, torch.Generator().manual_seed(5))
+    b = augment(x, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_crop_is_a_shifted_window():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    off = augment(x, AugmentConfig(crop_pad=4, flip=False, jitter=0.0, rotate=0.0), torch.Generator().manual_seed(0))
+    for i in range(2):  # every output row that lies inside the image is a contiguous run of an input row
+        nz = off[i, 0][off[i, 0] != 0]
+        assert len(nz) > 0 and torch.isin(nz, x[i, 0]).all()
+
+
+def test_no_augmentation_is_identity():
+    x, _ = synthetic_batch(1)
+    none = dataclasses.replace(RECIPE.augment)
+    assert torch.equal(augment(x, none, torch.Generator()), x)

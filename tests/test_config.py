@@ -1,0 +1,73 @@
+import pytest
+import yaml
+
+from notbugs.config import ConfigError, load_params
+from tests.conftest import ROOT, write_params
+
+
+def test_every_profile_of_the_project_loads():
+    for name in ("tiny", "cpu", "fast", "paper"):
+        p = load_params(ROOT / "params.yaml", name)
+        assert p.profile.name == name
+        assert set(p.profile.train_on) == {"d_r", "d_nr", "d_rand", "d_det"}
+
+
+def test_paper_profile_is_the_protocol():
+    p = load_params(ROOT / "params.yaml", "paper").profile
+    assert (p.arch, p.train.epochs, p.train.lr, p.train.batch_size, p.train.milestones) == ("resnet50", 150, 0.1, 128,
+                                                                                            (50, 100))
+    assert (p.adversarial.eps, p.adversarial.steps, p.adversarial.step_size) == (0.5, 7, 0.1)
+    assert (p.construct.match.steps, p.construct.match.step_size) == (1000, 0.1)
+    assert (p.construct.pgd.eps, p.construct.pgd.steps, p.construct.pgd.step_size) == (0.5, 100, 0.1)
+    assert p.evaluate.eps == (0.25,) and p.evaluate.step_factor == 2.5
+    assert p.train.augment.jitter == 0.25 and p.train.augment.rotate == 2.0
+    assert p.train_on["d_rand"].lr == 0.01 and p.train_on["d_r"].lr == 0.1  # per-set override merged
+    assert p.train_on["d_det"].augment.flip is False
+
+
+def _edited(tmp_path, mirror, edit):
+    return write_params(tmp_path / "p.yaml", mirror, tmp_path / "c", edit=edit)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["profiles"]["tiny"].update(arch="resnet1000"), "unknown architecture 'resnet1000'"),
+    (lambda d: d["profiles"]["tiny"]["adversarial"].update(eps=-0.5), "adversarial"),
+    (lambda d: d["profiles"]["tiny"]["evaluate"].update(eps=[-0.25]), "every eps must be > 0"),
+    (lambda d: d["profiles"]["tiny"]["construct"]["pgd"].update(steps=0), "construct.pgd"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(epocs=3), "unknown key(s) ['epocs']"),
+    (lambda d: d["profiles"]["tiny"]["train"].pop("lr"), "missing key(s) ['lr']"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(epochs="ten"), "expected an integer"),
+    (lambda d: d["profiles"]["tiny"]["train_on"]["d_rand"].update(lrr=0.1), "unknown key 'lrr'"),
+    (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["vgg16", "alexnet"]), "alexnet"),
+    (lambda d: d.update(profile="huge"), "unknown profile 'huge'"),
+    (lambda d: d["data"].update(source="ftp"), "data.source"),
+    (lambda d: d.update(extra=1), "unknown top-level key"),
+])
+def test_bad_parameters_are_refused_with_a_clear_message(tmp_path, mirror, edit, message):
+    path = _edited(tmp_path, mirror, edit)
+    with pytest.raises(ConfigError, match=None) as err:
+        load_params(path)
+    assert message in str(err.value)
+
+
+def test_environment_overrides_source_and_mirror(tmp_path, mirror, monkeypatch):
+    path = _edited(tmp_path, mirror, None)
+    monkeypatch.setenv("NOTBUGS_MIRROR", "/somewhere/else")
+    monkeypatch.setenv("NOTBUGS_PROFILE", "cpu")
+    p = load_params(path)
+    assert p.data.mirror == "/somewhere/else" and p.profile.name == "cpu"
+
+
+def test_hash_changes_with_the_recipe(tmp_path, mirror):
+    a = load_params(_edited(tmp_path, mirror, None))
+    b = load_params(_edited(tmp_path, mirror, lambda d: d["profiles"]["tiny"]["train"].update(lr=0.07)))
+    assert a.hash("construct") == b.hash("construct") and a.hash("train") != b.hash("train")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_params_yaml_is_plain_yaml():
+    assert yaml.safe_load((ROOT / "params.yaml").read_text())["profile"] in ("tiny", "cpu", "fast", "paper")

@@ -1,0 +1,172 @@
+"""Fetching: two sources, one path; every malformed input refused with nothing written."""
+
+import io
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from notbugs import data as D
+from tests.conftest import SHARED_MIRROR, make_mirror, png_bytes, synthetic_image
+
+
+def _fetch(mirror, root):
+    return D.fetch("mirror", mirror, root, train_per_class=20, test_per_class=10)
+
+
+def test_fetch_from_imagefolder_tree(tmp_path, mirror):
+    manifest = _fetch(mirror, tmp_path / "cifar10")
+    c = D.load(tmp_path / "cifar10")
+    assert c.train_images.shape == (200, 32, 32, 3) and c.train_images.dtype == np.uint8
+    assert c.test_images.shape == (100, 32, 32, 3)
+    assert np.bincount(c.train_labels).tolist() == [20] * 10
+    assert manifest["counts"] == {"train": 200, "test": 100} and c.classes == D.CLASSES
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_fetch_from_tar_parts_equals_tree(tmp_path, mirror):
+    tar_mirror = make_mirror(tmp_path / "tars", as_tar=True)  # same seed -> same images
+    _fetch(mirror, tmp_path / "a")
+    _fetch(tar_mirror, tmp_path / "b")
+    a, b = D.load(tmp_path / "a"), D.load(tmp_path / "b")
+    assert np.array_equal(a.train_images, b.train_images) and np.array_equal(a.test_labels, b.test_labels)
+
+
+def _copy(mirror, tmp_path):
+    return shutil.copytree(mirror, tmp_path / "m")
+
+
+def _corrupt_png(m):
+    (m / "train/cat/train_3_00001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+
+
+def _truncated_png(m):
+    p = m / "train/cat/train_3_00001.png"
+    p.write_bytes(p.read_bytes()[:60])
+
+
+def _wrong_size(m):
+    (m / "train/cat/train_3_00001.png").write_bytes(png_bytes(np.zeros((28, 28, 3), np.uint8)))
+
+
+def _grayscale(m):
+    (m / "test/dog/test_5_00001.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8), "L"))
+
+
+def _rgba(m):
+    (m / "test/dog/test_5_00001.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8), "RGBA"))
+
+
+def _missing_class(m):
+    shutil.rmtree(m / "train/frog")
+
+
+def _extra_class(m):
+    shutil.copytree(m / "train/frog", m / "train/unicorn")
+
+
+def _extra_image(m):
+    (m / "train/frog/extra.png").write_bytes(png_bytes(synthetic_image(6, np.random.default_rng(1))))
+
+
+def _missing_image(m):
+    (m / "test/ship/test_8_00003.png").unlink()
+
+
+def _stray_file(m):
+    (m / "train/frog/notes.txt").write_text("hello")
+
+
+def _empty(m):
+    shutil.rmtree(m / "train")
+    shutil.rmtree(m / "test")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_corrupt_png, "cannot decode"), (_truncated_png, "cannot decode"), (_wrong_size, "28x28, expected 32x32"),
+    (_grayscale, "mode is L"), (_rgba, "mode is RGBA"), (_missing_class, "frog"), (_extra_class, "unicorn"),
+    (_extra_image, "wrong number of images"), (_missing_image, "wrong number of images"),
+    (_stray_file, "unexpected file"), (_empty, "no CIFAR-10 images"),
+])
+def test_malformed_mirror_is_refused_and_nothing_is_written(tmp_path, mirror, damage, message):
+    m = _copy(mirror, tmp_path)
+    root = tmp_path / "out" / "cifar10"
+    _fetch(mirror, root)  # an earlier good fetch must survive a failed one untouched
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    damage(m)
+    with pytest.raises(D.DataError) as err:
+        _fetch(m, root)
+    assert message in str(err.value)
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    assert [p.name for p in root.parent.iterdir()] == ["cifar10"]  # no temporary leftovers
+
+
+def _tar_mirror(tmp_path):
+    return make_mirror(tmp_path / "tm", as_tar=True)
+
+
+def test_truncated_archive_is_refused(tmp_path):
+    m = _tar_mirror(tmp_path)
+    part = m / "part-0.tar.gz"
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    with pytest.raises(D.DataError, match="part-0.tar.gz: cannot read archive"):
+        _fetch(m, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_archive_is_refused(tmp_path):
+    m = _tar_mirror(tmp_path)
+    with tarfile.open(m / "part-9.tar", "w"):
+        pass
+    with pytest.raises(D.DataError, match="holds no images"):
+        _fetch(m, tmp_path / "out")
+
+
+def test_wrong_checksum_is_refused(tmp_path):
+    m = _tar_mirror(tmp_path)
+    (m / "SHA256SUMS").write_text("0" * 64 + "  part-0.tar.gz\n")
+    with pytest.raises(D.DataError, match="SHA-256 does not match"):
+        _fetch(m, tmp_path / "out")
+
+
+def test_archive_with_foreign_entry_is_refused(tmp_path):
+    m = _tar_mirror(tmp_path)
+    with tarfile.open(m / "evil.tar", "w") as tar:
+        info = tarfile.TarInfo("../../etc/passwd")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"root"))
+    with pytest.raises(D.DataError, match="unexpected entry"):
+        _fetch(m, tmp_path / "out")
+
+
+def test_missing_mirror_folder_names_the_options(tmp_path):
+    with pytest.raises(D.DataError, match="does not exist"):
+        _fetch(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_corrupt_canonical_array_is_detected_on_load(tmp_path, mirror):
+    root = tmp_path / "cifar10"
+    _fetch(mirror, root)
+    arr = root / "train_images.npy"
+    data = bytearray(arr.read_bytes())
+    data[-1] ^= 0xFF
+    arr.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="corrupt.*notbugs fetch"):
+        D.load(root)
+
+
+def test_balanced_subset():
+    labels = np.repeat(np.arange(10), 50)
+    idx = D.balanced_subset(labels, 100, seed=3)
+    assert len(idx) == 100 and np.bincount(labels[idx]).tolist() == [10] * 10
+    assert np.array_equal(idx, D.balanced_subset(labels, 100, seed=3))
+    assert len(D.balanced_subset(labels, 0, seed=3)) == 500
+
+
+@pytest.mark.skipif(not SHARED_MIRROR.exists(), reason="the shared CIFAR-10 mirror is not beside the checkout")
+def test_real_mirror_matches_its_published_checksums(tmp_path):
+    manifest = D.fetch("mirror", SHARED_MIRROR, tmp_path / "cifar10")
+    assert manifest["counts"] == {"train": 50000, "test": 10000}
+    assert manifest["array_sha256"]["train"] == "61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b"
+    assert manifest["array_sha256"]["test"] == "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"

@@ -1,0 +1,318 @@
+"""Tests for notbugs.report: the HTML / Markdown / JSON report built from tiny synthetic results."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from notbugs import report, results
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# Our synthetic accuracies (fractions); the paper's numbers are in notbugs.report.
+CLEAN_ROBUST = {
+    ("standard", "d"): (0.913, 0.097),  # clean within 5 pts, robust above paper by 5.2
+    ("adversarial", "d"): (0.841, 0.751),  # below by 6.7 / 7.2
+    ("standard", "d_r"): (0.804, 0.569),
+    ("standard", "d_nr"): (0.744, 0.004),  # clean below by 13.3
+    ("standard", "d_rand"): (0.121, 0.0),  # below by 51.2
+    ("standard", "d_det"): (0.301, 0.0),
+}
+
+
+# ---------------------------------------------------------------- synthetic inputs
+
+
+def model_id(profile: str, training: str, train_set: str, arch: str = "resnet18") -> str:
+    return f"{profile}/{training}-{train_set}-{arch}"
+
+
+def model_row(profile: str, training: str, train_set: str, arch: str = "resnet18", minute: int = 0) -> dict:
+    return {"model_id": model_id(profile, training, train_set, arch), "profile": profile, "arch": arch,
+            "width": 0.25, "train_set": train_set, "training": training, "recipe": results.to_json({"epochs": 3}),
+            "checkpoint_path": "x.pt", "checkpoint_sha256": "0" * 64, "run_id": "r1",
+            "created_at": T0 + timedelta(minutes=minute)}
+
+
+def eval_row(profile: str, mid: str, attack: str, eps: float, accuracy: float, when: datetime) -> dict:
+    n = 1000
+    return {"model_id": mid, "profile": profile, "test_set": "cifar10-test", "attack": attack, "eps": eps,
+            "steps": 0 if attack == "none" else 20, "restarts": 1, "accuracy": accuracy,
+            "correct": int(round(accuracy * n)), "n": n, "per_class_accuracy": [accuracy] * 10, "wall_s": 1.0,
+            "run_id": "r2", "evaluated_at": when}
+
+
+def run_row(profile: str, stage: str, minute: int, wall: float, status: str = "ok") -> dict:
+    start = T0 + timedelta(minutes=minute)
+    return {"run_id": f"run-{stage}-{minute}", "stage": stage, "profile": profile, "params_hash": "ph",
+            "code_version": "abc1234", "input_hashes": "{}", "device": "cpu", "started_at": start,
+            "ended_at": start + timedelta(seconds=wall), "wall_s": wall, "status": status}
+
+
+def dataset_row(profile: str, name: str, stats: dict) -> dict:
+    return {"dataset_id": f"{profile}/{name}", "profile": profile, "name": name, "recipe": "{}",
+            "source_model_id": model_id(profile, "standard", "d"), "source_model_sha256": "0" * 64,
+            "n_images": 5000, "stats": results.to_json(stats), "path": f"data/datasets/{name}", "run_id": "r3",
+            "created_at": T0}
+
+
+def write_results(root: Path, profile: str = "cpu", scale: float = 1.0) -> None:
+    """A plausible set of rows for one profile; `scale` shifts every accuracy to tell profiles apart."""
+    models, evals = [], []
+    for (training, train_set), (clean, robust) in CLEAN_ROBUST.items():
+        models.append(model_row(profile, training, train_set))
+        mid = model_id(profile, training, train_set)
+        evals += [eval_row(profile, mid, "none", 0.0, clean * scale, T0 + timedelta(hours=1)),
+                  eval_row(profile, mid, "pgd_l2", 0.25, robust * scale, T0 + timedelta(hours=1))]
+    # transfer targets: a second architecture with its own standard and D_det models
+    models += [model_row(profile, "standard", "d", "vgg16", 1), model_row(profile, "standard", "d_det", "vgg16", 1)]
+    evals.append(eval_row(profile, model_id(profile, "standard", "d_det", "vgg16"), "none", 0.0, 0.205 * scale,
+                          T0 + timedelta(hours=1)))
+    results.append("models", models, root)
+    results.append("evaluations", evals, root)
+    results.append("transfer", [
+        {"source_model_id": model_id(profile, "standard", "d"),
+         "target_model_id": model_id(profile, "standard", "d", a), "target_arch": a, "profile": profile,
+         "attack": "pgd_l2_targeted", "eps": 0.5, "steps": 20,
+         "success_rate": rate, "n": 500, "run_id": "r4", "created_at": T0}
+        for a, rate in (("resnet18", 0.45), ("vgg16", 0.30))], root)
+    results.append("epochs", [
+        {"model_id": model_id(profile, "standard", "d"), "profile": profile, "epoch": e, "train_loss": 2.0 / (e + 1),
+         "train_acc": 0.3 + 0.2 * e, "lr": 0.1, "wall_s": 10.0, "run_id": "r1"} for e in range(3)], root)
+    results.append("runs", [run_row(profile, "fetch", 0, 5.0), run_row(profile, "source training", 1, 85.0),
+                            run_row(profile, "construct", 3, 404.0)], root)
+    results.append("datasets", [
+        dataset_row(profile, "d_r", {"start_distance": 5.2, "final_distance": 0.9, "start_relative": 1.11,
+                                     "final_relative": 0.18}),
+        dataset_row(profile, "d_rand", {"success_rate": 0.969})], root)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_cifar(data_dir: Path, n_train: int = 40) -> None:
+    """A tiny CIFAR-10 folder in the canonical format notbugs.data.load reads."""
+    rng = np.random.default_rng(0)
+    arrays = {"train_images.npy": rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+              "train_labels.npy": np.arange(n_train, dtype=np.int64) % 10,
+              "test_images.npy": rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
+              "test_labels.npy": np.arange(10, dtype=np.int64)}
+    folder = data_dir / "cifar10"
+    folder.mkdir(parents=True)
+    files = {}
+    for name, array in arrays.items():
+        data = npy(array)
+        (folder / name).write_bytes(data)
+        files[name] = sha256(data)
+    (folder / "manifest.json").write_text(json.dumps({"files": files, "classes": list(CLASSES)}))
+
+
+def write_constructed(data_dir: Path, name: str, source_index: np.ndarray) -> None:
+    """A one-shard constructed set in the format notbugs.construct.load_constructed reads."""
+    rng = np.random.default_rng(len(name))
+    n = len(source_index)
+    buf = io.BytesIO()
+    np.savez(buf, images=rng.random((n, 3, 32, 32)).astype(np.float16),
+             labels=(source_index % 10 + (1 if name == "d_det" else 0)) % 10,
+             source_index=source_index.astype(np.int64), start_index=np.full(n, -1, dtype=np.int64))
+    folder = data_dir / "datasets" / name
+    folder.mkdir(parents=True)
+    (folder / "shard-00000.npz").write_bytes(buf.getvalue())
+    manifest = {"name": name, "shards": [{"file": "shard-00000.npz", "sha256": sha256(buf.getvalue())}]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One full report (D_det's images deliberately missing), shared by the tests that only read it."""
+    base = tmp_path_factory.mktemp("report")
+    write_results(base / "results")
+    write_cifar(base / "data")
+    for name in ("d_r", "d_nr", "d_rand"):
+        write_constructed(base / "data", name, np.arange(12, dtype=np.int64) * 3)
+    deviations = ["ResNet-18 at width 0.25 instead of ResNet-50", "5,000 training images instead of 50,000"]
+    paths = report.build_report(base / "results", base / "data", base / "out", deviations=deviations)
+    return {"paths": paths, "html": paths["html"].read_text(), "md": paths["markdown"].read_text(),
+            "summary": json.loads(paths["summary"].read_text())}
+
+
+# ---------------------------------------------------------------- the full report
+
+
+def test_build_report_writes_the_three_files(built):
+    paths = built["paths"]
+    for key in ("html", "markdown", "summary", "figure2", "figure3", "training_curves", "samples"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 0, key
+    assert paths["html"].name == "report.html" and paths["markdown"].name == "report.md"
+
+
+def test_html_has_sections_figures_and_both_numbers(built):
+    page = built["html"]
+    for section in ("Figure 2", "Table 1", "Figure 3", "Samples", "Construction statistics", "Training curves",
+                    "Provenance"):
+        assert section in page
+    assert page.count("<svg") == 3  # figure 2, figure 3, training curves
+    for ours in ("91.3", "84.1", "75.1", "80.4", "56.9", "74.4", "12.1", "30.1", "45.0"):
+        assert ours in page, ours
+    for paper in ("95.3", "4.5", "90.8", "82.3", "48.3", "87.7", "0.8", "63.3", "43.7"):
+        assert paper in page, paper
+    assert "<script" not in page
+    urls = set(re.findall(r"https?://[^\s\"'<>]+", page))
+    assert urls <= {"http://www.w3.org/2000/svg"}
+
+
+def test_deviation_badges_are_visible(built):
+    page = built["html"]
+    assert '<span class="badge bad">below paper by 51.2 pts</span>' in page  # D_rand 12.1 vs 63.3
+    assert '<span class="badge bad">below paper by 7.2 pts</span>' in page  # adversarial robust 75.1 vs 82.3
+    assert '<span class="badge warn">above paper by 5.2 pts</span>' in page  # standard robust 9.7 vs 4.5
+    assert '<span class="badge ok">within 5 pts (-4.0)</span>' in page  # standard clean 91.3 vs 95.3
+    assert "ResNet-18 at width 0.25 instead of ResNet-50" in page
+
+
+def test_latest_evaluation_wins(tmp_path):
+    write_results(tmp_path / "results")
+    mid = model_id("cpu", "standard", "d_r")
+    results.append("evaluations", [eval_row("cpu", mid, "none", 0.0, 0.333, T0),  # older: ignored
+                                   eval_row("cpu", mid, "none", 0.0, 0.777, T0 + timedelta(days=1))],
+                   tmp_path / "results")
+    paths = report.build_report(tmp_path / "results", tmp_path / "nodata", tmp_path / "out")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["figure2"]["d_r"]["clean"] == pytest.approx(77.7)
+    assert "33.3" not in paths["html"].read_text()
+
+
+def test_markdown_has_the_tables_and_links_the_figures(built):
+    md, out = built["md"], built["paths"]["html"].parent
+    assert "| training | model | clean, ours | clean, paper |" in md
+    assert re.search(r"\| Standard training on D_NR \| cpu/standard-d_nr-resnet18 \| 74\.4 \| 87\.7 \| "
+                     r"\*\*below paper by 13\.3 pts\*\*", md)
+    assert re.search(r"\| D_rand \| cpu/standard-d_rand-resnet18 \| 12\.1 \| 63\.3 \|", md)
+    for figure in ("figure2.svg", "figure3.svg", "training_curves.svg", "samples.png"):
+        assert f"]({figure})" in md and (out / figure).is_file()
+    assert (out / "figure2.svg").read_text().startswith("<svg")
+
+
+def test_summary_json_has_the_main_numbers(built):
+    summary = built["summary"]
+    assert summary["profile"] == "cpu"
+    assert summary["figure2"]["standard"] == {"model_id": "cpu/standard-d-resnet18", "clean": 91.3, "robust": 9.7,
+                                              "paper_clean": 95.3, "paper_robust": 4.5}
+    assert summary["table1"]["d_det"]["clean"] == 30.1 and summary["table1"]["d_det"]["paper_clean"] == 43.7
+    assert summary["figure3"]["points"]["vgg16"] == {"transfer_success": 30.0, "d_det_acc": 20.5}
+    assert summary["figure3"]["pearson_r"] == 1.0
+    assert summary["construction"]["d_r"]["final_relative"] == 0.18
+    assert any("below paper by 51.2 pts" in flag for flag in summary["flags"])
+    assert len(summary["deviations"]) == 2
+
+
+def test_sample_grid_shows_every_available_set(built):
+    page = built["html"]
+    # 8 samples for D, D_R, D_NR, D_rand; D_det was never built and says so
+    assert page.count("data:image/png;base64,") == 4 * 8
+    assert "D_det is not built yet" in page
+    row = re.search(r'<tr><th scope="row">D_rand</th>(.*?)</tr>', page).group(1)
+    assert row.count("<img") == 8 and "airplane" in row
+
+
+def test_construction_and_provenance(built):
+    page = built["html"]
+    assert "5.200 → 0.900" in page and "1.110 → 0.180" in page and "96.9" in page
+    assert "source training" in page and "abc1234" in page and "1 min 25 s" in page
+
+
+# ---------------------------------------------------------------- missing and partial inputs
+
+
+def test_missing_everything_still_builds(tmp_path):
+    paths = report.build_report(tmp_path / "no-results", tmp_path / "no-data", tmp_path / "out")
+    page, md = paths["html"].read_text(), paths["markdown"].read_text()
+    assert page.count("not run yet") >= 5 and "not run yet" in md
+    assert "CIFAR-10 is not fetched yet" in page and "No constructed set is built yet" in page
+    assert "Figure 2" in page and page.count("<svg") == 1  # the paper's bars are still drawn
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["profile"] is None and summary["figure2"]["d_r"]["clean"] is None
+    assert summary["figure3"]["points"] == {} and summary["flags"] == []
+
+
+def test_no_transfer_yet_says_so(tmp_path):
+    root = tmp_path / "results"
+    results.append("models", [model_row("cpu", "standard", "d")], root)
+    results.append("evaluations", [eval_row("cpu", model_id("cpu", "standard", "d"), "none", 0.0, 0.9, T0)], root)
+    paths = report.build_report(root, tmp_path / "no-data", tmp_path / "out")
+    page = paths["html"].read_text()
+    assert "Figure 3: no transfer measurement and no D_det model yet: not run yet." in page
+    assert "90.0" in page and "figure3" not in paths
+
+
+def test_profile_filter_and_default(tmp_path):
+    root = tmp_path / "results"
+    write_results(root, "cpu", scale=1.0)
+    write_results(root, "tiny", scale=0.5)
+    # the tiny profile was written last (same timestamps, later part files) only by order; make it later
+    results.append("runs", [run_row("tiny", "report", 600, 1.0)], root)
+    default = json.loads(report.build_report(root, tmp_path / "d", tmp_path / "a")["summary"].read_text())
+    chosen = json.loads(report.build_report(root, tmp_path / "d", tmp_path / "b", profile="cpu")["summary"]
+                        .read_text())
+    assert default["profile"] == "tiny" and default["figure2"]["standard"]["clean"] == pytest.approx(45.65)
+    assert chosen["profile"] == "cpu" and chosen["figure2"]["standard"]["clean"] == pytest.approx(91.3)
+
+
+def test_injected_loaders_and_failed_run_flag(tmp_path):
+    root = tmp_path / "results"
+    results.append("runs", [run_row("cpu", "train", 0, 3.0, status="failed")], root)
+
+    def no_sets(path):
+        raise FileNotFoundError(path)
+
+    paths = report.build_report(root, tmp_path, tmp_path / "out", load_constructed=no_sets, load_cifar=no_sets)
+    page = paths["html"].read_text()
+    assert '<span class="badge bad">failed</span>' in page
+    assert "D_R is not built yet" in page and "data:image/png" not in page
+
+
+def test_svg_helpers_handle_edge_cases():
+    bars = report._grouped_bars_svg(["a", "b"], [("ours", "#000", [None, 50.0])], "t")
+    assert "n/a" in bars and bars.count("<rect") == 3  # background, one bar, one legend swatch
+    scatter = report._scatter_svg([("resnet18", 40.0, 40.0)], "x", "y", "t")
+    assert "resnet18 (40.0, 40.0)" in scatter and "<circle" in scatter
+
+
+# ---------------------------------------------------------------- browser
+
+
+def test_browser_check_renders_and_screenshots(built, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install -y chromium)")
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "check_report_browser.py"),
+                           str(built["paths"]["html"]), "--screenshot", str(shot), "--require-images"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"screenshot: {shot}" in done.stdout
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_browser_check_fails_clearly_on_a_missing_file(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "check_report_browser.py"),
+                           str(tmp_path / "nope.html")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "does not exist" in done.stderr

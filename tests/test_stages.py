@@ -1,0 +1,161 @@
+"""The stages end to end through the plain library (no Prefect, no DVC) on synthetic data."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from notbugs import construct as C
+from notbugs import results
+from notbugs import stages as S
+from notbugs.config import load_params
+from notbugs.storage import ArtefactError
+from tests.conftest import write_params
+
+
+def _fast(doc):
+    t = doc["profiles"]["tiny"]
+    t["transfer"]["archs"] = ["resnet9"]
+    t["construct"]["shard_size"] = 60  # 200 images -> 4 shards, the last one partial
+    t["construct"]["batch_size"] = 40
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, mirror):
+    """fetch + both source models, shared by the tests of this module (copied before mutation)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    path = write_params(root / "params.yaml", mirror, root / "data" / "cifar10", edit=_fast)
+    params = load_params(path)
+    data = root / "data"
+    S.stage_fetch(params, data, "cpu")
+    for kind in ("standard", "robust"):
+        S.stage_source(params, kind, data, "cpu")
+    return params, data
+
+
+def _copy(sources, tmp_path):
+    params, data = sources
+    shutil.copytree(data, tmp_path / "data")
+    return params, tmp_path / "data"
+
+
+def test_source_stage_records_models_epochs_evaluations_and_runs(sources):
+    params, data = sources
+    root = S.results_root(data)
+    models = results.load("models", root)
+    assert sorted(models["training"]) == ["adversarial", "standard"]
+    assert set(results.load("epochs", root)["epoch"]) == {1, 2}
+    ev = results.load("evaluations", root)
+    assert set(ev["attack"]) == {"none", "pgd_l2"} and len(ev) == 4 and (ev["n"] == 100).all()
+    runs = results.load("runs", root)
+    assert set(runs["stage"]) == {"fetch", "source@standard", "source@robust"} and (runs["status"] == "ok").all()
+    metrics = json.loads((data / "metrics" / "source_robust.json").read_text())
+    assert set(metrics) == {"clean", "pgd_l2_eps0.25"}
+
+
+@pytest.mark.parametrize("name", ["d_r", "d_rand"])
+def test_construction_killed_midway_resumes_to_the_same_shards(sources, tmp_path, monkeypatch, name):
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, name, data, "cpu")
+    reference = {p.name: p.read_bytes() for p in S.dataset_dir(data, name).glob("shard-*.npz")}
+    assert len(reference) == 4
+
+    shutil.rmtree(S.dataset_dir(data, name))
+    real, calls = C.build_shard, []
+
+    def dies_on_third(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(C, "build_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        S.stage_construct(params, name, data, "cpu")
+    assert not (S.dataset_dir(data, name) / "manifest.json").exists()
+    monkeypatch.setattr(C, "build_shard", real)
+
+    rebuilt = []
+    monkeypatch.setattr(C, "build_shard", lambda *a, **k: rebuilt.append(a[6]) or real(*a, **k))
+    S.stage_construct(params, name, data, "cpu")
+    assert rebuilt == [2, 3]  # finished shards are not redone
+    assert {p.name: p.read_bytes() for p in S.dataset_dir(data, name).glob("shard-*.npz")} == reference
+    runs = results.load("runs", S.results_root(data))
+    assert list(runs[runs["stage"] == f"construct@{name}"]["status"].sort_values()) == ["failed", "ok", "ok"]
+
+
+def test_constructed_sets_follow_the_recipe(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    split = S.load_split(params, data)
+    for name in ("d_r", "d_nr", "d_rand", "d_det"):
+        S.stage_construct(params, name, data, "cpu")
+        arrays = C.load_constructed(S.dataset_dir(data, name))
+        assert arrays["images"].dtype == np.float16 and arrays["images"].shape == (200, 3, 32, 32)
+        assert np.array_equal(arrays["source_index"], split.train_index)
+        y = split.train_y.numpy()
+        if name in ("d_r", "d_nr"):
+            assert np.array_equal(arrays["labels"], y)
+            assert (arrays["start_index"] != arrays["source_index"]).all()  # always another image
+            assert arrays["manifest"]["stats"]["final_distance"] < arrays["manifest"]["stats"]["start_distance"]
+        elif name == "d_det":
+            assert np.array_equal(arrays["labels"], (y + 1) % 10)
+        else:
+            assert len(set(arrays["labels"].tolist())) > 5
+        x = split.train_x.numpy()
+        if name in ("d_rand", "d_det"):  # inside the eps ball of the source image
+            dist = np.linalg.norm((arrays["images"].astype(np.float32) - x).reshape(200, -1), axis=1)
+            assert dist.max() <= params.profile.construct.pgd.eps + 0.01
+    ds = results.load("datasets", S.results_root(data))
+    assert sorted(ds["name"]) == ["d_det", "d_nr", "d_r", "d_rand"]
+
+
+def test_corrupt_shard_is_detected(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, "d_det", data, "cpu")
+    shard = S.dataset_dir(data, "d_det") / "shard-00001.npz"
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ArtefactError, match="shard-00001.npz is missing or corrupt.*construct@d_det"):
+        C.load_constructed(S.dataset_dir(data, "d_det"))
+
+
+def test_nan_in_a_constructed_set_is_refused(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, "d_det", data, "cpu")
+    out = S.dataset_dir(data, "d_det")
+    manifest = json.loads((out / "manifest.json").read_text())
+    with np.load(out / "shard-00000.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["images"][0, 0, 0, 0] = np.nan
+    blob = C.npz_bytes(arrays)
+    (out / "shard-00000.npz").write_bytes(blob)
+    manifest["shards"][0]["sha256"] = __import__("hashlib").sha256(blob).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtefactError, match="NaN"):
+        C.load_constructed(out)
+
+
+def test_whole_pipeline_fills_every_table(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    for name in ("d_r", "d_nr", "d_rand", "d_det"):
+        S.stage_construct(params, name, data, "cpu")
+        metrics = S.stage_train(params, name, data, "cpu")
+        assert 0 <= metrics["clean"] <= 1
+    transfer = S.stage_transfer(params, data, "cpu")
+    assert set(transfer["resnet9"]) == {"transfer_success", "d_det_clean"}
+    S.stage_reevaluate(params, data, "cpu")
+    paths = S.stage_report(params, data, None, "cpu")
+    assert "report.html" in paths["html"]
+    counts = results.summary(S.results_root(data))
+    # 2 source + 4 train + 2 transfer models, each clean + 1 eps, then re-evaluated at 2 eps
+    assert counts["models"] == 8 and counts["transfer"] == 1 and counts["datasets"] == 4
+    assert counts["evaluations"] == 8 * 2 + 8 * 3
+    assert counts["runs"] == 3 + 4 + 4 + 1 + 1 + 1
+
+
+def test_training_set_is_the_constructed_one(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, "d_det", data, "cpu")
+    x, y = S.load_training_set(data, "d_det")
+    assert x.dtype == torch.float32 and x.shape[0] == len(y) == 200

@@ -1,0 +1,153 @@
+"""`dvc repro` of the tiny profile, each stage a Prefect flow run, on a copy of the repository.
+
+Uses the real CIFAR-10 mirror in ../shared when it is there, else generated data. A Prefect server
+is started for the test on localhost (a temporary PREFECT_HOME), as scripts/pipeline.sh does.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from notbugs import results
+from tests.conftest import ROOT, SHARED_MIRROR, make_mirror
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _run(cmd, cwd, env, timeout=900):
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, prefect_server):
+    """A git copy of the working tree with profile tiny, after one full `dvc repro`."""
+    work = tmp_path_factory.mktemp("repo") / "notbugs"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, work / rel)
+    mirror = SHARED_MIRROR if SHARED_MIRROR.exists() else make_mirror(work.parent / "mirror", 500, 100)
+    doc = yaml.safe_load((work / "params.yaml").read_text())
+    doc["profile"] = "tiny"
+    doc["data"]["mirror"] = str(mirror)
+    (work / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, **prefect_server, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(work)}
+    for var in ("NOTBUGS_PROFILE", "NOTBUGS_MIRROR", "NOTBUGS_DATA_SOURCE"):
+        env.pop(var, None)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run(git + ["init", "-q"], work, env)
+    _run(git + ["add", "-A"], work, env)
+    _run(git + ["commit", "-qm", "copy"], work, env)
+    t0 = time.perf_counter()
+    out = _run([str(BIN / "dvc"), "repro"], work, env)
+    print(f"dvc repro (tiny) took {time.perf_counter() - t0:.0f} s")
+    return {"path": work, "env": env, "log": out}
+
+
+def test_repro_fills_the_result_tables(repo):
+    root = repo["path"] / "data" / "results"
+    counts = results.summary(root)
+    runs = results.load("runs", root)
+    assert (runs["status"] == "ok").all()
+    stages = set(runs["stage"])
+    assert {"fetch", "source@standard", "source@robust", "transfer", "report"} <= stages
+    assert {f"construct@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= stages
+    assert {f"train@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= stages
+    assert len(runs) == 13
+    n_models = 2 + 4 + 2 * 2  # sources, one per constructed set, (resnet9, resnet18) x (D, D_det)
+    assert counts["models"] == n_models and counts["datasets"] == 4 and counts["transfer"] == 2
+    ev = results.load("evaluations", root)
+    assert len(ev) == n_models * 2 and set(ev["attack"]) == {"none", "pgd_l2"}
+    assert (ev["profile"] == "tiny").all() and (ev["n"] == 100).all()
+    assert counts["epochs"] == n_models * 2
+    assert (repo["path"] / "data" / "report" / "report.html").exists()
+    assert (repo["path"] / "dvc.lock").exists()
+
+
+def test_repro_again_does_nothing(repo):
+    out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
+    assert "up to date" in out
+
+
+def test_metrics_and_plots_show(repo):
+    out = _run([str(BIN / "dvc"), "metrics", "show"], repo["path"], repo["env"])
+    assert "source_robust.json" in out and "pgd_l2_eps0.25" in out
+    _run([str(BIN / "dvc"), "plots", "show", "--out", str(repo["path"] / "plots-html")], repo["path"], repo["env"])
+    assert (repo["path"] / "plots-html" / "index.html").exists()
+
+
+def test_changing_one_parameter_invalidates_only_its_dependents(repo):
+    params = repo["path"] / "params.yaml"
+    original = params.read_text()
+    doc = yaml.safe_load(original)
+    doc["profiles"]["tiny"]["construct"]["pgd"]["steps"] = 6
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
+    finally:
+        params.write_text(original)
+    changed = {line.rstrip(":") for line in out.splitlines() if line and not line.startswith(("\t", " "))}
+    assert {"construct@d_rand", "construct@d_det", "transfer"} <= changed
+    assert not changed & {"fetch", "source@standard", "source@robust", "construct@d_r", "construct@d_nr",
+                          "train@d_r", "train@d_nr"}
+    # a parameter of another profile changes nothing
+    doc = yaml.safe_load(original)
+    doc["profiles"]["paper"]["train"]["epochs"] = 151
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
+    finally:
+        params.write_text(original)
+    assert "up to date" in out
+
+
+def test_flow_runs_are_visible_in_prefect(repo, prefect_server):
+    code = ("import asyncio\nfrom prefect.client.orchestration import get_client\n"
+            "async def main():\n  async with get_client() as c:\n    runs = await c.read_flow_runs()\n"
+            "    print(sorted({r.name for r in runs}))\nasyncio.run(main())\n")
+    out = _run([sys.executable, "-c", code], repo["path"], repo["env"])
+    for name in ("source-standard", "construct-d_r", "train-d_det"):
+        assert name in out

@@ -151,3 +151,13 @@ def test_flow_runs_are_visible_in_prefect(repo, prefect_server):
     out = _run([sys.executable, "-c", code], repo["path"], repo["env"])
     for name in ("source-standard", "construct-d_r", "train-d_det"):
         assert name in out
+
+
+def test_reevaluate_once_appends_rows(repo):
+    root = repo["path"] / "data" / "results"
+    before = len(results.load("evaluations", root))
+    _run([sys.executable, "-m", "flows.serve", "--once"], repo["path"], repo["env"])
+    ev = results.load("evaluations", root)
+    # tiny's reevaluate suite: clean + PGD at eps 0.25 and 0.5, for each of the 10 models
+    assert len(ev) == before + 10 * 3
+    assert set(ev["eps"]) == {0.0, 0.25, 0.5}

@@ -1,0 +1,35 @@
+"""Serve the scheduled `reevaluate` deployment: re-score every trained model on a cron schedule.
+
+    python -m flows.serve                       # weekly (Monday 03:00), until stopped
+    python -m flows.serve --cron "0 3 * * *"    # daily
+    python -m flows.serve --once                # run it once now, no schedule
+
+Serving needs a Prefect API that outlives the process: start one with `prefect server start`
+(localhost only by default) and set PREFECT_API_URL, or use your Prefect Cloud workspace.
+"""
+
+import argparse
+
+from flows.pipeline import reevaluate_flow
+
+DEFAULT_CRON = "0 3 * * 1"  # weekly, Monday 03:00
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default: '{DEFAULT_CRON}', weekly)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--once", action="store_true", help="run the re-evaluation once now and exit")
+    args = parser.parse_args(argv)
+    kw = {"params_path": args.params, "profile": args.profile, "data_dir": args.data_dir}
+    if args.once:
+        reevaluate_flow(**kw)
+        return
+    reevaluate_flow.serve(name="reevaluate", cron=args.cron, parameters=kw,
+                          description="re-score every trained model under the current evaluation suite")
+
+
+if __name__ == "__main__":
+    main()

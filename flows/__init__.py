@@ -8,3 +8,8 @@ import os
 
 # The library logs through the standard `notbugs` logger; ship those lines to the Prefect UI too.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "notbugs")
+
+import logging  # noqa: E402
+
+# The library logs at INFO what happens in the paper's terms; without a level it would inherit WARNING.
+logging.getLogger("notbugs").setLevel(logging.INFO)

@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="notbugs", description="Reproduce 'Adversarial Examples Are Not Bugs, They Are Features' on CIFAR-10.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="stages in pipeline order:\n" + "\n".join(f"  {n:<11} {h}" for n, h in STAGES))
-    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True,
+                                help="one of the stages below; `notbugs STAGE --help` for its options")
     for name, help_text in STAGES:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, description=help_text)
         p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
         p.add_argument("--profile", choices=PROFILES, help="override the profile named in the parameter file")
         p.add_argument("--data-dir", default="data", help="where artefacts and result tables live (default: data)")

@@ -134,11 +134,42 @@ class Params:
     profile: Profile
     data: DataConfig
     raw: dict = field(repr=False, compare=False)  # the resolved profile as plain data, for hashing
+    paper: Profile | None = field(default=None, repr=False, compare=False)  # the exact protocol, for comparison
+
+    def deviations(self) -> list[str]:
+        """Every setting of this profile that differs from the `paper` profile (subset 0 = all images)."""
+        if self.paper is None:
+            return []
+        ours, theirs = dataclasses.asdict(self.profile), dataclasses.asdict(self.paper)
+        ours.pop("name"), theirs.pop("name")
+        out = []
+        for key, a, b in _diff(ours, theirs):
+            parts = key.split(".")
+            if parts[0] == "train_on":  # per-set recipes: only where they differ beyond the base recipe
+                base = ".".join(["train", *parts[2:]])
+                if (a, b) == (_get(ours, base), _get(theirs, base)):
+                    continue
+            out.append(f"{key}: {a!r} (paper: {b!r})")
+        return out
 
     def hash(self, *sections: str) -> str:
         """Short hash of the named profile sections (all when none): provenance of a stage's recipe."""
         body = self.raw if not sections else {s: self.raw[s] for s in sections}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _get(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
+def _diff(ours, theirs, prefix: str = ""):
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in ours:
+            yield from _diff(ours[key], theirs.get(key), f"{prefix}{key}.")
+    elif ours != theirs:
+        yield prefix.rstrip("."), ours, theirs
 
 
 def _build(cls, data, where: str):
@@ -264,15 +295,19 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     data_cfg = _build(DataConfig, data, "data")
     _check(data_cfg.source in SOURCES, f"data.source must be one of {list(SOURCES)}, got {data_cfg.source!r}")
 
-    raw = dict(profiles[name])
+    prof = _profile(name, profiles[name])
+    paper = _profile("paper", profiles["paper"]) if "paper" in profiles else None
+    return Params(profile=prof, data=data_cfg, raw=dict(profiles[name]), paper=paper)
+
+
+def _profile(name: str, raw: dict) -> Profile:
     where = f"profiles.{name}"
-    if not isinstance(raw.get("train"), dict) or not isinstance(raw.get("train_on"), dict):
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict) or not isinstance(raw.get("train_on"), dict):
         raise ConfigError(f"{where}: needs mappings 'train' and 'train_on'")
     train_on = {k: _build(TrainConfig, _merge(raw["train"], v or {}, f"{where}.train_on.{k}"),
                           f"{where}.train_on.{k}") for k, v in raw["train_on"].items()}
     fields = {k: v for k, v in raw.items() if k != "train_on"}
     fields["train_on"] = {}
-    prof = _build(Profile, fields, where)
-    prof = dataclasses.replace(prof, name=name, train_on=train_on)
+    prof = dataclasses.replace(_build(Profile, fields, where), name=name, train_on=train_on)
     validate(prof)
-    return Params(profile=prof, data=data_cfg, raw=raw)
+    return prof

@@ -452,8 +452,24 @@ def stage_report(params: Params, data_dir="data", out_dir: str | None = None, de
 
     out = Path(out_dir) if out_dir else Path(data_dir) / "report"
     with recorded_run("report", params, data_dir, pick_device(device)):
-        paths = build_report(results_root(data_dir), data_dir, out, params.profile.name)
+        paths = build_report(results_root(data_dir), data_dir, out, params.profile.name, params.deviations())
+        paths.update(write_plot_tables(paths["summary"], out))
     return {k: str(v) for k, v in paths.items()}
+
+
+def write_plot_tables(summary_path: Path, out: Path) -> dict:
+    """Figure 2 and Figure 3 as CSV files, for `dvc plots` (ours and the paper's side by side)."""
+    summary = read_json(summary_path)
+    fig2 = ["set,source,clean,robust"]
+    for key, row in list(summary["figure2"].items()) + list(summary["table1"].items()):
+        fig2.append(f"{key},ours,{row.get('clean') or ''},{row.get('robust') or ''}")
+        fig2.append(f"{key},paper,{row.get('paper_clean') or ''},{row.get('paper_robust') or ''}")
+    fig3 = ["arch,transfer_success,d_det_acc"]
+    fig3 += [f"{arch},{p['transfer_success']},{p['d_det_acc']}" for arch, p in summary["figure3"]["points"].items()]
+    paths = {"figure2_csv": out / "figure2.csv", "figure3_csv": out / "figure3.csv"}
+    atomic_write_bytes(paths["figure2_csv"], ("\n".join(fig2) + "\n").encode())
+    atomic_write_bytes(paths["figure3_csv"], ("\n".join(fig3) + "\n").encode())
+    return paths
 
 
 def env_info() -> dict:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from notbugs.attacks import frozen, match_representation, pgd_l2
+from notbugs.attacks import _autocast, frozen, match_representation, pgd_l2
+from notbugs.batching import in_batches
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
 
 log = logging.getLogger("notbugs.construct")
@@ -78,26 +79,24 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
                 device: torch.device) -> dict:
     """Construct positions [a, b) of the set and write shard k; returns its statistics."""
     t0 = time.perf_counter()
-    batch = recipe["batch_size"]
-    outs, stats = [], []
+
+    def one_batch(s: int, e: int):
+        x = images[s:e].to(device)
+        if name in MATCHING:
+            m = recipe["match"]
+            start = images[torch.as_tensor(assign["start"][s:e])].to(device)
+            z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"])
+        else:
+            p = recipe["pgd"]
+            t = torch.as_tensor(assign["target"][s:e], device=device)
+            z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True)
+            with torch.no_grad(), _autocast(device):
+                st = {"success": (model(z).argmax(1) == t).float().sum().item()}
+        return z.to(torch.float16).cpu(), {**st, "n": e - s}
+
     with frozen(model):
-        for s in range(a, b, batch):
-            e = min(s + batch, b)
-            x = images[s:e].to(device)
-            if name in MATCHING:
-                m = recipe["match"]
-                start = images[torch.as_tensor(assign["start"][s:e])].to(device)
-                z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"])
-                st["n"] = e - s
-            else:
-                p = recipe["pgd"]
-                t = torch.as_tensor(assign["target"][s:e], device=device)
-                z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True)
-                with torch.no_grad():
-                    hit = (model(z).argmax(1) == t).float().sum().item()
-                st = {"n": e - s, "success": hit}
-            outs.append(z.to(torch.float16).cpu())
-            stats.append(st)
+        done = in_batches(one_batch, a, b, recipe["batch_size"], f"{name} shard {k}")
+    outs, stats = [z for z, _ in done], [st for _, st in done]
     out = torch.cat(outs).numpy()
     if not np.isfinite(out).all():
         raise ArtefactError(f"{name} shard {k}: constructed images contain NaN or inf; nothing written")

@@ -14,34 +14,13 @@ import time
 import torch
 
 from notbugs.attacks import _autocast, frozen, pgd_l2
-from notbugs.progress import Progress
+from notbugs.batching import in_batches
 
 log = logging.getLogger("notbugs.evaluate")
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def _batched(fn, n: int, batch_size: int, desc: str):
-    """Run fn(start, stop) over [0, n) in batches; on GPU out-of-memory halve the batch and go on."""
-    out, start = [], 0
-    bar = Progress(n, desc, "img")
-    while start < n:
-        stop = min(start + batch_size, n)
-        try:
-            out.append(fn(start, stop))
-        except Exception as e:
-            if not _is_oom(e) or batch_size == 1:
-                raise
-            batch_size = max(batch_size // 2, 1)
-            torch.cuda.empty_cache()
-            log.warning("%s: out of GPU memory, retrying with batch size %d", desc, batch_size)
-            continue
-        bar.update(stop - start)
-        start = stop
-    bar.close()
-    return torch.cat(out)
+def _batched(fn, n: int, batch_size: int, desc: str) -> torch.Tensor:
+    return torch.cat(in_batches(fn, 0, n, batch_size, desc))
 
 
 def predict(model, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:

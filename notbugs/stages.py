@@ -460,10 +460,12 @@ def stage_report(params: Params, data_dir="data", out_dir: str | None = None, de
 def write_plot_tables(summary_path: Path, out: Path) -> dict:
     """Figure 2 and Figure 3 as CSV files, for `dvc plots` (ours and the paper's side by side)."""
     summary = read_json(summary_path)
-    fig2 = ["set,source,clean,robust"]
+    fig2 = ["label,set,source,clean,robust"]
     for key, row in list(summary["figure2"].items()) + list(summary["table1"].items()):
-        fig2.append(f"{key},ours,{row.get('clean') or ''},{row.get('robust') or ''}")
-        fig2.append(f"{key},paper,{row.get('paper_clean') or ''},{row.get('paper_robust') or ''}")
+        for source, clean, robust in (("ours", row.get("clean"), row.get("robust")),
+                                      ("paper", row.get("paper_clean"), row.get("paper_robust"))):
+            fig2.append(f"{key} ({source}),{key},{source},{'' if clean is None else clean},"
+                        f"{'' if robust is None else robust}")
     fig3 = ["arch,transfer_success,d_det_acc"]
     fig3 += [f"{arch},{p['transfer_success']},{p['d_det_acc']}" for arch, p in summary["figure3"]["points"].items()]
     paths = {"figure2_csv": out / "figure2.csv", "figure3_csv": out / "figure3.csv"}

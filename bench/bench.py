@@ -1,0 +1,553 @@
+"""Throughput of notbugs against a faithful re-implementation of the reference computation.
+
+WHAT IS MEASURED. Five stages, each run once with our library code ("ours") and once with the
+computation the authors' MadryLab `robustness` library performs ("reference"), on the same
+architecture, the same initial weights and the same (random) data; the table prints both rates and
+ours / reference.
+
+  stage      unit             ours                                        reference
+  match      image-steps/s    notbugs.attacks.match_representation        Attacker.forward with the paper's custom
+             (builds D_R /    (1 forward + 1 backward per step; bf16      inversion loss: fp32, per step the model runs on
+             D_NR)            autocast + channels_last on CUDA)           the iterate inside calc_loss (output unused) and
+                                                                          again inside the custom loss -> 2 forwards + 1
+                                                                          backward; use_best bookkeeping, one more loss
+                                                                          evaluation and the output forward at the end
+  pgd        image-steps/s    notbugs.attacks.pgd_l2(targeted=True)       Attacker.forward, targeted, cross-entropy: 1
+             (D_rand/D_det)                                               forward + 1 backward per step (no custom loss,
+                                                                          so no second forward), use_best, final loss
+                                                                          evaluation and output forward
+  train      images/s         notbugs.train.train(): data on the device,  robustness.train._model_loop: DataLoader over
+                              batched augment(), bf16 + channels_last     PIL images with torchvision per-image transforms
+                              on CUDA                                     (RandomCrop 32 pad 4, flip, ColorJitter .25,
+                                                                          RandomRotation 2, ToTensor), fp32, loss.item()
+                                                                          per step, SGD with weight decay on all params
+  adv_train  images/s         train() with 7-step l2 PGD (eps 0.5,        the same loop with make_adv: 7-step PGD,
+                              step 0.1, no random start)                  use_best, in eval mode, then the train step
+  eval       images/s         notbugs.evaluate.robust_correct: 20-step    _model_loop('val', adv=True): 20-step PGD,
+                              l2 PGD at eps 0.25, step 2.5*eps/20         use_best, output forward, accuracy
+
+The reference side is written here from the `robustness` source (attacker.py, attack_steps.py,
+train.py); it is not that library (which needs cox, dill, tqdm and CUDA), but the same operations in
+the same order. Its "fp32" is PyTorch's default on CUDA, where cuDNN convolutions may use TF32
+(torch.backends.cudnn.allow_tf32 = True); --strict-fp32 turns that off for the reference runs.
+
+WHY. The protocol's reference recipe costs about 10 GPU-hours (shared/docs/protocol.md, "Cost of the
+reference recipe"): D_R alone is 50,000 x 1,000 matching steps. Our speed-ups come from one forward
+per matching step instead of two, bf16, channels_last, augmentation on the device and (optionally)
+torch.compile; this script measures each of those claims per stage instead of assuming them, and
+checks that both matchings reach the same representation distance from the same batch.
+
+FLOP/s. Forward FLOPs per image are counted with hooks (2 x multiply-adds of every Conv2d and
+Linear; BatchNorm, ReLU, pooling ignored). Rule: a backward that needs only the input gradient
+(attacks) costs 1x a forward; a training backward (input + weight gradients) costs 2x, so a training
+step is 3x forward. Per image: match ours 2*S + 3 forwards per call of S steps (target, start and final
+distances), reference 3*S + 4; pgd ours 2*S, reference 2*S + 2; train 3; adv_train ours 7*2 + 3,
+reference 7*2 + 1 + 3; eval ours 20*2 + 1, reference 20*2 + 2. "% peak" is against the card's bf16
+dense peak (H100 SXM / H200: 989 TFLOP/s); n/a on CPU or an unknown card.
+
+HARDWARE. Numbers in bench/README.md "Measured": only tiny CPU smoke runs (2-core CPU, no GPU) so
+far; no GPU figure has been measured with this script yet.
+
+Run: python bench/bench.py --tiny            (CPU smoke, seconds)
+     python bench/bench.py --arch resnet50 --batch 512 --compile --json out.json   (GPU)
+Needs only torch, torchvision (and its pillow), numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import shlex
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+try:  # notbugs.config imports yaml at module level (for params.yaml, which this script never reads);
+    import yaml  # noqa: F401  # GPU machines with only torch/numpy/pandas/pyarrow have no pyyaml
+except ImportError:
+    sys.modules["yaml"] = types.ModuleType("yaml")
+
+from notbugs.attacks import frozen, match_representation, pgd_l2  # noqa: E402
+from notbugs.config import AdversarialConfig, AugmentConfig, TrainConfig  # noqa: E402
+from notbugs.evaluate import robust_correct  # noqa: E402
+from notbugs.models import make_model  # noqa: E402
+from notbugs.train import train  # noqa: E402
+
+STAGES = ("match", "pgd", "train", "adv_train", "eval")
+UNITS = {"match": "image-steps/s", "pgd": "image-steps/s", "train": "images/s", "adv_train": "images/s",
+         "eval": "images/s"}
+MATCH_STEP, PGD_EPS, PGD_STEP = 0.1, 0.5, 0.1  # paper: D_R step 0.1; D_rand / D_det eps 0.5, step 0.1
+ADV = AdversarialConfig(eps=0.5, steps=7, step_size=0.1, random_start=False)  # paper's robust model
+EVAL_EPS, EVAL_STEPS, EVAL_FACTOR = 0.25, 20, 2.5
+PAPER_TRAIN = TrainConfig(epochs=1, batch_size=0, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                          schedule="step", milestones=(50, 100), gamma=0.1, warmup=0.0, label_smoothing=0.0,
+                          augment=AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0),
+                          checkpoint_every=1000)
+
+
+def peak_bf16_tflops(device: torch.device) -> float | None:
+    """Dense bf16 tensor-core peak of the card, from its name; None where unknown (or CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name and "PCIe" in name:
+        return 756.0
+    if "H100" in name or "H200" in name or "GH200" in name:
+        return 989.0
+    if "A100" in name:
+        return 312.0
+    return None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_flops_per_image(model: nn.Module, device: torch.device) -> float:
+    """2 x multiply-adds of every Conv2d and Linear for one 32x32 image (hooks on an eager copy)."""
+    macs = 0
+
+    def conv_hook(m: nn.Conv2d, inp, out):
+        nonlocal macs
+        macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, inp, out):
+        nonlocal macs
+        macs += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 32, device=device))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return 2.0 * macs
+
+
+def reset(model: nn.Module, init: list[torch.Tensor]) -> None:
+    """Same initial weights and BN statistics for every stage (state_dict order, so a compiled
+    backbone whose keys carry `_orig_mod.` still lines up)."""
+    with torch.no_grad():
+        for t, v in zip(model.state_dict().values(), init):
+            t.copy_(v)
+
+
+@contextlib.contextmanager
+def quiet():
+    """The library's progress bars write to stderr; keep the benchmark output to the table."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference computation (robustness library: attacker.py, attack_steps.L2Step, train.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_attack(model, x, target, *, constraint, eps, step_size, iterations, targeted, custom_loss=None,
+               use_best=True):
+    """robustness.attacker.Attacker.forward with constraint '2' (L2Step), no random start, no restarts."""
+    assert constraint == "2"
+    orig = x.detach()
+    m = -1 if targeted else 1
+    criterion = nn.CrossEntropyLoss(reduction="none")
+
+    def calc_loss(inp, target):
+        output = model(inp)  # always run (normalisation is inside our Classifier) ...
+        if custom_loss:
+            return custom_loss(model, inp, target)  # ... and run again inside a custom loss
+        return criterion(output, target), output
+
+    def replace_best(loss, bloss, x, bx):
+        if bloss is None:
+            return loss.clone().detach(), x.clone().detach()
+        replace = m * bloss < m * loss
+        bx[replace] = x[replace].clone().detach()
+        bloss[replace] = loss[replace]
+        return bloss, bx
+
+    best_loss, best_x = None, None
+    for _ in range(iterations):
+        x = x.clone().detach().requires_grad_(True)
+        losses, out = calc_loss(x, target)
+        loss = torch.mean(losses)
+        (grad,) = torch.autograd.grad(m * loss, [x])
+        with torch.no_grad():
+            best_loss, best_x = replace_best(losses, best_loss, x, best_x) if use_best else (losses, x)
+            g_norm = torch.norm(grad.view(grad.shape[0], -1), dim=1).view(-1, 1, 1, 1)  # L2Step.step
+            x = x + grad / (g_norm + 1e-10) * step_size
+            diff = (x - orig).renorm(p=2, dim=0, maxnorm=eps)  # L2Step.project
+            x = torch.clamp(orig + diff, 0, 1)
+    if not use_best:
+        return x.clone().detach()
+    losses, _ = calc_loss(x, target)
+    best_loss, best_x = replace_best(losses, best_loss, x, best_x)
+    return best_x
+
+
+def inversion_loss(model, inp, targ):
+    """The custom loss of the authors' D_R construction: relative distance of representations."""
+    rep = model.features(inp)
+    return torch.div(torch.norm(rep - targ, dim=1), torch.norm(targ, dim=1)), None
+
+
+def ref_make_adv(model, inp, target, **attack_kwargs):
+    """AttackerModel.forward(make_adv=True): attack in eval mode, then the output on the result."""
+    prev_training = bool(model.training)
+    model.eval()
+    adv = ref_attack(model, inp, target, **attack_kwargs)
+    if prev_training:
+        model.train()
+    return model(adv), adv
+
+
+def ref_match(model, start, target_images, steps):
+    """D_R construction: target representation once per batch, then the targeted inversion attack."""
+    with torch.no_grad():
+        targ = model.features(target_images)
+    _, z = ref_make_adv(model, start, targ, constraint="2", eps=1000.0, step_size=MATCH_STEP, iterations=steps,
+                        targeted=True, custom_loss=inversion_loss)
+    return z
+
+
+class RefDataset(torch.utils.data.Dataset):
+    """Like torchvision's CIFAR10: uint8 HWC arrays -> PIL image -> per-image transforms."""
+
+    def __init__(self, images_nhwc: np.ndarray, labels: np.ndarray):
+        from PIL import Image
+        from torchvision import transforms
+
+        self.pil = Image.fromarray
+        self.images, self.labels = images_nhwc, labels
+        self.transform = transforms.Compose([  # robustness.data_augmentation.TRAIN_TRANSFORMS_DEFAULT(32)
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(.25, .25, .25),
+            transforms.RandomRotation(2),
+            transforms.ToTensor(),
+        ])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.pil(self.images[i])), int(self.labels[i])
+
+
+def ref_train_step(model, opt, inp, target, device, adv: bool):
+    """One iteration of robustness.train._model_loop('train')."""
+    inp = inp.to(device, non_blocking=True)
+    target = target.to(device, non_blocking=True)
+    if adv:
+        output, _ = ref_make_adv(model, inp, target, constraint="2", eps=ADV.eps, step_size=ADV.step_size,
+                                 iterations=ADV.steps, targeted=False, use_best=True)
+    else:
+        output = model(inp)
+    loss = F.cross_entropy(output, target)
+    _, pred = output.topk(min(5, output.shape[-1]), 1, True, True)  # helpers.accuracy: top-1 and top-5
+    correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
+    top1, top5 = correct[:1].float().sum() * 100.0 / len(target), correct.float().sum() * 100.0 / len(target)
+    losses_update = loss.item()  # noqa: F841  # losses.update(loss.item(), ...): a sync every step
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def ref_eval_batch(model, x, y):
+    """One iteration of robustness.train._model_loop('val', adv=True): attack, output, accuracy."""
+    output, _ = ref_make_adv(model, x, y, constraint="2", eps=EVAL_EPS, step_size=EVAL_FACTOR * EVAL_EPS / EVAL_STEPS,
+                             iterations=EVAL_STEPS, targeted=False, use_best=True)
+    _ = F.cross_entropy(output, y).item()
+    return (output.argmax(1) == y).sum().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--arch", default=None, help="default resnet50 on GPU, resnet9 on CPU")
+    p.add_argument("--width", type=float, default=None, help="channel multiplier; default 1.0 on GPU, 0.125 on CPU")
+    p.add_argument("--batch", type=int, default=None, help="default 512 on GPU, 16 on CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed iterations per stage; default 20 GPU, 2 CPU")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first; default 5 GPU, 1 CPU")
+    p.add_argument("--attack-steps", type=int, default=None,
+                   help="matching / PGD steps per iteration of the match and pgd stages; default 10 GPU, 5 CPU")
+    p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers; default 8 GPU, 0 CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model's backbone (falls back to eager)")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="ours without channels_last (train() still converts on CUDA: that is the library)")
+    p.add_argument("--strict-fp32", action="store_true", help="reference with TF32 convolutions off")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the results here")
+    p.add_argument("--tiny", action="store_true",
+                   help="CPU smoke preset: resnet9 width 0.0625, batch 8, steps 1, warmup 0, 3 attack steps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    gpu = args.device.type == "cuda"
+    tiny = dict(arch="resnet9", width=0.0625, batch=8, steps=1, warmup=0, attack_steps=3, workers=0)
+    defaults = dict(arch="resnet50" if gpu else "resnet9", width=1.0 if gpu else 0.125, batch=512 if gpu else 16,
+                    steps=20 if gpu else 2, warmup=5 if gpu else 1, attack_steps=10 if gpu else 5,
+                    workers=8 if gpu else 0)
+    for k, v in (tiny if args.tiny else defaults).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    return args
+
+
+def maybe_compile(model, device, notes: list[str]):
+    """Compile the backbone in place (features() and forward() both go through it); probe it once in
+    eval (input gradient) and train mode (weight gradients), and fall back to eager on any error."""
+    if not hasattr(torch, "compile"):
+        notes.append("--compile: torch.compile unavailable, ours runs eager")
+        return False
+    eager = model.backbone
+    saved = [t.clone() for t in model.state_dict().values()]
+    try:
+        model.backbone = torch.compile(eager)
+        x = torch.rand(2, 3, 32, 32, device=device, requires_grad=True)
+        with frozen(model), train_autocast(device):
+            torch.autograd.grad(model.features(x).float().sum(), x)
+        model.train()
+        with train_autocast(device):
+            model(x.detach()).float().sum().backward()
+        model.zero_grad(set_to_none=True)
+    except Exception as e:  # noqa: BLE001 - any compiler failure means: measure eager instead
+        model.backbone = eager
+        notes.append(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); ours runs eager")
+        reset(model, saved)
+        return False
+    reset(model, saved)
+    return True
+
+
+def train_autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def timed(fn, warmup: int, iters: int, device) -> tuple[float, object]:
+    """Seconds per call of fn after `warmup` untimed calls, and the last call's result."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        out = fn()
+    sync(device)
+    return (time.perf_counter() - t0) / iters, out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    dev = args.device
+    gpu = dev.type == "cuda"
+    notes: list[str] = []
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    # One-time process costs out of every timed region: the first torch.optim optimizer imports
+    # torch._dynamo (over a second on a small CPU), and train() builds its optimizer inside our timing.
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    ours = make_model(args.arch, 10, args.width).to(dev)
+    ref = copy.deepcopy(ours)  # fp32, default memory format, eager: the reference's model
+    init = [t.detach().clone() for t in ours.state_dict().values()]
+    fwd = forward_flops_per_image(ref, dev)
+    channels_last = gpu and not args.no_channels_last
+    if channels_last:
+        ours.to(memory_format=torch.channels_last)
+    compiled = maybe_compile(ours, dev, notes) if args.compile else False
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    # Random data: content does not change the speed. Enough images for warmup + timed steps.
+    B = args.batch
+    n_train = (args.warmup + args.steps) * B
+    images_u8 = rng.integers(0, 256, (max(n_train, 2 * B), 32, 32, 3), dtype=np.uint8)
+    labels_np = rng.integers(0, 10, len(images_u8)).astype(np.int64)
+    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(255).to(dev)
+    labels = torch.from_numpy(labels_np).to(dev)
+    x, y = images[:B].contiguous(), labels[:B]
+    start = images[B:2 * B].contiguous()  # another image as the matching start, as for D_R
+    t_rand = torch.from_numpy(rng.integers(0, 10, B)).to(dev)
+
+    results: dict[str, dict] = {}
+    match_check: dict | None = None
+    ref_tf32 = torch.backends.cudnn.allow_tf32
+
+    def ref_mode():
+        torch.backends.cudnn.allow_tf32 = ref_tf32 and not args.strict_fp32
+
+    def ours_mode():
+        torch.backends.cudnn.allow_tf32 = ref_tf32
+
+    def record(stage, units_per_iter, s_ours, s_ref, flops_ours, flops_ref):
+        peak = peak_bf16_tflops(dev)
+        r = {"unit": UNITS[stage], "ours": units_per_iter / s_ours, "reference": units_per_iter / s_ref,
+             "ours_s_per_iter": s_ours, "reference_s_per_iter": s_ref,
+             "ours_tflops": flops_ours / s_ours / 1e12, "reference_tflops": flops_ref / s_ref / 1e12}
+        r["ratio"] = r["ours"] / r["reference"]
+        r["ours_pct_peak"] = 100 * r["ours_tflops"] / peak if peak else None
+        results[stage] = r
+
+    for stage in args.stages:
+        reset(ours, init)
+        reset(ref, init)
+        if stage == "match":
+            S = args.attack_steps
+            xo, so = x.contiguous(memory_format=fmt), start.contiguous(memory_format=fmt)
+            ours_mode()
+            with frozen(ours):
+                s_ours, (z_ours, _) = timed(lambda: match_representation(ours, so, xo, S, MATCH_STEP),
+                                            args.warmup, args.steps, dev)
+            ref_mode()
+            ref.eval()
+            s_ref, z_ref = timed(lambda: ref_match(ref, start, x, S), args.warmup, args.steps, dev)
+            record(stage, B * S, s_ours, s_ref, B * (2 * S + 3) * fwd, B * (3 * S + 4) * fwd)
+            # Show it, don't assume: the same objective from the same batch must land in the same place.
+            with torch.no_grad():
+                target = ref.features(x)
+                tnorm = target.norm(dim=1)
+
+                def dist(z):
+                    return (ref.features(z.float().contiguous()) - target).norm(dim=1)
+
+                d0, d_o, d_r = dist(start), dist(z_ours), dist(z_ref)
+            match_check = {
+                "steps": S, "step_size": MATCH_STEP, "batch": B, "measured_with": "reference model, fp32",
+                "start_distance": d0.mean().item(), "ours_final_distance": d_o.mean().item(),
+                "reference_final_distance": d_r.mean().item(),
+                "start_relative": (d0 / tnorm).mean().item(), "ours_final_relative": (d_o / tnorm).mean().item(),
+                "reference_final_relative": (d_r / tnorm).mean().item(),
+                "mean_abs_pixel_difference": (z_ours.float() - z_ref).abs().mean().item(),
+            }
+        elif stage == "pgd":
+            S = args.attack_steps
+            xo = x.contiguous(memory_format=fmt)
+            ours_mode()
+            with frozen(ours):
+                s_ours, _ = timed(lambda: pgd_l2(ours, xo, t_rand, PGD_EPS, S, PGD_STEP, targeted=True),
+                                  args.warmup, args.steps, dev)
+            ref_mode()
+            ref.eval()
+            s_ref, _ = timed(lambda: ref_make_adv(ref, x, t_rand, constraint="2", eps=PGD_EPS, step_size=PGD_STEP,
+                                                  iterations=S, targeted=True), args.warmup, args.steps, dev)
+            record(stage, B * S, s_ours, s_ref, B * 2 * S * fwd, B * (2 * S + 2) * fwd)
+        elif stage in ("train", "adv_train"):
+            adv = stage == "adv_train"
+            cfg = dataclasses.replace(PAPER_TRAIN, batch_size=B)
+            ours_mode()
+            with quiet():
+                if args.warmup:
+                    train(ours, images[:args.warmup * B], labels[:args.warmup * B], cfg, args.seed, dev,
+                          adversarial=ADV if adv else None)
+                sync(dev)
+                t0 = time.perf_counter()
+                train(ours, images[:args.steps * B], labels[:args.steps * B], cfg, args.seed + 1, dev,
+                      adversarial=ADV if adv else None)
+                sync(dev)
+            s_ours = (time.perf_counter() - t0) / args.steps
+            ref_mode()
+            loader = torch.utils.data.DataLoader(RefDataset(images_u8[:n_train], labels_np[:n_train]), batch_size=B,
+                                                 shuffle=True, num_workers=args.workers, pin_memory=gpu)
+            ref.train()
+            opt = torch.optim.SGD(ref.parameters(), PAPER_TRAIN.lr, momentum=PAPER_TRAIN.momentum,
+                                  weight_decay=PAPER_TRAIN.weight_decay)
+            it = iter(loader)
+            for _ in range(args.warmup):
+                ref_train_step(ref, opt, *next(it), dev, adv)
+            sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                ref_train_step(ref, opt, *next(it), dev, adv)
+            sync(dev)
+            s_ref = (time.perf_counter() - t0) / args.steps
+            del it, loader
+            per_img_ours = 2 * ADV.steps + 3 if adv else 3
+            per_img_ref = 2 * ADV.steps + 1 + 3 if adv else 3
+            record(stage, B, s_ours, s_ref, B * per_img_ours * fwd, B * per_img_ref * fwd)
+        elif stage == "eval":
+            xo = x.contiguous(memory_format=fmt)
+            ours_mode()
+            with quiet():
+                s_ours, _ = timed(lambda: robust_correct(ours, xo, y, EVAL_EPS, EVAL_STEPS, EVAL_FACTOR, 1, B, dev),
+                                  args.warmup, args.steps, dev)
+            ref_mode()
+            ref.eval()
+            s_ref, _ = timed(lambda: ref_eval_batch(ref, x, y), args.warmup, args.steps, dev)
+            record(stage, B, s_ours, s_ref, B * (2 * EVAL_STEPS + 1) * fwd, B * (2 * EVAL_STEPS + 2) * fwd)
+        ours_mode()
+
+    out = {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]) if argv is None
+        else "bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "arch": args.arch, "width": args.width, "batch": B, "steps": args.steps,
+        "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
+        "compiled": compiled, "channels_last": channels_last, "ours_precision": "bf16 autocast" if gpu else "fp32",
+        "reference_precision": ("fp32 (TF32 convs off)" if args.strict_fp32 or not ref_tf32 else
+                                "fp32 (cuDNN TF32 convs, PyTorch default)") if gpu else "fp32",
+        "forward_gflops_per_image": fwd / 1e9, "peak_bf16_tflops": peak_bf16_tflops(dev),
+        "stages": results, "match_check": match_check, "notes": notes,
+    }
+    print_report(out)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
+
+
+def print_report(out: dict) -> None:
+    print(f"command: {out['command']}")
+    print(f"device: {out['device']} | torch {out['torch']} | {out['arch']} width {out['width']} | batch {out['batch']} | "
+          f"{out['steps']} timed + {out['warmup']} warm-up iterations | attack steps {out['attack_steps']}")
+    print(f"ours: {out['ours_precision']}, channels_last {out['channels_last']}, compiled {out['compiled']} | "
+          f"reference: {out['reference_precision']}, DataLoader workers {out['ref_workers']} | "
+          f"forward {out['forward_gflops_per_image']:.4f} GFLOP/image")
+    head = f"{'stage':<10} {'unit':<14} {'ours':>12} {'reference':>12} {'ratio':>7} {'TFLOP/s':>9} {'% peak':>7} {'ref TFLOP/s':>11}"
+    print(head)
+    print("-" * len(head))
+    for name, r in out["stages"].items():
+        pct = f"{r['ours_pct_peak']:.1f}" if r["ours_pct_peak"] is not None else "n/a"
+        print(f"{name:<10} {r['unit']:<14} {r['ours']:>12,.1f} {r['reference']:>12,.1f} {r['ratio']:>6.2f}x "
+              f"{r['ours_tflops']:>9.4f} {pct:>7} {r['reference_tflops']:>11.4f}")
+    m = out["match_check"]
+    if m:
+        print(f"representation matching after {m['steps']} steps of {m['step_size']} on the same {m['batch']} images "
+              f"(distances measured with the fp32 reference model): start {m['start_distance']:.4f} "
+              f"(relative {m['start_relative']:.4f}) -> ours {m['ours_final_distance']:.4f} "
+              f"({m['ours_final_relative']:.4f}), reference {m['reference_final_distance']:.4f} "
+              f"({m['reference_final_relative']:.4f}); mean |z_ours - z_ref| {m['mean_abs_pixel_difference']:.2e}")
+    for n in out["notes"]:
+        print(f"note: {n}")
+
+
+if __name__ == "__main__":
+    main()

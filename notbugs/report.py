@@ -187,8 +187,14 @@ def _main_arch(models: pd.DataFrame) -> str | None:
     return str(models["arch"].mode().iloc[0])
 
 
+def _is_transfer(models: pd.DataFrame) -> pd.Series:
+    """Figure 3's extra models (ids `<profile>/transfer/...`), kept out of Figure 2 and Table 1."""
+    return models["model_id"].str.contains("/transfer/", regex=False)
+
+
 def _pick_model(models: pd.DataFrame, training: str, train_set: str, arch: str | None) -> pd.Series | None:
-    found = models[(models["training"] == training) & (models["train_set"] == train_set)]
+    main = models[~_is_transfer(models)]
+    found = main[(main["training"] == training) & (main["train_set"] == train_set)]
     if arch is not None and (found["arch"] == arch).any():
         found = found[found["arch"] == arch]
     if found.empty:
@@ -229,11 +235,14 @@ class TransferPoint:
 def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame) -> list[TransferPoint]:
     latest = _latest(transfer, ["target_arch"], "created_at")
     d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
+    if _is_transfer(d_det).any():  # Figure 3 pairs each transfer target with its own D_det model
+        d_det = d_det[_is_transfer(d_det)]
     archs = sorted(set(latest["target_arch"]) | set(d_det["arch"]))
     points = []
     for arch in archs:
         row = latest[latest["target_arch"] == arch]
-        model = _pick_model(d_det[d_det["arch"] == arch], "standard", "d_det", None)
+        candidates = d_det[d_det["arch"] == arch]
+        model = None if candidates.empty else candidates.sort_values("created_at", kind="stable").iloc[-1]
         clean = None if model is None else _evaluation(evals, model["model_id"], "none")
         points.append(TransferPoint(
             arch,

@@ -141,9 +141,11 @@ class ModelSpec:
     training: str    # standard | adversarial
     recipe: TrainConfig
     adversarial: AdversarialConfig | None = None
+    group: str = ""  # "transfer" for Figure 3's models, which must not be mistaken for the main ones
 
     def model_id(self, profile: str) -> str:
-        return f"{profile}/{self.training}-{self.train_set}-{self.arch}"
+        group = f"{self.group}/" if self.group else ""
+        return f"{profile}/{group}{self.training}-{self.train_set}-{self.arch}"
 
 
 def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,
@@ -370,8 +372,9 @@ def transfer_specs(params: Params) -> list[ModelSpec]:
     p, t = params.profile, params.profile.transfer
     specs = []
     for arch in t.archs:
-        specs.append(ModelSpec(f"transfer/{arch}-d", arch, t.width, "d", "standard", p.train))
-        specs.append(ModelSpec(f"transfer/{arch}-d_det", arch, t.width, "d_det", "standard", p.train_on["d_det"]))
+        specs.append(ModelSpec(f"transfer/{arch}-d", arch, t.width, "d", "standard", p.train, group="transfer"))
+        specs.append(ModelSpec(f"transfer/{arch}-d_det", arch, t.width, "d_det", "standard", p.train_on["d_det"],
+                               group="transfer"))
     return specs
 
 

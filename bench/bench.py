@@ -5,26 +5,27 @@ computation the authors' MadryLab `robustness` library performs ("reference"), o
 architecture, the same initial weights and the same (random) data; the table prints both rates and
 ours / reference.
 
-  stage      unit             ours                                        reference
-  match      image-steps/s    notbugs.attacks.match_representation        Attacker.forward with the paper's custom
-             (builds D_R /    (1 forward + 1 backward per step; bf16      inversion loss: fp32, per step the model runs on
-             D_NR)            autocast + channels_last on CUDA)           the iterate inside calc_loss (output unused) and
-                                                                          again inside the custom loss -> 2 forwards + 1
-                                                                          backward; use_best bookkeeping, one more loss
-                                                                          evaluation and the output forward at the end
-  pgd        image-steps/s    notbugs.attacks.pgd_l2(targeted=True)       Attacker.forward, targeted, cross-entropy: 1
-             (D_rand/D_det)                                               forward + 1 backward per step (no custom loss,
-                                                                          so no second forward), use_best, final loss
-                                                                          evaluation and output forward
-  train      images/s         notbugs.train.train(): data on the device,  robustness.train._model_loop: DataLoader over
-                              batched augment(), bf16 + channels_last     PIL images with torchvision per-image transforms
-                              on CUDA                                     (RandomCrop 32 pad 4, flip, ColorJitter .25,
-                                                                          RandomRotation 2, ToTensor), fp32, loss.item()
-                                                                          per step, SGD with weight decay on all params
-  adv_train  images/s         train() with 7-step l2 PGD (eps 0.5,        the same loop with make_adv: 7-step PGD,
-                              step 0.1, no random start)                  use_best, in eval mode, then the train step
-  eval       images/s         notbugs.evaluate.robust_correct: 20-step    _model_loop('val', adv=True): 20-step PGD,
-                              l2 PGD at eps 0.25, step 2.5*eps/20         use_best, output forward, accuracy
+  match (image-steps/s; how D_R and D_NR are built)
+    ours  notbugs.attacks.match_representation: 1 forward + 1 backward per step, bf16 autocast and
+          channels_last on CUDA.
+    ref   robustness Attacker.forward with the authors' custom inversion loss, fp32: per step the model
+          runs on the iterate inside calc_loss (output unused) and again inside the custom loss, so
+          2 forwards + 1 backward; use_best bookkeeping, one more loss evaluation and the output
+          forward of AttackerModel at the end.
+  pgd (image-steps/s; D_rand / D_det)
+    ours  notbugs.attacks.pgd_l2(targeted=True).
+    ref   Attacker.forward, targeted, cross-entropy: 1 forward + 1 backward per step (no custom loss,
+          hence no second forward: see attacker.py calc_loss), use_best, final loss and output forward.
+  train (images/s; SGD step with the paper's augmentation)
+    ours  notbugs.train.train(): data on the device, batched augment(), bf16 + channels_last on CUDA.
+    ref   robustness.train._model_loop: DataLoader over PIL images with torchvision per-image
+          transforms (RandomCrop 32 pad 4, flip, ColorJitter .25, RandomRotation 2, ToTensor),
+          `--workers` processes, pin_memory on GPU, fp32, loss.item() every step, SGD with weight
+          decay on every parameter.
+  adv_train (images/s; the robust source model, 7-step l2 PGD eps 0.5 step 0.1 inside)
+    ours  train(adversarial=...), no random start.  ref  the same loop with make_adv (use_best).
+  eval (images/s; 20-step l2 PGD at eps 0.25, step 2.5 * eps / 20)
+    ours  notbugs.evaluate.robust_correct.  ref  _model_loop('val', adv=True): attack, output, accuracy.
 
 The reference side is written here from the `robustness` source (attacker.py, attack_steps.py,
 train.py); it is not that library (which needs cox, dill, tqdm and CUDA), but the same operations in
@@ -45,8 +46,13 @@ distances), reference 3*S + 4; pgd ours 2*S, reference 2*S + 2; train 3; adv_tra
 reference 7*2 + 1 + 3; eval ours 20*2 + 1, reference 20*2 + 2. "% peak" is against the card's bf16
 dense peak (H100 SXM / H200: 989 TFLOP/s); n/a on CPU or an unknown card.
 
-HARDWARE. Numbers in bench/README.md "Measured": only tiny CPU smoke runs (2-core CPU, no GPU) so
-far; no GPU figure has been measured with this script yet.
+CAVEAT. On CUDA, ours uses channels_last in every stage; notbugs.train converts to it itself, but
+notbugs.construct / notbugs.evaluate load models in the default format today: --no-channels-last
+measures match, pgd and eval as the pipeline currently runs them.
+
+HARDWARE. Measured so far only on a 2-core CPU without GPU, shared with another job (--threads 1,
+torch 2.14.1, tiny and CPU-default sizes; bench/README.md "Measured"). No GPU figure has been
+measured with this script yet; CPU ratios at these sizes say nothing about GPU speed-ups.
 
 Run: python bench/bench.py --tiny            (CPU smoke, seconds)
      python bench/bench.py --arch resnet50 --batch 512 --compile --json out.json   (GPU)
@@ -250,7 +256,8 @@ class RefDataset(torch.utils.data.Dataset):
         return self.transform(self.pil(self.images[i])), int(self.labels[i])
 
 
-def ref_train_step(model, opt, inp, target, device, adv: bool):
+
+def ref_train_step(model, opt, inp, target, device, adv: bool) -> None:
     """One iteration of robustness.train._model_loop('train')."""
     inp = inp.to(device, non_blocking=True)
     target = target.to(device, non_blocking=True)
@@ -262,18 +269,18 @@ def ref_train_step(model, opt, inp, target, device, adv: bool):
     loss = F.cross_entropy(output, target)
     _, pred = output.topk(min(5, output.shape[-1]), 1, True, True)  # helpers.accuracy: top-1 and top-5
     correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
-    top1, top5 = correct[:1].float().sum() * 100.0 / len(target), correct.float().sum() * 100.0 / len(target)
-    losses_update = loss.item()  # noqa: F841  # losses.update(loss.item(), ...): a sync every step
+    _ = correct[:1].float().sum() * 100.0 / len(target), correct.float().sum() * 100.0 / len(target)
+    _ = loss.item()  # losses.update(loss.item(), ...): a host sync every step
     opt.zero_grad()
     loss.backward()
     opt.step()
 
 
-def ref_eval_batch(model, x, y):
-    """One iteration of robustness.train._model_loop('val', adv=True): attack, output, accuracy."""
+def ref_eval_batch(model, x, y) -> int:
+    """One iteration of robustness.train._model_loop('val', adv=True): attack, output, loss, accuracy."""
     output, _ = ref_make_adv(model, x, y, constraint="2", eps=EVAL_EPS, step_size=EVAL_FACTOR * EVAL_EPS / EVAL_STEPS,
                              iterations=EVAL_STEPS, targeted=False, use_best=True)
-    _ = F.cross_entropy(output, y).item()
+    _ = F.cross_entropy(output, y).item()  # losses.update(...)
     return (output.argmax(1) == y).sum().item()
 
 
@@ -286,17 +293,17 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--arch", default=None, help="default resnet50 on GPU, resnet9 on CPU")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier; default 1.0 on GPU, 0.125 on CPU")
-    p.add_argument("--batch", type=int, default=None, help="default 512 on GPU, 16 on CPU")
+    p.add_argument("--width", type=float, default=None, help="channel multiplier; default 1.0 GPU, 0.125 CPU")
+    p.add_argument("--batch", type=int, default=None, help="default 512 GPU, 16 CPU")
     p.add_argument("--steps", type=int, default=None, help="timed iterations per stage; default 20 GPU, 2 CPU")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first; default 5 GPU, 1 CPU")
     p.add_argument("--attack-steps", type=int, default=None,
-                   help="matching / PGD steps per iteration of the match and pgd stages; default 10 GPU, 5 CPU")
+                   help="matching / PGD steps in one iteration of the match and pgd stages; default 10 GPU, 5 CPU")
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers; default 8 GPU, 0 CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile our model's backbone (falls back to eager)")
     p.add_argument("--no-channels-last", action="store_true",
-                   help="ours without channels_last (train() still converts on CUDA: that is the library)")
-    p.add_argument("--strict-fp32", action="store_true", help="reference with TF32 convolutions off")
+                   help="ours in the default memory format (train() converts on CUDA anyway: that is the library)")
+    p.add_argument("--strict-fp32", action="store_true", help="reference with cuDNN TF32 convolutions off")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here")
     p.add_argument("--tiny", action="store_true",
@@ -304,14 +311,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = torch.device(auto if args.device == "auto" else args.device)
     gpu = args.device.type == "cuda"
     tiny = dict(arch="resnet9", width=0.0625, batch=8, steps=1, warmup=0, attack_steps=3, workers=0)
     defaults = dict(arch="resnet50" if gpu else "resnet9", width=1.0 if gpu else 0.125, batch=512 if gpu else 16,
                     steps=20 if gpu else 2, warmup=5 if gpu else 1, attack_steps=10 if gpu else 5,
                     workers=8 if gpu else 0)
     for k, v in (tiny if args.tiny else defaults).items():
-        if getattr(args, k) is None:
+        if getattr(args, k) is None:  # explicit options win over the preset
             setattr(args, k, v)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in args.stages if s not in STAGES]
@@ -320,9 +328,15 @@ def parse_args(argv=None):
     return args
 
 
-def maybe_compile(model, device, notes: list[str]):
-    """Compile the backbone in place (features() and forward() both go through it); probe it once in
-    eval (input gradient) and train mode (weight gradients), and fall back to eager on any error."""
+def autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def maybe_compile(model, device, batch: int, fmt: torch.memory_format, notes: list[str]) -> bool:
+    """Compile the backbone in place (features() and forward() both go through it). Probe it once in
+    eval mode (input gradient) and train mode (weight gradients) at the benchmark's batch size and
+    memory format (others would make dynamo recompile, a new batch size with a dynamic batch
+    dimension); on any error, note it and measure eager instead."""
     if not hasattr(torch, "compile"):
         notes.append("--compile: torch.compile unavailable, ours runs eager")
         return False
@@ -330,24 +344,20 @@ def maybe_compile(model, device, notes: list[str]):
     saved = [t.clone() for t in model.state_dict().values()]
     try:
         model.backbone = torch.compile(eager)
-        x = torch.rand(2, 3, 32, 32, device=device, requires_grad=True)
-        with frozen(model), train_autocast(device):
+        x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt).requires_grad_(True)
+        with frozen(model), autocast(device):
             torch.autograd.grad(model.features(x).float().sum(), x)
         model.train()
-        with train_autocast(device):
+        with autocast(device):
             model(x.detach()).float().sum().backward()
         model.zero_grad(set_to_none=True)
+        ok = True
     except Exception as e:  # noqa: BLE001 - any compiler failure means: measure eager instead
         model.backbone = eager
         notes.append(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); ours runs eager")
-        reset(model, saved)
-        return False
-    reset(model, saved)
-    return True
-
-
-def train_autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        ok = False
+    reset(model, saved)  # the train-mode probe moved the BN statistics
+    return ok
 
 
 def timed(fn, warmup: int, iters: int, device) -> tuple[float, object]:
@@ -363,10 +373,138 @@ def timed(fn, warmup: int, iters: int, device) -> tuple[float, object]:
     return (time.perf_counter() - t0) / iters, out
 
 
+@dataclasses.dataclass
+class Bench:
+    """Everything the stages share: both models, the data and the options."""
+
+    args: argparse.Namespace
+    dev: torch.device
+    ours: nn.Module
+    ref: nn.Module
+    fmt: torch.memory_format  # ours' memory format
+    images_u8: np.ndarray  # (N, 32, 32, 3) uint8, what the reference DataLoader reads
+    labels_np: np.ndarray
+    images: torch.Tensor  # the same images as floats on the device, what ours reads
+    labels: torch.Tensor
+    tf32_default: bool
+
+    def ref_mode(self):
+        torch.backends.cudnn.allow_tf32 = self.tf32_default and not self.args.strict_fp32
+
+    def ours_mode(self):
+        torch.backends.cudnn.allow_tf32 = self.tf32_default
+
+
+# Each stage returns (units per iteration, s/iter ours, s/iter ref, forward passes per iteration ours,
+# forward passes per iteration ref), in forward-pass equivalents per the FLOP rule of the header.
+
+
+def stage_match(b: Bench, check: dict):
+    B, S, a = b.args.batch, b.args.attack_steps, b.args
+    x, start = b.images[:B], b.images[B:2 * B]  # another image as the start, as for D_R
+    xo, so = x.contiguous(memory_format=b.fmt), start.contiguous(memory_format=b.fmt)
+    b.ours_mode()
+    with frozen(b.ours):
+        s_ours, (z_ours, _) = timed(lambda: match_representation(b.ours, so, xo, S, MATCH_STEP), a.warmup, a.steps,
+                                    b.dev)
+    b.ref_mode()
+    b.ref.eval()
+    s_ref, z_ref = timed(lambda: ref_match(b.ref, start, x, S), a.warmup, a.steps, b.dev)
+    # Show it, don't assume: the same objective from the same batch should land in the same place.
+    with torch.no_grad():
+        target = b.ref.features(x)
+        tnorm = target.norm(dim=1)
+        d0, d_o, d_r = ((b.ref.features(z.float().contiguous()) - target).norm(dim=1) for z in (start, z_ours, z_ref))
+    check.update({
+        "steps": S, "step_size": MATCH_STEP, "batch": B, "measured_with": "reference model, fp32",
+        "start_distance": d0.mean().item(), "ours_final_distance": d_o.mean().item(),
+        "reference_final_distance": d_r.mean().item(), "start_relative": (d0 / tnorm).mean().item(),
+        "ours_final_relative": (d_o / tnorm).mean().item(), "reference_final_relative": (d_r / tnorm).mean().item(),
+        "mean_abs_pixel_difference": (z_ours.float() - z_ref).abs().mean().item(),
+    })
+    return B * S, s_ours, s_ref, B * (2 * S + 3), B * (3 * S + 4)
+
+
+def stage_pgd(b: Bench, check: dict):
+    B, S, a = b.args.batch, b.args.attack_steps, b.args
+    x = b.images[:B]
+    xo = x.contiguous(memory_format=b.fmt)
+    t = torch.from_numpy(np.random.default_rng(a.seed).integers(0, 10, B)).to(b.dev)  # D_rand's random targets
+    b.ours_mode()
+    with frozen(b.ours):
+        s_ours, _ = timed(lambda: pgd_l2(b.ours, xo, t, PGD_EPS, S, PGD_STEP, targeted=True), a.warmup, a.steps, b.dev)
+    b.ref_mode()
+    b.ref.eval()
+    s_ref, _ = timed(lambda: ref_make_adv(b.ref, x, t, constraint="2", eps=PGD_EPS, step_size=PGD_STEP, iterations=S,
+                                          targeted=True), a.warmup, a.steps, b.dev)
+    return B * S, s_ours, s_ref, B * 2 * S, B * (2 * S + 2)
+
+
+def _train_stage(b: Bench, adv: bool):
+    B, a = b.args.batch, b.args
+    cfg = dataclasses.replace(PAPER_TRAIN, batch_size=B)
+    adversarial = ADV if adv else None
+    b.ours_mode()
+    with quiet():
+        if a.warmup:  # a separate short run: train() has no "untimed steps" option
+            train(b.ours, b.images[:a.warmup * B], b.labels[:a.warmup * B], cfg, a.seed, b.dev, adversarial=adversarial)
+        sync(b.dev)
+        t0 = time.perf_counter()
+        train(b.ours, b.images[:a.steps * B], b.labels[:a.steps * B], cfg, a.seed + 1, b.dev, adversarial=adversarial)
+        sync(b.dev)
+        s_ours = (time.perf_counter() - t0) / a.steps
+
+    b.ref_mode()
+    n = (a.warmup + a.steps) * B
+    loader = torch.utils.data.DataLoader(RefDataset(b.images_u8[:n], b.labels_np[:n]), batch_size=B, shuffle=True,
+                                         num_workers=a.workers, pin_memory=b.dev.type == "cuda")
+    b.ref.train()
+    opt = torch.optim.SGD(b.ref.parameters(), PAPER_TRAIN.lr, momentum=PAPER_TRAIN.momentum,
+                          weight_decay=PAPER_TRAIN.weight_decay)
+    batches = iter(loader)  # worker start-up happens before the timed steps, as in a long epoch
+    for _ in range(a.warmup):
+        ref_train_step(b.ref, opt, *next(batches), b.dev, adv)
+    sync(b.dev)
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        ref_train_step(b.ref, opt, *next(batches), b.dev, adv)
+    sync(b.dev)
+    s_ref = (time.perf_counter() - t0) / a.steps
+    del batches, loader
+    if adv:  # 7 attack steps (forward + input backward), [ref: use_best's extra forward], training step
+        return B, s_ours, s_ref, B * (2 * ADV.steps + 3), B * (2 * ADV.steps + 1 + 3)
+    return B, s_ours, s_ref, B * 3, B * 3
+
+
+def stage_train(b: Bench, check: dict):
+    return _train_stage(b, adv=False)
+
+
+def stage_adv_train(b: Bench, check: dict):
+    return _train_stage(b, adv=True)
+
+
+def stage_eval(b: Bench, check: dict):
+    B, a = b.args.batch, b.args
+    x, y = b.images[:B], b.labels[:B]
+    xo = x.contiguous(memory_format=b.fmt)
+    b.ours_mode()
+    with quiet():
+        s_ours, _ = timed(lambda: robust_correct(b.ours, xo, y, EVAL_EPS, EVAL_STEPS, EVAL_FACTOR, 1, B, b.dev),
+                          a.warmup, a.steps, b.dev)
+    b.ref_mode()
+    b.ref.eval()
+    s_ref, _ = timed(lambda: ref_eval_batch(b.ref, x, y), a.warmup, a.steps, b.dev)
+    return B, s_ours, s_ref, B * (2 * EVAL_STEPS + 1), B * (2 * EVAL_STEPS + 2)
+
+
+STAGE_FUNCS = {"match": stage_match, "pgd": stage_pgd, "train": stage_train, "adv_train": stage_adv_train,
+               "eval": stage_eval}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    dev = args.device
-    gpu = dev.type == "cuda"
+    dev, gpu = args.device, args.device.type == "cuda"
     notes: list[str] = []
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -378,144 +516,49 @@ def main(argv=None) -> dict:
     torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
 
     ours = make_model(args.arch, 10, args.width).to(dev)
-    ref = copy.deepcopy(ours)  # fp32, default memory format, eager: the reference's model
+    ref = copy.deepcopy(ours)  # the reference's model: fp32, default memory format, eager
     init = [t.detach().clone() for t in ours.state_dict().values()]
     fwd = forward_flops_per_image(ref, dev)
     channels_last = gpu and not args.no_channels_last
-    if channels_last:
-        ours.to(memory_format=torch.channels_last)
-    compiled = maybe_compile(ours, dev, notes) if args.compile else False
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ours.to(memory_format=fmt)
+    compiled = maybe_compile(ours, dev, args.batch, fmt, notes) if args.compile else False
+    if compiled and args.warmup == 0:
+        notes.append("--compile with --warmup 0: ours' timed iterations include compilation")
 
-    # Random data: content does not change the speed. Enough images for warmup + timed steps.
-    B = args.batch
-    n_train = (args.warmup + args.steps) * B
-    images_u8 = rng.integers(0, 256, (max(n_train, 2 * B), 32, 32, 3), dtype=np.uint8)
-    labels_np = rng.integers(0, 10, len(images_u8)).astype(np.int64)
-    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(255).to(dev)
-    labels = torch.from_numpy(labels_np).to(dev)
-    x, y = images[:B].contiguous(), labels[:B]
-    start = images[B:2 * B].contiguous()  # another image as the matching start, as for D_R
-    t_rand = torch.from_numpy(rng.integers(0, 10, B)).to(dev)
+    # Random images: their content does not change the speed. Enough for warm-up + timed steps.
+    n = max((args.warmup + args.steps) * args.batch, 2 * args.batch)
+    images_u8 = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels_np = rng.integers(0, 10, n).astype(np.int64)
+    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(255).contiguous().to(dev)
+    b = Bench(args, dev, ours, ref, fmt, images_u8, labels_np, images, torch.from_numpy(labels_np).to(dev),
+              torch.backends.cudnn.allow_tf32)
 
+    peak = peak_bf16_tflops(dev)
     results: dict[str, dict] = {}
-    match_check: dict | None = None
-    ref_tf32 = torch.backends.cudnn.allow_tf32
-
-    def ref_mode():
-        torch.backends.cudnn.allow_tf32 = ref_tf32 and not args.strict_fp32
-
-    def ours_mode():
-        torch.backends.cudnn.allow_tf32 = ref_tf32
-
-    def record(stage, units_per_iter, s_ours, s_ref, flops_ours, flops_ref):
-        peak = peak_bf16_tflops(dev)
-        r = {"unit": UNITS[stage], "ours": units_per_iter / s_ours, "reference": units_per_iter / s_ref,
+    check: dict = {}
+    for stage in args.stages:
+        reset(ours, init)  # every stage starts from the same weights for both
+        reset(ref, init)
+        units, s_ours, s_ref, fwd_ours, fwd_ref = STAGE_FUNCS[stage](b, check)
+        b.ours_mode()
+        r = {"unit": UNITS[stage], "ours": units / s_ours, "reference": units / s_ref, "ratio": s_ref / s_ours,
              "ours_s_per_iter": s_ours, "reference_s_per_iter": s_ref,
-             "ours_tflops": flops_ours / s_ours / 1e12, "reference_tflops": flops_ref / s_ref / 1e12}
-        r["ratio"] = r["ours"] / r["reference"]
+             "ours_tflops": fwd_ours * fwd / s_ours / 1e12, "reference_tflops": fwd_ref * fwd / s_ref / 1e12}
         r["ours_pct_peak"] = 100 * r["ours_tflops"] / peak if peak else None
         results[stage] = r
 
-    for stage in args.stages:
-        reset(ours, init)
-        reset(ref, init)
-        if stage == "match":
-            S = args.attack_steps
-            xo, so = x.contiguous(memory_format=fmt), start.contiguous(memory_format=fmt)
-            ours_mode()
-            with frozen(ours):
-                s_ours, (z_ours, _) = timed(lambda: match_representation(ours, so, xo, S, MATCH_STEP),
-                                            args.warmup, args.steps, dev)
-            ref_mode()
-            ref.eval()
-            s_ref, z_ref = timed(lambda: ref_match(ref, start, x, S), args.warmup, args.steps, dev)
-            record(stage, B * S, s_ours, s_ref, B * (2 * S + 3) * fwd, B * (3 * S + 4) * fwd)
-            # Show it, don't assume: the same objective from the same batch must land in the same place.
-            with torch.no_grad():
-                target = ref.features(x)
-                tnorm = target.norm(dim=1)
-
-                def dist(z):
-                    return (ref.features(z.float().contiguous()) - target).norm(dim=1)
-
-                d0, d_o, d_r = dist(start), dist(z_ours), dist(z_ref)
-            match_check = {
-                "steps": S, "step_size": MATCH_STEP, "batch": B, "measured_with": "reference model, fp32",
-                "start_distance": d0.mean().item(), "ours_final_distance": d_o.mean().item(),
-                "reference_final_distance": d_r.mean().item(),
-                "start_relative": (d0 / tnorm).mean().item(), "ours_final_relative": (d_o / tnorm).mean().item(),
-                "reference_final_relative": (d_r / tnorm).mean().item(),
-                "mean_abs_pixel_difference": (z_ours.float() - z_ref).abs().mean().item(),
-            }
-        elif stage == "pgd":
-            S = args.attack_steps
-            xo = x.contiguous(memory_format=fmt)
-            ours_mode()
-            with frozen(ours):
-                s_ours, _ = timed(lambda: pgd_l2(ours, xo, t_rand, PGD_EPS, S, PGD_STEP, targeted=True),
-                                  args.warmup, args.steps, dev)
-            ref_mode()
-            ref.eval()
-            s_ref, _ = timed(lambda: ref_make_adv(ref, x, t_rand, constraint="2", eps=PGD_EPS, step_size=PGD_STEP,
-                                                  iterations=S, targeted=True), args.warmup, args.steps, dev)
-            record(stage, B * S, s_ours, s_ref, B * 2 * S * fwd, B * (2 * S + 2) * fwd)
-        elif stage in ("train", "adv_train"):
-            adv = stage == "adv_train"
-            cfg = dataclasses.replace(PAPER_TRAIN, batch_size=B)
-            ours_mode()
-            with quiet():
-                if args.warmup:
-                    train(ours, images[:args.warmup * B], labels[:args.warmup * B], cfg, args.seed, dev,
-                          adversarial=ADV if adv else None)
-                sync(dev)
-                t0 = time.perf_counter()
-                train(ours, images[:args.steps * B], labels[:args.steps * B], cfg, args.seed + 1, dev,
-                      adversarial=ADV if adv else None)
-                sync(dev)
-            s_ours = (time.perf_counter() - t0) / args.steps
-            ref_mode()
-            loader = torch.utils.data.DataLoader(RefDataset(images_u8[:n_train], labels_np[:n_train]), batch_size=B,
-                                                 shuffle=True, num_workers=args.workers, pin_memory=gpu)
-            ref.train()
-            opt = torch.optim.SGD(ref.parameters(), PAPER_TRAIN.lr, momentum=PAPER_TRAIN.momentum,
-                                  weight_decay=PAPER_TRAIN.weight_decay)
-            it = iter(loader)
-            for _ in range(args.warmup):
-                ref_train_step(ref, opt, *next(it), dev, adv)
-            sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                ref_train_step(ref, opt, *next(it), dev, adv)
-            sync(dev)
-            s_ref = (time.perf_counter() - t0) / args.steps
-            del it, loader
-            per_img_ours = 2 * ADV.steps + 3 if adv else 3
-            per_img_ref = 2 * ADV.steps + 1 + 3 if adv else 3
-            record(stage, B, s_ours, s_ref, B * per_img_ours * fwd, B * per_img_ref * fwd)
-        elif stage == "eval":
-            xo = x.contiguous(memory_format=fmt)
-            ours_mode()
-            with quiet():
-                s_ours, _ = timed(lambda: robust_correct(ours, xo, y, EVAL_EPS, EVAL_STEPS, EVAL_FACTOR, 1, B, dev),
-                                  args.warmup, args.steps, dev)
-            ref_mode()
-            ref.eval()
-            s_ref, _ = timed(lambda: ref_eval_batch(ref, x, y), args.warmup, args.steps, dev)
-            record(stage, B, s_ours, s_ref, B * (2 * EVAL_STEPS + 1) * fwd, B * (2 * EVAL_STEPS + 2) * fwd)
-        ours_mode()
-
     out = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]) if argv is None
-        else "bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "command": shlex.join([sys.executable, *sys.argv] if argv is None else ["bench/bench.py", *argv]),
         "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "arch": args.arch, "width": args.width, "batch": B, "steps": args.steps,
-        "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
+        "torch": torch.__version__, "arch": args.arch, "width": args.width, "batch": args.batch,
+        "steps": args.steps, "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
         "compiled": compiled, "channels_last": channels_last, "ours_precision": "bf16 autocast" if gpu else "fp32",
-        "reference_precision": ("fp32 (TF32 convs off)" if args.strict_fp32 or not ref_tf32 else
-                                "fp32 (cuDNN TF32 convs, PyTorch default)") if gpu else "fp32",
-        "forward_gflops_per_image": fwd / 1e9, "peak_bf16_tflops": peak_bf16_tflops(dev),
-        "stages": results, "match_check": match_check, "notes": notes,
+        "reference_precision": "fp32" if not gpu else
+        "fp32, TF32 convolutions off" if args.strict_fp32 or not b.tf32_default else
+        "fp32 (cuDNN may use TF32 for convolutions: PyTorch default)",
+        "forward_gflops_per_image": fwd / 1e9, "peak_bf16_tflops": peak,
+        "stages": results, "match_check": check or None, "notes": notes,
     }
     print_report(out)
     if args.json:
@@ -526,12 +569,14 @@ def main(argv=None) -> dict:
 
 def print_report(out: dict) -> None:
     print(f"command: {out['command']}")
-    print(f"device: {out['device']} | torch {out['torch']} | {out['arch']} width {out['width']} | batch {out['batch']} | "
-          f"{out['steps']} timed + {out['warmup']} warm-up iterations | attack steps {out['attack_steps']}")
+    print(f"device: {out['device']} | torch {out['torch']} | {out['arch']} width {out['width']} | "
+          f"batch {out['batch']} | {out['steps']} timed + {out['warmup']} warm-up iterations per stage | "
+          f"attack steps {out['attack_steps']}")
     print(f"ours: {out['ours_precision']}, channels_last {out['channels_last']}, compiled {out['compiled']} | "
           f"reference: {out['reference_precision']}, DataLoader workers {out['ref_workers']} | "
           f"forward {out['forward_gflops_per_image']:.4f} GFLOP/image")
-    head = f"{'stage':<10} {'unit':<14} {'ours':>12} {'reference':>12} {'ratio':>7} {'TFLOP/s':>9} {'% peak':>7} {'ref TFLOP/s':>11}"
+    head = (f"{'stage':<10} {'unit':<14} {'ours':>12} {'reference':>12} {'ratio':>7} {'TFLOP/s':>9} {'% peak':>7} "
+            f"{'ref TFLOP/s':>11}")
     print(head)
     print("-" * len(head))
     for name, r in out["stages"].items():
@@ -540,13 +585,13 @@ def print_report(out: dict) -> None:
               f"{r['ours_tflops']:>9.4f} {pct:>7} {r['reference_tflops']:>11.4f}")
     m = out["match_check"]
     if m:
-        print(f"representation matching after {m['steps']} steps of {m['step_size']} on the same {m['batch']} images "
-              f"(distances measured with the fp32 reference model): start {m['start_distance']:.4f} "
-              f"(relative {m['start_relative']:.4f}) -> ours {m['ours_final_distance']:.4f} "
+        print(f"representation matching, {m['steps']} steps of {m['step_size']} from the same {m['batch']} start "
+              f"images (distance ||g(z) - g(x)|| by the fp32 reference model, mean; relative to ||g(x)||):")
+        print(f"  start {m['start_distance']:.4f} ({m['start_relative']:.4f}) -> ours {m['ours_final_distance']:.4f} "
               f"({m['ours_final_relative']:.4f}), reference {m['reference_final_distance']:.4f} "
               f"({m['reference_final_relative']:.4f}); mean |z_ours - z_ref| {m['mean_abs_pixel_difference']:.2e}")
-    for n in out["notes"]:
-        print(f"note: {n}")
+    for note in out["notes"]:
+        print(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -278,7 +278,10 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: parameter file not found")
-    doc = yaml.safe_load(path.read_text())
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     unknown = sorted(set(doc) - {"profile", "data", "profiles"})

@@ -116,6 +116,23 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
     return summary
 
 
+def _read_shard(path: Path, keys, rebuild: str, num_classes: int = 10) -> dict:
+    """One shard's arrays (never a pickle), checked on their own so that an error names the shard."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in keys}
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+        raise ArtefactError(f"{path} is not a shard of plain arrays ({type(e).__name__}: {e}); run `{rebuild}`") from e
+    images, labels = arrays["images"], arrays["labels"]
+    if images.shape[1:] != (3, 32, 32) or any(len(a) != len(images) for a in arrays.values()):
+        shapes = {k: a.shape for k, a in arrays.items()}
+        raise ArtefactError(f"{path}: arrays of shapes {shapes}, expected images (n, 3, 32, 32) and n of each "
+                            f"other; run `{rebuild}`")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ArtefactError(f"{path}: labels outside 0..{num_classes - 1}; run `{rebuild}`")
+    return arrays
+
+
 def load_constructed(out_dir: str | Path) -> dict:
     """Read a complete constructed set, verifying every shard against the manifest."""
     out_dir = Path(out_dir)
@@ -123,14 +140,15 @@ def load_constructed(out_dir: str | Path) -> dict:
     if not (out_dir / "manifest.json").exists():
         raise ArtefactError(f"{out_dir}: constructed set is incomplete (no manifest.json); run `{rebuild}`")
     manifest = read_json(out_dir / "manifest.json")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ArtefactError(f"{out_dir}/manifest.json lists no shards; run `{rebuild}`")
     parts = {"images": [], "labels": [], "source_index": [], "start_index": []}
     for shard in manifest["shards"]:
         path = out_dir / shard["file"]
         if not path.exists() or sha256_file(path) != shard["sha256"]:
             raise ArtefactError(f"{path} is missing or corrupt (checksum differs from the manifest); run `{rebuild}`")
-        with np.load(path, allow_pickle=False) as z:
-            for key in parts:
-                parts[key].append(z[key])
+        for key, value in _read_shard(path, parts, rebuild).items():
+            parts[key].append(value)
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     if not np.isfinite(arrays["images"]).all():
         raise ArtefactError(f"{out_dir}: constructed images contain NaN or inf; run `{rebuild}`")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from notbugs import results
+from notbugs import results, tempfiles
 
 PAPER_CLAIM = (
     "Ilyas et al. (2019) argue that adversarial examples are not bugs but features: a dataset's "
@@ -899,7 +899,8 @@ def _render_markdown(blocks: list) -> tuple[str, dict[str, bytes]]:
 
 def _write(path: Path, data: bytes) -> None:
     """Temp file + rename, so a reader (or DVC) never sees half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    tempfiles.remove_dead(path.parent, path.name)  # left by a killed earlier run
+    fd, tmp = tempfile.mkstemp(prefix=tempfiles.prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -11,6 +11,8 @@ A part is first written to a hidden temp file in the same folder, fsynced and
 then renamed into place with ``os.replace``. The rename is atomic, so several
 processes can append to the same table at once, and a reader (this module,
 pandas, pyarrow.dataset or duckdb) sees each write either whole or not at all.
+A writer killed mid-write leaves its temp file behind; the next append to the
+same table removes it (see notbugs.tempfiles).
 
 This module deliberately depends only on pyarrow and pandas: it runs on GPU
 machines that have neither Prefect nor DVC installed.
@@ -28,6 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from notbugs import tempfiles
 
 DEFAULT_ROOT = "data/results"
 
@@ -296,12 +300,16 @@ def append(table: str, rows: list[dict], root: str | Path = DEFAULT_ROOT) -> Pat
 
     folder = _table_dir(table, root)
     folder.mkdir(parents=True, exist_ok=True)
+    tempfiles.remove_dead(folder)  # temp files of writers that were killed mid-write
     final = folder / _part_name()
-    temp = folder / f"{TEMP_PREFIX}{final.stem}{TEMP_SUFFIX}"
+    temp = folder / f"{TEMP_PREFIX}{final.stem}{tempfiles.owner()}{TEMP_SUFFIX}"
     try:
         pq.write_table(arrow_table, temp)
         _fsync_file(temp)
         os.replace(temp, final)
+    except OSError as err:  # disk full, read-only folder, ...: say which table, keep the errno
+        what = f"cannot append to result table {table!r} in {folder} ({err.strerror or err}); nothing was written"
+        raise (OSError(err.errno, what) if err.errno else OSError(what)) from err
     finally:
         # Only reached with the temp file still present if the write failed.
         if temp.exists():

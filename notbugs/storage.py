@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from notbugs import tempfiles
+
 
 class ArtefactError(RuntimeError):
     """An artefact on disk is missing, corrupt or does not match its manifest."""
@@ -40,7 +42,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    tempfiles.remove_dead(path.parent, path.name)  # left by a writer of this file that was killed
+    fd, tmp = tempfile.mkstemp(prefix=tempfiles.prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -69,7 +69,7 @@ def _launch(cmd: list[str], log_path: Path) -> tuple[subprocess.Popen, object]:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT), log
 
 
-def _watch(cmd: list[str], log_path: Path, should_kill, timeout: float) -> Run:
+def _watch(cmd: list[str], log_path: Path, should_kill, timeout: float, ready_line: str = READY) -> Run:
     proc, log = _launch(cmd, log_path)
     t0 = time.perf_counter()
     ready = trigger = None
@@ -80,7 +80,7 @@ def _watch(cmd: list[str], log_path: Path, should_kill, timeout: float) -> Run:
             if now > timeout:
                 proc.kill()
                 raise TimeoutError(f"{' '.join(cmd[2:4])} ran past {timeout} s; log: {log_path}")
-            if ready is None and READY in log_path.read_text(errors="replace"):
+            if ready is None and ready_line in log_path.read_text(errors="replace"):
                 ready = now
             fired = should_kill(now)
             if fired is not None:
@@ -96,22 +96,25 @@ def _watch(cmd: list[str], log_path: Path, should_kill, timeout: float) -> Run:
                trigger)
 
 
-def run_to_end(cmd: list[str], log_path: Path, timeout: float = 300) -> Run:
-    return _watch(cmd, log_path, lambda now: None, timeout)
+def run_to_end(cmd: list[str], log_path: Path, timeout: float = 300, ready_line: str = READY) -> Run:
+    return _watch(cmd, log_path, lambda now: None, timeout, ready_line)
 
 
-def run_and_kill(cmd: list[str], log_path: Path, data_dir: Path, at: KillAt, timeout: float = 300) -> Run:
-    """Run `cmd` and SIGKILL it at `at`; a process that ends first is reported with killed=False."""
+def run_and_kill(cmd: list[str], log_path: Path, data_dir: Path, at: KillAt, timeout: float = 300,
+                 ready_line: str = READY) -> Run:
+    """Run `cmd` and SIGKILL it at `at`; a process that ends first is reported with killed=False.
+    A file trigger fires on a match that was not there when the process started."""
     state = {"armed": None if at.pattern else 0.0}
+    existing = set(Path(data_dir).glob(at.pattern)) if at.pattern else set()
 
     def should_kill(now):
-        if state["armed"] is None and any(Path(data_dir).glob(at.pattern)):
+        if state["armed"] is None and set(Path(data_dir).glob(at.pattern)) - existing:
             state["armed"] = now
         if state["armed"] is not None and now >= state["armed"] + at.delay:
             return now
         return None
 
-    return _watch(cmd, log_path, should_kill, timeout)
+    return _watch(cmd, log_path, should_kill, timeout, ready_line)
 
 
 def kill_when_file_appears(code: str, watch: Path, pattern: str, timeout: float = 60) -> subprocess.CompletedProcess:

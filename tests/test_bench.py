@@ -34,5 +34,5 @@ def test_bench_tiny_runs_every_stage(tmp_path):
     assert m["ours_final_distance"] < m["start_distance"]
     assert m["reference_final_distance"] < m["start_distance"]
     assert abs(m["ours_final_distance"] - m["reference_final_distance"]) < 0.01 * m["start_distance"]
-    assert "representation matching after" in proc.stdout
+    assert "representation matching, " in proc.stdout
     assert "--tiny" in res["command"]

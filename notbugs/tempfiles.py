@@ -1,0 +1,65 @@
+"""Temporary files of atomic writes, and the clean-up of those a killed writer leaves behind.
+
+Every writer (`storage.atomic_write_bytes`, `results.append`, the report) writes a hidden file beside
+its target and renames it into place. A writer killed before the rename (SIGKILL, OOM killer, power
+cut) leaves that file behind, inside folders that DVC tracks. Its name records the host and process
+that made it, `.tmp-<target>@<host>.<pid>-...`, so the next writer of the same target can tell a dead
+writer's leftover from a live writer's file in progress, and removes only the former: files made on
+this host by a process that no longer runs. Files of other hosts (shared storage) are left alone.
+
+Standard library only: `notbugs.results` imports this and must stay free of torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+PREFIX = ".tmp-"
+_OWNER = re.compile(r"@(?P<host>[^@/]+)\.(?P<pid>\d+)(?:-[^-]*|\.writing)$")
+
+
+def owner() -> str:
+    """`@<host>.<pid>`: who is writing, as it appears in a temporary file's name."""
+    return f"@{socket.gethostname()}.{os.getpid()}"
+
+
+def prefix(name: str) -> str:
+    """The `tempfile.mkstemp` prefix for a temporary copy of `name`."""
+    return f"{PREFIX}{name}{owner()}-"
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary files in `folder` (those of target `name`, or all) whose writer ran on
+    this host and is gone; returns what was deleted."""
+    host, removed = socket.gethostname(), []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(PREFIX if name is None else f"{PREFIX}{name}@"):
+            continue
+        m = _OWNER.search(entry.name)
+        if m is None or m["host"] != host or _running(int(m["pid"])) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:  # another writer cleaned it up first
+            pass
+    return removed

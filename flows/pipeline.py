@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from notbugs import stages as S
 from notbugs.config import DATASETS, load_params
 from notbugs.train import pick_device
-from tasks import build_shard, ensure_gpu_limit, evaluate_model, fetch_data, publish_table, render_report, train_model
+from tasks import build_shard, evaluate_model, fetch_data, publish_table, render_report, train_model
 
 RUNNER = ThreadPoolTaskRunner(max_workers=max(torch.cuda.device_count(), 1))
 
@@ -46,7 +46,6 @@ def fetch_flow(params_path: str = "params.yaml", profile: str | None = None, dat
 def source_flow(kind: str, params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                 device: str = "auto") -> dict:
     params = load_params(params_path, profile)
-    ensure_gpu_limit()
     dev = pick_device(device)
     spec = S.source_spec(params, kind)
     with S.recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"]) as run_id:
@@ -63,7 +62,6 @@ def source_flow(kind: str, params_path: str = "params.yaml", profile: str | None
 def construct_flow(name: str, params_path: str = "params.yaml", profile: str | None = None,
                    data_dir: str = "data", device: str = "auto") -> dict:
     params = load_params(params_path, profile)
-    ensure_gpu_limit()
     devs = devices(device)
     src = "robust" if name == "d_r" else "standard"
     with S.recorded_run(f"construct@{name}", params, data_dir, pick_device(devs[0]),
@@ -84,7 +82,6 @@ def construct_flow(name: str, params_path: str = "params.yaml", profile: str | N
 def train_flow(name: str, params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                device: str = "auto") -> dict:
     params = load_params(params_path, profile)
-    ensure_gpu_limit()
     dev = pick_device(device)
     p = params.profile
     spec = S.ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
@@ -106,7 +103,6 @@ def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, 
                   device: str = "auto") -> dict:
     """Figure 3. The models train side by side when there are several GPUs, then the rates are measured."""
     params = load_params(params_path, profile)
-    ensure_gpu_limit()
     devs = devices(device)
     p = params.profile
     with S.recorded_run("transfer", params, data_dir, pick_device(devs[0]),
@@ -153,7 +149,6 @@ def reevaluate_flow(params_path: str = "params.yaml", profile: str | None = None
                     device: str = "auto") -> dict:
     """Re-score every trained model under the current `reevaluate` suite; rows are appended."""
     params = load_params(params_path, profile)
-    ensure_gpu_limit()
     dev = pick_device(device)
     summary = {}
     with S.recorded_run("reevaluate", params, data_dir, dev) as run_id:

@@ -1,13 +1,14 @@
 """Prefect tasks: thin wrappers over the units of `notbugs.stages` (one model, one shard, one evaluation).
 
-Tasks that use the accelerator carry the tag `gpu`; `ensure_gpu_limit` creates a tag concurrency
-limit of one task per GPU, so that at most one such task runs on each card at a time.
+Tasks that use the accelerator carry the tag `gpu`. One task per GPU is enforced inside each flow by
+its task runner (as many worker threads as GPUs, each unit pinned to one card). We deliberately do not
+create a server-side tag concurrency limit: a task killed with SIGKILL never releases its slot there,
+and every later `gpu` task would then wait forever (seen with Prefect 3.9 and a local server).
 """
 
 from tasks.units import (
     GPU_TAG,
     build_shard,
-    ensure_gpu_limit,
     evaluate_model,
     fetch_data,
     publish_table,
@@ -15,5 +16,5 @@ from tasks.units import (
     train_model,
 )
 
-__all__ = ["GPU_TAG", "build_shard", "ensure_gpu_limit", "evaluate_model", "fetch_data", "publish_table",
+__all__ = ["GPU_TAG", "build_shard", "evaluate_model", "fetch_data", "publish_table",
            "render_report", "train_model"]

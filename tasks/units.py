@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
@@ -49,16 +48,3 @@ def publish_table(key: str, rows: list[dict], description: str) -> None:
     """A table artifact on the current flow run (shown in the Prefect UI's Artifacts tab)."""
     safe = key.replace("_", "-").replace("@", "-").lower()
     create_table_artifact(key=safe, table=rows, description=description)
-
-
-def ensure_gpu_limit() -> int:
-    """Create (or resize) the `gpu` tag concurrency limit: one task per visible GPU (one on a CPU)."""
-    from prefect.client.orchestration import get_client
-
-    slots = max(torch.cuda.device_count(), 1)
-    try:
-        with get_client(sync_client=True) as client:
-            client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
-    except Exception as e:  # the limit is a safeguard, never a reason to fail a stage
-        log.warning("could not set the '%s' concurrency limit (%s); continuing without it", GPU_TAG, e)
-    return slots

@@ -29,9 +29,15 @@ server_pid=""
 if [ -z "${PREFECT_API_URL:-}" ]; then
   # One local Prefect server (SQLite, localhost only) for the whole run: each stage connects to it
   # instead of booting a temporary one. Without it, Prefect still works (its temporary local server).
-  port=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  # Prefect's usual port 4200 when free (so the UI is where users expect it), else any free port.
+  port=$(python -c "import socket
+s = socket.socket()
+try: s.bind(('127.0.0.1', 4200))
+except OSError: s.bind(('127.0.0.1', 0))
+print(s.getsockname()[1])")
   mkdir -p .prefect
-  PREFECT_SERVER_ANALYTICS_ENABLED=false prefect server start --host 127.0.0.1 --port "$port" > .prefect/server.log 2>&1 &
+  PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL="http://127.0.0.1:$port/api" \
+    prefect server start --host 127.0.0.1 --port "$port" > .prefect/server.log 2>&1 &
   server_pid=$!
   trap '[ -n "$server_pid" ] && kill $server_pid 2>/dev/null || true' EXIT
   for _ in $(seq 1 120); do
@@ -40,7 +46,7 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
     sleep 0.5
   done
   export PREFECT_API_URL="http://127.0.0.1:$port/api"
-  echo "pipeline: local Prefect server at http://127.0.0.1:$port (runs stay in ~/.prefect; see them later with 'prefect server start')"
+  echo "pipeline: local Prefect server, UI at http://127.0.0.1:$port while this runs (runs stay in ~/.prefect; see them later with 'prefect server start')"
 fi
 
 start=$(date +%s)

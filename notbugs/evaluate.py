@@ -51,10 +51,10 @@ def robust_correct(model, images, labels, eps: float, steps: int, step_factor: f
 
 def _row(model_id: str, attack: str, eps: float, steps: int, restarts: int, correct: torch.Tensor,
          labels: torch.Tensor, wall_s: float, num_classes: int = 10) -> dict:
-    per_class = [correct[labels == c].float().mean().item() if (labels == c).any() else float("nan")
+    per_class = [int(correct[labels == c].sum()) / int((labels == c).sum()) if (labels == c).any() else float("nan")
                  for c in range(num_classes)]
     return {"model_id": model_id, "test_set": "cifar10-test", "attack": attack, "eps": float(eps),
-            "steps": int(steps), "restarts": int(restarts), "accuracy": correct.float().mean().item(),
+            "steps": int(steps), "restarts": int(restarts), "accuracy": int(correct.sum()) / len(labels),
             "correct": int(correct.sum()), "n": int(len(labels)), "per_class_accuracy": per_class,
             "wall_s": wall_s}
 
@@ -90,4 +90,5 @@ def make_transfer_examples(source, images, labels, eps: float, steps: int, step_
 def transfer_success(target_model, adv: torch.Tensor, targets: torch.Tensor, batch_size: int,
                      device: torch.device) -> float:
     """Fraction of adversarial examples that the target model classifies as their target class."""
-    return (predict(target_model, adv, batch_size, device) == targets.cpu()).float().mean().item()
+    hits = predict(target_model, adv, batch_size, device) == targets.cpu()
+    return int(hits.sum()) / len(hits)

@@ -1,0 +1,69 @@
+"""Evaluation on models whose outputs are known in advance."""
+
+import torch
+from torch import nn
+
+from notbugs.evaluate import evaluate, make_transfer_examples, transfer_success
+
+CPU = torch.device("cpu")
+
+
+class ReadsLabelFromPixel(nn.Module):
+    """Predicts class round(9 * x[0, 0, 0]): its answers, and how fragile they are, are known."""
+
+    def forward(self, x):
+        level = x[:, 0, 0, 0] * 9
+        centres = torch.arange(10, dtype=x.dtype)
+        return -(level[:, None] - centres[None, :]) ** 2 * 10
+
+
+class Constant(nn.Module):
+    """Always says class 3, whatever the input: no attack can change its answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 10) + torch.nn.functional.one_hot(torch.tensor(3), 10) * 5 + 0 * x.sum()
+
+
+def _images(labels):
+    x = torch.full((len(labels), 3, 32, 32), 0.5)
+    x[:, 0, 0, 0] = (labels.float() + 0.2) / 9  # off-centre, so the loss has a slope to climb
+    return x
+
+
+def test_clean_accuracy_and_per_class_are_exact():
+    labels = torch.arange(10).repeat(5)
+    x = _images(labels)
+    wrong = labels.clone()
+    wrong[:5] = (wrong[:5] + 1) % 10  # the first five images (classes 0-4) are mislabelled
+    rows = evaluate(ReadsLabelFromPixel(), "m", x, wrong, eps=(), steps=1, step_factor=2.5, restarts=1,
+                    batch_size=7, device=CPU)
+    assert len(rows) == 1 and rows[0]["attack"] == "none"
+    assert rows[0]["correct"] == 45 and rows[0]["n"] == 50 and rows[0]["accuracy"] == 0.9
+    # per class of the *given* label: labels 1-5 each hold one mislabelled image (label 5 six images)
+    assert [round(p, 2) for p in rows[0]["per_class_accuracy"]] == [1.0, 0.8, 0.8, 0.8, 0.8, 0.83, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_pgd_breaks_a_fragile_model_but_not_a_constant_one():
+    labels = torch.arange(10).repeat(3)
+    x = _images(labels)
+    fragile = evaluate(ReadsLabelFromPixel(), "f", x, labels, eps=(0.25,), steps=10, step_factor=2.5,
+                       restarts=1, batch_size=16, device=CPU)
+    assert fragile[0]["accuracy"] == 1.0 and fragile[1]["accuracy"] < 0.2  # one pixel moved by 0.25 flips it
+    const = evaluate(Constant(), "c", x, labels, eps=(0.25, 1.0), steps=5, step_factor=2.5, restarts=2,
+                     batch_size=16, device=CPU)
+    assert [r["accuracy"] for r in const] == [0.1, 0.1, 0.1]  # 3 of 30 are class 3, attacks change nothing
+    assert [r["eps"] for r in const] == [0.0, 0.25, 1.0] and const[2]["restarts"] == 2
+
+
+def test_transfer_success_counts_hits_on_the_target_class():
+    labels = torch.arange(10).repeat(2)
+    x = _images(labels)
+    adv, targets = make_transfer_examples(ReadsLabelFromPixel(), x, labels, eps=0.5, steps=20, step_size=0.02,
+                                          batch_size=8, device=CPU)
+    assert torch.equal(targets, (labels + 1) % 10)
+    assert transfer_success(ReadsLabelFromPixel(), adv, targets, 8, CPU) > 0.8  # white-box: nearly all hit
+    assert transfer_success(Constant(), adv, targets, 8, CPU) == 0.1  # only targets equal to 3 "hit"

@@ -161,3 +161,14 @@ def test_reevaluate_once_appends_rows(repo):
     # tiny's reevaluate suite: clean + PGD at eps 0.25 and 0.5, for each of the 10 models
     assert len(ev) == before + 10 * 3
     assert set(ev["eps"]) == {0.0, 0.25, 0.5}
+
+
+def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):
+    """The `reproduce` flow (for users who drive everything from the UI): every stage as a subflow.
+    After the dvc repro above it resumes everything (final checkpoints, finished shards) and re-scores."""
+    root = repo["path"] / "data" / "results"
+    before = results.load("runs", root)
+    _run([sys.executable, "-m", "flows", "reproduce"], repo["path"], repo["env"])
+    runs = results.load("runs", root)
+    new = runs[~runs["run_id"].isin(before["run_id"])]
+    assert len(new) == 13 and (new["status"] == "ok").all()

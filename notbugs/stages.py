@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import subprocess
 import time
@@ -34,7 +33,7 @@ from notbugs import construct as C
 from notbugs import data as D
 from notbugs import results
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
-from notbugs.evaluate import evaluate, make_transfer_examples, transfer_success
+from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
 from notbugs.models import make_model
 from notbugs.storage import atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
 from notbugs.train import load_model, pick_device, save_model, train
@@ -407,8 +406,6 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
 
 
 def predict_labels(model, split: Split, batch_size: int, device) -> torch.Tensor:
-    from notbugs.evaluate import predict
-
     return predict(model, split.test_x, batch_size, device)
 
 
@@ -475,8 +472,3 @@ def write_plot_tables(summary_path: Path, out: Path) -> dict:
     atomic_write_bytes(paths["figure2_csv"], ("\n".join(fig2) + "\n").encode())
     atomic_write_bytes(paths["figure3_csv"], ("\n".join(fig3) + "\n").encode())
     return paths
-
-
-def env_info() -> dict:
-    return {"torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
-            "cuda": torch.cuda.is_available(), "pid": os.getpid()}

@@ -59,7 +59,7 @@ def frozen(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     # bf16 on the GPU; fp32 on the CPU, where bf16 is slow and the tests want exact numbers
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -83,7 +83,7 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step
     sign = -1.0 if targeted else 1.0
     for _ in range(steps):
         delta.requires_grad_(True)
-        with _autocast(x.device):
+        with autocast(x.device):
             logits = model(x + delta)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, delta)
@@ -96,7 +96,7 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step
 
 def representation_distance(model, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-example ||g(z) - target||_2."""
-    with _autocast(z.device):
+    with autocast(z.device):
         rep = model.features(z)
     return (rep.float() - target).flatten(1).norm(dim=1)
 
@@ -110,7 +110,7 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
     Returns z and statistics: mean start / final distance, absolute and relative to ||g(x)||.
     """
     final_step_size = step_size if final_step_size is None else final_step_size
-    with torch.no_grad(), _autocast(start.device):
+    with torch.no_grad(), autocast(start.device):
         target = model.features(target_images).float()
     target_norm = target.flatten(1).norm(dim=1).clamp_min(1e-12)
     z = start.detach().clone()

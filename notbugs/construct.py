@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from notbugs.attacks import _autocast, frozen, match_representation, pgd_l2
+from notbugs.attacks import autocast, frozen, match_representation, pgd_l2
 from notbugs.batching import in_batches
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
 
@@ -63,7 +63,7 @@ def npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def _shard_done(out_dir: Path, k: int, recipe_hash: str) -> bool:
+def shard_done(out_dir: Path, k: int, recipe_hash: str) -> bool:
     meta_path, data_path = out_dir / f"shard-{k:05d}.json", out_dir / f"shard-{k:05d}.npz"
     if not meta_path.exists() or not data_path.exists():
         return False
@@ -90,7 +90,7 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
             p = recipe["pgd"]
             t = torch.as_tensor(assign["target"][s:e], device=device)
             z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True)
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device):
                 st = {"success": (model(z).argmax(1) == t).float().sum().item()}
         return z.to(torch.float16).cpu(), {**st, "n": e - s}
 

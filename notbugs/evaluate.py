@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from notbugs.attacks import _autocast, frozen, pgd_l2
+from notbugs.attacks import autocast, frozen, pgd_l2
 from notbugs.batching import in_batches
 
 log = logging.getLogger("notbugs.evaluate")
@@ -25,7 +25,7 @@ def _batched(fn, n: int, batch_size: int, desc: str) -> torch.Tensor:
 
 def predict(model, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     def run(a, b):
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast(device):
             return model(images[a:b].to(device)).argmax(1).cpu()
     model.eval()
     return _batched(run, len(images), batch_size, "predict")
@@ -41,7 +41,7 @@ def robust_correct(model, images, labels, eps: float, steps: int, step_factor: f
         ok = torch.ones(len(y), dtype=torch.bool, device=device)
         for r in range(restarts):
             x_adv = pgd_l2(model, x, y, eps, steps, step_factor * eps / steps, random_start=r > 0, g=g)
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device):
                 ok &= model(x_adv).argmax(1) == y
         return ok.cpu()
 

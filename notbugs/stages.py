@@ -252,7 +252,7 @@ class ConstructJob:
     device: torch.device
 
     def pending(self) -> list[int]:
-        return [k for k in range(len(self.ranges)) if not C._shard_done(self.out_dir, k, self.recipe_hash)]
+        return [k for k in range(len(self.ranges)) if not C.shard_done(self.out_dir, k, self.recipe_hash)]
 
     def build(self, k: int) -> dict:
         a, b = self.ranges[k]

@@ -8,7 +8,6 @@ function of the step, so no scheduler state needs saving.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from notbugs.attacks import NonFiniteError, frozen, pgd_l2
+from notbugs.attacks import NonFiniteError, autocast, frozen, pgd_l2
 from notbugs.augment import augment
 from notbugs.config import AdversarialConfig, TrainConfig
 from notbugs.progress import Progress
@@ -45,12 +44,6 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> floa
     if cfg.schedule == "linear":
         return cfg.lr * (1 - frac)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))  # onecycle: warm-up then cosine down
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor) -> str:
@@ -119,7 +112,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
                 with frozen(model):
                     x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
                                random_start=adversarial.random_start, g=g)
-            with _autocast(device):
+            with autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):

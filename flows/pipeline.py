@@ -107,17 +107,20 @@ def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, 
     p = params.profile
     with S.recorded_run("transfer", params, data_dir, pick_device(devs[0]),
                         [S.model_dir(data_dir, "standard") / "meta.json",
-                         S.dataset_dir(data_dir, "d_det") / "manifest.json"]) as run_id:
+                         S.dataset_dir(data_dir, "d_det") / "manifest.json",
+                         S.model_dir(data_dir, "d_det") / "meta.json"]) as run_id:
         split = S.load_split(params, data_dir)
         det_x, det_y = S.load_training_set(data_dir, "d_det")
+        dev = pick_device(devs[0])
         specs = S.transfer_specs(params)
+        new = [spec for spec in specs if spec.group == "transfer"]  # the others are reused main models
         futures = []
-        for i, spec in enumerate(specs):
+        for i, spec in enumerate(new):
             x, y = (split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)
             futures.append(train_model.submit(params, spec, x, y, data_dir, pick_device(devs[i % len(devs)]), run_id))
-        trained = {spec.name: f.result() for spec, f in zip(specs, futures)}
-        dev = pick_device(devs[0])
-        for spec in specs:
+        trained = {spec.name: f.result() for spec, f in zip(new, futures)}
+        trained.update({s.name: S.reused_model(data_dir, s, dev) for s in specs if s.group != "transfer"})
+        for spec in new:
             out = trained[spec.name]
             out["model"].to(dev)
             evaluate_model(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev, run_id)

@@ -7,7 +7,7 @@
     notbugs transfer                  Figure 3
     notbugs report                    HTML + Markdown report from the result tables
     notbugs reevaluate                re-score every trained model under the current suite
-    notbugs all                       every stage in order (what `dvc repro` runs)
+    notbugs all [--skip transfer]     every stage in order (what `dvc repro` runs), in one process
     notbugs results                   row counts of the result tables
 
 Every subcommand takes --params, --profile, --data-dir and --device. Runs without Prefect or DVC.
@@ -54,21 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("dataset", choices=DATASETS, help="which constructed set")
         if name == "report":
             p.add_argument("--out", default=None, help="output folder (default: <data-dir>/report)")
+        if name == "all":
+            p.add_argument("--skip", action="append", default=[], choices=[s for s, _ in STAGES[:6]],
+                           help="leave this stage out (repeatable), e.g. --skip transfer: Figure 2 and Table 1 only")
     return parser
 
 
-def run_all(params, data_dir: str, device: str) -> None:
+def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = ()) -> None:
+    """Every stage in one process (CUDA and the data are set up once), in pipeline order."""
     from notbugs import stages as S
 
-    S.stage_fetch(params, data_dir, device)
-    for kind in ("standard", "robust"):
-        S.stage_source(params, kind, data_dir, device)
-    for name in DATASETS:
-        S.stage_construct(params, name, data_dir, device)
-    for name in DATASETS:
-        S.stage_train(params, name, data_dir, device)
-    S.stage_transfer(params, data_dir, device)
-    S.stage_report(params, data_dir, None, device)
+    if "fetch" not in skip:
+        S.stage_fetch(params, data_dir, device)
+    if "source" not in skip:
+        for kind in ("standard", "robust"):
+            S.stage_source(params, kind, data_dir, device)
+    if "construct" not in skip:
+        for name in DATASETS:
+            S.stage_construct(params, name, data_dir, device)
+    if "train" not in skip:
+        for name in DATASETS:
+            S.stage_train(params, name, data_dir, device)
+    if "transfer" not in skip:
+        S.stage_transfer(params, data_dir, device)
+    if "report" not in skip:
+        S.stage_report(params, data_dir, None, device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "reevaluate":
             out = S.stage_reevaluate(params, args.data_dir, args.device)
         elif args.stage == "all":
-            run_all(params, args.data_dir, args.device)
+            run_all(params, args.data_dir, args.device, tuple(args.skip))
             out = results.summary(S.results_root(args.data_dir))
         else:
             out = results.summary(S.results_root(args.data_dir))

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 DATASETS = ("d_r", "d_nr", "d_rand", "d_det")  # the paper's four constructed training sets
+SOURCES_MODELS = ("standard", "robust")  # the two source models trained on D
 PROFILES = ("tiny", "cpu", "fast", "paper")
 SOURCES = ("official", "mirror")
 
@@ -121,6 +122,7 @@ class Profile:
     width: float
     train: TrainConfig
     adversarial: AdversarialConfig
+    source_on: dict  # standard | robust -> TrainConfig (the base recipe with that source model's overrides)
     train_on: dict  # dataset name -> TrainConfig (the base recipe with that set's overrides)
     construct: ConstructConfig
     evaluate: EvalConfig
@@ -145,7 +147,7 @@ class Params:
         out = []
         for key, a, b in _diff(ours, theirs):
             parts = key.split(".")
-            if parts[0] == "train_on":  # per-set recipes: only where they differ beyond the base recipe
+            if parts[0] in ("train_on", "source_on"):  # per-model recipes: only where they differ beyond the base
                 base = ".".join(["train", *parts[2:]])
                 if (a, b) == (_get(ours, base), _get(theirs, base)):
                     continue
@@ -243,7 +245,9 @@ def validate(p: Profile) -> None:
     _check(p.width > 0 and p.transfer.width > 0, f"{where}: width must be > 0")
     _check(p.subset.train >= 0 and p.subset.test >= 0, f"{where}.subset: sizes must be >= 0 (0 = all)")
     _check(set(p.train_on) == set(DATASETS), f"{where}.train_on: needs exactly {list(DATASETS)}")
-    for name, t in [("train", p.train)] + [(f"train_on.{k}", v) for k, v in p.train_on.items()]:
+    _check(set(p.source_on) == set(SOURCES_MODELS), f"{where}.source_on: needs exactly {list(SOURCES_MODELS)}")
+    per_model = [(f"{section}.{k}", v) for section in ("source_on", "train_on") for k, v in getattr(p, section).items()]
+    for name, t in [("train", p.train)] + per_model:
         w = f"{where}.{name}"
         _check(t.epochs > 0, f"{w}.epochs must be > 0, got {t.epochs}")
         _check(t.batch_size > 0, f"{w}.batch_size must be > 0")
@@ -305,12 +309,12 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
 
 def _profile(name: str, raw: dict) -> Profile:
     where = f"profiles.{name}"
-    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict) or not isinstance(raw.get("train_on"), dict):
-        raise ConfigError(f"{where}: needs mappings 'train' and 'train_on'")
-    train_on = {k: _build(TrainConfig, _merge(raw["train"], v or {}, f"{where}.train_on.{k}"),
-                          f"{where}.train_on.{k}") for k, v in raw["train_on"].items()}
-    fields = {k: v for k, v in raw.items() if k != "train_on"}
-    fields["train_on"] = {}
-    prof = dataclasses.replace(_build(Profile, fields, where), name=name, train_on=train_on)
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), dict) for k in ("train", "source_on", "train_on")):
+        raise ConfigError(f"{where}: needs mappings 'train', 'source_on' and 'train_on'")
+    per_model = {section: {k: _build(TrainConfig, _merge(raw["train"], v or {}, f"{where}.{section}.{k}"),
+                                     f"{where}.{section}.{k}") for k, v in raw[section].items()}
+                 for section in ("source_on", "train_on")}
+    fields = {k: ({} if k in per_model else v) for k, v in raw.items()}
+    prof = dataclasses.replace(_build(Profile, fields, where), name=name, **per_model)
     validate(prof)
     return prof

@@ -235,13 +235,13 @@ class TransferPoint:
 def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame) -> list[TransferPoint]:
     latest = _latest(transfer, ["target_arch"], "created_at")
     d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
-    if _is_transfer(d_det).any():  # Figure 3 pairs each transfer target with its own D_det model
-        d_det = d_det[_is_transfer(d_det)]
     archs = sorted(set(latest["target_arch"]) | set(d_det["arch"]))
     points = []
     for arch in archs:
         row = latest[latest["target_arch"] == arch]
         candidates = d_det[d_det["arch"] == arch]
+        if _is_transfer(candidates).any():  # Figure 3's own D_det model; else the main one it reuses
+            candidates = candidates[_is_transfer(candidates)]
         model = None if candidates.empty else candidates.sort_values("created_at", kind="stable").iloc[-1]
         clean = None if model is None else _evaluation(evals, model["model_id"], "none")
         points.append(TransferPoint(

@@ -216,9 +216,9 @@ def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
 def source_spec(params: Params, kind: str) -> ModelSpec:
     p = params.profile
     if kind == "standard":
-        return ModelSpec("standard", p.arch, p.width, "d", "standard", p.train)
+        return ModelSpec("standard", p.arch, p.width, "d", "standard", p.source_on["standard"])
     if kind == "robust":
-        return ModelSpec("robust", p.arch, p.width, "d", "adversarial", p.train, p.adversarial)
+        return ModelSpec("robust", p.arch, p.width, "d", "adversarial", p.source_on["robust"], p.adversarial)
     raise ValueError(f"unknown source model {kind!r}; accepted: standard, robust")
 
 
@@ -367,14 +367,29 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
 
 
 def transfer_specs(params: Params) -> list[ModelSpec]:
-    """Figure 3: each architecture trained on D (transfer target) and on D_det."""
+    """Figure 3: each architecture trained on D (transfer target) and on D_det.
+
+    The profile's own architecture trained on D_det is the model `train@d_det` already made with the
+    same recipe: it is reused (its spec has no "transfer" group) instead of trained a second time.
+    Its D target is trained anew: the standard source model itself would be a white-box target.
+    """
     p, t = params.profile, params.profile.transfer
     specs = []
     for arch in t.archs:
-        specs.append(ModelSpec(f"transfer/{arch}-d", arch, t.width, "d", "standard", p.train, group="transfer"))
-        specs.append(ModelSpec(f"transfer/{arch}-d_det", arch, t.width, "d_det", "standard", p.train_on["d_det"],
+        specs.append(ModelSpec(f"transfer/{arch}-d", arch, t.width, "d", "standard", p.source_on["standard"],
                                group="transfer"))
+        if arch == p.arch and t.width == p.width:
+            specs.append(ModelSpec("d_det", arch, p.width, "d_det", "standard", p.train_on["d_det"]))
+        else:
+            specs.append(ModelSpec(f"transfer/{arch}-d_det", arch, t.width, "d_det", "standard", p.train_on["d_det"],
+                                   group="transfer"))
     return specs
+
+
+def reused_model(data_dir, spec: ModelSpec, device) -> dict:
+    """A main model that Figure 3 reuses (see `transfer_specs`), in the shape `train_unit` returns."""
+    model, meta = load_model(model_dir(data_dir, spec.name), device)
+    return {"model": model, "meta": meta, "history": []}
 
 
 def measure_transfer(params: Params, trained: dict, split: Split, data_dir, device, run_id: str) -> dict:
@@ -414,11 +429,15 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto") -> dic
     dev = pick_device(device)
     p = params.profile
     with recorded_run("transfer", params, data_dir, dev, [model_dir(data_dir, "standard") / "meta.json",
-                                                          dataset_dir(data_dir, "d_det") / "manifest.json"]) as run_id:
+                                                          dataset_dir(data_dir, "d_det") / "manifest.json",
+                                                          model_dir(data_dir, "d_det") / "meta.json"]) as run_id:
         split = load_split(params, data_dir)
         det_x, det_y = load_training_set(data_dir, "d_det")
         trained = {}
         for spec in transfer_specs(params):
+            if spec.group != "transfer":  # trained and evaluated by its own stage
+                trained[spec.name] = reused_model(data_dir, spec, dev)
+                continue
             x, y = (split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)
             trained[spec.name] = train_unit(params, spec, x, y, data_dir, dev, run_id)
             evaluate_unit(params, trained[spec.name]["model"], spec.model_id(p.name), split, p.evaluate,

@@ -138,19 +138,22 @@ def test_nan_in_a_constructed_set_is_refused(sources, tmp_path):
 
 def test_whole_pipeline_fills_every_table(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
+    trained = {}
     for name in ("d_r", "d_nr", "d_rand", "d_det"):
         S.stage_construct(params, name, data, "cpu")
-        metrics = S.stage_train(params, name, data, "cpu")
-        assert 0 <= metrics["clean"] <= 1
+        trained[name] = S.stage_train(params, name, data, "cpu")
+        assert 0 <= trained[name]["clean"] <= 1
     transfer = S.stage_transfer(params, data, "cpu")
     assert set(transfer["resnet9"]) == {"transfer_success", "d_det_clean"}
+    # the profile's own architecture on D_det is the train@d_det model, reused rather than retrained
+    assert transfer["resnet9"]["d_det_clean"] == trained["d_det"]["clean"]
     S.stage_reevaluate(params, data, "cpu")
     paths = S.stage_report(params, data, None, "cpu")
     assert "report.html" in paths["html"]
     counts = results.summary(S.results_root(data))
-    # 2 source + 4 train + 2 transfer models, each clean + 1 eps, then re-evaluated at 2 eps
-    assert counts["models"] == 8 and counts["transfer"] == 1 and counts["datasets"] == 4
-    assert counts["evaluations"] == 8 * 2 + 8 * 3
+    # 2 source + 4 train + 1 transfer target (on D) models, each clean + 1 eps, then re-evaluated at 2 eps
+    assert counts["models"] == 7 and counts["transfer"] == 1 and counts["datasets"] == 4
+    assert counts["evaluations"] == 7 * 2 + 7 * 3
     assert counts["runs"] == 3 + 4 + 4 + 1 + 1 + 1
 
 

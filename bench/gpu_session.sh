@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One GPU session for issue 4, as three back-to-back calls of the device tool on one warm machine.
+# Only the repository travels (64 MiB a call), so CIFAR-10's mirror parts are staged in .gpu/cifar10
+# (git-ignored) and carried a part or two per call; the fetch stage reads the .tar.gz parts directly.
+#
+#   part 1  carry .gpu/cifar10/{SHA256SUMS,cifar10-test.tar.gz,cifar10-train-0.tar.gz}
+#           machine facts; bench of the paper profile's ResNet-50 (ours vs reference, eager)
+#   part 2  carry .gpu/cifar10/cifar10-train-1.tar.gz
+#           bench of the fast profile's ResNet-18, every stage
+#   part 3  carry .gpu/cifar10/cifar10-train-2.tar.gz
+#           fetch (verified) + the fast profile, Figure 2 and Table 1 (no transfer), one process;
+#           then, if time is left, the ResNet-50 bench with torch.compile
+#
+# Results go to $OUT (at most 8 files come back): logs, bench JSON, and results.tgz (result tables,
+# metrics, report), refreshed every 20 s during part 3 so that a run cut short still reports.
+# Usage: bash bench/gpu_session.sh 1|2|3 [seconds the call may last, default 590]
+set -uo pipefail
+part=${1:?usage: gpu_session.sh 1|2|3 [limit_s]}
+limit=${2:-590}
+profile=${PROFILE:-fast}  # PROFILE=tiny rehearses part 3 on a CPU
+start=$(date +%s)
+OUT=${OUT:-.gpu/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+elapsed() { echo $(($(date +%s) - start)); }
+
+pack() {  # the small outputs of the fast run, in one file (atomically replaced)
+  tar czf "$OUT/.results.tgz" -C .gpu/data results metrics report 2>/dev/null
+  mv -f "$OUT/.results.tgz" "$OUT/results.tgz"
+}
+
+case $part in
+1)
+  { nvidia-smi; $PY -c "import torch, torchvision, sys; print(sys.version); print('torch', torch.__version__,
+'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"; nproc; free -g
+    ls -la .gpu/cifar10; } 2>&1 | tee "$OUT/machine.txt"
+  $PY bench/bench.py --arch resnet50 --batch 512 --steps 6 --warmup 2 --stages match,pgd,train \
+    --json "$OUT/bench_resnet50.json" 2>&1 | tee "$OUT/bench_resnet50.log"
+  ;;
+2)
+  $PY bench/bench.py --arch resnet18 --batch 512 --steps 6 --warmup 2 \
+    --json "$OUT/bench_resnet18.json" 2>&1 | tee "$OUT/bench_resnet18.log"
+  ;;
+3)
+  ls -la .gpu/cifar10 | tee "$OUT/staged.txt"
+  mkdir -p .gpu/data
+  (while sleep 20; do pack; done) &
+  packer=$!
+  # the fetch is timed on its own (data "already on local disk" is the target's premise)
+  NOTBUGS_DATA_SOURCE=mirror NOTBUGS_MIRROR=.gpu/cifar10 timeout $((limit - 15 - $(elapsed))) \
+    $PY -m notbugs fetch --profile "$profile" --data-dir .gpu/data 2>&1 | tee "$OUT/fast.log"
+  t0=$(date +%s)
+  timeout $((limit - 15 - $(elapsed))) $PY -m notbugs all --profile "$profile" --skip fetch --skip transfer \
+    --data-dir .gpu/data 2>&1 | tee -a "$OUT/fast.log"
+  echo "fast profile (source .. report, no transfer): $(($(date +%s) - t0)) s wall" | tee -a "$OUT/fast.log"
+  kill $packer 2>/dev/null
+  pack
+  left=$((limit - 10 - $(elapsed)))
+  if [ "$left" -gt 120 ]; then
+    timeout "$left" $PY bench/bench.py --arch resnet50 --batch 512 --steps 6 --warmup 2 --stages match,train \
+      --compile --json "$OUT/bench_resnet50_compiled.json" 2>&1 | tee "$OUT/bench_resnet50_compiled.log"
+  else
+    echo "no time left for the compiled bench ($left s)" | tee -a "$OUT/fast.log"
+  fi
+  ;;
+*) echo "unknown part $part" >&2; exit 2 ;;
+esac
+echo "part $part done in $(elapsed) s"

@@ -85,6 +85,7 @@ try:  # notbugs.config imports yaml at module level (for params.yaml, which this
 except ImportError:
     sys.modules["yaml"] = types.ModuleType("yaml")
 
+from notbugs.compiling import try_compile  # noqa: E402
 from notbugs.attacks import frozen, match_representation, pgd_l2  # noqa: E402
 from notbugs.config import AdversarialConfig, AugmentConfig, TrainConfig  # noqa: E402
 from notbugs.evaluate import robust_correct  # noqa: E402
@@ -333,31 +334,14 @@ def autocast(device):
 
 
 def maybe_compile(model, device, batch: int, fmt: torch.memory_format, notes: list[str]) -> bool:
-    """Compile the backbone in place (features() and forward() both go through it). Probe it once in
-    eval mode (input gradient) and train mode (weight gradients) at the benchmark's batch size and
-    memory format (others would make dynamo recompile, a new batch size with a dynamic batch
-    dimension); on any error, note it and measure eager instead."""
-    if not hasattr(torch, "compile"):
-        notes.append("--compile: torch.compile unavailable, ours runs eager")
-        return False
-    eager = model.backbone
-    saved = [t.clone() for t in model.state_dict().values()]
-    try:
-        model.backbone = torch.compile(eager)
-        x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt).requires_grad_(True)
-        with frozen(model), autocast(device):
-            torch.autograd.grad(model.features(x).float().sum(), x)
-        model.train()
-        with autocast(device):
-            model(x.detach()).float().sum().backward()
-        model.zero_grad(set_to_none=True)
-        ok = True
-    except Exception as e:  # noqa: BLE001 - any compiler failure means: measure eager instead
-        model.backbone = eager
-        notes.append(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); ours runs eager")
-        ok = False
-    reset(model, saved)  # the train-mode probe moved the BN statistics
-    return ok
+    """Compile the backbone in place with the library's helper, probed in eval mode (input gradient)
+    and train mode (weight gradients) at the benchmark's batch size and memory format (others would
+    make dynamo recompile); on any error, note it and measure eager instead."""
+    example = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    reason = try_compile(model, example, train=True)
+    if reason is not None:
+        notes.append(f"--compile failed ({reason}); ours runs eager")
+    return reason is None
 
 
 def timed(fn, warmup: int, iters: int, device) -> tuple[float, object]:

@@ -128,6 +128,7 @@ class Profile:
     evaluate: EvalConfig
     reevaluate: EvalConfig
     transfer: TransferConfig
+    compile: bool  # torch.compile the model for construction (D_R, D_NR, D_rand, D_det): speed only
     name: str = ""
 
 

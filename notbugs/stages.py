@@ -32,6 +32,7 @@ import torch
 from notbugs import construct as C
 from notbugs import data as D
 from notbugs import results
+from notbugs.compiling import try_compile
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
 from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
 from notbugs.models import make_model
@@ -290,6 +291,10 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str = 
     recipe_hash = sha256_bytes(results.to_json(recipe).encode())[:16]
     out_dir = dataset_dir(data_dir, name)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if params.profile.compile and dev.type == "cuda":  # compiled once for every shard of the set
+        example = split.train_x[:min(c.batch_size, len(labels))].to(dev)
+        reason = try_compile(model, example)
+        log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
     return ConstructJob(name, model, meta, split.train_x, labels, split.train_index,
                         C.assignments(name, labels, c.seed), recipe, recipe_hash,
                         C.shard_ranges(len(labels), c.shard_size), out_dir, dev)

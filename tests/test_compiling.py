@@ -1,0 +1,68 @@
+"""torch.compile of the backbone: same outputs, and a failing compiler only costs speed."""
+
+import torch
+
+from notbugs import compiling
+from notbugs.attacks import frozen, match_representation
+from notbugs.models import make_model
+
+
+def _model():
+    torch.manual_seed(0)
+    return make_model("resnet9", width=0.0625).eval()
+
+
+def test_a_failing_compiler_leaves_the_eager_model(monkeypatch):
+    model = _model()
+    eager = model.backbone
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+
+    class Broken(torch.nn.Module):  # what a compiled module does when the toolchain is missing
+        def forward(self, *args):
+            raise RuntimeError("no C++ compiler found")
+
+    def broken(fn, **kwargs):
+        return Broken()
+
+    monkeypatch.setattr(torch, "compile", broken)
+    reason = compiling.try_compile(model, x)
+    assert reason is not None and "no C++ compiler" in reason
+    assert model.backbone is eager
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
+def test_compiled_block_restores_the_backbone_and_state_dict(monkeypatch):
+    model = _model()
+    eager, keys = model.backbone, list(model.state_dict())
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # a compiler that changes nothing
+    with compiling.compiled(model, True, torch.rand(2, 3, 32, 32)):
+        assert model.backbone is eager  # identity "compiler": the same module comes back
+    assert model.backbone is eager and list(model.state_dict()) == keys
+
+
+def test_train_probe_keeps_batchnorm_statistics(monkeypatch):
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    assert compiling.try_compile(model, torch.rand(4, 3, 32, 32), train=True) is None
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_really_compiled_matching_equals_eager():
+    """A real compile (inductor on the CPU): the same matching result up to rounding, or, where
+    this machine cannot compile, a stated reason and the eager model."""
+    model = _model()
+    x, start = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    with frozen(model):
+        z_eager, st_eager = match_representation(model, start, x, 3, 0.1)
+    reason = compiling.try_compile(model, start)
+    if reason is not None:  # still a pass only if the fallback left a working eager model
+        assert "Error" in reason or "compile" in reason
+    with frozen(model):
+        z, st = match_representation(model, start, x, 3, 0.1)
+    assert torch.allclose(z, z_eager, atol=1e-4)
+    assert abs(st["final_distance"] - st_eager["final_distance"]) < 1e-3

@@ -46,13 +46,12 @@ distances), reference 3*S + 4; pgd ours 2*S, reference 2*S + 2; train 3; adv_tra
 reference 7*2 + 1 + 3; eval ours 20*2 + 1, reference 20*2 + 2. "% peak" is against the card's bf16
 dense peak (H100 SXM / H200: 989 TFLOP/s); n/a on CPU or an unknown card.
 
-CAVEAT. On CUDA, ours uses channels_last in every stage; notbugs.train converts to it itself, but
-notbugs.construct / notbugs.evaluate load models in the default format today: --no-channels-last
-measures match, pgd and eval as the pipeline currently runs them.
+MEMORY FORMAT. On CUDA, ours uses channels_last in every stage, as the library does (train()
+converts the model, load_model() returns it in channels_last for construction and evaluation);
+--no-channels-last measures the default format instead.
 
-HARDWARE. Measured so far only on a 2-core CPU without GPU, shared with another job (--threads 1,
-torch 2.14.1, tiny and CPU-default sizes; bench/README.md "Measured"). No GPU figure has been
-measured with this script yet; CPU ratios at these sizes say nothing about GPU speed-ups.
+HARDWARE. Measured on one H100 80GB HBM3 (torch 2.11) and on a 2-core CPU: bench/README.md
+"Measured", raw JSON and logs in bench/measured/.
 
 Run: python bench/bench.py --tiny            (CPU smoke, seconds)
      python bench/bench.py --arch resnet50 --batch 512 --compile --json out.json   (GPU)

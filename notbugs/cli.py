@@ -19,8 +19,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
+from notbugs.storage import ArtefactError, read_json, write_json
 
 STAGES = [
     ("fetch", "get CIFAR-10 (official archive or offline mirror), verify it, write the canonical arrays"),
@@ -57,28 +59,45 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "all":
             p.add_argument("--skip", action="append", default=[], choices=[s for s, _ in STAGES[:6]],
                            help="leave this stage out (repeatable), e.g. --skip transfer: Figure 2 and Table 1 only")
+            p.add_argument("--redo", action="store_true",
+                           help="rerun steps already done with these parameters (default: skip them)")
     return parser
 
 
-def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = ()) -> None:
-    """Every stage in one process (CUDA and the data are set up once), in pipeline order."""
+def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo: bool = False) -> None:
+    """Every stage in one process (CUDA and the data are set up once), in pipeline order.
+
+    Each finished step leaves a marker (data/work/done/<step>.json, with the profile's hash), so a
+    rerun, e.g. the next job on a cluster that caps job length, skips what is done and resumes the
+    step that was cut (from its last checkpoint or shard) without appending its rows twice.
+    """
     from notbugs import stages as S
 
-    if "fetch" not in skip:
-        S.stage_fetch(params, data_dir, device)
-    if "source" not in skip:
-        for kind in ("standard", "robust"):
-            S.stage_source(params, kind, data_dir, device)
-    if "construct" not in skip:
-        for name in DATASETS:
-            S.stage_construct(params, name, data_dir, device)
-    if "train" not in skip:
-        for name in DATASETS:
-            S.stage_train(params, name, data_dir, device)
-    if "transfer" not in skip:
-        S.stage_transfer(params, data_dir, device)
-    if "report" not in skip:
-        S.stage_report(params, data_dir, None, device)
+    steps = [("fetch", "fetch", lambda: S.stage_fetch(params, data_dir, device))]
+    steps += [(f"source@{k}", "source", lambda k=k: S.stage_source(params, k, data_dir, device))
+              for k in ("standard", "robust")]
+    steps += [(f"construct@{n}", "construct", lambda n=n: S.stage_construct(params, n, data_dir, device))
+              for n in DATASETS]
+    steps += [(f"train@{n}", "train", lambda n=n: S.stage_train(params, n, data_dir, device)) for n in DATASETS]
+    steps += [("transfer", "transfer", lambda: S.stage_transfer(params, data_dir, device)),
+              ("report", "report", lambda: S.stage_report(params, data_dir, None, device))]
+    log = logging.getLogger("notbugs")
+    for step, stage, run in steps:
+        if stage in skip:
+            continue
+        marker = Path(data_dir) / "work" / "done" / f"{step}.json"
+        if not redo and step != "report" and _marker_hash(marker) == params.hash():
+            log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step, marker)
+            continue
+        run()
+        write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": params.hash()})
+
+
+def _marker_hash(path: Path) -> str | None:
+    try:
+        return read_json(path).get("params_hash")
+    except (OSError, ValueError, AttributeError, ArtefactError):  # missing or unreadable: not done
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "reevaluate":
             out = S.stage_reevaluate(params, args.data_dir, args.device)
         elif args.stage == "all":
-            run_all(params, args.data_dir, args.device, tuple(args.skip))
+            run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo)
             out = results.summary(S.results_root(args.data_dir))
         else:
             out = results.summary(S.results_root(args.data_dir))

@@ -144,7 +144,8 @@ class Params:
         if self.paper is None:
             return []
         ours, theirs = dataclasses.asdict(self.profile), dataclasses.asdict(self.paper)
-        ours.pop("name"), theirs.pop("name")
+        for key in ("name", "compile"):  # not recipe: a label, and a speed-only switch
+            ours.pop(key), theirs.pop(key)
         out = []
         for key, a, b in _diff(ours, theirs):
             parts = key.split(".")

@@ -67,3 +67,31 @@ def test_library_does_not_import_prefect_or_dvc():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'dvc')]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror):
+    """A profile run as several capped jobs: each `notbugs all` does only what is not done yet, and a
+    finished step's rows are not appended twice."""
+    from notbugs import results
+    from tests.conftest import write_params
+
+    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10",
+                        edit=lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"]))
+    data = tmp_path / "data"
+    common = ["--params", str(path), "--data-dir", str(data), "--device", "cpu"]
+    # job 1 ends after the constructed sets (as if its time ran out there)
+    assert main(["all", *common, "--skip", "train", "--skip", "transfer", "--skip", "report"]) == 0
+    first = results.summary(data / "results")
+    assert first["runs"] == 1 + 2 + 4 and first["models"] == 2 and first["datasets"] == 4
+    # job 2 does the rest, and only the rest
+    assert main(["all", *common]) == 0
+    second = results.summary(data / "results")
+    assert second["runs"] == first["runs"] + 4 + 1 + 1  # train x4, transfer, report
+    assert second["models"] == 2 + 4 + 1 and second["datasets"] == 4
+    # job 3 finds everything done: only the report is rendered again
+    assert main(["all", *common]) == 0
+    assert results.summary(data / "results") == {**second, "runs": second["runs"] + 1}
+    # --redo reruns a step even though it is done
+    assert main(["all", *common, "--redo", "--skip", "fetch", "--skip", "construct", "--skip", "train",
+                 "--skip", "transfer", "--skip", "report"]) == 0
+    assert results.summary(data / "results")["models"] == second["models"] + 2

@@ -291,7 +291,7 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str = 
     recipe_hash = sha256_bytes(results.to_json(recipe).encode())[:16]
     out_dir = dataset_dir(data_dir, name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if params.profile.compile and dev.type == "cuda":  # compiled once for every shard of the set
+    if params.profile.compile:  # compiled once for every shard of the set
         example = split.train_x[:min(c.batch_size, len(labels))].to(dev)
         reason = try_compile(model, example)
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")

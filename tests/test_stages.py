@@ -162,3 +162,18 @@ def test_training_set_is_the_constructed_one(sources, tmp_path):
     S.stage_construct(params, "d_det", data, "cpu")
     x, y = S.load_training_set(data, "d_det")
     assert x.dtype == torch.float32 and x.shape[0] == len(y) == 200
+
+
+def test_compiled_construction_builds_the_same_set(sources, tmp_path):
+    """`compile: true` changes speed, not the set: the same recipe hash, and the same matching up to
+    rounding (or, where this machine cannot compile, the eager fallback)."""
+    import dataclasses
+
+    params, data = _copy(sources, tmp_path)
+    eager = S.stage_construct(params, "d_r", data, "cpu")
+    shutil.rmtree(S.dataset_dir(data, "d_r"))
+    compiled = dataclasses.replace(params, profile=dataclasses.replace(params.profile, compile=True))
+    job = S.prepare_construct(compiled, "d_r", data, "cpu")
+    assert job.recipe_hash == S.prepare_construct(params, "d_r", data, "cpu").recipe_hash
+    stats = S.stage_construct(compiled, "d_r", data, "cpu")
+    assert abs(stats["final_distance"] - eager["final_distance"]) < 1e-3 * max(1.0, eager["final_distance"])

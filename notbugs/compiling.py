@@ -2,22 +2,18 @@
 
 Measured on an H100 (bench/measured/h100-2026-11-26): compiling the ResNet-50 backbone takes
 representation matching from 10,800 to 24,500 image-steps/s (batch 512, bf16, channels_last), while
-training gains only 7%. So the profiles compile the attack loops (construction and evaluation), not
-training. Compilation happens on first use at the given shape; a compiler that is missing or fails
-(no C++ toolchain, an unsupported op) only costs the speed-up: a warning and eager execution.
+training gains only 7%. So `compile: true` compiles the model for construction only (one compile
+per constructed set, at its batch shape); evaluation is too short to pay for a compile, and training
+gains too little. A compiler that is missing or fails (no C++ toolchain, an unsupported op) only
+costs the speed-up: the caller logs the reason and runs eager.
 The speed-up is the only effect: the same weights are used, and numerics differ by rounding only.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-
 import torch
 
 from notbugs.attacks import autocast, frozen
-
-log = logging.getLogger("notbugs")
 
 
 def try_compile(model, example: torch.Tensor, train: bool = False) -> str | None:
@@ -47,17 +43,3 @@ def try_compile(model, example: torch.Tensor, train: bool = False) -> str | None
             model.load_state_dict(saved)
     return None
 
-
-@contextlib.contextmanager
-def compiled(model, enabled: bool, example: torch.Tensor):
-    """Within the block, `model` runs its compiled backbone when `enabled` (and compilation works);
-    afterwards the eager backbone is back, so the model saves and loads as usual."""
-    eager = model.backbone
-    if enabled:
-        reason = try_compile(model, example)
-        if reason is not None:
-            log.warning("torch.compile failed, running eager (only slower): %s", reason)
-    try:
-        yield model
-    finally:
-        model.backbone = eager

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 DATASETS = ("d_r", "d_nr", "d_rand", "d_det")  # the paper's four constructed training sets
-SOURCES_MODELS = ("standard", "robust")  # the two source models trained on D
+SOURCE_MODELS = ("standard", "robust")  # the two source models trained on D
 PROFILES = ("tiny", "cpu", "fast", "paper")
 SOURCES = ("official", "mirror")
 
@@ -247,7 +247,7 @@ def validate(p: Profile) -> None:
     _check(p.width > 0 and p.transfer.width > 0, f"{where}: width must be > 0")
     _check(p.subset.train >= 0 and p.subset.test >= 0, f"{where}.subset: sizes must be >= 0 (0 = all)")
     _check(set(p.train_on) == set(DATASETS), f"{where}.train_on: needs exactly {list(DATASETS)}")
-    _check(set(p.source_on) == set(SOURCES_MODELS), f"{where}.source_on: needs exactly {list(SOURCES_MODELS)}")
+    _check(set(p.source_on) == set(SOURCE_MODELS), f"{where}.source_on: needs exactly {list(SOURCE_MODELS)}")
     per_model = [(f"{section}.{k}", v) for section in ("source_on", "train_on") for k, v in getattr(p, section).items()]
     for name, t in [("train", p.train)] + per_model:
         w = f"{where}.{name}"

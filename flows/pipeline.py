@@ -84,7 +84,7 @@ def train_flow(name: str, params_path: str = "params.yaml", profile: str | None 
     params = load_params(params_path, profile)
     dev = pick_device(device)
     p = params.profile
-    spec = S.ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
+    spec = S.train_spec(params, name)
     with S.recorded_run(f"train@{name}", params, data_dir, dev,
                         [S.dataset_dir(data_dir, name) / "manifest.json"]) as run_id:
         x, y = S.load_training_set(data_dir, name)
@@ -112,19 +112,18 @@ def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, 
         split = S.load_split(params, data_dir)
         det_x, det_y = S.load_training_set(data_dir, "d_det")
         dev = pick_device(devs[0])
-        specs = S.transfer_specs(params)
-        new = [spec for spec in specs if spec.group == "transfer"]  # the others are reused main models
+        new = S.transfer_to_train(params)  # the other Figure 3 models are reused main models
         futures = []
         for i, spec in enumerate(new):
             x, y = (split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)
             futures.append(train_model.submit(params, spec, x, y, data_dir, pick_device(devs[i % len(devs)]), run_id))
         trained = {spec.name: f.result() for spec, f in zip(new, futures)}
-        trained.update({s.name: S.reused_model(data_dir, s, dev) for s in specs if s.group != "transfer"})
+        trained.update(S.reused_models(params, data_dir, dev))
         for spec in new:
             out = trained[spec.name]
             out["model"].to(dev)
             evaluate_model(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev, run_id)
-        metrics = S.measure_transfer(params, {s.name: trained[s.name] for s in specs}, split, data_dir, dev, run_id)
+        metrics = S.measure_transfer(params, trained, split, data_dir, dev, run_id)
     S._write_metrics(data_dir, "transfer", metrics)
     publish_table("transfer", [{"arch": a, **m} for a, m in metrics.items()],
                   "Figure 3: transfer success from the standard source model vs accuracy after training on D_det")

@@ -21,8 +21,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -897,20 +895,6 @@ def _render_markdown(blocks: list) -> tuple[str, dict[str, bytes]]:
     return "\n\n".join(parts) + "\n", files
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Temp file + rename, so a reader (or DVC) never sees half a report."""
-    tempfiles.remove_dead(path.parent, path.name)  # left by a killed earlier run
-    fd, tmp = tempfile.mkstemp(prefix=tempfiles.prefix(path.name), dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ---------------------------------------------------------------- entry point
 
 
@@ -946,10 +930,10 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "summary": out_dir / "summary.json"}
     markdown, files = _render_markdown(blocks)
     for name, data in files.items():
-        _write(out_dir / name, data)
+        tempfiles.atomic_write(out_dir / name, data)
         paths[Path(name).stem] = out_dir / name
-    _write(paths["html"], _render_html(blocks).encode())
-    _write(paths["markdown"], markdown.encode())
+    tempfiles.atomic_write(paths["html"], _render_html(blocks).encode())
+    tempfiles.atomic_write(paths["markdown"], markdown.encode())
     summary = _summary(profile, fig2, tab1, points, r, construction, flags, deviations)
-    _write(paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    tempfiles.atomic_write(paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return paths

@@ -291,13 +291,13 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str = 
     recipe_hash = sha256_bytes(results.to_json(recipe).encode())[:16]
     out_dir = dataset_dir(data_dir, name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if params.profile.compile:  # compiled once for every shard of the set
-        example = split.train_x[:min(c.batch_size, len(labels))].to(dev)
-        reason = try_compile(model, example)
+    job = ConstructJob(name, model, meta, split.train_x, labels, split.train_index,
+                       C.assignments(name, labels, c.seed), recipe, recipe_hash,
+                       C.shard_ranges(len(labels), c.shard_size), out_dir, dev)
+    if params.profile.compile and job.pending():  # compiled once for every shard left to build
+        reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev))
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
-    return ConstructJob(name, model, meta, split.train_x, labels, split.train_index,
-                        C.assignments(name, labels, c.seed), recipe, recipe_hash,
-                        C.shard_ranges(len(labels), c.shard_size), out_dir, dev)
+    return job
 
 
 def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -> dict:
@@ -353,13 +353,19 @@ def load_training_set(data_dir, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(arrays["images"]).float(), torch.from_numpy(arrays["labels"])
 
 
+def train_spec(params: Params, name: str) -> ModelSpec:
+    """The profile's architecture, trained (standard training) on constructed set `name`."""
+    p = params.profile
+    return ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
+
+
 def stage_train(params: Params, name: str, data_dir="data", device: str = "auto") -> dict:
     """Standard training of the profile's architecture on a constructed set; test on the real test set."""
     if name not in DATASETS:
         raise ValueError(f"unknown training set {name!r}; accepted: {', '.join(DATASETS)}")
     dev = pick_device(device)
     p = params.profile
-    spec = ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
+    spec = train_spec(params, name)
     inputs = [dataset_dir(data_dir, name) / "manifest.json"]
     with recorded_run(f"train@{name}", params, data_dir, dev, inputs) as run_id:
         x, y = load_training_set(data_dir, name)
@@ -391,10 +397,20 @@ def transfer_specs(params: Params) -> list[ModelSpec]:
     return specs
 
 
-def reused_model(data_dir, spec: ModelSpec, device) -> dict:
-    """A main model that Figure 3 reuses (see `transfer_specs`), in the shape `train_unit` returns."""
-    model, meta = load_model(model_dir(data_dir, spec.name), device)
-    return {"model": model, "meta": meta, "history": []}
+def reused_models(params: Params, data_dir, device) -> dict:
+    """The main models that Figure 3 reuses (see `transfer_specs`), by spec name, in the shape
+    `train_unit` returns."""
+    out = {}
+    for spec in transfer_specs(params):
+        if spec.group != "transfer":
+            model, meta = load_model(model_dir(data_dir, spec.name), device)
+            out[spec.name] = {"model": model, "meta": meta, "history": []}
+    return out
+
+
+def transfer_to_train(params: Params) -> list[ModelSpec]:
+    """Figure 3's models that the transfer stage trains itself."""
+    return [spec for spec in transfer_specs(params) if spec.group == "transfer"]
 
 
 def measure_transfer(params: Params, trained: dict, split: Split, data_dir, device, run_id: str) -> dict:
@@ -419,14 +435,10 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
             log.info("transfer from the standard %s to %s: %.1f%% reach the target", source_meta["arch"],
                      spec.arch, 100 * rate)
         else:
-            correct = (predict_labels(model, split, p.evaluate.batch_size, device) == split.test_y).float()
+            correct = (predict(model, split.test_x, p.evaluate.batch_size, device) == split.test_y).float()
             metrics.setdefault(spec.arch, {})["d_det_clean"] = round(correct.mean().item(), 4)
     results.append("transfer", rows, results_root(data_dir))
     return metrics
-
-
-def predict_labels(model, split: Split, batch_size: int, device) -> torch.Tensor:
-    return predict(model, split.test_x, batch_size, device)
 
 
 def stage_transfer(params: Params, data_dir="data", device: str = "auto") -> dict:
@@ -438,11 +450,8 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto") -> dic
                                                           model_dir(data_dir, "d_det") / "meta.json"]) as run_id:
         split = load_split(params, data_dir)
         det_x, det_y = load_training_set(data_dir, "d_det")
-        trained = {}
-        for spec in transfer_specs(params):
-            if spec.group != "transfer":  # trained and evaluated by its own stage
-                trained[spec.name] = reused_model(data_dir, spec, dev)
-                continue
+        trained = reused_models(params, data_dir, dev)  # trained and evaluated by their own stage
+        for spec in transfer_to_train(params):
             x, y = (split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)
             trained[spec.name] = train_unit(params, spec, x, y, data_dir, dev, run_id)
             evaluate_unit(params, trained[spec.name]["model"], spec.model_id(p.name), split, p.evaluate,

@@ -12,8 +12,6 @@ import errno
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,37 +37,15 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tempfiles.remove_dead(path.parent, path.name)  # left by a writer of this file that was killed
-    tmp = None
-    try:  # mkstemp inside: a read-only folder fails there
-        fd, tmp = tempfile.mkstemp(prefix=tempfiles.prefix(path.name), dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    """`tempfiles.atomic_write`, with a disk-full or read-only folder reported as an ArtefactError."""
+    try:
+        tempfiles.atomic_write(path, data)
     except OSError as e:
-        _remove_quietly(tmp)
         if e.errno == errno.ENOSPC:
             raise ArtefactError(f"disk full while writing {path}; nothing was written, free space and re-run") from e
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise ArtefactError(f"cannot write {path}: {e.strerror} (read-only output folder?)") from e
         raise
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(path: str | None) -> None:
-    if path is None:
-        return
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def write_json(path: str | Path, obj) -> None:

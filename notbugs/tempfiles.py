@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 
 PREFIX = ".tmp-"
@@ -63,3 +64,27 @@ def remove_dead(folder: str | Path, name: str | None = None) -> list[Path]:
         except FileNotFoundError:  # another writer cleaned it up first
             pass
     return removed
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder, fsync, rename: a reader (or DVC)
+    sees the old file or the new one, never half of one. On failure nothing is left behind and the
+    OSError propagates (callers that know the artefact word the message)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead(path.parent, path.name)  # left by a writer of this file that was killed
+    tmp = None
+    try:  # mkstemp inside: a read-only folder fails there
+        fd, tmp = tempfile.mkstemp(prefix=prefix(path.name), dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise

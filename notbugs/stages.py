@@ -3,8 +3,9 @@
 Each stage reads its recipe from a `Params`, its inputs from `data_dir`, writes its artefacts there
 atomically, appends rows to the result tables and a metrics JSON for DVC, and records one `runs`
 row with its provenance. The command line (`notbugs.cli`) and the Prefect flows (`flows/`) both
-call these functions; the finer units (one model, one shard, one evaluation) are public too, so the
-flows can run them as separate tasks.
+call these functions. A stage runs its finer units (one model, one shard, one evaluation) through a
+`Units`: by default here, one after the other; the flows pass Prefect tasks instead, so that every
+unit is a task of its own and independent units can run on several GPUs side by side.
 
 Layout under data_dir (default `data/`):
   cifar10/                 canonical arrays + manifest            (fetch)
@@ -23,6 +24,7 @@ import platform
 import subprocess
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,40 +203,7 @@ def _write_metrics(data_dir, stage: str, metrics: dict) -> None:
     write_json(Path(data_dir) / "metrics" / f"{stage}.json", metrics)
 
 
-# ---------------------------------------------------------------- stages
-
-def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
-    d = params.data
-    root = Path(data_dir) / "cifar10"
-    with recorded_run("fetch", params, data_dir, pick_device(device)):
-        log.info("fetching CIFAR-10 from the %s source (%s)", d.source,
-                 d.mirror if d.source == "mirror" else D.OFFICIAL_URL)
-        manifest = D.fetch(d.source, d.mirror, root, d.train_per_class, d.test_per_class)
-    _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
-    return manifest
-
-
-def source_spec(params: Params, kind: str) -> ModelSpec:
-    p = params.profile
-    if kind == "standard":
-        return ModelSpec("standard", p.arch, p.width, "d", "standard", p.source_on["standard"])
-    if kind == "robust":
-        return ModelSpec("robust", p.arch, p.width, "d", "adversarial", p.source_on["robust"], p.adversarial)
-    raise ValueError(f"unknown source model {kind!r}; accepted: standard, robust")
-
-
-def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto") -> dict:
-    """Train the standard (C) or the l2-adversarially trained (C_R) source model on D."""
-    dev = pick_device(device)
-    spec = source_spec(params, kind)
-    with recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"]) as run_id:
-        split = load_split(params, data_dir)
-        out = train_unit(params, spec, split.train_x, split.train_y, data_dir, dev, run_id)
-        metrics = evaluate_unit(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
-                                data_dir, dev, run_id)
-    _write_metrics(data_dir, f"source_{kind}", metrics)
-    return metrics
-
+# ---------------------------------------------------------------- how a stage runs its units
 
 @dataclass
 class ConstructJob:
@@ -271,7 +240,73 @@ def _describe(stats: dict) -> str:
     return f"targeted attack success on the source model {100 * stats['success_rate']:.1f}%"
 
 
-def prepare_construct(params: Params, name: str, data_dir="data", device: str = "auto") -> ConstructJob:
+def build_shard(job: ConstructJob, k: int) -> dict:
+    return job.build(k)
+
+
+def run_in_order(fn: Callable, calls: list[tuple]) -> list:
+    return [fn(*args) for args in calls]
+
+
+@dataclass(frozen=True)
+class Units:
+    """How a stage runs its units of work. `train`, `evaluate` and `build` take the arguments of
+    `train_unit`, `evaluate_unit` and `build_shard`; `map(fn, calls)` runs independent calls of one
+    of them and returns their results in order. With `parallel`, a stage asked for device "auto"
+    spreads independent units over every visible GPU (only useful when `map` runs calls concurrently)."""
+    train: Callable[..., dict] = train_unit
+    evaluate: Callable[..., dict] = evaluate_unit
+    build: Callable[..., dict] = build_shard
+    map: Callable[[Callable, list[tuple]], list] = run_in_order
+    parallel: bool = False
+
+
+LOCAL = Units()  # every unit here, in order, on one device
+
+
+def stage_devices(device: str, parallel: bool) -> list[torch.device]:
+    """Every visible GPU for a parallel runner asked for "auto" on a machine with several; else one."""
+    if parallel and device == "auto" and torch.cuda.device_count() > 1:
+        return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    return [pick_device(device)]
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
+    d = params.data
+    root = Path(data_dir) / "cifar10"
+    with recorded_run("fetch", params, data_dir, pick_device(device)):
+        log.info("fetching CIFAR-10 from the %s source (%s)", d.source,
+                 d.mirror if d.source == "mirror" else D.OFFICIAL_URL)
+        manifest = D.fetch(d.source, d.mirror, root, d.train_per_class, d.test_per_class)
+    _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
+    return manifest
+
+
+def source_spec(params: Params, kind: str) -> ModelSpec:
+    p = params.profile
+    if kind == "standard":
+        return ModelSpec("standard", p.arch, p.width, "d", "standard", p.source_on["standard"])
+    if kind == "robust":
+        return ModelSpec("robust", p.arch, p.width, "d", "adversarial", p.source_on["robust"], p.adversarial)
+    raise ValueError(f"unknown source model {kind!r}; accepted: standard, robust")
+
+
+def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
+    """Train the standard (C) or the l2-adversarially trained (C_R) source model on D."""
+    dev = pick_device(device)
+    spec = source_spec(params, kind)
+    with recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"]) as run_id:
+        split = load_split(params, data_dir)
+        out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id)
+        metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
+                                 data_dir, dev, run_id)
+    _write_metrics(data_dir, f"source_{kind}", metrics)
+    return metrics
+
+
+def prepare_construct(params: Params, name: str, data_dir="data", device: str | torch.device = "auto") -> ConstructJob:
     if name not in DATASETS:
         raise ValueError(f"unknown constructed dataset {name!r}; accepted: {', '.join(DATASETS)}")
     dev = pick_device(device)
@@ -329,21 +364,20 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
     return stats
 
 
-def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto") -> dict:
+def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
     """Build one of D_R, D_NR, D_rand, D_det; finished shards of an interrupted run are kept."""
-    dev = pick_device(device)
+    devs = stage_devices(device, units.parallel)
     src = "robust" if name == "d_r" else "standard"
-    with recorded_run(f"construct@{name}", params, data_dir, dev,
+    with recorded_run(f"construct@{name}", params, data_dir, devs[0],
                       [model_dir(data_dir, src) / "meta.json"]) as run_id:
-        job = prepare_construct(params, name, data_dir, device)
-        (job.out_dir / "manifest.json").unlink(missing_ok=True)
-        pending = job.pending()
-        if len(pending) < len(job.ranges):
-            log.info("%s: %d of %d shards already built, resuming", name, len(job.ranges) - len(pending),
-                     len(job.ranges))
-        for k in pending:
-            job.build(k)
-        stats = finish_construct(params, job, data_dir, run_id)
+        jobs = [prepare_construct(params, name, data_dir, d) for d in devs]  # one model copy per device
+        (jobs[0].out_dir / "manifest.json").unlink(missing_ok=True)
+        pending = jobs[0].pending()
+        if len(pending) < len(jobs[0].ranges):
+            log.info("%s: %d of %d shards already built, resuming", name, len(jobs[0].ranges) - len(pending),
+                     len(jobs[0].ranges))
+        units.map(units.build, [(jobs[i % len(jobs)], k) for i, k in enumerate(pending)])
+        stats = finish_construct(params, jobs[0], data_dir, run_id)
     _write_metrics(data_dir, f"construct_{name}", {k: round(v, 4) for k, v in stats.items()})
     return stats
 
@@ -359,7 +393,7 @@ def train_spec(params: Params, name: str) -> ModelSpec:
     return ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
 
 
-def stage_train(params: Params, name: str, data_dir="data", device: str = "auto") -> dict:
+def stage_train(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
     """Standard training of the profile's architecture on a constructed set; test on the real test set."""
     if name not in DATASETS:
         raise ValueError(f"unknown training set {name!r}; accepted: {', '.join(DATASETS)}")
@@ -370,8 +404,9 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
     with recorded_run(f"train@{name}", params, data_dir, dev, inputs) as run_id:
         x, y = load_training_set(data_dir, name)
         split = load_split(params, data_dir)
-        out = train_unit(params, spec, x, y, data_dir, dev, run_id)
-        metrics = evaluate_unit(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev, run_id)
+        out = units.train(params, spec, x, y, data_dir, dev, run_id)
+        metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev,
+                                 run_id)
         metrics["train_acc_final"] = round(out["history"][-1]["train_acc"], 4)
     _write_metrics(data_dir, f"train_{name}", metrics)
     return metrics
@@ -441,21 +476,25 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     return metrics
 
 
-def stage_transfer(params: Params, data_dir="data", device: str = "auto") -> dict:
-    """Train each architecture on D and on D_det, evaluate them, then measure transfer (Figure 3)."""
-    dev = pick_device(device)
+def stage_transfer(params: Params, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
+    """Train each architecture on D and on D_det, evaluate them, then measure transfer (Figure 3).
+    With a parallel runner and several GPUs, the models train side by side."""
+    devs = stage_devices(device, units.parallel)
+    dev = devs[0]
     p = params.profile
     with recorded_run("transfer", params, data_dir, dev, [model_dir(data_dir, "standard") / "meta.json",
                                                           dataset_dir(data_dir, "d_det") / "manifest.json",
                                                           model_dir(data_dir, "d_det") / "meta.json"]) as run_id:
         split = load_split(params, data_dir)
         det_x, det_y = load_training_set(data_dir, "d_det")
-        trained = reused_models(params, data_dir, dev)  # trained and evaluated by their own stage
-        for spec in transfer_to_train(params):
-            x, y = (split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)
-            trained[spec.name] = train_unit(params, spec, x, y, data_dir, dev, run_id)
-            evaluate_unit(params, trained[spec.name]["model"], spec.model_id(p.name), split, p.evaluate,
-                          data_dir, dev, run_id)
+        new = transfer_to_train(params)
+        calls = [(params, spec, *((split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)),
+                  data_dir, devs[i % len(devs)], run_id) for i, spec in enumerate(new)]
+        trained = dict(zip([spec.name for spec in new], units.map(units.train, calls)))
+        for spec in new:
+            model = trained[spec.name]["model"].to(dev)
+            units.evaluate(params, model, spec.model_id(p.name), split, p.evaluate, data_dir, dev, run_id)
+        trained.update(reused_models(params, data_dir, dev))  # trained and evaluated by their own stage
         metrics = measure_transfer(params, trained, split, data_dir, dev, run_id)
     _write_metrics(data_dir, "transfer", metrics)
     return metrics
@@ -465,7 +504,7 @@ def trained_models(data_dir) -> list[Path]:
     return sorted(p.parent for p in (Path(data_dir) / "models").rglob("meta.json"))
 
 
-def stage_reevaluate(params: Params, data_dir="data", device: str = "auto") -> dict:
+def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
     """Re-score every trained model under the profile's `reevaluate` suite; rows are appended."""
     dev = pick_device(device)
     summary = {}
@@ -475,8 +514,8 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto") -> d
             model, meta = load_model(path, dev)
             if meta.get("profile") != params.profile.name:
                 continue  # models of another profile were trained on other data subsets
-            summary[meta["model_id"]] = evaluate_unit(params, model, meta["model_id"], split,
-                                                      params.profile.reevaluate, data_dir, dev, run_id)
+            summary[meta["model_id"]] = units.evaluate(params, model, meta["model_id"], split,
+                                                       params.profile.reevaluate, data_dir, dev, run_id)
     return summary
 
 

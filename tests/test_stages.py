@@ -177,3 +177,36 @@ def test_compiled_construction_builds_the_same_set(sources, tmp_path):
     assert job.recipe_hash == S.prepare_construct(params, "d_r", data, "cpu").recipe_hash
     stats = S.stage_construct(compiled, "d_r", data, "cpu")
     assert abs(stats["final_distance"] - eager["final_distance"]) < 1e-3 * max(1.0, eager["final_distance"])
+
+
+def test_stages_route_every_unit_through_the_runner_they_are_given(sources, tmp_path):
+    """The Prefect flows hand a stage its units as tasks; every unit must go through them, and a
+    runner that finishes calls out of order must still give each result to its own call."""
+    params, data = _copy(sources, tmp_path)
+    calls = []
+
+    def recorded(kind, fn):
+        def run(*args):
+            calls.append(kind)
+            return fn(*args)
+        return run
+
+    def backwards(fn, jobs):
+        return [fn(*args) for args in reversed(jobs)][::-1]
+
+    units = S.Units(train=recorded("train", S.train_unit), evaluate=recorded("evaluate", S.evaluate_unit),
+                    build=recorded("build", S.build_shard), map=backwards)
+    stats = S.stage_construct(params, "d_det", data, "cpu", units)
+    assert calls == ["build"] * 4 and json.loads((S.dataset_dir(data, "d_det") / "manifest.json").read_text())["n"] == 200
+    assert 0 < stats["success_rate"] <= 1
+    calls.clear()
+    S.stage_train(params, "d_det", data, "cpu", units)
+    assert calls == ["train", "evaluate"]
+    calls.clear()
+    transfer = S.stage_transfer(params, data, "cpu", units)
+    assert calls == ["train", "evaluate"]  # the D target; the D_det model is train@d_det's
+    models = results.load("models", S.results_root(data))
+    assert "tiny/transfer/standard-d-resnet9" in set(models["model_id"]) and set(transfer) == {"resnet9"}
+    calls.clear()
+    S.stage_reevaluate(params, data, "cpu", units)
+    assert calls == ["evaluate"] * 4  # standard, robust, d_det, transfer target

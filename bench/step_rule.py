@@ -1,0 +1,156 @@
+"""Is a short matching rule as good as the paper's 1000 steps of 0.1? Distance and downstream accuracy.
+
+The `fast` and `cpu` profiles build D_R / D_NR with far fewer representation-matching steps than
+the paper (100 or 25 instead of 1000), with a step size that decays linearly. The issue asks to use
+fewer steps only where the shorter rule reaches the same representation distance *and* the same
+downstream accuracy. This script measures both, in one run, for any list of rules:
+
+  1. distance: each rule matches the same first N training positions of the profile's split (the
+     pipeline's own start-image assignment and source model); it prints the mean relative distance
+     ||g(z) - g(x)|| / ||g(x)|| reached. A constant rule (the paper's) also prints the distance after
+     each of --checkpoints steps, as a trajectory.
+  2. downstream: for each rule, the profile's architecture is trained on those N matched images with
+     the profile's recipe for that set and the same seed, and evaluated (clean, l2 PGD robust) on the
+     profile's real test set.
+
+It reads a data directory of the pipeline (after `notbugs source robust` / `source standard`) and
+writes nothing there. A rule is STEPS:STEP_SIZE[:FINAL_STEP_SIZE].
+
+    python bench/step_rule.py --data-dir data --profile cpu --set d_r --n 2000 \\
+        --rules 1000:0.1,100:0.3:0.02,25:0.5:0.02 --json step_rule.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from notbugs import construct as C  # noqa: E402
+from notbugs import stages as S  # noqa: E402
+from notbugs.attacks import frozen, match_representation  # noqa: E402
+from notbugs.config import load_params  # noqa: E402
+from notbugs.evaluate import evaluate  # noqa: E402
+from notbugs.models import make_model  # noqa: E402
+from notbugs.train import load_model, pick_device, train  # noqa: E402
+
+
+def parse_rule(text: str) -> tuple[int, float, float]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"rule {text!r}: expected STEPS:STEP_SIZE[:FINAL_STEP_SIZE]")
+    steps, size = int(parts[0]), float(parts[1])
+    final = float(parts[2]) if len(parts) == 3 else size
+    if steps < 1 or size <= 0 or final <= 0:
+        raise argparse.ArgumentTypeError(f"rule {text!r}: steps and step sizes must be positive")
+    return steps, size, final
+
+
+def rule_name(rule: tuple[int, float, float]) -> str:
+    steps, size, final = rule
+    return f"{steps} x {size:g}" if size == final else f"{steps} x {size:g}->{final:g}"
+
+
+def match_set(model, images, starts, rule, batch_size: int, device, checkpoints: list[int]) -> tuple:
+    """Matched images for every position, the mean relative distance reached, and (constant rules)
+    the mean relative distance after each checkpoint step count."""
+    steps, size, final = rule
+    # A constant rule run in segments is the same computation as one run: record its trajectory.
+    marks = sorted({c for c in checkpoints if c < steps} | {steps}) if size == final else [steps]
+    out, curve = [], {m: 0.0 for m in marks}
+    start_rel = 0.0
+    for a in range(0, len(images), batch_size):
+        x, z = images[a:a + batch_size].to(device), starts[a:a + batch_size].to(device)
+        done = 0
+        for m in marks:
+            seg_final = final if m == steps else size
+            z, st = match_representation(model, z, x, m - done, size, seg_final)
+            if done == 0:
+                start_rel += st["start_relative"] * len(x)
+            curve[m] += st["final_relative"] * len(x)
+            done = m
+        out.append(z.cpu())
+    n = len(images)
+    return torch.cat(out), curve[steps] / n, start_rel / n, {m: v / n for m, v in curve.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--set", dest="name", choices=C.MATCHING, default="d_r")
+    ap.add_argument("--n", type=int, default=2000, help="training positions matched and trained on")
+    ap.add_argument("--rules", default="1000:0.1,100:0.3:0.02,25:0.5:0.02",
+                    type=lambda s: [parse_rule(r) for r in s.split(",")])
+    ap.add_argument("--checkpoints", default="25,100,250,500", type=lambda s: [int(c) for c in s.split(",")])
+    ap.add_argument("--no-train", action="store_true", help="distances only")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    params = load_params(args.params, args.profile)
+    p = params.profile
+    dev = pick_device(args.device)
+    source = "robust" if args.name == "d_r" else "standard"
+    model, meta = load_model(S.model_dir(args.data_dir, source), dev)
+    split = S.load_split(params, args.data_dir)
+    n = min(args.n, len(split.train_y))
+    starts_at = C.assignments(args.name, split.train_y.numpy(), p.construct.seed)["start"][:n]
+    images, labels = split.train_x[:n], split.train_y[:n]
+    starts = split.train_x[torch.as_tensor(starts_at)]
+    recipe = p.train_on[args.name]
+    print(f"{args.name}: {n} images matched on the {meta['training']} {meta['arch']} ({meta['model_id']}), "
+          f"device {S.device_name(dev)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
+          f"test on {len(split.test_y)} real images")
+
+    rows = []
+    for rule in args.rules:
+        t0 = time.perf_counter()
+        with frozen(model):
+            z, rel, start_rel, curve = match_set(model, images, starts, rule, p.construct.batch_size, dev,
+                                                 args.checkpoints)
+        match_s = time.perf_counter() - t0
+        row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2],
+               "start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()},
+               "match_s": match_s, "image_steps_per_s": n * rule[0] / match_s}
+        trail = ", ".join(f"{k}: {v:.3f}" for k, v in curve.items()) if len(curve) > 1 else ""
+        print(f"  {row['rule']:>18}: relative distance {start_rel:.3f} -> {rel:.3f}"
+              f"{f' ({trail})' if trail else ''}, {match_s:.0f} s")
+        if not args.no_train:
+            seed = 1234  # the same initial weights and batch order for every rule
+            torch.manual_seed(seed)
+            net = make_model(p.arch, width=p.width)
+            t0 = time.perf_counter()
+            history = train(net, z.float(), labels, recipe, seed, dev, desc=row["rule"])
+            ev = evaluate(net, row["rule"], split.test_x, split.test_y, p.evaluate.eps, p.evaluate.steps,
+                          p.evaluate.step_factor, p.evaluate.restarts, p.evaluate.batch_size, dev)
+            row.update(train_s=time.perf_counter() - t0, train_acc=history[-1]["train_acc"],
+                       clean=ev[0]["accuracy"], robust={f"{r['eps']:g}": r["accuracy"] for r in ev[1:]})
+            robust = ", ".join(f"eps {k} {100 * v:.1f}" for k, v in row["robust"].items())
+            print(f"  {'':>18}  trained: clean {100 * row['clean']:.1f}, robust {robust} "
+                  f"(train acc {100 * row['train_acc']:.1f}, {row['train_s']:.0f} s)")
+        rows.append(row)
+        if not all(math.isfinite(v) for v in (rel, start_rel)):
+            print(f"rule {row['rule']}: non-finite distance", file=sys.stderr)
+            return 1
+
+    result = {"command": " ".join(sys.argv), "set": args.name, "n": n, "profile": p.name,
+              "source_model_id": meta["model_id"], "device": S.device_name(dev), "rules": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

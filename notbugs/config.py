@@ -162,6 +162,17 @@ class Params:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def recipe_for(params: Params, name: str, override: dict | None = None) -> TrainConfig:
+    """The training recipe of constructed set `name`, with `override` (keys as under `train_on`)
+    merged over it and validated: for experiments on a recipe without editing params.yaml."""
+    raw = params.raw
+    where = f"profiles.{params.profile.name}.train_on.{name}(+override)"
+    merged = _merge(_merge(raw["train"], raw["train_on"].get(name) or {}, where), override or {}, where)
+    cfg = _build(TrainConfig, merged, where)
+    validate(dataclasses.replace(params.profile, train_on={**params.profile.train_on, name: cfg}))
+    return cfg
+
+
 def _get(tree: dict, dotted: str):
     for key in dotted.split("."):
         tree = tree[key]

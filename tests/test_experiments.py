@@ -1,0 +1,90 @@
+"""The experiment scripts under bench/ (step rule, recipe sweep) on a tiny synthetic pipeline.
+
+They answer recipe questions (is a short matching rule as good as the paper's? which recipe learns
+D_rand?) with the library's own code paths, so they are tested like the library: real matching,
+real training, numbers checked for what they must satisfy, not for their values.
+"""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from notbugs import stages as S
+from notbugs.attacks import frozen, match_representation
+from notbugs.config import load_params
+from tests.conftest import ROOT, write_params
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, mirror):
+    """fetch, both source models and D_rand, tiny profile."""
+    root = tmp_path_factory.mktemp("experiments")
+    path = write_params(root / "params.yaml", mirror, root / "data" / "cifar10")
+    params = load_params(path)
+    data = root / "data"
+    S.stage_fetch(params, data, "cpu")
+    for kind in ("standard", "robust"):
+        S.stage_source(params, kind, data, "cpu")
+    S.stage_construct(params, "d_rand", data, "cpu")
+    return path, data
+
+
+def test_a_constant_rule_run_in_segments_is_one_run(pipeline):
+    """The step-rule script reads the paper rule's trajectory by running it in segments; that must be
+    the same computation as one uninterrupted run."""
+    path, data = pipeline
+    step_rule = _script("step_rule")
+    model, _ = S.load_model(S.model_dir(data, "robust"), "cpu")
+    x = S.load_split(load_params(path), data).train_x[:12]
+    starts = x.roll(1, dims=0)
+    with frozen(model):
+        z, rel, start_rel, curve = step_rule.match_set(model, x, starts, (9, 0.1, 0.1), 5, torch.device("cpu"), [3, 6])
+        once, stats = match_representation(model, starts, x, 9, 0.1, 0.1)
+    assert sorted(curve) == [3, 6, 9] and curve[9] == pytest.approx(rel)
+    assert torch.allclose(z, once, atol=1e-5)
+    assert rel == pytest.approx(stats["final_relative"], rel=1e-4) and start_rel > rel
+
+
+def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
+    path, data = pipeline
+    out = tmp_path / "rules.json"
+    rc = _script("step_rule").main(["--params", str(path), "--data-dir", str(data), "--set", "d_r", "--n", "40",
+                                    "--rules", "6:0.1,3:0.3:0.02", "--checkpoints", "2,4", "--device", "cpu",
+                                    "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02"] and res["n"] == 40
+    paper, short = res["rules"]
+    assert list(paper["curve"]) == ["2", "4", "6"] and list(short["curve"]) == ["3"]
+    for r in res["rules"]:
+        assert 0 <= r["final_relative"] < r["start_relative"]  # matching moves toward the target
+        assert 0 <= r["clean"] <= 1 and set(r["robust"]) == {"0.25"} and 0 <= r["robust"]["0.25"] <= r["clean"]
+
+
+def test_recipe_sweep_trains_each_variant(pipeline, tmp_path, capsys):
+    path, data = pipeline
+    out = tmp_path / "sweep.json"
+    sweep = _script("recipe_sweep")
+    rc = sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand", "--device", "cpu",
+                     "--variant", "{}", "--variant", "{lr: 0.01, epochs: 1, augment: {flip: false}}",
+                     "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == [{}, {"lr": 0.01, "epochs": 1, "augment": {"flip": False}}]
+    assert "lr=0.01" in rows[1]["recipe"] and "flip=False" in rows[1]["recipe"]
+    for r in rows:
+        assert 0 <= r["fit_target_labels"] <= 1 and 0 <= r["test_clean"] <= 1 and r["test_robust"] == {}
+    assert "fits its labels" in capsys.readouterr().out
+    # a variant that is not a valid recipe is refused before any training
+    assert sweep.main(["--params", str(path), "--data-dir", str(data), "--variant", "{lr: -1}"]) == 2
+    with pytest.raises(SystemExit):
+        sweep.main(["--params", str(path), "--data-dir", str(data), "--variant", "[1, 2]"])

@@ -10,7 +10,7 @@ downstream accuracy. This script measures both, in one run, for any list of rule
      ||g(z) - g(x)|| / ||g(x)|| reached. A constant rule (the paper's) also prints the distance after
      each of --checkpoints steps, as a trajectory.
   2. downstream: for each rule, the profile's architecture is trained on those N matched images with
-     the profile's recipe for that set and the same seed, and evaluated (clean, l2 PGD robust) on the
+     the profile's recipe for that set and the same seed(s), and evaluated (clean, l2 PGD robust) on the
      profile's real test set.
 
 It reads a data directory of the pipeline (after `notbugs source robust` / `source standard`) and
@@ -92,6 +92,8 @@ def main(argv=None) -> int:
                     type=lambda s: [parse_rule(r) for r in s.split(",")])
     ap.add_argument("--checkpoints", default="25,100,250,500", type=lambda s: [int(c) for c in s.split(",")])
     ap.add_argument("--no-train", action="store_true", help="distances only")
+    ap.add_argument("--seeds", default="1234", type=lambda s: [int(x) for x in s.split(",")],
+                    help="training seeds, the same for every rule: each rule's set is trained once per seed")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -127,26 +129,35 @@ def main(argv=None) -> int:
         trail = ", ".join(f"{k}: {v:.3f}" for k, v in curve.items()) if len(curve) > 1 else ""
         print(f"  {row['rule']:>18}: relative distance {start_rel:.3f} -> {rel:.3f}"
               f"{f' ({trail})' if trail else ''}, {match_s:.0f} s")
-        if not args.no_train:
-            seed = 1234  # the same initial weights and batch order for every rule
-            torch.manual_seed(seed)
-            net = make_model(p.arch, width=p.width)
-            t0 = time.perf_counter()
-            history = train(net, z.float(), labels, recipe, seed, dev, desc=row["rule"])
-            ev = evaluate(net, row["rule"], split.test_x, split.test_y, p.evaluate.eps, p.evaluate.steps,
-                          p.evaluate.step_factor, p.evaluate.restarts, p.evaluate.batch_size, dev)
-            row.update(train_s=time.perf_counter() - t0, train_acc=history[-1]["train_acc"],
-                       clean=ev[0]["accuracy"], robust={f"{r['eps']:g}": r["accuracy"] for r in ev[1:]})
-            robust = ", ".join(f"eps {k} {100 * v:.1f}" for k, v in row["robust"].items())
-            print(f"  {'':>18}  trained: clean {100 * row['clean']:.1f}, robust {robust} "
-                  f"(train acc {100 * row['train_acc']:.1f}, {row['train_s']:.0f} s)")
-        rows.append(row)
         if not all(math.isfinite(v) for v in (rel, start_rel)):
             print(f"rule {row['rule']}: non-finite distance", file=sys.stderr)
             return 1
+        if not args.no_train:
+            row["trained"] = []
+            for seed in args.seeds:  # the same initial weights and batch order for every rule
+                torch.manual_seed(seed)
+                net = make_model(p.arch, width=p.width)
+                t0 = time.perf_counter()
+                history = train(net, z.float(), labels, recipe, seed, dev, desc=f"{row['rule']} seed {seed}")
+                ev = evaluate(net, row["rule"], split.test_x, split.test_y, p.evaluate.eps, p.evaluate.steps,
+                              p.evaluate.step_factor, p.evaluate.restarts, p.evaluate.batch_size, dev)
+                t = {"seed": seed, "train_s": time.perf_counter() - t0, "train_acc": history[-1]["train_acc"],
+                     "clean": ev[0]["accuracy"], "robust": {f"{r['eps']:g}": r["accuracy"] for r in ev[1:]}}
+                row["trained"].append(t)
+                robust = ", ".join(f"eps {k} {100 * v:.1f}" for k, v in t["robust"].items())
+                print(f"  {'':>18}  trained (seed {seed}): clean {100 * t['clean']:.1f}, robust {robust} "
+                      f"(train acc {100 * t['train_acc']:.1f}, {t['train_s']:.0f} s)")
+            row["clean"] = sum(t["clean"] for t in row["trained"]) / len(args.seeds)
+            row["robust"] = {k: sum(t["robust"][k] for t in row["trained"]) / len(args.seeds)
+                             for k in row["trained"][0]["robust"]}
+            if len(args.seeds) > 1:
+                robust = ", ".join(f"eps {k} {100 * v:.1f}" for k, v in row["robust"].items())
+                print(f"  {'':>18}  mean of {len(args.seeds)} seeds: clean {100 * row['clean']:.1f}, robust {robust}")
+        rows.append(row)
 
     result = {"command": " ".join(sys.argv), "set": args.name, "n": n, "profile": p.name,
-              "source_model_id": meta["model_id"], "device": S.device_name(dev), "rules": rows}
+              "source_model_id": meta["model_id"], "device": S.device_name(dev), "seeds": args.seeds,
+              "rules": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

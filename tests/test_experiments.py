@@ -58,7 +58,8 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
     path, data = pipeline
     out = tmp_path / "rules.json"
     rc = _script("step_rule").main(["--params", str(path), "--data-dir", str(data), "--set", "d_r", "--n", "40",
-                                    "--rules", "6:0.1,3:0.3:0.02", "--checkpoints", "2,4", "--device", "cpu",
+                                    "--rules", "6:0.1,3:0.3:0.02", "--checkpoints", "2,4", "--seeds", "1,2",
+                                    "--device", "cpu",
                                     "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
@@ -67,6 +68,8 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
     assert list(paper["curve"]) == ["2", "4", "6"] and list(short["curve"]) == ["3"]
     for r in res["rules"]:
         assert 0 <= r["final_relative"] < r["start_relative"]  # matching moves toward the target
+        assert [t["seed"] for t in r["trained"]] == [1, 2]
+        assert r["clean"] == pytest.approx(sum(t["clean"] for t in r["trained"]) / 2)
         assert 0 <= r["clean"] <= 1 and set(r["robust"]) == {"0.25"} and 0 <= r["robust"]["0.25"] <= r["clean"]
 
 

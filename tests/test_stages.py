@@ -197,7 +197,8 @@ def test_stages_route_every_unit_through_the_runner_they_are_given(sources, tmp_
     units = S.Units(train=recorded("train", S.train_unit), evaluate=recorded("evaluate", S.evaluate_unit),
                     build=recorded("build", S.build_shard), map=backwards)
     stats = S.stage_construct(params, "d_det", data, "cpu", units)
-    assert calls == ["build"] * 4 and json.loads((S.dataset_dir(data, "d_det") / "manifest.json").read_text())["n"] == 200
+    assert calls == ["build"] * 4
+    assert json.loads((S.dataset_dir(data, "d_det") / "manifest.json").read_text())["n"] == 200
     assert 0 < stats["success_rate"] <= 1
     calls.clear()
     S.stage_train(params, "d_det", data, "cpu", units)

@@ -60,9 +60,9 @@ def construct_flow(name: str, params_path: str = "params.yaml", profile: str | N
                    data_dir: str = "data", device: str = "auto") -> dict:
     params = load_params(params_path, profile)
     stats = S.stage_construct(params, name, data_dir, device, TASKS)
-    manifest = read_json(S.dataset_dir(data_dir, name) / "manifest.json")
-    shards = [{"shard": k, **read_json(S.dataset_dir(data_dir, name) / f"shard-{k:05d}.json")["stats"]}
-              for k, s in enumerate(manifest["shards"])]
+    out = S.dataset_dir(data_dir, name)
+    shards = [{"shard": k, **read_json(out / f"shard-{k:05d}.json")["stats"]}
+              for k in range(len(read_json(out / "manifest.json")["shards"]))]
     publish_table(f"construct-{name}", shards or [stats], f"{name}: per-shard statistics")
     return stats
 

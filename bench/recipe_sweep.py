@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository (for notbugs) and this folder (for experiment.py; `import bench` would find bench.py)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
 from notbugs import stages as S  # noqa: E402
-from notbugs.config import DATASETS, ConfigError, load_params, recipe_for  # noqa: E402
-from notbugs.evaluate import evaluate, predict  # noqa: E402
-from notbugs.models import make_model  # noqa: E402
-from notbugs.train import pick_device, train  # noqa: E402
+from notbugs.config import DATASETS, ConfigError, recipe_for  # noqa: E402
+from notbugs.evaluate import predict  # noqa: E402
 
 
 def parse_variant(text: str) -> dict:
@@ -46,30 +44,21 @@ def parse_variant(text: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", default=None)
+    add_common_options(ap)
     ap.add_argument("--set", dest="name", choices=DATASETS, default="d_rand")
     ap.add_argument("--variant", action="append", type=parse_variant, default=None,
                     help="a YAML mapping merged over the set's recipe; repeat for several ({} = as in params)")
     ap.add_argument("--robust", action="store_true", help="also robust accuracy (the profile's evaluate suite)")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     variants = args.variant or [{}]
-
-    params = load_params(args.params, args.profile)
+    params, dev = params_and_device(args)
     p = params.profile
     try:
         recipes = [recipe_for(params, args.name, v) for v in variants]
     except ConfigError as e:
         print(f"bad variant: {e}", file=sys.stderr)
         return 2
-    dev = pick_device(args.device)
     x, y = S.load_training_set(args.data_dir, args.name)
     split = S.load_split(params, args.data_dir)
     print(f"{args.name}: {len(y)} training images, {p.arch} x{p.width:g}, test on {len(split.test_y)} real images, "
@@ -78,21 +67,13 @@ def main(argv=None) -> int:
     rows = []
     for variant, recipe in zip(variants, recipes):
         label = json.dumps(variant, sort_keys=True)
-        torch.manual_seed(args.seed)
-        net = make_model(p.arch, width=p.width)
-        t0 = time.perf_counter()
-        history = train(net, x, y, recipe, args.seed, dev, desc=label)
-        train_s = time.perf_counter() - t0
+        net, t = train_and_score(params, x, y, recipe, args.seed, dev, split, args.robust, desc=label)
         fit = (predict(net, x, p.evaluate.batch_size, dev) == y).float().mean().item()  # no augmentation
-        eps = p.evaluate.eps if args.robust else ()
-        ev = evaluate(net, label, split.test_x, split.test_y, eps, p.evaluate.steps, p.evaluate.step_factor,
-                      p.evaluate.restarts, p.evaluate.batch_size, dev)
-        row = {"variant": variant, "recipe": repr(recipe), "train_s": train_s, "fit_target_labels": fit,
-               "train_acc_last_epoch": history[-1]["train_acc"], "test_clean": ev[0]["accuracy"],
-               "test_robust": {f"{r['eps']:g}": r["accuracy"] for r in ev[1:]}}
+        row = {"variant": variant, "recipe": repr(recipe), "train_s": t["train_s"], "fit_target_labels": fit,
+               "train_acc_last_epoch": t["train_acc"], "test_clean": t["clean"], "test_robust": t["robust"]}
         robust = "".join(f", robust eps {k} {100 * v:.1f}" for k, v in row["test_robust"].items())
         print(f"  {label:>60}: fits its labels {100 * fit:5.1f}%, real test {100 * row['test_clean']:5.1f}%"
-              f"{robust} ({train_s:.0f} s)")
+              f"{robust} ({t['train_s']:.0f} s)")
         rows.append(row)
 
     if args.json:

@@ -31,15 +31,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository (for notbugs) and this folder (for experiment.py; `import bench` would find bench.py)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
 from notbugs import construct as C  # noqa: E402
 from notbugs import stages as S  # noqa: E402
 from notbugs.attacks import frozen, match_representation  # noqa: E402
-from notbugs.config import load_params  # noqa: E402
-from notbugs.evaluate import evaluate  # noqa: E402
-from notbugs.models import make_model  # noqa: E402
-from notbugs.train import load_model, pick_device, train  # noqa: E402
+from notbugs.train import load_model  # noqa: E402
 
 
 def parse_rule(text: str) -> tuple[int, float, float]:
@@ -69,9 +68,8 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
     for a in range(0, len(images), batch_size):
         x, z = images[a:a + batch_size].to(device), starts[a:a + batch_size].to(device)
         done = 0
-        for m in marks:
-            seg_final = final if m == steps else size
-            z, st = match_representation(model, z, x, m - done, size, seg_final)
+        for m in marks:  # several segments only for a constant rule, where size == final
+            z, st = match_representation(model, z, x, m - done, size, final)
             if done == 0:
                 start_rel += st["start_relative"] * len(x)
             curve[m] += st["final_relative"] * len(x)
@@ -83,9 +81,7 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", default=None)
+    add_common_options(ap)
     ap.add_argument("--set", dest="name", choices=C.MATCHING, default="d_r")
     ap.add_argument("--n", type=int, default=2000, help="training positions matched and trained on")
     ap.add_argument("--rules", default="1000:0.1,100:0.3:0.02,25:0.5:0.02",
@@ -94,18 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-train", action="store_true", help="distances only")
     ap.add_argument("--seeds", default="1234", type=lambda s: [int(x) for x in s.split(",")],
                     help="training seeds, the same for every rule: each rule's set is trained once per seed")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    params = load_params(args.params, args.profile)
+    params, dev = params_and_device(args)
     p = params.profile
-    dev = pick_device(args.device)
-    source = "robust" if args.name == "d_r" else "standard"
-    model, meta = load_model(S.model_dir(args.data_dir, source), dev)
+    model, meta = load_model(S.model_dir(args.data_dir, S.construct_source(args.name)), dev)
     split = S.load_split(params, args.data_dir)
     n = min(args.n, len(split.train_y))
     starts_at = C.assignments(args.name, split.train_y.numpy(), p.construct.seed)["start"][:n]
@@ -135,14 +123,8 @@ def main(argv=None) -> int:
         if not args.no_train:
             row["trained"] = []
             for seed in args.seeds:  # the same initial weights and batch order for every rule
-                torch.manual_seed(seed)
-                net = make_model(p.arch, width=p.width)
-                t0 = time.perf_counter()
-                history = train(net, z.float(), labels, recipe, seed, dev, desc=f"{row['rule']} seed {seed}")
-                ev = evaluate(net, row["rule"], split.test_x, split.test_y, p.evaluate.eps, p.evaluate.steps,
-                              p.evaluate.step_factor, p.evaluate.restarts, p.evaluate.batch_size, dev)
-                t = {"seed": seed, "train_s": time.perf_counter() - t0, "train_acc": history[-1]["train_acc"],
-                     "clean": ev[0]["accuracy"], "robust": {f"{r['eps']:g}": r["accuracy"] for r in ev[1:]}}
+                _, t = train_and_score(params, z.float(), labels, recipe, seed, dev, split, robust=True,
+                                       desc=f"{row['rule']} seed {seed}")
                 row["trained"].append(t)
                 robust = ", ".join(f"eps {k} {100 * v:.1f}" for k, v in t["robust"].items())
                 print(f"  {'':>18}  trained (seed {seed}): clean {100 * t['clean']:.1f}, robust {robust} "

@@ -306,13 +306,17 @@ def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto
     return metrics
 
 
+def construct_source(name: str) -> str:
+    """The source model a constructed set is built from: the robust one for D_R, else the standard one."""
+    return "robust" if name == "d_r" else "standard"
+
+
 def prepare_construct(params: Params, name: str, data_dir="data", device: str | torch.device = "auto") -> ConstructJob:
     if name not in DATASETS:
         raise ValueError(f"unknown constructed dataset {name!r}; accepted: {', '.join(DATASETS)}")
     dev = pick_device(device)
     c = params.profile.construct
-    source = "robust" if name == "d_r" else "standard"
-    model, meta = load_model(model_dir(data_dir, source), dev)
+    model, meta = load_model(model_dir(data_dir, construct_source(name)), dev)
     split = load_split(params, data_dir)
     labels = split.train_y.numpy()
     recipe = {"name": name, "seed": c.seed, "batch_size": c.batch_size, "shard_size": c.shard_size,
@@ -367,9 +371,8 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
 def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
     """Build one of D_R, D_NR, D_rand, D_det; finished shards of an interrupted run are kept."""
     devs = stage_devices(device, units.parallel)
-    src = "robust" if name == "d_r" else "standard"
     with recorded_run(f"construct@{name}", params, data_dir, devs[0],
-                      [model_dir(data_dir, src) / "meta.json"]) as run_id:
+                      [model_dir(data_dir, construct_source(name)) / "meta.json"]) as run_id:
         jobs = [prepare_construct(params, name, data_dir, d) for d in devs]  # one model copy per device
         (jobs[0].out_dir / "manifest.json").unlink(missing_ok=True)
         pending = jobs[0].pending()
@@ -487,9 +490,10 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto", units:
                                                           model_dir(data_dir, "d_det") / "meta.json"]) as run_id:
         split = load_split(params, data_dir)
         det_x, det_y = load_training_set(data_dir, "d_det")
+        sets = {"d": (split.train_x, split.train_y), "d_det": (det_x, det_y)}
         new = transfer_to_train(params)
-        calls = [(params, spec, *((split.train_x, split.train_y) if spec.train_set == "d" else (det_x, det_y)),
-                  data_dir, devs[i % len(devs)], run_id) for i, spec in enumerate(new)]
+        calls = [(params, spec, *sets[spec.train_set], data_dir, devs[i % len(devs)], run_id)
+                 for i, spec in enumerate(new)]
         trained = dict(zip([spec.name for spec in new], units.map(units.train, calls)))
         for spec in new:
             model = trained[spec.name]["model"].to(dev)

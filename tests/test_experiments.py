@@ -7,6 +7,8 @@ real training, numbers checked for what they must satisfy, not for their values.
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -22,6 +24,15 @@ def _script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("name", ["step_rule", "recipe_sweep"])
+def test_script_runs_from_any_folder(name, tmp_path):
+    """As a script, Python puts bench/ first on the path, where `bench.py` shadows a `bench` package."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--data-dir" in proc.stdout and "--json" in proc.stdout
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,47 @@
+"""What the recipe experiments (`step_rule.py`, `recipe_sweep.py`) share: their common options, and
+one model of the profile's architecture trained on a set and scored on the real test set."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from notbugs.config import Params, TrainConfig, load_params
+from notbugs.evaluate import evaluate
+from notbugs.models import make_model
+from notbugs.stages import Split
+from notbugs.train import pick_device, train
+
+
+def add_common_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--data-dir", default="data", help="a pipeline's data directory (read only)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+
+
+def params_and_device(args) -> tuple[Params, torch.device]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_params(args.params, args.profile), pick_device(args.device)
+
+
+def train_and_score(params: Params, images: torch.Tensor, labels: torch.Tensor, recipe: TrainConfig, seed: int,
+                    device: torch.device, split: Split, robust: bool, desc: str) -> tuple[torch.nn.Module, dict]:
+    """Train a fresh model (initial weights and batch order from `seed`) and score it on the real test
+    set: clean accuracy, and robust accuracy under the profile's evaluate suite when `robust`.
+    Returns the model and its scores."""
+    p = params.profile
+    torch.manual_seed(seed)
+    net = make_model(p.arch, width=p.width)
+    t0 = time.perf_counter()
+    history = train(net, images, labels, recipe, seed, device, desc=desc)
+    e = p.evaluate
+    ev = evaluate(net, desc, split.test_x, split.test_y, e.eps if robust else (), e.steps, e.step_factor,
+                  e.restarts, e.batch_size, device)
+    return net, {"seed": seed, "train_s": time.perf_counter() - t0, "train_acc": history[-1]["train_acc"],
+            "clean": ev[0]["accuracy"], "robust": {f"{r['eps']:g}": r["accuracy"] for r in ev[1:]}}

@@ -15,8 +15,10 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def in_batches(fn, start: int, stop: int, batch_size: int, desc: str, unit: str = "img") -> list:
-    """[fn(a, b) for consecutive batches covering [start, stop)]; on OOM the batch is halved and retried."""
+def in_batches(fn, start: int, stop: int, batch_size: int, desc: str, unit: str = "img", should_stop=None) -> list:
+    """[fn(a, b) for consecutive batches covering [start, stop)]; on OOM the batch is halved and retried.
+
+    `should_stop()`, asked after each batch, ends the loop early: the result then covers a prefix."""
     out, a = [], start
     bar = Progress(stop - start, desc, unit)
     while a < stop:
@@ -32,5 +34,7 @@ def in_batches(fn, start: int, stop: int, batch_size: int, desc: str, unit: str 
             continue
         bar.update(b - a)
         a = b
+        if a < stop and should_stop is not None and should_stop():
+            break
     bar.close()
     return out

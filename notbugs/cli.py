@@ -11,6 +11,8 @@
     notbugs results                   row counts of the result tables
 
 Every subcommand takes --params, --profile, --data-dir and --device. Runs without Prefect or DVC.
+The stages that train, build or score take --time-limit MINUTES; they, and SIGTERM, stop a job at
+its next safe point with its progress saved, exit 75, and the same command run again continues.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
+from notbugs.deadline import EXIT_STOPPED, Deadline, Stopped
 from notbugs.storage import ArtefactError, read_json, write_json
 
 STAGES = [
@@ -56,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("dataset", choices=DATASETS, help="which constructed set")
         if name == "report":
             p.add_argument("--out", default=None, help="output folder (default: <data-dir>/report)")
+        if name in STOPPABLE:
+            p.add_argument("--time-limit", type=_minutes, default=None, metavar="MINUTES",
+                           help="stop at the first safe point after this many minutes (after a batch; leave a "
+                                "margin of one model's evaluation), progress saved, exit 75: for clusters that "
+                                "cap job length, run the same command again until it exits 0")
         if name == "all":
             p.add_argument("--skip", action="append", default=[], choices=[s for s, _ in STAGES[:6]],
                            help="leave this stage out (repeatable), e.g. --skip transfer: Figure 2 and Table 1 only")
@@ -64,24 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo: bool = False) -> None:
+STOPPABLE = ("source", "construct", "train", "transfer", "reevaluate", "all")
+
+
+def _minutes(text: str) -> float:
+    minutes = float(text)
+    if not minutes >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes >= 0")
+    return minutes
+
+
+def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo: bool = False,
+            deadline: Deadline | None = None) -> None:
     """Every stage in one process (CUDA and the data are set up once), in pipeline order.
 
     Each finished step leaves a marker (data/work/done/<step>.json, with the profile's hash), so a
     rerun, e.g. the next job on a cluster that caps job length, skips what is done and resumes the
-    step that was cut (from its last checkpoint or shard) without appending its rows twice.
+    step that was cut (from its last checkpoint, shard or batch) without appending its rows twice.
+    Out of time (`deadline`), the step under way stops at its next safe point; no step starts after
+    the time is up, once one has run.
     """
     from notbugs import stages as S
 
     steps = [("fetch", "fetch", lambda: S.stage_fetch(params, data_dir, device))]
-    steps += [(f"source@{k}", "source", lambda k=k: S.stage_source(params, k, data_dir, device))
+    steps += [(f"source@{k}", "source", lambda k=k: S.stage_source(params, k, data_dir, device, deadline=deadline))
               for k in ("standard", "robust")]
-    steps += [(f"construct@{n}", "construct", lambda n=n: S.stage_construct(params, n, data_dir, device))
+    steps += [(f"construct@{n}", "construct",
+               lambda n=n: S.stage_construct(params, n, data_dir, device, deadline=deadline)) for n in DATASETS]
+    steps += [(f"train@{n}", "train", lambda n=n: S.stage_train(params, n, data_dir, device, deadline=deadline))
               for n in DATASETS]
-    steps += [(f"train@{n}", "train", lambda n=n: S.stage_train(params, n, data_dir, device)) for n in DATASETS]
-    steps += [("transfer", "transfer", lambda: S.stage_transfer(params, data_dir, device)),
+    steps += [("transfer", "transfer", lambda: S.stage_transfer(params, data_dir, device, deadline=deadline)),
               ("report", "report", lambda: S.stage_report(params, data_dir, None, device))]
     log = logging.getLogger("notbugs")
+    ran = False
     for step, stage, run in steps:
         if stage in skip:
             continue
@@ -92,7 +118,10 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         if not redo and _marker_hash(marker) == params.hash():
             log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step, marker)
             continue
+        if ran and deadline is not None and deadline.expired():
+            raise Stopped(f"{deadline.reason} before step {step}")
         run()
+        ran = True
         write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": params.hash()})
 
 
@@ -103,8 +132,24 @@ def _marker_hash(path: Path) -> str | None:
         return None
 
 
+def _stop_on_sigterm(deadline: Deadline):
+    """SIGTERM (from `timeout`, a scheduler) asks the job to stop at its next safe point; a second
+    one ends it at once. Returns the handler that was there before."""
+    def handler(signum, frame):
+        if deadline.reason:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        deadline.stop("SIGTERM received")
+        logging.getLogger("notbugs").warning("SIGTERM: stopping at the next safe point (send it again to end now)")
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread may set handlers (main() called from a worker thread)
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    limit = getattr(args, "time_limit", None)
+    deadline = Deadline(None if limit is None else 60 * limit)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(args.params, args.profile)
@@ -115,30 +160,38 @@ def main(argv: list[str] | None = None) -> int:
     from notbugs import stages as S
 
     logging.getLogger("notbugs").info("profile %s (from %s)", params.profile.name, args.params)
+    earlier_handler = _stop_on_sigterm(deadline)
     try:
         if args.stage == "fetch":
             out = S.stage_fetch(params, args.data_dir, args.device)
             out = {"counts": out["counts"], "source": out["source"], "origin": out["origin"]}
         elif args.stage == "source":
-            out = S.stage_source(params, args.kind, args.data_dir, args.device)
+            out = S.stage_source(params, args.kind, args.data_dir, args.device, deadline=deadline)
         elif args.stage == "construct":
-            out = S.stage_construct(params, args.dataset, args.data_dir, args.device)
+            out = S.stage_construct(params, args.dataset, args.data_dir, args.device, deadline=deadline)
         elif args.stage == "train":
-            out = S.stage_train(params, args.dataset, args.data_dir, args.device)
+            out = S.stage_train(params, args.dataset, args.data_dir, args.device, deadline=deadline)
         elif args.stage == "transfer":
-            out = S.stage_transfer(params, args.data_dir, args.device)
+            out = S.stage_transfer(params, args.data_dir, args.device, deadline=deadline)
         elif args.stage == "report":
             out = S.stage_report(params, args.data_dir, args.out, args.device)
         elif args.stage == "reevaluate":
-            out = S.stage_reevaluate(params, args.data_dir, args.device)
+            out = S.stage_reevaluate(params, args.data_dir, args.device, deadline=deadline)
         elif args.stage == "all":
-            run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo)
+            run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo, deadline)
             out = results.summary(S.results_root(args.data_dir))
         else:
             out = results.summary(S.results_root(args.data_dir))
+    except Stopped as e:
+        print(f"notbugs {args.stage}: stopped early: {e}. Progress is saved; run the same command again to "
+              f"continue (exit {EXIT_STOPPED}).", file=sys.stderr)
+        return EXIT_STOPPED
     except (ValueError, RuntimeError, FloatingPointError, OSError) as e:
         print(f"notbugs {args.stage}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if earlier_handler is not None:
+            signal.signal(signal.SIGTERM, earlier_handler)
     print(json.dumps(out, indent=2, default=str))
     return 0
 

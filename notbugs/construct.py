@@ -11,7 +11,8 @@ shard is independent of the others. A shard is `shard-XXXXX.npz` (float16 images
 to 8 bits, labels, source and start indices) plus `shard-XXXXX.json` (checksum, recipe hash,
 statistics), the JSON written last: a shard counts as done only when its JSON exists, matches the
 recipe and the npz checksum. `manifest.json`, written when every shard is done, marks the set
-complete.
+complete. A job that runs out of time mid-shard keeps the shard's finished batches in
+`shard-XXXXX.partial.npz` / `.partial.json` (same rules), and the next job continues from there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from notbugs.attacks import autocast, frozen, match_representation, pgd_l2
 from notbugs.batching import in_batches
+from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
 
 log = logging.getLogger("notbugs.construct")
@@ -74,10 +76,37 @@ def shard_done(out_dir: Path, k: int, recipe_hash: str) -> bool:
     return meta.get("recipe_hash") == recipe_hash and meta.get("sha256") == sha256_file(data_path)
 
 
+def partial_paths(out_dir: Path, k: int) -> tuple[Path, Path]:
+    return out_dir / f"shard-{k:05d}.partial.npz", out_dir / f"shard-{k:05d}.partial.json"
+
+
+def load_partial(out_dir: Path, k: int, a: int, recipe_hash: str) -> tuple[list, list, int, float]:
+    """The batches of shard k (starting at position a) that a stopped job finished:
+    (images, batch statistics, next position, seconds spent); nothing if absent or not this recipe's."""
+    data_path, meta_path = partial_paths(out_dir, k)
+    nothing = [], [], a, 0.0
+    if not meta_path.exists() or not data_path.exists():
+        return nothing
+    try:
+        meta = read_json(meta_path)
+        if (meta.get("recipe_hash"), meta.get("start"), meta.get("sha256")) != (recipe_hash, a, sha256_file(data_path)):
+            return nothing
+        with np.load(data_path, allow_pickle=False) as z:
+            images = z["images"]
+    except (ArtefactError, OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return nothing
+    if len(images) != meta["upto"] - a:
+        return nothing
+    return [torch.from_numpy(images)], list(meta["stats"]), int(meta["upto"]), float(meta["wall_s"])
+
+
 def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, source_index: np.ndarray,
                 assign: dict, k: int, a: int, b: int, recipe: dict, recipe_hash: str, out_dir: Path,
-                device: torch.device) -> dict:
-    """Construct positions [a, b) of the set and write shard k; returns its statistics."""
+                device: torch.device, deadline: Deadline | None = None) -> dict:
+    """Construct positions [a, b) of the set and write shard k; returns its statistics.
+
+    When `deadline` expires, the finished batches are kept as the shard's partial files and
+    `Stopped` is raised; a later call continues after them (the batches stay where they were)."""
     t0 = time.perf_counter()
 
     def one_batch(s: int, e: int):
@@ -94,25 +123,43 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
                 st = {"success": (model(z).argmax(1) == t).float().sum().item()}
         return z.to(torch.float16).cpu(), {**st, "n": e - s}
 
+    outs, stats, begin, spent = load_partial(out_dir, k, a, recipe_hash)
+    if begin > a:
+        log.info("%s shard %d: continuing after the %d of %d images an earlier job built", name, k, begin - a, b - a)
     with frozen(model):
-        done = in_batches(one_batch, a, b, recipe["batch_size"], f"{name} shard {k}")
-    outs, stats = [z for z, _ in done], [st for _, st in done]
+        done = in_batches(one_batch, begin, b, recipe["batch_size"], f"{name} shard {k}",
+                          should_stop=None if deadline is None else deadline.expired)
+    outs, stats = outs + [z for z, _ in done], stats + [st for _, st in done]
+    reached = begin + sum(st["n"] for _, st in done)
     out = torch.cat(outs).numpy()
     if not np.isfinite(out).all():
         raise ArtefactError(f"{name} shard {k}: constructed images contain NaN or inf; nothing written")
+    data_path, meta_path = partial_paths(out_dir, k)
+    if reached < b:  # stopped: keep the finished batches, the JSON last
+        data = npz_bytes({"images": out})
+        atomic_write_bytes(data_path, data)
+        write_json(meta_path, {"shard": k, "start": a, "upto": reached, "recipe_hash": recipe_hash,
+                               "sha256": sha256_bytes(data), "stats": stats,
+                               "wall_s": spent + time.perf_counter() - t0})
+        raise Stopped(f"{name} shard {k}: {deadline.reason} after {reached - a} of its {b - a} images; "
+                      f"they are kept in {data_path}")
     new_labels = labels[a:b] if name in MATCHING else assign["target"][a:b]
     start_index = source_index[assign["start"][a:b]] if name in MATCHING else np.full(b - a, -1)
     data = npz_bytes({"images": out, "labels": new_labels.astype(np.int64),
                       "source_index": source_index[a:b].astype(np.int64), "start_index": start_index.astype(np.int64)})
     atomic_write_bytes(out_dir / f"shard-{k:05d}.npz", data)
     n = sum(st["n"] for st in stats)
-    summary = {"n": n, "wall_s": time.perf_counter() - t0}
+    summary = {"n": n, "wall_s": spent + time.perf_counter() - t0}
     for key in stats[0]:
         if key != "n":  # batch means weighted by batch size; 'success' is a count -> rate
             total = sum(st[key] * (1 if key == "success" else st["n"]) for st in stats)
             summary["success_rate" if key == "success" else key] = total / n
     write_json(out_dir / f"shard-{k:05d}.json", {"shard": k, "start": a, "stop": b, "recipe_hash": recipe_hash,
                                                    "sha256": sha256_bytes(data), "stats": summary})
+    meta_path.unlink(missing_ok=True)
+    data_path.unlink(missing_ok=True)
+    if expired(deadline):  # the shard is whole; the next job starts with the next one
+        raise Stopped(f"{name} shard {k}: {deadline.reason} after finishing the shard")
     return summary
 
 

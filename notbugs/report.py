@@ -591,7 +591,8 @@ def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame)
                                     "warn"),)))
     rows = []
     for _, run in runs.sort_values("started_at", kind="stable").iterrows():
-        status = Flag(run["status"], "ok" if run["status"] == "ok" else "bad")
+        # "stopped": a job out of time that saved its progress for the next one, not an error
+        status = Flag(run["status"], {"ok": "ok", "stopped": "warn"}.get(run["status"], "bad"))
         rows.append((run["stage"], status, run["code_version"], run["device"], _when(run["started_at"]),
                      _when(run["ended_at"]), _duration(float(run["wall_s"]))))
     blocks.append(Table(("stage", "status", "code version", "device", "started", "ended", "wall time"),

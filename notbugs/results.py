@@ -70,7 +70,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("started_at", _UTC_US),
             _required("ended_at", _UTC_US),
             _required("wall_s", pa.float64()),
-            _required("status", pa.string()),  # "ok" | "failed"
+            _required("status", pa.string()),  # "ok" | "failed" | "stopped" (out of time, progress saved)
         ]
     ),
     "models": pa.schema(

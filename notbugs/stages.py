@@ -36,9 +36,10 @@ from notbugs import data as D
 from notbugs import results
 from notbugs.compiling import try_compile
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
+from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
 from notbugs.models import make_model
-from notbugs.storage import atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
+from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
 from notbugs.train import load_model, pick_device, save_model, train
 
 log = logging.getLogger("notbugs")
@@ -90,6 +91,9 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
     try:
         yield run_id
         status = "ok"
+    except Stopped:
+        status = "stopped"  # out of time: progress saved, the next job continues
+        raise
     finally:
         results.append("runs", [{
             "run_id": run_id, "stage": stage, "profile": params.profile.name, "params_hash": params.hash(),
@@ -151,8 +155,9 @@ class ModelSpec:
 
 
 def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,
-               run_id: str) -> dict:
-    """Train (or resume) one model, save it, and record its `models` and `epochs` rows."""
+               run_id: str, deadline: Deadline | None = None) -> dict:
+    """Train (or resume) one model, save it, and record its `models` and `epochs` rows.
+    Out of time (`deadline`), it raises `Stopped` with a checkpoint saved instead."""
     prof = params.profile.name
     model_id = spec.model_id(prof)
     seed = _seed(params, spec.name)
@@ -161,7 +166,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
     log.info("training %s (%s, width %g) on %s, %d images, %d epochs", model_id, spec.arch, spec.width,
              spec.train_set, len(y), spec.recipe.epochs)
     history = train(model, x, y, spec.recipe, seed, device, adversarial=spec.adversarial,
-                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id)
+                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline)
     out = model_dir(data_dir, spec.name)
     recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y)}
     meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
@@ -220,6 +225,7 @@ class ConstructJob:
     ranges: list
     out_dir: Path
     device: torch.device
+    deadline: Deadline | None = None
 
     def pending(self) -> list[int]:
         return [k for k in range(len(self.ranges)) if not C.shard_done(self.out_dir, k, self.recipe_hash)]
@@ -227,7 +233,7 @@ class ConstructJob:
     def build(self, k: int) -> dict:
         a, b = self.ranges[k]
         stats = C.build_shard(self.name, self.model, self.images, self.labels, self.source_index, self.assign,
-                              k, a, b, self.recipe, self.recipe_hash, self.out_dir, self.device)
+                              k, a, b, self.recipe, self.recipe_hash, self.out_dir, self.device, self.deadline)
         log.info("building %s shard %d/%d from the %s %s: %s", self.name.upper(), k + 1, len(self.ranges),
                  self.source_meta["training"], self.source_meta["arch"], _describe(stats))
         return stats
@@ -251,7 +257,7 @@ def run_in_order(fn: Callable, calls: list[tuple]) -> list:
 @dataclass(frozen=True)
 class Units:
     """How a stage runs its units of work. `train`, `evaluate` and `build` take the arguments of
-    `train_unit`, `evaluate_unit` and `build_shard`; `map(fn, calls)` runs independent calls of one
+    `train_unit` (all eight), `evaluate_unit` and `build_shard`; `map(fn, calls)` runs independent calls of one
     of them and returns their results in order. With `parallel`, a stage asked for device "auto"
     spreads independent units over every visible GPU (only useful when `map` runs calls concurrently)."""
     train: Callable[..., dict] = train_unit
@@ -293,13 +299,14 @@ def source_spec(params: Params, kind: str) -> ModelSpec:
     raise ValueError(f"unknown source model {kind!r}; accepted: standard, robust")
 
 
-def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
+def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
+                 deadline: Deadline | None = None) -> dict:
     """Train the standard (C) or the l2-adversarially trained (C_R) source model on D."""
     dev = pick_device(device)
     spec = source_spec(params, kind)
     with recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"]) as run_id:
         split = load_split(params, data_dir)
-        out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id)
+        out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id, deadline)
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
                                  data_dir, dev, run_id)
     _write_metrics(data_dir, f"source_{kind}", metrics)
@@ -311,7 +318,8 @@ def construct_source(name: str) -> str:
     return "robust" if name == "d_r" else "standard"
 
 
-def prepare_construct(params: Params, name: str, data_dir="data", device: str | torch.device = "auto") -> ConstructJob:
+def prepare_construct(params: Params, name: str, data_dir="data", device: str | torch.device = "auto",
+                      deadline: Deadline | None = None) -> ConstructJob:
     if name not in DATASETS:
         raise ValueError(f"unknown constructed dataset {name!r}; accepted: {', '.join(DATASETS)}")
     dev = pick_device(device)
@@ -332,7 +340,7 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     job = ConstructJob(name, model, meta, split.train_x, labels, split.train_index,
                        C.assignments(name, labels, c.seed), recipe, recipe_hash,
-                       C.shard_ranges(len(labels), c.shard_size), out_dir, dev)
+                       C.shard_ranges(len(labels), c.shard_size), out_dir, dev, deadline)
     if params.profile.compile and job.pending():  # compiled once for every shard left to build
         reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev))
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
@@ -344,7 +352,7 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
     missing = job.pending()
     if missing:
         raise RuntimeError(f"{job.name}: shards {missing} are not built yet")
-    for stale in job.out_dir.glob("shard-*"):  # shards of an earlier, larger plan
+    for stale in job.out_dir.glob("shard-*"):  # shards (and partial shards) of an earlier, larger plan
         if int(stale.name[6:11]) >= len(job.ranges):
             stale.unlink()
     shards, per_shard = [], []
@@ -368,12 +376,13 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
     return stats
 
 
-def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
-    """Build one of D_R, D_NR, D_rand, D_det; finished shards of an interrupted run are kept."""
+def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
+                    deadline: Deadline | None = None) -> dict:
+    """Build one of D_R, D_NR, D_rand, D_det; finished shards (and batches) of an interrupted run are kept."""
     devs = stage_devices(device, units.parallel)
     with recorded_run(f"construct@{name}", params, data_dir, devs[0],
                       [model_dir(data_dir, construct_source(name)) / "meta.json"]) as run_id:
-        jobs = [prepare_construct(params, name, data_dir, d) for d in devs]  # one model copy per device
+        jobs = [prepare_construct(params, name, data_dir, d, deadline) for d in devs]  # a model copy per device
         (jobs[0].out_dir / "manifest.json").unlink(missing_ok=True)
         pending = jobs[0].pending()
         if len(pending) < len(jobs[0].ranges):
@@ -396,7 +405,8 @@ def train_spec(params: Params, name: str) -> ModelSpec:
     return ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
 
 
-def stage_train(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
+def stage_train(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
+                deadline: Deadline | None = None) -> dict:
     """Standard training of the profile's architecture on a constructed set; test on the real test set."""
     if name not in DATASETS:
         raise ValueError(f"unknown training set {name!r}; accepted: {', '.join(DATASETS)}")
@@ -407,7 +417,7 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
     with recorded_run(f"train@{name}", params, data_dir, dev, inputs) as run_id:
         x, y = load_training_set(data_dir, name)
         split = load_split(params, data_dir)
-        out = units.train(params, spec, x, y, data_dir, dev, run_id)
+        out = units.train(params, spec, x, y, data_dir, dev, run_id, deadline)
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev,
                                  run_id)
         metrics["train_acc_final"] = round(out["history"][-1]["train_acc"], 4)
@@ -479,7 +489,8 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     return metrics
 
 
-def stage_transfer(params: Params, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
+def stage_transfer(params: Params, data_dir="data", device: str = "auto", units: Units = LOCAL,
+                   deadline: Deadline | None = None) -> dict:
     """Train each architecture on D and on D_det, evaluate them, then measure transfer (Figure 3).
     With a parallel runner and several GPUs, the models train side by side."""
     devs = stage_devices(device, units.parallel)
@@ -492,7 +503,7 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto", units:
         det_x, det_y = load_training_set(data_dir, "d_det")
         sets = {"d": (split.train_x, split.train_y), "d_det": (det_x, det_y)}
         new = transfer_to_train(params)
-        calls = [(params, spec, *sets[spec.train_set], data_dir, devs[i % len(devs)], run_id)
+        calls = [(params, spec, *sets[spec.train_set], data_dir, devs[i % len(devs)], run_id, deadline)
                  for i, spec in enumerate(new)]
         trained = dict(zip([spec.name for spec in new], units.map(units.train, calls)))
         for spec in new:
@@ -508,19 +519,41 @@ def trained_models(data_dir) -> list[Path]:
     return sorted(p.parent for p in (Path(data_dir) / "models").rglob("meta.json"))
 
 
-def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", units: Units = LOCAL) -> dict:
-    """Re-score every trained model under the profile's `reevaluate` suite; rows are appended."""
+def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", units: Units = LOCAL,
+                     deadline: Deadline | None = None) -> dict:
+    """Re-score every trained model under the profile's `reevaluate` suite; rows are appended.
+
+    A pass keeps the models it has scored in work/reevaluate.json, so that a pass cut short (killed,
+    or out of time: `deadline`) continues with the models left; the file goes when the pass ends."""
     dev = pick_device(device)
-    summary = {}
+    progress_path = Path(data_dir) / "work" / "reevaluate.json"
+    suite = sha256_bytes(f"{params.profile.name} {params.profile.reevaluate!r}".encode())[:16]
+    progress = {"suite": suite, "scored": {}}
+    if progress_path.exists():
+        with contextlib.suppress(ArtefactError):
+            earlier = read_json(progress_path)
+            if isinstance(earlier, dict) and earlier.get("suite") == suite:
+                progress = earlier
     with recorded_run("reevaluate", params, data_dir, dev) as run_id:
         split = load_split(params, data_dir)
-        for path in trained_models(data_dir):
+        metas = [(path, read_json(path / "meta.json")) for path in trained_models(data_dir)]
+        # models of other profiles were trained on other data subsets
+        metas = [(path, meta) for path, meta in metas if meta.get("profile") == params.profile.name]
+        for i, (path, meta) in enumerate(metas):
+            scored = progress["scored"].get(meta["model_id"])
+            if scored is not None and scored["sha256"] == meta["checkpoint_sha256"]:
+                log.info("%s: scored by this pass already, before it was cut", meta["model_id"])
+                continue
             model, meta = load_model(path, dev)
-            if meta.get("profile") != params.profile.name:
-                continue  # models of another profile were trained on other data subsets
-            summary[meta["model_id"]] = units.evaluate(params, model, meta["model_id"], split,
-                                                       params.profile.reevaluate, data_dir, dev, run_id)
-    return summary
+            metrics = units.evaluate(params, model, meta["model_id"], split, params.profile.reevaluate, data_dir,
+                                     dev, run_id)
+            progress["scored"][meta["model_id"]] = {"sha256": meta["checkpoint_sha256"], "metrics": metrics}
+            write_json(progress_path, progress)
+            if i + 1 < len(metas) and expired(deadline):
+                raise Stopped(f"reevaluate: {deadline.reason} after {i + 1} of {len(metas)} models; the scored "
+                              f"ones are listed in {progress_path}")
+    progress_path.unlink(missing_ok=True)
+    return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
 
 
 def stage_report(params: Params, data_dir="data", out_dir: str | None = None, device: str = "auto") -> dict:

@@ -3,7 +3,9 @@
 The whole training set sits on the device; each epoch draws its permutation and augmentation from a
 generator seeded by (seed, epoch), so a run resumed from the checkpoint of epoch k replays exactly
 what an uninterrupted run does from epoch k (bit-identical on the CPU). The learning rate is a pure
-function of the step, so no scheduler state needs saving.
+function of the step, so no scheduler state needs saving. A job that runs out of time (see
+`notbugs.deadline`) saves a mid-epoch checkpoint, with the generator's state and the epoch's running
+sums, so that it too resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from notbugs.attacks import NonFiniteError, autocast, frozen, pgd_l2
 from notbugs.augment import augment
 from notbugs.config import AdversarialConfig, TrainConfig
+from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.progress import Progress
 from notbugs.storage import ArtefactError, load_tensors, save_tensors, sha256_bytes
 
@@ -62,11 +65,12 @@ def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Te
 
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, seed: int,
           device: torch.device, adversarial: AdversarialConfig | None = None, workdir: str | Path | None = None,
-          desc: str = "train", stop_after_epoch: int | None = None) -> list[dict]:
+          desc: str = "train", stop_after_epoch: int | None = None, deadline: Deadline | None = None) -> list[dict]:
     """Train `model` in place on float images (N,3,32,32) in [0,1]; returns one record per epoch.
 
     With `workdir`, a checkpoint is written every `cfg.checkpoint_every` epochs and a matching
-    checkpoint found there is resumed. `stop_after_epoch` ends early (tests of resumption).
+    checkpoint found there is resumed. `stop_after_epoch` ends early (tests of resumption). When
+    `deadline` expires, the run saves a checkpoint after the current batch and raises `Stopped`.
     """
     model.to(device)
     if device.type == "cuda":
@@ -86,16 +90,36 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
 
     ckpt = Path(workdir) / "checkpoint.pt" if workdir else None
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, within = 0, None  # within: the running state of a checkpoint taken mid-epoch
     if ckpt is not None and ckpt.exists():
         state = load_tensors(ckpt)
         if state.get("signature") == signature:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_epoch, history = int(state["epoch"]), list(state["history"])
-            log.info("%s: resuming from %s at epoch %d/%d", desc, ckpt, start_epoch, cfg.epochs)
+            within = state.get("within")
+            at = f", batch {within['batch']}/{steps_per_epoch}" if within else ""
+            log.info("%s: resuming from %s at epoch %d/%d%s", desc, ckpt, start_epoch, cfg.epochs, at)
         else:
             log.warning("%s: ignoring checkpoint %s made with another recipe or data", desc, ckpt)
+
+    def save(done_epochs: int, within_epoch: dict | None = None) -> None:
+        save_tensors(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": done_epochs,
+                            "history": history, "signature": signature, "within": within_epoch})
+
+    def check_finite(loss_sum: torch.Tensor, seen: int, epoch: int, i: int) -> float:
+        mean_loss = loss_sum.item() / seen
+        if not math.isfinite(mean_loss):
+            # the checkpoint on disk is from the end of the last finite epoch: nothing good is lost
+            where = f"last good checkpoint kept at {ckpt}" if ckpt else "no checkpoint"
+            raise NonFiniteError(f"{desc}: loss is {mean_loss} at epoch {epoch + 1}, by step {i + 1} "
+                                 f"({where}); lower the learning rate or check the training data")
+        return mean_loss
+
+    def stop(epoch: int, batch: int) -> Stopped:
+        where = f"{ckpt}" if ckpt else "nowhere (no work folder)"
+        return Stopped(f"{desc}: {deadline.reason} after batch {batch}/{steps_per_epoch} of epoch {epoch + 1}/"
+                       f"{cfg.epochs}; checkpoint saved to {where}")
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -106,9 +130,17 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         # GPU each step. They are read (and the loss checked for NaN) every `SYNC_EVERY` steps.
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
+        seen, first, before = 0, 0, 0.0
+        if within is not None:  # continue a stopped epoch: same order, generator where it was, same sums
+            g.set_state(within["rng"])
+            loss_sum.copy_(within["loss_sum"])
+            correct.copy_(within["correct"])
+            seen, first, before = int(within["seen"]), int(within["batch"]), float(within["wall_s"])
+            within = None
         bar = Progress(steps_per_epoch, f"{desc} epoch {epoch + 1}/{cfg.epochs}", "batch")
-        for i in range(steps_per_epoch):
+        if first:
+            bar.update(first)
+        for i in range(first, steps_per_epoch):
             step = epoch * steps_per_epoch + i
             lr = lr_at(step, total, steps_per_epoch, cfg)
             for group in opt.param_groups:
@@ -132,22 +164,29 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             seen += len(y)
             last = i + 1 == steps_per_epoch
             if device.type != "cuda" or last or (i + 1) % SYNC_EVERY == 0:
-                mean_loss = loss_sum.item() / seen
-                if not math.isfinite(mean_loss):
-                    # the checkpoint on disk is from the end of the last finite epoch: nothing good is lost
-                    where = f"last good checkpoint kept at {ckpt}" if ckpt else "no checkpoint"
-                    raise NonFiniteError(f"{desc}: loss is {mean_loss} at epoch {epoch + 1}, by step {i + 1} "
-                                         f"({where}); lower the learning rate or check the training data")
+                mean_loss = check_finite(loss_sum, seen, epoch, i)
                 bar.update(i + 1 - bar.done, f"loss {mean_loss:.3f} acc {correct.item() / seen:.3f}")
+            if not last and expired(deadline):
+                check_finite(loss_sum, seen, epoch, i)  # never save a diverged model
+                if ckpt is not None:
+                    save(epoch, {"batch": i + 1, "rng": g.get_state(), "loss_sum": loss_sum.cpu(),
+                                 "correct": correct.cpu(), "seen": seen,
+                                 "wall_s": before + time.perf_counter() - t0})
+                bar.close()
+                raise stop(epoch, i + 1)
         bar.close()
         history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                        "lr": lr, "wall_s": time.perf_counter() - t0})
+                        "lr": lr, "wall_s": before + time.perf_counter() - t0})
         done = epoch + 1
-        if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
-            save_tensors(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": done,
-                                "history": history, "signature": signature})
+        saved = ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.epochs)
+        if saved:
+            save(done)
         if stop_after_epoch is not None and done >= stop_after_epoch:
             break
+        if done < cfg.epochs and expired(deadline):
+            if ckpt is not None and not saved:
+                save(done)
+            raise stop(epoch, steps_per_epoch)
     return history
 
 

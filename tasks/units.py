@@ -25,8 +25,8 @@ def fetch_data(params, data_dir: str, device: str) -> dict:
 
 
 @task(name="train model", tags=[GPU_TAG], task_run_name="train {spec.name}", **RETRY)
-def train_model(params, spec: S.ModelSpec, x, y, data_dir: str, device, run_id: str) -> dict:
-    return S.train_unit(params, spec, x, y, data_dir, device, run_id)
+def train_model(params, spec: S.ModelSpec, x, y, data_dir: str, device, run_id: str, deadline=None) -> dict:
+    return S.train_unit(params, spec, x, y, data_dir, device, run_id, deadline)
 
 
 @task(name="evaluate model", tags=[GPU_TAG], task_run_name="evaluate {model_id}", **RETRY)

@@ -95,3 +95,74 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror):
     assert main(["all", *common, "--redo", "--skip", "fetch", "--skip", "construct", "--skip", "train",
                  "--skip", "transfer", "--skip", "report"]) == 0
     assert results.summary(data / "results")["models"] == second["models"] + 2
+
+
+def _artefacts(data) -> dict:
+    """Checksums of every model and every constructed shard under a data folder."""
+    from notbugs.storage import sha256_file
+    files = [*data.glob("models/**/model.pt"), *data.glob("datasets/*/shard-*.npz")]
+    return {str(p.relative_to(data)): sha256_file(p) for p in files}
+
+
+def _scores(data) -> dict:
+    from notbugs import results
+    ev = results.load("evaluations", data / "results")
+    return {(r.model_id, r.attack, r.eps): r.accuracy for r in ev.itertuples()}
+
+
+def test_a_profile_run_as_jobs_cut_after_every_batch_equals_one_run(tmp_path, mirror, capsys):
+    """`notbugs all --time-limit 0`: every job does one batch (or one short step), saves it and exits
+    75; chained until one exits 0, the jobs make exactly the models, sets and scores of one run."""
+    from notbugs import results
+    from tests.conftest import write_params
+
+    def edit(d):
+        d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"])
+        d["profiles"]["tiny"]["train"].update(epochs=1)
+
+    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "cifar10", edit=edit)
+    one = tmp_path / "one"
+    assert main(["all", "--params", str(path), "--data-dir", str(one), "--device", "cpu"]) == 0
+
+    jobs = tmp_path / "jobs"
+    codes = []
+    while not codes or codes[-1] == 75:
+        codes.append(main(["all", "--params", str(path), "--data-dir", str(jobs), "--device", "cpu",
+                           "--time-limit", "0"]))
+        assert len(codes) < 80, codes
+    assert codes[-1] == 0 and len(codes) > 20, codes
+    assert "stopped early" in capsys.readouterr().err
+    assert _artefacts(jobs) == _artefacts(one) and len(_artefacts(one)) == 7 + 8
+    assert _scores(jobs) == _scores(one)
+    runs = results.load("runs", jobs / "results")
+    assert set(runs["status"]) == {"ok", "stopped"}
+    assert not list(jobs.glob("datasets/*/*.partial.*"))
+
+
+def test_sigterm_stops_training_at_the_next_batch_and_the_rerun_finishes_it(tmp_path, mirror):
+    import signal
+    import time
+
+    from tests.conftest import write_params
+    from tests.faultkit import ENV, stage_command
+
+    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "cifar10",
+                        edit=lambda d: d["profiles"]["tiny"]["train"].update(epochs=40, checkpoint_every=100))
+    data = tmp_path / "data"
+    assert main(["fetch", "--params", str(path), "--data-dir", str(data)]) == 0
+    cmd = stage_command(["source", "standard"], path, data)
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plots = data / "plots"
+    t0 = time.monotonic()
+    while "epoch 2/40" not in (proc.stderr.readline() or "epoch 2/40"):  # training is under way
+        assert time.monotonic() - t0 < 120
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-2000:]
+    assert "SIGTERM received after batch" in err and "run the same command again" in err
+    assert (data / "work" / "standard" / "checkpoint.pt").exists() and not plots.exists()
+    # the rerun resumes mid-training (no checkpoint was due before epoch 40) and ends the model
+    done = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stderr
+    assert (data / "models" / "standard" / "model.pt").exists()

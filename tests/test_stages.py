@@ -1,5 +1,6 @@
 """The stages end to end through the plain library (no Prefect, no DVC) on synthetic data."""
 
+import hashlib
 import json
 import shutil
 
@@ -11,8 +12,10 @@ from notbugs import construct as C
 from notbugs import results
 from notbugs import stages as S
 from notbugs.config import load_params
+from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError
 from tests.conftest import write_params
+from tests.test_train import ticks
 
 
 def _fast(doc):
@@ -84,6 +87,72 @@ def test_construction_killed_midway_resumes_to_the_same_shards(sources, tmp_path
     assert {p.name: p.read_bytes() for p in S.dataset_dir(data, name).glob("shard-*.npz")} == reference
     runs = results.load("runs", S.results_root(data))
     assert list(runs[runs["stage"] == f"construct@{name}"]["status"].sort_values()) == ["failed", "ok", "ok"]
+
+
+@pytest.mark.parametrize("name", ["d_nr", "d_det"])
+def test_construction_out_of_time_keeps_finished_batches_and_jobs_chain_to_the_same_set(sources, tmp_path, name):
+    """Each job may build one batch (40 of a 60-image shard): the next job continues after it."""
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, name, data, "cpu")
+    out = S.dataset_dir(data, name)
+    reference = {p.name: p.read_bytes() for p in out.glob("shard-*")}
+    shutil.rmtree(out)
+
+    stops = []
+    for _ in range(12):
+        try:
+            S.stage_construct(params, name, data, "cpu", deadline=Deadline(1, clock=ticks()))
+            break
+        except Stopped as e:
+            stops.append(str(e))
+            if len(stops) == 1:  # the first shard's first batch, kept as a partial shard
+                with np.load(out / "shard-00000.partial.npz") as z:
+                    assert z["images"].shape == (40, 3, 32, 32)
+                assert not (out / "shard-00000.npz").exists()
+    assert len(stops) == 7  # 4 shards of 2, 2, 2, 1 batches: a stop after each batch but the last
+    assert "after 40 of its 60 images" in stops[0] and "after finishing the shard" in stops[1]
+    assert not list(out.glob("*.partial.*"))
+    shards = {p.name: p.read_bytes() for p in out.glob("shard-*") if p.suffix == ".npz"}
+    assert shards == {k: v for k, v in reference.items() if k.endswith(".npz")}
+    statuses = results.load("runs", S.results_root(data)).query(f"stage == 'construct@{name}'")["status"]
+    assert sorted(statuses) == ["ok"] * 2 + ["stopped"] * 7
+
+
+def test_a_partial_shard_of_another_recipe_is_not_continued(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    stopped = Deadline()
+    stopped.stop("SIGTERM received")
+    with pytest.raises(Stopped, match="SIGTERM received after 40 of its 60 images"):
+        S.stage_construct(params, "d_rand", data, "cpu", deadline=stopped)
+    out = S.dataset_dir(data, "d_rand")
+    # another recipe's batches (black images, consistent checksum) must not end up in this set
+    black = C.npz_bytes({"images": np.zeros((40, 3, 32, 32), np.float16)})
+    (out / "shard-00000.partial.npz").write_bytes(black)
+    meta = json.loads((out / "shard-00000.partial.json").read_text())
+    meta.update(recipe_hash="another recipe", sha256=hashlib.sha256(black).hexdigest())
+    (out / "shard-00000.partial.json").write_text(json.dumps(meta))
+    S.stage_construct(params, "d_rand", data, "cpu")  # rebuilds shard 0 from its first image
+    images = C.load_constructed(out)["images"]
+    assert images.shape == (200, 3, 32, 32) and images[:40].reshape(40, -1).max(1).min() > 0
+    assert not list(out.glob("*.partial.*"))
+
+
+def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    root = S.results_root(data)
+    before = len(results.load("evaluations", root))
+    with pytest.raises(Stopped, match="after 1 of 2 models"):
+        S.stage_reevaluate(params, data, "cpu", deadline=Deadline(1, clock=ticks()))
+    progress = json.loads((data / "work" / "reevaluate.json").read_text())
+    assert len(progress["scored"]) == 1
+    summary = S.stage_reevaluate(params, data, "cpu")
+    assert sorted(summary) == ["tiny/adversarial-d-resnet9", "tiny/standard-d-resnet9"]
+    ev = results.load("evaluations", root).iloc[before:]
+    suite = params.profile.reevaluate
+    assert len(ev) == 2 * (1 + len(suite.eps))  # each model scored once over the two jobs
+    assert sorted(set(ev["model_id"])) == sorted(summary)
+    assert not (data / "work" / "reevaluate.json").exists()  # the pass is over: the next one scores all
+    assert len(S.stage_reevaluate(params, data, "cpu")) == 2
 
 
 def test_constructed_sets_follow_the_recipe(sources, tmp_path):

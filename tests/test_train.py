@@ -9,6 +9,7 @@ import torch
 
 from notbugs.attacks import NonFiniteError
 from notbugs.config import AdversarialConfig
+from notbugs.deadline import Deadline, Stopped
 from notbugs.models import make_model
 from notbugs.storage import ArtefactError, load_tensors, save_tensors
 from notbugs.train import load_model, lr_at, save_model, train
@@ -37,6 +38,52 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, adversarial):
     assert [h["train_loss"] for h in h_res] == [h["train_loss"] for h in h_full]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def ticks():
+    """A clock that advances one second each time it is read: a deadline of k s expires at the k-th check."""
+    t = iter(range(10**6))
+    return lambda: float(next(t))
+
+
+@pytest.mark.parametrize("adversarial", [None, AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True)])
+def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_path, adversarial):
+    """Jobs cut every few batches (mid-epoch included) chain up to exactly the uninterrupted run."""
+    x, y = synthetic_batch(8)  # 80 images, batch 32: 2 batches per epoch, 6 in all
+    full = _fresh()
+    h_full = train(full, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "a")
+
+    jobs, stops = 0, []
+    while True:
+        jobs += 1
+        model = _fresh(seed=0 if jobs == 1 else jobs)  # a resumed job starts from other random weights
+        try:
+            h_res = train(model, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b",
+                          deadline=Deadline(3, clock=ticks()))  # expires at the third batch of each job
+            break
+        except Stopped as e:
+            stops.append(str(e))
+        assert jobs < 10
+    assert jobs == 2 and "after batch 1/2 of epoch 2/3" in stops[0] and "time limit" in stops[0]
+    assert [h["train_loss"] for h in h_res] == [h["train_loss"] for h in h_full]
+    assert [h["train_acc"] for h in h_res] == [h["train_acc"] for h in h_full]
+    for (k, a), b in zip(full.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_stop_at_an_epoch_end_and_a_finished_run_never_stops(tmp_path):
+    x, y = synthetic_batch(8)
+    with pytest.raises(Stopped, match="after batch 2/2 of epoch 1/3"):
+        train(_fresh(), x, y, SHORT, seed=3, device=CPU, workdir=tmp_path, deadline=Deadline(2, clock=ticks()))
+    assert load_tensors(tmp_path / "checkpoint.pt")["epoch"] == 1
+    stopped_now = Deadline()
+    stopped_now.stop("SIGTERM received")
+    with pytest.raises(Stopped, match="SIGTERM received after batch 1/2 of epoch 2/3"):
+        train(_fresh(), x, y, SHORT, seed=3, device=CPU, workdir=tmp_path, deadline=stopped_now)
+    # the last batch of the run is followed by no stop: the run is done
+    one_batch = dataclasses.replace(SHORT, epochs=1, batch_size=len(y))
+    h = train(_fresh(), x, y, one_batch, seed=3, device=CPU, deadline=stopped_now)
+    assert len(h) == 1
 
 
 def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):

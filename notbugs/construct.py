@@ -28,7 +28,7 @@ import torch
 
 from notbugs.attacks import autocast, frozen, match_representation, pgd_l2
 from notbugs.batching import in_batches
-from notbugs.deadline import Deadline, Stopped, expired
+from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
 
 log = logging.getLogger("notbugs.construct")
@@ -158,8 +158,6 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
                                                    "sha256": sha256_bytes(data), "stats": summary})
     meta_path.unlink(missing_ok=True)
     data_path.unlink(missing_ok=True)
-    if expired(deadline):  # the shard is whole; the next job starts with the next one
-        raise Stopped(f"{name} shard {k}: {deadline.reason} after finishing the shard")
     return summary
 
 

@@ -236,6 +236,8 @@ class ConstructJob:
                               k, a, b, self.recipe, self.recipe_hash, self.out_dir, self.device, self.deadline)
         log.info("building %s shard %d/%d from the %s %s: %s", self.name.upper(), k + 1, len(self.ranges),
                  self.source_meta["training"], self.source_meta["arch"], _describe(stats))
+        if expired(self.deadline):  # the shard is whole; the next job starts with the next one
+            raise Stopped(f"{self.name} shard {k}: {self.deadline.reason} after finishing the shard")
         return stats
 
 

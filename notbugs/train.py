@@ -110,7 +110,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     def check_finite(loss_sum: torch.Tensor, seen: int, epoch: int, i: int) -> float:
         mean_loss = loss_sum.item() / seen
         if not math.isfinite(mean_loss):
-            # the checkpoint on disk is from the end of the last finite epoch: nothing good is lost
+            # every checkpoint on disk was taken at a finite loss (epoch end or a stop): nothing good is lost
             where = f"last good checkpoint kept at {ckpt}" if ckpt else "no checkpoint"
             raise NonFiniteError(f"{desc}: loss is {mean_loss} at epoch {epoch + 1}, by step {i + 1} "
                                  f"({where}); lower the learning rate or check the training data")

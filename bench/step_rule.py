@@ -5,8 +5,10 @@ the paper (100 or 25 instead of 1000), with a step size that decays linearly. Th
 fewer steps only where the shorter rule reaches the same representation distance *and* the same
 downstream accuracy. This script measures both, in one run, for any list of rules:
 
-  1. distance: each rule matches the same first N training positions of the profile's split (the
-     pipeline's own start-image assignment and source model); it prints the mean relative distance
+  1. distance: each rule matches the same N training positions of the profile's split, N/10 of each
+     class drawn with the construction seed (the split is stored class by class, so its first N
+     positions would be a few classes only), with the pipeline's own start-image assignment and
+     source model; it prints the mean relative distance
      ||g(z) - g(x)|| / ||g(x)|| reached. A constant rule (the paper's) also prints the distance after
      each of --checkpoints steps, as a trajectory.
   2. downstream: for each rule, the profile's architecture is trained on those N matched images with
@@ -36,6 +38,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
 from notbugs import construct as C  # noqa: E402
+from notbugs import data as D  # noqa: E402
 from notbugs import stages as S  # noqa: E402
 from notbugs.attacks import frozen, match_representation  # noqa: E402
 from notbugs.train import load_model  # noqa: E402
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_options(ap)
     ap.add_argument("--set", dest="name", choices=C.MATCHING, default="d_r")
-    ap.add_argument("--n", type=int, default=2000, help="training positions matched and trained on")
+    ap.add_argument("--n", type=int, default=2000,
+                    help="training positions matched and trained on, N/10 per class (a multiple of 10; 0: all)")
     ap.add_argument("--rules", default="1000:0.1,100:0.3:0.02,25:0.5:0.02",
                     type=lambda s: [parse_rule(r) for r in s.split(",")])
     ap.add_argument("--checkpoints", default="25,100,250,500", type=lambda s: [int(c) for c in s.split(",")])
@@ -95,12 +99,18 @@ def main(argv=None) -> int:
     p = params.profile
     model, meta = load_model(S.model_dir(args.data_dir, S.construct_source(args.name)), dev)
     split = S.load_split(params, args.data_dir)
-    n = min(args.n, len(split.train_y))
-    starts_at = C.assignments(args.name, split.train_y.numpy(), p.construct.seed)["start"][:n]
-    images, labels = split.train_x[:n], split.train_y[:n]
+    try:  # N/10 positions per class: the split is stored class by class
+        positions = torch.as_tensor(D.balanced_subset(split.train_y.numpy(), args.n, p.construct.seed))
+    except D.DataError as e:
+        print(f"--n: {e}", file=sys.stderr)
+        return 2
+    n = len(positions)
+    starts_at = C.assignments(args.name, split.train_y.numpy(), p.construct.seed)["start"][positions]
+    images, labels = split.train_x[positions], split.train_y[positions]
     starts = split.train_x[torch.as_tensor(starts_at)]
     recipe = p.train_on[args.name]
-    print(f"{args.name}: {n} images matched on the {meta['training']} {meta['arch']} ({meta['model_id']}), "
+    print(f"{args.name}: {n} images ({n // 10} per class) matched on the {meta['training']} {meta['arch']} "
+          f"({meta['model_id']}), "
           f"device {S.device_name(dev)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
           f"test on {len(split.test_y)} real images")
 
@@ -138,6 +148,7 @@ def main(argv=None) -> int:
         rows.append(row)
 
     result = {"command": " ".join(sys.argv), "set": args.name, "n": n, "profile": p.name,
+              "class_counts": torch.bincount(labels, minlength=10).tolist(),
               "source_model_id": meta["model_id"], "device": S.device_name(dev), "seeds": args.seeds,
               "rules": rows}
     if args.json:

@@ -75,6 +75,7 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
     assert rc == 0
     res = json.loads(out.read_text())
     assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02"] and res["n"] == 40
+    assert res["class_counts"] == [4] * 10  # not the split's first 40 positions, which are 2 classes
     paper, short = res["rules"]
     assert list(paper["curve"]) == ["2", "4", "6"] and list(short["curve"]) == ["3"]
     for r in res["rules"]:
@@ -82,6 +83,13 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
         assert [t["seed"] for t in r["trained"]] == [1, 2]
         assert r["clean"] == pytest.approx(sum(t["clean"] for t in r["trained"]) / 2)
         assert 0 <= r["clean"] <= 1 and set(r["robust"]) == {"0.25"} and 0 <= r["robust"]["0.25"] <= r["clean"]
+
+
+def test_step_rule_refuses_a_count_that_is_not_balanced(pipeline, capsys):
+    path, data = pipeline
+    rc = _script("step_rule").main(["--params", str(path), "--data-dir", str(data), "--n", "45", "--no-train",
+                                    "--device", "cpu"])
+    assert rc == 2 and "not a multiple of the 10 classes" in capsys.readouterr().err
 
 
 def test_recipe_sweep_trains_each_variant(pipeline, tmp_path, capsys):

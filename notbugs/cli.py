@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
-from notbugs.deadline import EXIT_STOPPED, Deadline, Stopped
+from notbugs.deadline import EXIT_STOPPED, Deadline, Stopped, expired
 from notbugs.storage import ArtefactError, read_json, write_json
 
 STAGES = [
@@ -118,7 +118,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         if not redo and _marker_hash(marker) == params.hash():
             log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step, marker)
             continue
-        if ran and deadline is not None and deadline.expired():
+        if ran and expired(deadline):
             raise Stopped(f"{deadline.reason} before step {step}")
         run()
         ran = True

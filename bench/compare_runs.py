@@ -8,14 +8,18 @@ uninterrupted run made: on the CPU path every model and shard should be bit-iden
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import pandas as pd
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for notbugs
+
+from notbugs import results  # noqa: E402
+from notbugs import stages as S  # noqa: E402
 
 
 def models(data: Path) -> dict:
-    return {str(p.parent.relative_to(data / "models")): json.loads(p.read_text())["checkpoint_sha256"]
-            for p in (data / "models").rglob("meta.json")}
+    return {str(path.relative_to(data / "models")): json.loads((path / "meta.json").read_text())["checkpoint_sha256"]
+            for path in S.trained_models(data)}
 
 
 def shards(data: Path) -> dict:
@@ -24,7 +28,7 @@ def shards(data: Path) -> dict:
 
 
 def scores(data: Path, profile: str) -> dict:
-    ev = pd.read_parquet(data / "results" / "evaluations")
+    ev = results.load("evaluations", S.results_root(data))
     ev = ev[ev["profile"] == profile]
     return {(r.model_id, r.attack, float(r.eps), int(r.steps)): float(r.accuracy) for r in ev.itertuples()}
 

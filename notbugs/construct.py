@@ -65,15 +65,22 @@ def npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def shard_done(out_dir: Path, k: int, recipe_hash: str) -> bool:
-    meta_path, data_path = out_dir / f"shard-{k:05d}.json", out_dir / f"shard-{k:05d}.npz"
+def _verified(meta_path: Path, data_path: Path, recipe_hash: str) -> dict | None:
+    """A shard's (or partial shard's) JSON, if both files are there, it is this recipe's and the npz
+    matches its checksum; None otherwise."""
     if not meta_path.exists() or not data_path.exists():
-        return False
+        return None
     try:
         meta = read_json(meta_path)
     except ArtefactError:
-        return False
-    return meta.get("recipe_hash") == recipe_hash and meta.get("sha256") == sha256_file(data_path)
+        return None
+    if meta.get("recipe_hash") != recipe_hash or meta.get("sha256") != sha256_file(data_path):
+        return None
+    return meta
+
+
+def shard_done(out_dir: Path, k: int, recipe_hash: str) -> bool:
+    return _verified(out_dir / f"shard-{k:05d}.json", out_dir / f"shard-{k:05d}.npz", recipe_hash) is not None
 
 
 def partial_paths(out_dir: Path, k: int) -> tuple[Path, Path]:
@@ -85,15 +92,13 @@ def load_partial(out_dir: Path, k: int, a: int, recipe_hash: str) -> tuple[list,
     (images, batch statistics, next position, seconds spent); nothing if absent or not this recipe's."""
     data_path, meta_path = partial_paths(out_dir, k)
     nothing = [], [], a, 0.0
-    if not meta_path.exists() or not data_path.exists():
+    meta = _verified(meta_path, data_path, recipe_hash)
+    if meta is None or meta.get("start") != a:
         return nothing
     try:
-        meta = read_json(meta_path)
-        if (meta.get("recipe_hash"), meta.get("start"), meta.get("sha256")) != (recipe_hash, a, sha256_file(data_path)):
-            return nothing
         with np.load(data_path, allow_pickle=False) as z:
             images = z["images"]
-    except (ArtefactError, OSError, ValueError, KeyError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return nothing
     if len(images) != meta["upto"] - a:
         return nothing

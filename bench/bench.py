@@ -6,8 +6,8 @@ architecture, the same initial weights and the same (random) data; the table pri
 ours / reference.
 
   match (image-steps/s; how D_R and D_NR are built)
-    ours  notbugs.attacks.match_representation: 1 forward + 1 backward per step, bf16 autocast and
-          channels_last on CUDA.
+    ours  notbugs.attacks.match_representation: 1 forward + 1 backward per step, channels_last, bf16
+          autocast where the device has it natively (--precision).
     ref   robustness Attacker.forward with the authors' custom inversion loss, fp32: per step the model
           runs on the iterate inside calc_loss (output unused) and again inside the custom loss, so
           2 forwards + 1 backward; use_best bookkeeping, one more loss evaluation and the output
@@ -17,7 +17,7 @@ ours / reference.
     ref   Attacker.forward, targeted, cross-entropy: 1 forward + 1 backward per step (no custom loss,
           hence no second forward: see attacker.py calc_loss), use_best, final loss and output forward.
   train (images/s; SGD step with the paper's augmentation)
-    ours  notbugs.train.train(): data on the device, batched augment(), bf16 + channels_last on CUDA.
+    ours  notbugs.train.train(): data on the device, batched augment(), bf16 (--precision) + channels_last.
     ref   robustness.train._model_loop: DataLoader over PIL images with torchvision per-image
           transforms (RandomCrop 32 pad 4, flip, ColorJitter .25, RandomRotation 2, ToTensor),
           `--workers` processes, pin_memory on GPU, fp32, loss.item() every step, SGD with weight
@@ -46,9 +46,11 @@ distances), reference 3*S + 4; pgd ours 2*S, reference 2*S + 2; train 3; adv_tra
 reference 7*2 + 1 + 3; eval ours 20*2 + 1, reference 20*2 + 2. "% peak" is against the card's bf16
 dense peak (H100 SXM / H200: 989 TFLOP/s); n/a on CPU or an unknown card.
 
-MEMORY FORMAT. On CUDA, ours uses channels_last in every stage, as the library does (train()
-converts the model, load_model() returns it in channels_last for construction and evaluation);
---no-channels-last measures the default format instead.
+MEMORY FORMAT AND PRECISION. Ours uses channels_last in every stage on every device, as the library
+does (train() converts the model and its batches, load_model() returns it in channels_last for
+construction and evaluation); --no-channels-last measures the default format for the attack and eval
+stages (train() converts anyway). --precision is a profile's `precision`: auto (the default) is bf16
+autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere.
 
 HARDWARE. Measured on one H100 80GB HBM3 (torch 2.11) and on a 2-core CPU: bench/README.md
 "Measured", raw JSON and logs in bench/measured/.
@@ -85,7 +87,7 @@ except ImportError:
     sys.modules["yaml"] = types.ModuleType("yaml")
 
 from notbugs.compiling import try_compile  # noqa: E402
-from notbugs.attacks import frozen, match_representation, pgd_l2  # noqa: E402
+from notbugs.attacks import PRECISIONS, frozen, match_representation, pgd_l2, use_bf16  # noqa: E402
 from notbugs.config import AdversarialConfig, AugmentConfig, TrainConfig  # noqa: E402
 from notbugs.evaluate import robust_correct  # noqa: E402
 from notbugs.models import make_model  # noqa: E402
@@ -302,7 +304,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers; default 8 GPU, 0 CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile our model's backbone (falls back to eager)")
     p.add_argument("--no-channels-last", action="store_true",
-                   help="ours in the default memory format (train() converts on CUDA anyway: that is the library)")
+                   help="ours in the default memory format (train() converts anyway: that is the library)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="ours: bf16 autocast, fp32, or auto (bf16 where native; the profiles' default)")
     p.add_argument("--strict-fp32", action="store_true", help="reference with cuDNN TF32 convolutions off")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here")
@@ -328,16 +332,12 @@ def parse_args(argv=None):
     return args
 
 
-def autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def maybe_compile(model, device, batch: int, fmt: torch.memory_format, notes: list[str]) -> bool:
+def maybe_compile(model, device, batch: int, fmt: torch.memory_format, bf16: bool, notes: list[str]) -> bool:
     """Compile the backbone in place with the library's helper, probed in eval mode (input gradient)
     and train mode (weight gradients) at the benchmark's batch size and memory format (others would
     make dynamo recompile); on any error, note it and measure eager instead."""
     example = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    reason = try_compile(model, example, train=True)
+    reason = try_compile(model, example, train=True, bf16=bf16)
     if reason is not None:
         notes.append(f"--compile failed ({reason}); ours runs eager")
     return reason is None
@@ -365,6 +365,7 @@ class Bench:
     ours: nn.Module
     ref: nn.Module
     fmt: torch.memory_format  # ours' memory format
+    bf16: bool  # ours' precision
     images_u8: np.ndarray  # (N, 32, 32, 3) uint8, what the reference DataLoader reads
     labels_np: np.ndarray
     images: torch.Tensor  # the same images as floats on the device, what ours reads
@@ -388,8 +389,8 @@ def stage_match(b: Bench, check: dict):
     xo, so = x.contiguous(memory_format=b.fmt), start.contiguous(memory_format=b.fmt)
     b.ours_mode()
     with frozen(b.ours):
-        s_ours, (z_ours, _) = timed(lambda: match_representation(b.ours, so, xo, S, MATCH_STEP), a.warmup, a.steps,
-                                    b.dev)
+        s_ours, (z_ours, _) = timed(lambda: match_representation(b.ours, so, xo, S, MATCH_STEP, bf16=b.bf16),
+                                    a.warmup, a.steps, b.dev)
     b.ref_mode()
     b.ref.eval()
     s_ref, z_ref = timed(lambda: ref_match(b.ref, start, x, S), a.warmup, a.steps, b.dev)
@@ -415,7 +416,8 @@ def stage_pgd(b: Bench, check: dict):
     t = torch.from_numpy(np.random.default_rng(a.seed).integers(0, 10, B)).to(b.dev)  # D_rand's random targets
     b.ours_mode()
     with frozen(b.ours):
-        s_ours, _ = timed(lambda: pgd_l2(b.ours, xo, t, PGD_EPS, S, PGD_STEP, targeted=True), a.warmup, a.steps, b.dev)
+        s_ours, _ = timed(lambda: pgd_l2(b.ours, xo, t, PGD_EPS, S, PGD_STEP, targeted=True, bf16=b.bf16),
+                          a.warmup, a.steps, b.dev)
     b.ref_mode()
     b.ref.eval()
     s_ref, _ = timed(lambda: ref_make_adv(b.ref, x, t, constraint="2", eps=PGD_EPS, step_size=PGD_STEP, iterations=S,
@@ -430,10 +432,12 @@ def _train_stage(b: Bench, adv: bool):
     b.ours_mode()
     with quiet():
         if a.warmup:  # a separate short run: train() has no "untimed steps" option
-            train(b.ours, b.images[:a.warmup * B], b.labels[:a.warmup * B], cfg, a.seed, b.dev, adversarial=adversarial)
+            train(b.ours, b.images[:a.warmup * B], b.labels[:a.warmup * B], cfg, a.seed, b.dev, adversarial=adversarial,
+                  bf16=b.bf16)
         sync(b.dev)
         t0 = time.perf_counter()
-        train(b.ours, b.images[:a.steps * B], b.labels[:a.steps * B], cfg, a.seed + 1, b.dev, adversarial=adversarial)
+        train(b.ours, b.images[:a.steps * B], b.labels[:a.steps * B], cfg, a.seed + 1, b.dev, adversarial=adversarial,
+              bf16=b.bf16)
         sync(b.dev)
         s_ours = (time.perf_counter() - t0) / a.steps
 
@@ -473,8 +477,8 @@ def stage_eval(b: Bench, check: dict):
     xo = x.contiguous(memory_format=b.fmt)
     b.ours_mode()
     with quiet():
-        s_ours, _ = timed(lambda: robust_correct(b.ours, xo, y, EVAL_EPS, EVAL_STEPS, EVAL_FACTOR, 1, B, b.dev),
-                          a.warmup, a.steps, b.dev)
+        s_ours, _ = timed(lambda: robust_correct(b.ours, xo, y, EVAL_EPS, EVAL_STEPS, EVAL_FACTOR, 1, B, b.dev,
+                                                 bf16=b.bf16), a.warmup, a.steps, b.dev)
     b.ref_mode()
     b.ref.eval()
     s_ref, _ = timed(lambda: ref_eval_batch(b.ref, x, y), a.warmup, a.steps, b.dev)
@@ -502,10 +506,11 @@ def main(argv=None) -> dict:
     ref = copy.deepcopy(ours)  # the reference's model: fp32, default memory format, eager
     init = [t.detach().clone() for t in ours.state_dict().values()]
     fwd = forward_flops_per_image(ref, dev)
-    channels_last = gpu and not args.no_channels_last
+    channels_last = not args.no_channels_last
+    bf16 = use_bf16(args.precision, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     ours.to(memory_format=fmt)
-    compiled = maybe_compile(ours, dev, args.batch, fmt, notes) if args.compile else False
+    compiled = maybe_compile(ours, dev, args.batch, fmt, bf16, notes) if args.compile else False
     if compiled and args.warmup == 0:
         notes.append("--compile with --warmup 0: ours' timed iterations include compilation")
 
@@ -514,7 +519,7 @@ def main(argv=None) -> dict:
     images_u8 = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels_np = rng.integers(0, 10, n).astype(np.int64)
     images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(255).contiguous().to(dev)
-    b = Bench(args, dev, ours, ref, fmt, images_u8, labels_np, images, torch.from_numpy(labels_np).to(dev),
+    b = Bench(args, dev, ours, ref, fmt, bf16, images_u8, labels_np, images, torch.from_numpy(labels_np).to(dev),
               torch.backends.cudnn.allow_tf32)
 
     peak = peak_bf16_tflops(dev)
@@ -536,7 +541,7 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "arch": args.arch, "width": args.width, "batch": args.batch,
         "steps": args.steps, "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
-        "compiled": compiled, "channels_last": channels_last, "ours_precision": "bf16 autocast" if gpu else "fp32",
+        "compiled": compiled, "channels_last": channels_last, "ours_precision": "bf16 autocast" if bf16 else "fp32",
         "reference_precision": "fp32" if not gpu else
         "fp32, TF32 convolutions off" if args.strict_fp32 or not b.tf32_default else
         "fp32 (cuDNN may use TF32 for convolutions: PyTorch default)",

@@ -59,10 +59,36 @@ def frozen(model: torch.nn.Module):
         model.train(was_training)
 
 
-def autocast(device: torch.device):
-    # bf16 on the GPU; fp32 on the CPU, where bf16 is slow and the tests want exact numbers
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 natively: CUDA GPUs with bf16, and CPUs whose oneDNN kernels
+    have bf16 instructions (AVX512-BF16 or AMX on x86). Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """A profile's `precision` on this device: bf16 autocast or fp32. `auto` is bf16 where it is native."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return native_bf16(device) if precision == "auto" else precision == "bf16"
+
+
+def autocast(device: torch.device, bf16: bool | None = None):
+    """bf16 autocast or plain fp32. `bf16=None` is the device's old default: bf16 on CUDA, fp32 on the
+    CPU; the stages pass the profile's resolved `precision` instead."""
+    if bf16 is None:
+        bf16 = device.type == "cuda"
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -72,7 +98,8 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 
 
 def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
-           targeted: bool = False, random_start: bool = False, g: torch.Generator | None = None) -> torch.Tensor:
+           targeted: bool = False, random_start: bool = False, g: torch.Generator | None = None,
+           bf16: bool | None = None) -> torch.Tensor:
     """l2 PGD. Untargeted: raise the loss of label y. Targeted: lower the loss of target y.
 
     The model should be in eval mode with frozen parameters (see `frozen`); returns x_adv, detached.
@@ -83,7 +110,7 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step
     sign = -1.0 if targeted else 1.0
     for _ in range(steps):
         delta.requires_grad_(True)
-        with autocast(x.device):
+        with autocast(x.device, bf16):
             logits = model(x + delta)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, delta)
@@ -94,15 +121,16 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step
     return (x + delta).detach()
 
 
-def representation_distance(model, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def representation_distance(model, z: torch.Tensor, target: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
     """Per-example ||g(z) - target||_2."""
-    with autocast(z.device):
+    with autocast(z.device, bf16):
         rep = model.features(z)
     return (rep.float() - target).flatten(1).norm(dim=1)
 
 
 def match_representation(model, start: torch.Tensor, target_images: torch.Tensor, steps: int,
-                         step_size: float, final_step_size: float | None = None) -> tuple[torch.Tensor, dict]:
+                         step_size: float, final_step_size: float | None = None,
+                         bf16: bool | None = None) -> tuple[torch.Tensor, dict]:
     """Move `start` so that the model's representation matches that of `target_images`.
 
     Normalised gradient descent on ||g(z) - g(x)||_2, z clipped to [0, 1], no distance bound. The
@@ -110,21 +138,21 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
     Returns z and statistics: mean start / final distance, absolute and relative to ||g(x)||.
     """
     final_step_size = step_size if final_step_size is None else final_step_size
-    with torch.no_grad(), autocast(start.device):
+    with torch.no_grad(), autocast(start.device, bf16):
         target = model.features(target_images).float()
     target_norm = target.flatten(1).norm(dim=1).clamp_min(1e-12)
     z = start.detach().clone()
     with torch.no_grad():
-        d0 = representation_distance(model, z, target)
+        d0 = representation_distance(model, z, target, bf16)
     for i in range(steps):
         lr = step_size + (final_step_size - step_size) * (i / max(steps - 1, 1))
         z.requires_grad_(True)
-        dist = representation_distance(model, z, target)
+        dist = representation_distance(model, z, target, bf16)
         (grad,) = torch.autograd.grad(dist.sum(), z)
         _check_finite(grad, "representation-matching gradient")
         z = (z.detach() - lr * normalised(grad)).clamp(0, 1)
     with torch.no_grad():
-        d1 = representation_distance(model, z, target)
+        d1 = representation_distance(model, z, target, bf16)
     _check_finite(z, "representation-matched images")
     stats = {
         "start_distance": d0.mean().item(), "final_distance": d1.mean().item(),

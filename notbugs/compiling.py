@@ -16,11 +16,12 @@ import torch
 from notbugs.attacks import autocast, frozen
 
 
-def try_compile(model, example: torch.Tensor, train: bool = False) -> str | None:
+def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | None = None) -> str | None:
     """Replace `model.backbone` by its compiled version and run it once at the example's shape and
-    memory format: an input gradient in eval mode (what attacks do) and, with `train`, a training
-    backward in train mode. Returns None when it works; else the reason, with the eager backbone back
-    in place. `features()` and `forward()` both go through the backbone."""
+    memory format and precision (`bf16`, as for `autocast`): an input gradient in eval mode (what
+    attacks do) and, with `train`, a training backward in train mode. Returns None when it works;
+    else the reason, with the eager backbone back in place. `features()` and `forward()` both go
+    through the backbone."""
     if not hasattr(torch, "compile"):
         return "torch.compile is not available in this torch"
     eager = model.backbone
@@ -28,11 +29,11 @@ def try_compile(model, example: torch.Tensor, train: bool = False) -> str | None
     try:
         model.backbone = torch.compile(eager, dynamic=False)
         x = example.detach().clone().requires_grad_(True)
-        with frozen(model), autocast(x.device):
+        with frozen(model), autocast(x.device, bf16):
             torch.autograd.grad(model.features(x).float().sum(), x)
         if train:
             model.train()
-            with autocast(x.device):
+            with autocast(x.device, bf16):
                 model(example.detach()).float().sum().backward()
             model.zero_grad(set_to_none=True)
     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager

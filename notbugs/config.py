@@ -129,6 +129,7 @@ class Profile:
     reevaluate: EvalConfig
     transfer: TransferConfig
     compile: bool  # torch.compile the model for construction (D_R, D_NR, D_rand, D_det): speed only
+    precision: str  # auto (bf16 where the device has it natively, else fp32) | bf16 | fp32
     name: str = ""
 
 
@@ -250,7 +251,8 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(p: Profile) -> None:
     """Range checks that types alone cannot express."""
-    from notbugs.models import ARCHS  # late import: config loading must stay cheap
+    from notbugs.attacks import PRECISIONS  # late imports: config loading must stay cheap
+    from notbugs.models import ARCHS
 
     where = f"profiles.{p.name}"
     for arch in (p.arch, *p.transfer.archs):
@@ -284,6 +286,7 @@ def validate(p: Profile) -> None:
         _check(e.steps > 0 and e.restarts > 0 and e.batch_size > 0 and e.step_factor > 0,
                f"{where}.{name}: steps, restarts, batch_size, step_factor must be > 0")
     _check(p.transfer.n > 0, f"{where}.transfer.n must be > 0")
+    _check(p.precision in PRECISIONS, f"{where}.precision must be one of {'|'.join(PRECISIONS)}, got {p.precision!r}")
 
 
 def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:

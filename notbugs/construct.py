@@ -113,18 +113,19 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
     When `deadline` expires, the finished batches are kept as the shard's partial files and
     `Stopped` is raised; a later call continues after them (the batches stay where they were)."""
     t0 = time.perf_counter()
+    bf16 = recipe["precision"] == "bf16"  # resolved by the stage; part of the recipe, so of its hash
 
     def one_batch(s: int, e: int):
         x = images[s:e].to(device)
         if name in MATCHING:
             m = recipe["match"]
             start = images[torch.as_tensor(assign["start"][s:e])].to(device)
-            z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"])
+            z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"], bf16=bf16)
         else:
             p = recipe["pgd"]
             t = torch.as_tensor(assign["target"][s:e], device=device)
-            z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True)
-            with torch.no_grad(), autocast(device):
+            z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True, bf16=bf16)
+            with torch.no_grad(), autocast(device, bf16):
                 st = {"success": (model(z).argmax(1) == t).float().sum().item()}
         return z.to(torch.float16).cpu(), {**st, "n": e - s}
 

@@ -34,6 +34,7 @@ import torch
 from notbugs import construct as C
 from notbugs import data as D
 from notbugs import results
+from notbugs.attacks import use_bf16
 from notbugs.compiling import try_compile
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
@@ -70,10 +71,18 @@ def code_version() -> str:
         return "unknown"
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: torch.device, bf16: bool | None = None) -> str:
+    """What a stage ran on, and in which precision when it computes with a model."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return name if bf16 is None else f"{name}, {'bf16' if bf16 else 'fp32'}"
+
+
+def bf16_for(params: Params, device: torch.device) -> bool:
+    """The profile's `precision` resolved on this device (auto: bf16 where the device has it natively)."""
+    return use_bf16(params.profile.precision, device)
 
 
 def _input_hashes(paths: list[Path]) -> str:
@@ -83,8 +92,10 @@ def _input_hashes(paths: list[Path]) -> str:
 
 
 @contextlib.contextmanager
-def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inputs: list[Path] = ()):
-    """Yield a run id; on exit append the stage's `runs` row, status ok or failed."""
+def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inputs: list[Path] = (),
+                 bf16: bool | None = None):
+    """Yield a run id; on exit append the stage's `runs` row, status ok or failed. `bf16`: the
+    precision of a stage that computes with a model, recorded beside the device."""
     run_id = results.new_run_id()
     started, t0 = results.now_utc(), time.perf_counter()
     status = "failed"
@@ -98,7 +109,7 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
         results.append("runs", [{
             "run_id": run_id, "stage": stage, "profile": params.profile.name, "params_hash": params.hash(),
             "code_version": code_version(), "input_hashes": _input_hashes(list(inputs)),
-            "device": device_name(device), "started_at": started, "ended_at": results.now_utc(),
+            "device": device_name(device, bf16), "started_at": started, "ended_at": results.now_utc(),
             "wall_s": time.perf_counter() - t0, "status": status}], results_root(data_dir))
 
 
@@ -161,14 +172,16 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
     prof = params.profile.name
     model_id = spec.model_id(prof)
     seed = _seed(params, spec.name)
+    bf16 = bf16_for(params, device)
     torch.manual_seed(seed)
     model = make_model(spec.arch, width=spec.width)
     log.info("training %s (%s, width %g) on %s, %d images, %d epochs", model_id, spec.arch, spec.width,
              spec.train_set, len(y), spec.recipe.epochs)
     history = train(model, x, y, spec.recipe, seed, device, adversarial=spec.adversarial,
-                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline)
+                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline, bf16=bf16)
     out = model_dir(data_dir, spec.name)
-    recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y)}
+    recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y),
+              "precision": "bf16" if bf16 else "fp32"}
     meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
                                    "training": spec.training, "recipe": recipe, "run_id": run_id,
                                    "rebuild": f"dvc repro (stage that trains {spec.name})"})
@@ -193,7 +206,7 @@ def evaluate_unit(params: Params, model, model_id: str, split: Split, cfg: EvalC
                   run_id: str) -> dict:
     """Clean and robust accuracy on the real test set; rows appended; returns {metric: accuracy}."""
     rows = evaluate(model, model_id, split.test_x, split.test_y, cfg.eps, cfg.steps, cfg.step_factor,
-                    cfg.restarts, cfg.batch_size, device)
+                    cfg.restarts, cfg.batch_size, device, bf16=bf16_for(params, device))
     stamp = results.now_utc()
     for r in rows:
         r.update(profile=params.profile.name, run_id=run_id, evaluated_at=stamp)
@@ -306,7 +319,8 @@ def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto
     """Train the standard (C) or the l2-adversarially trained (C_R) source model on D."""
     dev = pick_device(device)
     spec = source_spec(params, kind)
-    with recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"]) as run_id:
+    with recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"],
+                      bf16_for(params, dev)) as run_id:
         split = load_split(params, data_dir)
         out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id, deadline)
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
@@ -329,8 +343,9 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
     model, meta = load_model(model_dir(data_dir, construct_source(name)), dev)
     split = load_split(params, data_dir)
     labels = split.train_y.numpy()
-    recipe = {"name": name, "seed": c.seed, "batch_size": c.batch_size, "shard_size": c.shard_size,
-              "subset": repr(params.profile.subset), "source_model_id": meta["model_id"],
+    bf16 = bf16_for(params, dev)
+    recipe = {"name": name, "seed": c.seed, "precision": "bf16" if bf16 else "fp32", "batch_size": c.batch_size,
+              "shard_size": c.shard_size, "subset": repr(params.profile.subset), "source_model_id": meta["model_id"],
               "source_model_sha256": meta["checkpoint_sha256"]}
     if name in C.MATCHING:
         recipe["match"] = {"steps": c.match.steps, "step_size": c.match.step_size,
@@ -344,7 +359,7 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
                        C.assignments(name, labels, c.seed), recipe, recipe_hash,
                        C.shard_ranges(len(labels), c.shard_size), out_dir, dev, deadline)
     if params.profile.compile and job.pending():  # compiled once for every shard left to build
-        reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev))
+        reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev), bf16=bf16)
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
     return job
 
@@ -383,7 +398,7 @@ def stage_construct(params: Params, name: str, data_dir="data", device: str = "a
     """Build one of D_R, D_NR, D_rand, D_det; finished shards (and batches) of an interrupted run are kept."""
     devs = stage_devices(device, units.parallel)
     with recorded_run(f"construct@{name}", params, data_dir, devs[0],
-                      [model_dir(data_dir, construct_source(name)) / "meta.json"]) as run_id:
+                      [model_dir(data_dir, construct_source(name)) / "meta.json"], bf16_for(params, devs[0])) as run_id:
         jobs = [prepare_construct(params, name, data_dir, d, deadline) for d in devs]  # a model copy per device
         (jobs[0].out_dir / "manifest.json").unlink(missing_ok=True)
         pending = jobs[0].pending()
@@ -416,7 +431,7 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
     p = params.profile
     spec = train_spec(params, name)
     inputs = [dataset_dir(data_dir, name) / "manifest.json"]
-    with recorded_run(f"train@{name}", params, data_dir, dev, inputs) as run_id:
+    with recorded_run(f"train@{name}", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
         x, y = load_training_set(data_dir, name)
         split = load_split(params, data_dir)
         out = units.train(params, spec, x, y, data_dir, dev, run_id, deadline)
@@ -470,13 +485,14 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     source, source_meta = load_model(model_dir(data_dir, "standard"), device)
     n = min(t.n, len(split.test_y))
     pgd = p.construct.pgd
+    bf16 = bf16_for(params, device)
     adv, targets = make_transfer_examples(source, split.test_x[:n], split.test_y[:n], pgd.eps, pgd.steps,
-                                          pgd.step_size, p.evaluate.batch_size, device)
+                                          pgd.step_size, p.evaluate.batch_size, device, bf16=bf16)
     metrics, rows = {}, []
     for spec in transfer_specs(params):
         model = trained[spec.name]["model"].to(device)
         if spec.train_set == "d":
-            rate = transfer_success(model, adv, targets, p.evaluate.batch_size, device)
+            rate = transfer_success(model, adv, targets, p.evaluate.batch_size, device, bf16)
             rows.append({"source_model_id": source_meta["model_id"], "target_model_id": spec.model_id(p.name),
                          "target_arch": spec.arch, "profile": p.name, "attack": "pgd_l2_targeted_next",
                          "eps": pgd.eps, "steps": pgd.steps, "success_rate": rate, "n": n,
@@ -485,7 +501,7 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
             log.info("transfer from the standard %s to %s: %.1f%% reach the target", source_meta["arch"],
                      spec.arch, 100 * rate)
         else:
-            correct = (predict(model, split.test_x, p.evaluate.batch_size, device) == split.test_y).float()
+            correct = (predict(model, split.test_x, p.evaluate.batch_size, device, bf16) == split.test_y).float()
             metrics.setdefault(spec.arch, {})["d_det_clean"] = round(correct.mean().item(), 4)
     results.append("transfer", rows, results_root(data_dir))
     return metrics
@@ -500,7 +516,8 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto", units:
     p = params.profile
     with recorded_run("transfer", params, data_dir, dev, [model_dir(data_dir, "standard") / "meta.json",
                                                           dataset_dir(data_dir, "d_det") / "manifest.json",
-                                                          model_dir(data_dir, "d_det") / "meta.json"]) as run_id:
+                                                          model_dir(data_dir, "d_det") / "meta.json"],
+                      bf16_for(params, dev)) as run_id:
         split = load_split(params, data_dir)
         det_x, det_y = load_training_set(data_dir, "d_det")
         sets = {"d": (split.train_x, split.train_y), "d_det": (det_x, det_y)}
@@ -536,7 +553,7 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
             earlier = read_json(progress_path)
             if isinstance(earlier, dict) and earlier.get("suite") == suite:
                 progress = earlier
-    with recorded_run("reevaluate", params, data_dir, dev) as run_id:
+    with recorded_run("reevaluate", params, data_dir, dev, bf16=bf16_for(params, dev)) as run_id:
         split = load_split(params, data_dir)
         metas = [(path, read_json(path / "meta.json")) for path in trained_models(data_dir)]
         # models of other profiles were trained on other data subsets

@@ -54,9 +54,10 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> floa
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))  # onecycle: warm-up then cosine down
 
 
-def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor) -> str:
-    """What a checkpoint must match to be resumed: recipe, seed, architecture and data."""
-    body = json.dumps({"cfg": repr(cfg), "adv": repr(adversarial), "seed": seed, "arch": model.arch,
+def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor,
+               bf16: bool) -> str:
+    """What a checkpoint must match to be resumed: recipe, seed, precision, architecture and data."""
+    body = json.dumps({"cfg": repr(cfg), "adv": repr(adversarial), "seed": seed, "bf16": bf16, "arch": model.arch,
                        "width": model.width, "n": len(labels),
                        "labels": sha256_bytes(labels.cpu().numpy().tobytes()),
                        "images": float(images[:64].double().sum())}, sort_keys=True)
@@ -65,16 +66,19 @@ def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Te
 
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, seed: int,
           device: torch.device, adversarial: AdversarialConfig | None = None, workdir: str | Path | None = None,
-          desc: str = "train", stop_after_epoch: int | None = None, deadline: Deadline | None = None) -> list[dict]:
+          desc: str = "train", stop_after_epoch: int | None = None, deadline: Deadline | None = None,
+          bf16: bool | None = None) -> list[dict]:
     """Train `model` in place on float images (N,3,32,32) in [0,1]; returns one record per epoch.
 
     With `workdir`, a checkpoint is written every `cfg.checkpoint_every` epochs and a matching
     checkpoint found there is resumed. `stop_after_epoch` ends early (tests of resumption). When
     `deadline` expires, the run saves a checkpoint after the current batch and raises `Stopped`.
+    `bf16`: bf16 autocast (None: on CUDA only); the model and its inputs are channels_last on every
+    device (tensor cores on the GPU; oneDNN's fastest layout on the CPU, 1.6x for training fp32 here).
     """
+    bf16 = device.type == "cuda" if bf16 is None else bf16
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
     images = images.to(device)
     labels = labels.to(device)
     decay, no_decay = [], []
@@ -86,7 +90,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     n = len(labels)
     steps_per_epoch = max(n // cfg.batch_size, 1)  # drop the last partial batch: same step count per epoch
     total = steps_per_epoch * cfg.epochs
-    signature = _signature(model, cfg, adversarial, seed, labels, images)
+    signature = _signature(model, cfg, adversarial, seed, labels, images, bf16)
 
     ckpt = Path(workdir) / "checkpoint.pt" if workdir else None
     history: list[dict] = []
@@ -147,13 +151,12 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
                 group["lr"] = lr
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x, y = augment(images[idx], cfg.augment, g), labels[idx]
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             if adversarial is not None:
                 with frozen(model):
                     x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
-                               random_start=adversarial.random_start, g=g)
-            with autocast(device):
+                               random_start=adversarial.random_start, g=g, bf16=bf16)
+            with autocast(device, bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -218,7 +221,6 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     except RuntimeError as e:
         raise ArtefactError(f"{model_dir}/model.pt does not fit architecture {meta['arch']} "
                             f"(width {meta['width']}): {str(e).splitlines()[0]}") from e
-    model = model.to(device).eval()
-    if torch.device(device).type == "cuda":  # attacks and evaluation run faster in NHWC on tensor cores
-        model = model.to(memory_format=torch.channels_last)
+    # attacks and evaluation run faster in NHWC: on tensor cores, and in oneDNN on the CPU
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
     return model, meta

@@ -133,3 +133,33 @@ def test_no_augmentation_is_identity():
     x, _ = synthetic_batch(1)
     none = dataclasses.replace(RECIPE.augment)
     assert torch.equal(augment(x, none, torch.Generator()), x)
+
+
+def test_attacks_in_bf16_do_what_they_claim(trained):
+    """bf16 autocast (the GPU's precision, and the CPU's where it is native): PGD still raises the
+    loss inside its ball, and matching still lowers the representation distance."""
+    model, x, y = trained
+    with frozen(model):
+        adv = pgd_l2(model, x, y, eps=4.0, steps=20, step_size=0.5, bf16=True)
+        before = F.cross_entropy(model(x), y).item()
+        after = F.cross_entropy(model(adv), y).item()
+        z, stats = match_representation(model, x.roll(1, 0), x, steps=40, step_size=0.1, bf16=True)
+        fp32, _ = match_representation(model, x.roll(1, 0), x, steps=40, step_size=0.1, bf16=False)
+    assert after > before + 0.5, (before, after)
+    assert (adv - x).flatten(1).norm(dim=1).max().item() <= 4.0 + 1e-5
+    assert stats["final_distance"] < 0.5 * stats["start_distance"]
+    assert z.min().item() >= 0 and z.max().item() <= 1
+    assert not torch.equal(z, fp32)  # it did run in another precision
+
+
+def test_precision_resolution(monkeypatch):
+    from notbugs import attacks
+
+    assert attacks.use_bf16("fp32", CPU) is False and attacks.use_bf16("bf16", CPU) is True
+    monkeypatch.setattr(attacks, "native_bf16", lambda device: True)
+    assert attacks.use_bf16("auto", CPU) is True
+    monkeypatch.setattr(attacks, "native_bf16", lambda device: False)
+    assert attacks.use_bf16("auto", CPU) is False
+    with pytest.raises(ValueError, match="precision must be one of"):
+        attacks.use_bf16("fp16", CPU)
+    assert attacks.autocast(CPU, None).__class__.__name__ == "nullcontext"  # the old CPU default: fp32

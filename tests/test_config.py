@@ -39,6 +39,7 @@ def _edited(tmp_path, mirror, edit):
     (lambda d: d["profiles"]["tiny"]["train"].update(epochs="ten"), "expected an integer"),
     (lambda d: d["profiles"]["tiny"]["train_on"]["d_rand"].update(lrr=0.1), "unknown key 'lrr'"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["vgg16", "alexnet"]), "alexnet"),
+    (lambda d: d["profiles"]["tiny"].update(precision="fp16"), "precision must be one of auto|bf16|fp32"),
     (lambda d: d.update(profile="huge"), "unknown profile 'huge'"),
     (lambda d: d["data"].update(source="ftp"), "data.source"),
     (lambda d: d.update(extra=1), "unknown top-level key"),

@@ -248,6 +248,27 @@ def test_compiled_construction_builds_the_same_set(sources, tmp_path):
     assert abs(stats["final_distance"] - eager["final_distance"]) < 1e-3 * max(1.0, eager["final_distance"])
 
 
+def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):
+    """bf16 and fp32 build different sets (the recipe hash differs, so neither continues the other's
+    shards), and the runs and models tables say which precision made what."""
+    import dataclasses
+
+    params, data = _copy(sources, tmp_path)
+    bf16 = dataclasses.replace(params, profile=dataclasses.replace(params.profile, precision="bf16"))
+    assert (S.prepare_construct(bf16, "d_nr", data, "cpu").recipe_hash
+            != S.prepare_construct(params, "d_nr", data, "cpu").recipe_hash)
+    S.stage_construct(bf16, "d_nr", data, "cpu")
+    S.stage_train(bf16, "d_nr", data, "cpu")
+    root = S.results_root(data)
+    device = results.load("runs", root).set_index("stage")["device"]
+    assert device["construct@d_nr"].endswith(", bf16") and device["train@d_nr"].endswith(", bf16")
+    assert device["source@standard"].endswith(", fp32")  # the tiny profile's fp32
+    assert not device["fetch"].endswith(("bf16", "fp32"))  # fetch computes nothing with a model
+    models = results.load("models", root).set_index("train_set")
+    assert json.loads(models.loc["d_nr", "recipe"])["precision"] == "bf16"
+    assert json.loads(models.loc["d", "recipe"].iloc[0])["precision"] == "fp32"
+
+
 def test_stages_route_every_unit_through_the_runner_they_are_given(sources, tmp_path):
     """The Prefect flows hand a stage its units as tasks; every unit must go through them, and a
     runner that finishes calls out of order must still give each result to its own call."""

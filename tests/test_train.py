@@ -46,12 +46,15 @@ def ticks():
     return lambda: float(next(t))
 
 
-@pytest.mark.parametrize("adversarial", [None, AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True)])
-def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_path, adversarial):
-    """Jobs cut every few batches (mid-epoch included) chain up to exactly the uninterrupted run."""
+@pytest.mark.parametrize("adversarial,bf16", [
+    (None, False), (AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True), False),
+    (AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True), True)])
+def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_path, adversarial, bf16):
+    """Jobs cut every few batches (mid-epoch included) chain up to exactly the uninterrupted run,
+    in fp32 and in bf16 autocast."""
     x, y = synthetic_batch(8)  # 80 images, batch 32: 2 batches per epoch, 6 in all
     full = _fresh()
-    h_full = train(full, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "a")
+    h_full = train(full, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "a", bf16=bf16)
 
     jobs, stops = 0, []
     while True:
@@ -59,7 +62,7 @@ def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_pat
         model = _fresh(seed=0 if jobs == 1 else jobs)  # a resumed job starts from other random weights
         try:
             h_res = train(model, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b",
-                          deadline=Deadline(3, clock=ticks()))  # expires at the third batch of each job
+                          deadline=Deadline(3, clock=ticks()), bf16=bf16)  # expires at each job's third batch
             break
         except Stopped as e:
             stops.append(str(e))
@@ -92,6 +95,18 @@ def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
     other = dataclasses.replace(SHORT, lr=0.05)
     h = train(_fresh(), x, y, other, seed=1, device=CPU, workdir=tmp_path)
     assert [r["epoch"] for r in h] == [1, 2, 3]  # started over rather than mixing recipes
+    train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path / "p", stop_after_epoch=1)
+    h = train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path / "p", bf16=True)
+    assert [r["epoch"] for r in h] == [1, 2, 3]  # nor precisions
+
+
+def test_bf16_training_learns_and_differs_from_fp32():
+    x, y = synthetic_batch(8)
+    fp32, bf16 = _fresh(), _fresh()
+    h32 = train(fp32, x, y, SHORT, seed=3, device=CPU, bf16=False)
+    h16 = train(bf16, x, y, SHORT, seed=3, device=CPU, bf16=True)
+    assert h16[-1]["train_loss"] < h16[0]["train_loss"]
+    assert [h["train_loss"] for h in h16] != [h["train_loss"] for h in h32]  # it did run in bf16
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from notbugs.config import Params, TrainConfig, load_params
 from notbugs.evaluate import evaluate
 from notbugs.models import make_model
-from notbugs.stages import Split
+from notbugs.stages import Split, bf16_for
 from notbugs.train import pick_device, train
 
 
@@ -33,15 +33,16 @@ def params_and_device(args) -> tuple[Params, torch.device]:
 def train_and_score(params: Params, images: torch.Tensor, labels: torch.Tensor, recipe: TrainConfig, seed: int,
                     device: torch.device, split: Split, robust: bool, desc: str) -> tuple[torch.nn.Module, dict]:
     """Train a fresh model (initial weights and batch order from `seed`) and score it on the real test
-    set: clean accuracy, and robust accuracy under the profile's evaluate suite when `robust`.
-    Returns the model and its scores."""
+    set: clean accuracy, and robust accuracy under the profile's evaluate suite when `robust`, both in
+    the profile's precision, as the pipeline does. Returns the model and its scores."""
     p = params.profile
+    bf16 = bf16_for(params, device)
     torch.manual_seed(seed)
     net = make_model(p.arch, width=p.width)
     t0 = time.perf_counter()
-    history = train(net, images, labels, recipe, seed, device, desc=desc)
+    history = train(net, images, labels, recipe, seed, device, desc=desc, bf16=bf16)
     e = p.evaluate
     ev = evaluate(net, desc, split.test_x, split.test_y, e.eps if robust else (), e.steps, e.step_factor,
-                  e.restarts, e.batch_size, device)
+                  e.restarts, e.batch_size, device, bf16=bf16)
     return net, {"seed": seed, "train_s": time.perf_counter() - t0, "train_acc": history[-1]["train_acc"],
             "clean": ev[0]["accuracy"], "robust": {f"{r['eps']:g}": r["accuracy"] for r in ev[1:]}}

@@ -62,13 +62,14 @@ def main(argv=None) -> int:
     x, y = S.load_training_set(args.data_dir, args.name)
     split = S.load_split(params, args.data_dir)
     print(f"{args.name}: {len(y)} training images, {p.arch} x{p.width:g}, test on {len(split.test_y)} real images, "
-          f"device {S.device_name(dev)}")
+          f"device {S.device_name(dev, S.bf16_for(params, dev))}")
 
     rows = []
     for variant, recipe in zip(variants, recipes):
         label = json.dumps(variant, sort_keys=True)
         net, t = train_and_score(params, x, y, recipe, args.seed, dev, split, args.robust, desc=label)
-        fit = (predict(net, x, p.evaluate.batch_size, dev) == y).float().mean().item()  # no augmentation
+        # how well it fits the set's own labels, without augmentation
+        fit = (predict(net, x, p.evaluate.batch_size, dev, S.bf16_for(params, dev)) == y).float().mean().item()
         row = {"variant": variant, "recipe": repr(recipe), "train_s": t["train_s"], "fit_target_labels": fit,
                "train_acc_last_epoch": t["train_acc"], "test_clean": t["clean"], "test_robust": t["robust"]}
         robust = "".join(f", robust eps {k} {100 * v:.1f}" for k, v in row["test_robust"].items())
@@ -77,9 +78,9 @@ def main(argv=None) -> int:
         rows.append(row)
 
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "set": args.name, "profile": p.name,
-                                               "n_train": len(y), "device": S.device_name(dev), "rows": rows},
-                                              indent=2) + "\n")
+        result = {"command": " ".join(sys.argv), "set": args.name, "profile": p.name, "n_train": len(y),
+                  "device": S.device_name(dev, S.bf16_for(params, dev)), "rows": rows}
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -60,7 +60,7 @@ def rule_name(rule: tuple[int, float, float]) -> str:
     return f"{steps} x {size:g}" if size == final else f"{steps} x {size:g}->{final:g}"
 
 
-def match_set(model, images, starts, rule, batch_size: int, device, checkpoints: list[int]) -> tuple:
+def match_set(model, images, starts, rule, batch_size: int, device, checkpoints: list[int], bf16: bool) -> tuple:
     """Matched images for every position, the mean relative distance reached, and (constant rules)
     the mean relative distance after each checkpoint step count."""
     steps, size, final = rule
@@ -72,7 +72,7 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
         x, z = images[a:a + batch_size].to(device), starts[a:a + batch_size].to(device)
         done = 0
         for m in marks:  # several segments only for a constant rule, where size == final
-            z, st = match_representation(model, z, x, m - done, size, final)
+            z, st = match_representation(model, z, x, m - done, size, final, bf16=bf16)
             if done == 0:
                 start_rel += st["start_relative"] * len(x)
             curve[m] += st["final_relative"] * len(x)
@@ -109,9 +109,10 @@ def main(argv=None) -> int:
     images, labels = split.train_x[positions], split.train_y[positions]
     starts = split.train_x[torch.as_tensor(starts_at)]
     recipe = p.train_on[args.name]
+    bf16 = S.bf16_for(params, dev)  # the profile's precision, as in the pipeline
     print(f"{args.name}: {n} images ({n // 10} per class) matched on the {meta['training']} {meta['arch']} "
           f"({meta['model_id']}), "
-          f"device {S.device_name(dev)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
+          f"device {S.device_name(dev, bf16)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
           f"test on {len(split.test_y)} real images")
 
     rows = []
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         with frozen(model):
             z, rel, start_rel, curve = match_set(model, images, starts, rule, p.construct.batch_size, dev,
-                                                 args.checkpoints)
+                                                 args.checkpoints, bf16)
         match_s = time.perf_counter() - t0
         row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2],
                "start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()},
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
 
     result = {"command": " ".join(sys.argv), "set": args.name, "n": n, "profile": p.name,
               "class_counts": torch.bincount(labels, minlength=10).tolist(),
-              "source_model_id": meta["model_id"], "device": S.device_name(dev), "seeds": args.seeds,
+              "source_model_id": meta["model_id"], "device": S.device_name(dev, bf16), "seeds": args.seeds,
               "rules": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -58,8 +58,9 @@ def test_a_constant_rule_run_in_segments_is_one_run(pipeline):
     x = S.load_split(load_params(path), data).train_x[:12]
     starts = x.roll(1, dims=0)
     with frozen(model):
-        z, rel, start_rel, curve = step_rule.match_set(model, x, starts, (9, 0.1, 0.1), 5, torch.device("cpu"), [3, 6])
-        once, stats = match_representation(model, starts, x, 9, 0.1, 0.1)
+        z, rel, start_rel, curve = step_rule.match_set(model, x, starts, (9, 0.1, 0.1), 5, torch.device("cpu"), [3, 6],
+                                                       bf16=False)
+        once, stats = match_representation(model, starts, x, 9, 0.1, 0.1, bf16=False)
     assert sorted(curve) == [3, 6, 9] and curve[9] == pytest.approx(rel)
     assert torch.allclose(z, once, atol=1e-5)
     assert rel == pytest.approx(stats["final_relative"], rel=1e-4) and start_rel > rel

@@ -5,7 +5,9 @@ representation matching from 10,800 to 24,500 image-steps/s (batch 512, bf16, ch
 training gains only 7%. So `compile: true` compiles the model for construction only (one compile
 per constructed set, at its batch shape); evaluation is too short to pay for a compile, and training
 gains too little. A compiler that is missing or fails (no C++ toolchain, an unsupported op) only
-costs the speed-up: the caller logs the reason and runs eager.
+costs the speed-up: the caller logs the reason and runs eager. So does a compiled model whose
+input gradient is not finite or far from the eager one on the probe batch: torch 2.14.1's inductor
+on a CPU gave NaN input gradients for the bf16 ResNet-9 (2026-11-27) where eager bf16 was fine.
 The speed-up is the only effect: the same weights are used, and numerics differ by rounding only.
 """
 
@@ -15,25 +17,41 @@ import torch
 
 from notbugs.attacks import autocast, frozen
 
+# Compiled and eager input gradients may differ by rounding (bf16 above all), not by more than this
+# relative l2 distance: a looser bound would let a wrong kernel through, a tighter one reject rounding.
+GRADIENT_TOLERANCE = 0.1
+
+
+def _input_gradient(model, example: torch.Tensor, bf16: bool | None) -> torch.Tensor:
+    """What the attacks differentiate: d sum(features) / d input, in eval mode."""
+    x = example.detach().clone().requires_grad_(True)
+    with frozen(model), autocast(x.device, bf16):
+        (grad,) = torch.autograd.grad(model.features(x).float().sum(), x)
+    return grad
+
 
 def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | None = None) -> str | None:
     """Replace `model.backbone` by its compiled version and run it once at the example's shape and
     memory format and precision (`bf16`, as for `autocast`): an input gradient in eval mode (what
-    attacks do) and, with `train`, a training backward in train mode. Returns None when it works;
-    else the reason, with the eager backbone back in place. `features()` and `forward()` both go
-    through the backbone."""
+    attacks do) and, with `train`, a training backward in train mode. Returns None when it works and
+    its input gradient agrees with the eager model's; else the reason, with the eager backbone back
+    in place. `features()` and `forward()` both go through the backbone."""
     if not hasattr(torch, "compile"):
         return "torch.compile is not available in this torch"
     eager = model.backbone
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if train else None
+    reference = _input_gradient(model, example, bf16)
     try:
         model.backbone = torch.compile(eager, dynamic=False)
-        x = example.detach().clone().requires_grad_(True)
-        with frozen(model), autocast(x.device, bf16):
-            torch.autograd.grad(model.features(x).float().sum(), x)
+        grad = _input_gradient(model, example, bf16)
+        if not torch.isfinite(grad).all():
+            raise FloatingPointError("the compiled model's input gradient is NaN or inf")
+        gap = ((grad - reference).norm() / reference.norm().clamp_min(1e-12)).item()
+        if gap > GRADIENT_TOLERANCE:
+            raise FloatingPointError(f"the compiled model's input gradient is {gap:.0%} away from eager's")
         if train:
             model.train()
-            with autocast(x.device, bf16):
+            with autocast(example.device, bf16):
                 model(example.detach()).float().sum().backward()
             model.zero_grad(set_to_none=True)
     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager

@@ -57,3 +57,36 @@ def test_really_compiled_matching_equals_eager():
         z, st = match_representation(model, start, x, 3, 0.1)
     assert torch.allclose(z, z_eager, atol=1e-4)
     assert abs(st["final_distance"] - st_eager["final_distance"]) < 1e-3
+
+
+def test_a_compiled_model_with_wrong_gradients_is_not_used(monkeypatch):
+    """A compiler that runs but computes garbage (NaN, or a wrong gradient) costs the speed-up,
+    never the result: the eager backbone stays."""
+    x = torch.rand(4, 3, 32, 32)
+
+    class Scaled(torch.nn.Module):  # a "compiled" backbone whose outputs, and gradients, are off
+        def __init__(self, inner, factor):
+            super().__init__()
+            self.inner, self.factor = inner, factor
+
+        def forward(self, x):
+            return self.inner(x) * self.factor
+
+    for factor, message in ((float("nan"), "NaN or inf"), (2.0, "away from eager")):
+        model = _model()
+        eager = model.backbone
+        monkeypatch.setattr(torch, "compile", lambda fn, f=factor, **kw: Scaled(fn, f))
+        reason = compiling.try_compile(model, x)
+        assert reason is not None and message in reason, reason
+        assert model.backbone is eager
+
+
+def test_really_compiled_bf16_matching_is_finite():
+    """bf16 on the CPU: torch 2.14.1's inductor gave NaN input gradients for this network. Either the
+    compiled model is right, or the probe catches it and the eager model stays; matching is finite."""
+    model = _model().to(memory_format=torch.channels_last)
+    x, start = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)
+    compiling.try_compile(model, start, bf16=True)
+    with frozen(model):
+        z, st = match_representation(model, start, x, 3, 0.1, bf16=True)
+    assert torch.isfinite(z).all() and st["final_distance"] < st["start_distance"]

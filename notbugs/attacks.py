@@ -82,12 +82,20 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return native_bf16(device) if precision == "auto" else precision == "bf16"
 
 
+def precision_name(bf16: bool) -> str:
+    """How results record a resolved precision."""
+    return "bf16" if bf16 else "fp32"
+
+
+def bf16_or_default(bf16: bool | None, device: torch.device) -> bool:
+    """`None` is the default of callers that do not say: bf16 on CUDA, fp32 on the CPU. The stages
+    always pass the profile's resolved `precision`."""
+    return device.type == "cuda" if bf16 is None else bf16
+
+
 def autocast(device: torch.device, bf16: bool | None = None):
-    """bf16 autocast or plain fp32. `bf16=None` is the device's old default: bf16 on CUDA, fp32 on the
-    CPU; the stages pass the profile's resolved `precision` instead."""
-    if bf16 is None:
-        bf16 = device.type == "cuda"
-    if bf16:
+    """bf16 autocast or plain fp32 (`bf16` as for `bf16_or_default`)."""
+    if bf16_or_default(bf16, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

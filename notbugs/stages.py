@@ -34,7 +34,7 @@ import torch
 from notbugs import construct as C
 from notbugs import data as D
 from notbugs import results
-from notbugs.attacks import use_bf16
+from notbugs.attacks import precision_name, use_bf16
 from notbugs.compiling import try_compile
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
@@ -77,7 +77,7 @@ def device_name(device: torch.device, bf16: bool | None = None) -> str:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return name if bf16 is None else f"{name}, {'bf16' if bf16 else 'fp32'}"
+    return name if bf16 is None else f"{name}, {precision_name(bf16)}"
 
 
 def bf16_for(params: Params, device: torch.device) -> bool:
@@ -181,7 +181,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
                     workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline, bf16=bf16)
     out = model_dir(data_dir, spec.name)
     recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y),
-              "precision": "bf16" if bf16 else "fp32"}
+              "precision": precision_name(bf16)}
     meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
                                    "training": spec.training, "recipe": recipe, "run_id": run_id,
                                    "rebuild": f"dvc repro (stage that trains {spec.name})"})
@@ -344,7 +344,7 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
     split = load_split(params, data_dir)
     labels = split.train_y.numpy()
     bf16 = bf16_for(params, dev)
-    recipe = {"name": name, "seed": c.seed, "precision": "bf16" if bf16 else "fp32", "batch_size": c.batch_size,
+    recipe = {"name": name, "seed": c.seed, "precision": precision_name(bf16), "batch_size": c.batch_size,
               "shard_size": c.shard_size, "subset": repr(params.profile.subset), "source_model_id": meta["model_id"],
               "source_model_sha256": meta["checkpoint_sha256"]}
     if name in C.MATCHING:

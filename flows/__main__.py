@@ -8,6 +8,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import sys
 
 FLOWS = {"fetch": None, "source": "kind", "construct": "name", "train": "name", "transfer": None,
@@ -22,6 +23,9 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--gpu-tag", default=os.environ.get("NOTBUGS_GPU_TAG") or None,
+                        help="tag the units that use the accelerator, for a Prefect tag concurrency limit "
+                             "(default: $NOTBUGS_GPU_TAG, else none; each tagged unit costs about 2 s)")
     args = parser.parse_args(argv)
     if FLOWS[args.stage] and not args.item:
         items = "standard|robust" if args.stage == "source" else "d_r|d_nr|d_rand|d_det"
@@ -48,6 +52,10 @@ def main(argv=None) -> int:
     fn = {"fetch": P.fetch_flow, "source": P.source_flow, "construct": P.construct_flow, "train": P.train_flow,
           "transfer": P.transfer_flow, "report": P.report_flow, "reevaluate": P.reevaluate_flow,
           "reproduce": P.reproduce}[args.stage]
+    if args.stage not in ("fetch", "report"):
+        kw["gpu_tag"] = args.gpu_tag
+    elif args.gpu_tag:
+        print(f"--gpu-tag: {args.stage} runs no accelerator units; ignored", file=sys.stderr)
     try:
         out = fn(args.item, **kw) if FLOWS[args.stage] else fn(**kw)
     except Exception as e:

@@ -1,4 +1,4 @@
-"""The pipeline as Prefect flows. Each flow calls its `notbugs.stages` function with `TASKS`, so the
+"""The pipeline as Prefect flows. Each flow calls its `notbugs.stages` function with `units()`, so the
 stage's units (models, shards, evaluations) run as Prefect tasks: every unit shows up, retries and
 logs on its own, and the stage's sequence lives in one place, the library.
 
@@ -23,12 +23,30 @@ RUNNER = ThreadPoolTaskRunner(max_workers=max(torch.cuda.device_count(), 1))
 
 
 def submit_all(task, calls: list[tuple]) -> list:
-    """Submit every call to the flow's task runner (one worker per GPU), then wait for all of them."""
+    """With several GPUs, submit every call to the flow's task runner (one worker per GPU) and wait for
+    all of them. With one device, run them in order in this thread, each still a Prefect task run.
+
+    Why not always submit: torch work in a second thread gives the process a second OpenMP thread
+    team, and libgomp, seeing more OpenMP threads than cores, stops spin-waiting at its barriers. On
+    our 2-core CPU, training steps ran at 0.74-0.83x the main thread's rate there
+    (bench/measured/cpu-2026-11-27/prefect-overhead/).
+    """
+    if torch.cuda.device_count() <= 1:
+        return [task(*args) for args in calls]
     futures = [task.submit(*args) for args in calls]
     return [f.result() for f in futures]
 
 
-TASKS = S.Units(train=train_model, evaluate=evaluate_model, build=build_shard, map=submit_all, parallel=True)
+def units(gpu_tag: str | None = None) -> S.Units:
+    """A stage's unit runners as Prefect tasks. With `gpu_tag`, the units that use the accelerator carry
+    that tag, so that a server-side tag concurrency limit (`prefect concurrency-limit create gpu N`)
+    bounds them across flows sharing GPUs. Off by default because a tag is not free: with Prefect 3.9
+    every tagged task asks the server for a slot lease, and one that follows a long tagged task waits
+    about 2 s for it, even when no limit exists (0.003 s untagged; measured on our 2-core CPU)."""
+    train, evaluate, build = train_model, evaluate_model, build_shard
+    if gpu_tag:
+        train, evaluate, build = (t.with_options(tags=[gpu_tag]) for t in (train, evaluate, build))
+    return S.Units(train=train, evaluate=evaluate, build=build, map=submit_all, parallel=True)
 
 
 def _rows(metrics: dict, **key) -> list[dict]:
@@ -47,9 +65,9 @@ def fetch_flow(params_path: str = "params.yaml", profile: str | None = None, dat
 
 @flow(name="source", flow_run_name="source-{kind}", log_prints=True)
 def source_flow(kind: str, params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
-                device: str = "auto") -> dict:
+                device: str = "auto", gpu_tag: str | None = None) -> dict:
     params = load_params(params_path, profile)
-    metrics = S.stage_source(params, kind, data_dir, device, TASKS)
+    metrics = S.stage_source(params, kind, data_dir, device, units(gpu_tag))
     model_id = S.source_spec(params, kind).model_id(params.profile.name)
     publish_table(f"source-{kind}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
     return metrics
@@ -57,9 +75,9 @@ def source_flow(kind: str, params_path: str = "params.yaml", profile: str | None
 
 @flow(name="construct", flow_run_name="construct-{name}", log_prints=True, task_runner=RUNNER)
 def construct_flow(name: str, params_path: str = "params.yaml", profile: str | None = None,
-                   data_dir: str = "data", device: str = "auto") -> dict:
+                   data_dir: str = "data", device: str = "auto", gpu_tag: str | None = None) -> dict:
     params = load_params(params_path, profile)
-    stats = S.stage_construct(params, name, data_dir, device, TASKS)
+    stats = S.stage_construct(params, name, data_dir, device, units(gpu_tag))
     out = S.dataset_dir(data_dir, name)
     shards = [{"shard": k, **read_json(out / f"shard-{k:05d}.json")["stats"]}
               for k in range(len(read_json(out / "manifest.json")["shards"]))]
@@ -69,9 +87,9 @@ def construct_flow(name: str, params_path: str = "params.yaml", profile: str | N
 
 @flow(name="train", flow_run_name="train-{name}", log_prints=True)
 def train_flow(name: str, params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
-               device: str = "auto") -> dict:
+               device: str = "auto", gpu_tag: str | None = None) -> dict:
     params = load_params(params_path, profile)
-    metrics = S.stage_train(params, name, data_dir, device, TASKS)
+    metrics = S.stage_train(params, name, data_dir, device, units(gpu_tag))
     model_id = S.train_spec(params, name).model_id(params.profile.name)
     publish_table(f"train-{name}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
     return metrics
@@ -79,10 +97,10 @@ def train_flow(name: str, params_path: str = "params.yaml", profile: str | None 
 
 @flow(name="transfer", log_prints=True, task_runner=RUNNER)
 def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
-                  device: str = "auto") -> dict:
+                  device: str = "auto", gpu_tag: str | None = None) -> dict:
     """Figure 3. The models train side by side when there are several GPUs, then the rates are measured."""
     params = load_params(params_path, profile)
-    metrics = S.stage_transfer(params, data_dir, device, TASKS)
+    metrics = S.stage_transfer(params, data_dir, device, units(gpu_tag))
     publish_table("transfer", [{"arch": a, **m} for a, m in metrics.items()],
                   "Figure 3: transfer success from the standard source model vs accuracy after training on D_det")
     return metrics
@@ -106,10 +124,10 @@ def report_flow(params_path: str = "params.yaml", profile: str | None = None, da
 
 @flow(name="reevaluate", log_prints=True)
 def reevaluate_flow(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
-                    device: str = "auto") -> dict:
+                    device: str = "auto", gpu_tag: str | None = None) -> dict:
     """Re-score every trained model under the current `reevaluate` suite; rows are appended."""
     params = load_params(params_path, profile)
-    summary = S.stage_reevaluate(params, data_dir, device, TASKS)
+    summary = S.stage_reevaluate(params, data_dir, device, units(gpu_tag))
     publish_table("reevaluate", [{"model": m, **v} for m, v in summary.items()] or [{"model": "none"}],
                   "re-evaluation of every trained model")
     return summary
@@ -117,15 +135,15 @@ def reevaluate_flow(params_path: str = "params.yaml", profile: str | None = None
 
 @flow(name="reproduce", log_prints=True)
 def reproduce(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
-              device: str = "auto") -> dict:
+              device: str = "auto", gpu_tag: str | None = None) -> dict:
     """The whole DAG from Prefect alone (for users who drive everything from the UI)."""
     kw = {"params_path": params_path, "profile": profile, "data_dir": data_dir, "device": device}
     fetch_flow(**kw)
     for kind in ("standard", "robust"):
-        source_flow(kind, **kw)
+        source_flow(kind, **kw, gpu_tag=gpu_tag)
     for name in DATASETS:
-        construct_flow(name, **kw)
+        construct_flow(name, **kw, gpu_tag=gpu_tag)
     for name in DATASETS:
-        train_flow(name, **kw)
-    transfer_flow(**kw)
+        train_flow(name, **kw, gpu_tag=gpu_tag)
+    transfer_flow(**kw, gpu_tag=gpu_tag)
     return report_flow(**kw)

@@ -1,9 +1,11 @@
 """Prefect tasks: thin wrappers over the units of `notbugs.stages` (one model, one shard, one evaluation).
 
-Tasks that use the accelerator carry the tag `gpu`. One task per GPU is enforced inside each flow by
-its task runner (as many worker threads as GPUs, each unit pinned to one card). We deliberately do not
-create a server-side tag concurrency limit: a task killed with SIGKILL never releases its slot there,
-and every later `gpu` task would then wait forever (seen with Prefect 3.9 and a local server).
+The tasks carry no tag. A flow asked for a GPU tag (`flows.pipeline.units`) gives it to the units that
+use the accelerator, so that a server-side tag concurrency limit can bound them across flows. One task
+per GPU is enforced inside each flow by its task runner (as many worker threads as GPUs, each unit
+pinned to one card). We deliberately do not create a server-side tag concurrency limit: a task killed
+with SIGKILL never releases its slot there, and every later tagged task would then wait forever (seen
+with Prefect 3.9 and a local server).
 """
 
 from tasks.units import (

@@ -10,7 +10,7 @@ from prefect.cache_policies import NONE
 
 from notbugs import stages as S
 
-GPU_TAG = "gpu"
+GPU_TAG = "gpu"  # the tag flows give the accelerator units when asked (flows.pipeline.units)
 log = logging.getLogger("notbugs")
 
 # Transient failures (a preempted GPU, a flaky filesystem) get retried; the units resume from their
@@ -24,17 +24,17 @@ def fetch_data(params, data_dir: str, device: str) -> dict:
     return S.stage_fetch(params, data_dir, device)
 
 
-@task(name="train model", tags=[GPU_TAG], task_run_name="train {spec.name}", **RETRY)
+@task(name="train model", task_run_name="train {spec.name}", **RETRY)
 def train_model(params, spec: S.ModelSpec, x, y, data_dir: str, device, run_id: str, deadline=None) -> dict:
     return S.train_unit(params, spec, x, y, data_dir, device, run_id, deadline)
 
 
-@task(name="evaluate model", tags=[GPU_TAG], task_run_name="evaluate {model_id}", **RETRY)
+@task(name="evaluate model", task_run_name="evaluate {model_id}", **RETRY)
 def evaluate_model(params, model, model_id: str, split, cfg, data_dir: str, device, run_id: str) -> dict:
     return S.evaluate_unit(params, model, model_id, split, cfg, data_dir, device, run_id)
 
 
-@task(name="build shard", tags=[GPU_TAG], task_run_name="build {job.name} shard {k}", **RETRY)
+@task(name="build shard", task_run_name="build {job.name} shard {k}", **RETRY)
 def build_shard(job: S.ConstructJob, k: int) -> dict:
     return job.build(k)
 

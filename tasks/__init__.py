@@ -9,7 +9,6 @@ with Prefect 3.9 and a local server).
 """
 
 from tasks.units import (
-    GPU_TAG,
     build_shard,
     evaluate_model,
     fetch_data,
@@ -18,5 +17,5 @@ from tasks.units import (
     train_model,
 )
 
-__all__ = ["GPU_TAG", "build_shard", "evaluate_model", "fetch_data", "publish_table",
+__all__ = ["build_shard", "evaluate_model", "fetch_data", "publish_table",
            "render_report", "train_model"]

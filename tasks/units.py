@@ -10,7 +10,6 @@ from prefect.cache_policies import NONE
 
 from notbugs import stages as S
 
-GPU_TAG = "gpu"  # the tag flows give the accelerator units when asked (flows.pipeline.units)
 log = logging.getLogger("notbugs")
 
 # Transient failures (a preempted GPU, a flaky filesystem) get retried; the units resume from their

@@ -3,7 +3,7 @@ stage's units (models, shards, evaluations) run as Prefect tasks: every unit sho
 logs on its own, and the stage's sequence lives in one place, the library.
 
 On a machine with several GPUs, independent units (shards, transfer models) run side by side, one
-per GPU; on one GPU or a CPU they run one after the other.
+per GPU; on one GPU or a CPU they run one after the other, in the flow's thread (see `units`).
 """
 
 from __future__ import annotations
@@ -23,30 +23,33 @@ RUNNER = ThreadPoolTaskRunner(max_workers=max(torch.cuda.device_count(), 1))
 
 
 def submit_all(task, calls: list[tuple]) -> list:
-    """With several GPUs, submit every call to the flow's task runner (one worker per GPU) and wait for
-    all of them. With one device, run them in order in this thread, each still a Prefect task run.
-
-    Why not always submit: torch work in a second thread gives the process a second OpenMP thread
-    team, and libgomp, seeing more OpenMP threads than cores, stops spin-waiting at its barriers. On
-    our 2-core CPU, training steps ran at 0.74-0.83x the main thread's rate there
-    (bench/measured/cpu-2026-11-27/prefect-overhead/).
-    """
-    if torch.cuda.device_count() <= 1:
-        return [task(*args) for args in calls]
+    """Submit every call to the flow's task runner (one worker per GPU), then wait for all of them."""
     futures = [task.submit(*args) for args in calls]
     return [f.result() for f in futures]
 
 
-def units(gpu_tag: str | None = None) -> S.Units:
-    """A stage's unit runners as Prefect tasks. With `gpu_tag`, the units that use the accelerator carry
-    that tag, so that a server-side tag concurrency limit (`prefect concurrency-limit create gpu N`)
-    bounds them across flows sharing GPUs. Off by default because a tag is not free: with Prefect 3.9
-    every tagged task asks the server for a slot lease, and one that follows a long tagged task waits
-    about 2 s for it, even when no limit exists (0.003 s untagged; measured on our 2-core CPU)."""
+def units(device: str = "auto", gpu_tag: str | None = None) -> S.Units:
+    """A stage's unit runners as Prefect tasks.
+
+    Independent units (shards, transfer models) go to the flow's task runner only when the stage
+    spreads them over several GPUs. On one device they run in order in the flow's own thread, each
+    still a task run: torch work in a second thread gives the process a second OpenMP team, and
+    libgomp, then seeing more OpenMP threads than cores, stops spin-waiting at its barriers (on our
+    2-core CPU, training steps at 0.74-0.83x the main thread's rate; bench/measured/cpu-2026-11-27/
+    prefect-overhead/).
+
+    With `gpu_tag`, the units that use the accelerator carry that tag, so that a server-side tag
+    concurrency limit (`prefect concurrency-limit create gpu N`) bounds them across flows sharing
+    GPUs. Off by default because a tag is not free: with Prefect 3.9 every tagged task asks the
+    server for a slot lease, and one that follows a long tagged task waited about 2 s for it, even
+    with no limit defined (0.003 s untagged; same folder).
+    """
     train, evaluate, build = train_model, evaluate_model, build_shard
     if gpu_tag:
         train, evaluate, build = (t.with_options(tags=[gpu_tag]) for t in (train, evaluate, build))
-    return S.Units(train=train, evaluate=evaluate, build=build, map=submit_all, parallel=True)
+    several = len(S.stage_devices(device, parallel=True)) > 1  # the stage's own rule
+    return S.Units(train=train, evaluate=evaluate, build=build, map=submit_all if several else S.run_in_order,
+                   parallel=True)
 
 
 def _rows(metrics: dict, **key) -> list[dict]:
@@ -67,7 +70,7 @@ def fetch_flow(params_path: str = "params.yaml", profile: str | None = None, dat
 def source_flow(kind: str, params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                 device: str = "auto", gpu_tag: str | None = None) -> dict:
     params = load_params(params_path, profile)
-    metrics = S.stage_source(params, kind, data_dir, device, units(gpu_tag))
+    metrics = S.stage_source(params, kind, data_dir, device, units(device, gpu_tag))
     model_id = S.source_spec(params, kind).model_id(params.profile.name)
     publish_table(f"source-{kind}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
     return metrics
@@ -77,7 +80,7 @@ def source_flow(kind: str, params_path: str = "params.yaml", profile: str | None
 def construct_flow(name: str, params_path: str = "params.yaml", profile: str | None = None,
                    data_dir: str = "data", device: str = "auto", gpu_tag: str | None = None) -> dict:
     params = load_params(params_path, profile)
-    stats = S.stage_construct(params, name, data_dir, device, units(gpu_tag))
+    stats = S.stage_construct(params, name, data_dir, device, units(device, gpu_tag))
     out = S.dataset_dir(data_dir, name)
     shards = [{"shard": k, **read_json(out / f"shard-{k:05d}.json")["stats"]}
               for k in range(len(read_json(out / "manifest.json")["shards"]))]
@@ -89,7 +92,7 @@ def construct_flow(name: str, params_path: str = "params.yaml", profile: str | N
 def train_flow(name: str, params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                device: str = "auto", gpu_tag: str | None = None) -> dict:
     params = load_params(params_path, profile)
-    metrics = S.stage_train(params, name, data_dir, device, units(gpu_tag))
+    metrics = S.stage_train(params, name, data_dir, device, units(device, gpu_tag))
     model_id = S.train_spec(params, name).model_id(params.profile.name)
     publish_table(f"train-{name}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
     return metrics
@@ -100,7 +103,7 @@ def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, 
                   device: str = "auto", gpu_tag: str | None = None) -> dict:
     """Figure 3. The models train side by side when there are several GPUs, then the rates are measured."""
     params = load_params(params_path, profile)
-    metrics = S.stage_transfer(params, data_dir, device, units(gpu_tag))
+    metrics = S.stage_transfer(params, data_dir, device, units(device, gpu_tag))
     publish_table("transfer", [{"arch": a, **m} for a, m in metrics.items()],
                   "Figure 3: transfer success from the standard source model vs accuracy after training on D_det")
     return metrics
@@ -127,7 +130,7 @@ def reevaluate_flow(params_path: str = "params.yaml", profile: str | None = None
                     device: str = "auto", gpu_tag: str | None = None) -> dict:
     """Re-score every trained model under the current `reevaluate` suite; rows are appended."""
     params = load_params(params_path, profile)
-    summary = S.stage_reevaluate(params, data_dir, device, units(gpu_tag))
+    summary = S.stage_reevaluate(params, data_dir, device, units(device, gpu_tag))
     publish_table("reevaluate", [{"model": m, **v} for m, v in summary.items()] or [{"model": "none"}],
                   "re-evaluation of every trained model")
     return summary

@@ -1,4 +1,4 @@
-"""The Prefect layer's unit runner: where a stage's units (trainings, shards) run."""
+"""The Prefect layer's unit runners: where a stage's units (trainings, shards) run, and their tags."""
 
 import threading
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 pytest.importorskip("prefect")
-from flows.pipeline import submit_all  # noqa: E402
+from flows.pipeline import submit_all, units  # noqa: E402
+from notbugs import stages as S  # noqa: E402
 
 
 class RecordingTask:
@@ -29,16 +30,18 @@ class RecordingTask:
 
 
 def test_on_one_device_the_units_run_in_order_in_the_calling_thread(monkeypatch):
-    # A second thread doing torch work slows the CPU (see submit_all); one device gains nothing from it.
+    # A second thread doing torch work slows the CPU (see flows.pipeline.units); one device gains nothing.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    task = RecordingTask()
-    here = threading.current_thread().name
-    assert submit_all(task, [(0,), (1,), (2,)]) == [(0, here), (1, here), (2, here)]
+    task, here = RecordingTask(), threading.current_thread().name
+    for device in ("auto", "cpu"):
+        assert units(device).map(task, [(0,), (1,), (2,)]) == [(0, here), (1, here), (2, here)]
     assert task.submitted == 0
 
 
-def test_with_several_gpus_the_units_go_to_the_task_runner(monkeypatch):
+def test_units_spread_over_several_gpus_go_to_the_task_runner(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert units("auto").map is submit_all
+    assert units("cuda:0").map is S.run_in_order  # one card named: one unit at a time on it
     task = RecordingTask()
     assert [k for k, _ in submit_all(task, [(0,), (1,), (2,)])] == [0, 1, 2]
     assert task.submitted == 3
@@ -46,11 +49,9 @@ def test_with_several_gpus_the_units_go_to_the_task_runner(monkeypatch):
 
 def test_units_carry_no_tag_unless_a_gpu_tag_is_asked_for():
     # A tagged task waits for a server-side slot lease (about 2 s each); only a tag limit needs it.
-    from flows.pipeline import units
-
-    plain, tagged = units(), units("gpu")
+    plain, tagged = units(), units(gpu_tag="gpu")
     for name in ("train", "evaluate", "build"):
         assert not getattr(plain, name).tags
         assert getattr(tagged, name).tags == {"gpu"}
         assert getattr(tagged, name).name == getattr(plain, name).name
-    assert tagged.map is submit_all and tagged.parallel
+    assert tagged.parallel

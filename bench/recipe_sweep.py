@@ -59,17 +59,18 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"bad variant: {e}", file=sys.stderr)
         return 2
+    bf16 = S.bf16_for(params, dev)  # the profile's precision, as in the pipeline
     x, y = S.load_training_set(args.data_dir, args.name)
     split = S.load_split(params, args.data_dir)
     print(f"{args.name}: {len(y)} training images, {p.arch} x{p.width:g}, test on {len(split.test_y)} real images, "
-          f"device {S.device_name(dev, S.bf16_for(params, dev))}")
+          f"device {S.device_name(dev, bf16)}")
 
     rows = []
     for variant, recipe in zip(variants, recipes):
         label = json.dumps(variant, sort_keys=True)
         net, t = train_and_score(params, x, y, recipe, args.seed, dev, split, args.robust, desc=label)
         # how well it fits the set's own labels, without augmentation
-        fit = (predict(net, x, p.evaluate.batch_size, dev, S.bf16_for(params, dev)) == y).float().mean().item()
+        fit = (predict(net, x, p.evaluate.batch_size, dev, bf16) == y).float().mean().item()
         row = {"variant": variant, "recipe": repr(recipe), "train_s": t["train_s"], "fit_target_labels": fit,
                "train_acc_last_epoch": t["train_acc"], "test_clean": t["clean"], "test_robust": t["robust"]}
         robust = "".join(f", robust eps {k} {100 * v:.1f}" for k, v in row["test_robust"].items())
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
 
     if args.json:
         result = {"command": " ".join(sys.argv), "set": args.name, "profile": p.name, "n_train": len(y),
-                  "device": S.device_name(dev, S.bf16_for(params, dev)), "rows": rows}
+                  "device": S.device_name(dev, bf16), "rows": rows}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

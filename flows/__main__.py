@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--gpu-tag", default=os.environ.get("NOTBUGS_GPU_TAG") or None,
                         help="tag the units that use the accelerator, for a Prefect tag concurrency limit "
-                             "(default: $NOTBUGS_GPU_TAG, else none; each tagged unit costs about 2 s)")
+                             "(default: $NOTBUGS_GPU_TAG, else none; a tagged unit may wait about 2 s to start)")
     args = parser.parse_args(argv)
     if FLOWS[args.stage] and not args.item:
         items = "standard|robust" if args.stage == "source" else "d_r|d_nr|d_rand|d_det"

@@ -11,7 +11,6 @@ for d in ${RUNS:-C3 A3}; do
   if [ $mode != A ]; then
     NICE=""; [ $mode = N ] && NICE="nice -n 19"
     PREFECT_SERVER_ANALYTICS_ENABLED=false $NICE prefect server start --host 127.0.0.1 --port $port > /work/ovh/server4.log 2>&1 &
-    true || PREFECT_SERVER_ANALYTICS_ENABLED=false prefect server start --host 127.0.0.1 --port $port > /work/ovh/server4.log 2>&1 &
     for _ in $(seq 1 120); do curl -fs http://127.0.0.1:$port/api/health >/dev/null 2>&1 && break; sleep 0.5; done; sleep 5
   fi
   /work/ovh/sampler.sh "transfer --data-dir /work/ovh/t_$d" /work/ovh/threads_$d.txt & smp=$!

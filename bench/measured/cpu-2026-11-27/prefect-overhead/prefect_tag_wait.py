@@ -1,8 +1,8 @@
 """How long a Prefect task takes to start, tagged (`gpu`) or not, after a short and after a long task.
 Each task runs `n` training steps of ResNet-9 (1/8 width, bf16) in the flow's thread. Needs a server:
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/python \
-        bench/measured/cpu-2026-11-27/prefect-overhead/prefect_tag_wait.py tagged|plain
+    PREFECT_API_URL=http://127.0.0.1:4200/api PYTHONPATH=bench/measured/cpu-2026-11-27/prefect-overhead \
+        .venv/bin/python bench/measured/cpu-2026-11-27/prefect-overhead/prefect_tag_wait.py tagged|plain
 """
 
 import sys

@@ -1,9 +1,10 @@
-"""Is a short matching rule as good as the paper's 1000 steps of 0.1? Distance and downstream accuracy.
+"""Is a short attack rule as good as the paper's? What it reaches on the source, and downstream accuracy.
 
 The `fast` and `cpu` profiles build D_R / D_NR with far fewer representation-matching steps than
-the paper (100 or 25 instead of 1000), with a step size that decays linearly. The issue asks to use
-fewer steps only where the shorter rule reaches the same representation distance *and* the same
-downstream accuracy. This script measures both, in one run, for any list of rules:
+the paper (100 instead of 1000), with a step size that decays linearly, and D_rand / D_det with
+fewer targeted PGD steps (30 or 15 instead of 100). The issue asks to use fewer steps only where the
+shorter rule reaches the same representation distance *and* the same downstream accuracy. This
+script measures both, in one run, for any list of rules:
 
   1. distance: each rule matches the same N training positions of the profile's split, N/10 of each
      class drawn with the construction seed (the split is stored class by class, so its first N
@@ -18,8 +19,17 @@ downstream accuracy. This script measures both, in one run, for any list of rule
 It reads a data directory of the pipeline (after `notbugs source robust` / `source standard`) and
 writes nothing there. A rule is STEPS:STEP_SIZE[:FINAL_STEP_SIZE].
 
+For D_rand / D_det (`--set d_rand|d_det`) a rule is STEPS:STEP_SIZE of targeted l2 PGD on the
+standard model at the profile's `construct.pgd.eps` (the paper's is 100:0.1 at eps 0.5), towards the
+pipeline's own targets; what it reaches is the targeted success rate on the source model (the
+share of images it classifies as their new label), with the mean targeted loss before and after
+and the mean perturbation norm; downstream, the model is trained on the images with their target
+labels (the set's recipe) and scored on the real test set.
+
     python bench/step_rule.py --data-dir data --profile cpu --set d_r --n 2000 \\
         --rules 1000:0.1,100:0.3:0.02,25:0.5:0.02 --json step_rule.json
+    python bench/step_rule.py --data-dir data --profile cpu --set d_rand --n 0 \\
+        --rules 100:0.1,30:0.1,15:0.1,5:0.1 --seeds 1234,1 --json step_rule_d_rand.json
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 # the repository (for notbugs) and this folder (for experiment.py; `import bench` would find bench.py)
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
@@ -40,7 +51,7 @@ from experiment import add_common_options, params_and_device, train_and_score  #
 from notbugs import construct as C  # noqa: E402
 from notbugs import data as D  # noqa: E402
 from notbugs import stages as S  # noqa: E402
-from notbugs.attacks import frozen, match_representation  # noqa: E402
+from notbugs.attacks import autocast, frozen, match_representation, pgd_l2  # noqa: E402
 from notbugs.train import load_model  # noqa: E402
 
 
@@ -82,19 +93,48 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
     return torch.cat(out), curve[steps] / n, start_rel / n, {m: v / n for m, v in curve.items()}
 
 
+def attack_set(model, images, targets, eps: float, rule, batch_size: int, device, bf16: bool) -> tuple:
+    """Targeted l2 PGD images for every position, as the pipeline builds D_rand / D_det, and what they
+    reach on the source model: success rate (classified as the target), mean targeted cross-entropy
+    before and after, and mean perturbation norm."""
+    steps, size, _ = rule
+    out, success, start_loss, loss, norm = [], 0.0, 0.0, 0.0, 0.0
+    for a in range(0, len(images), batch_size):
+        x, t = images[a:a + batch_size].to(device), targets[a:a + batch_size].to(device)
+        z = pgd_l2(model, x, t, eps, steps, size, targeted=True, bf16=bf16)
+        with torch.no_grad(), autocast(device, bf16):
+            before, after = model(x).float(), model(z).float()
+        success += (after.argmax(1) == t).sum().item()
+        start_loss += F.cross_entropy(before, t, reduction="sum").item()
+        loss += F.cross_entropy(after, t, reduction="sum").item()
+        norm += (z - x).flatten(1).norm(dim=1).sum().item()
+        out.append(z.cpu())
+    n = len(images)
+    return torch.cat(out), {"success_rate": success / n, "start_target_loss": start_loss / n,
+                            "target_loss": loss / n, "perturbation_norm": norm / n}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_options(ap)
-    ap.add_argument("--set", dest="name", choices=C.MATCHING, default="d_r")
+    ap.add_argument("--set", dest="name", choices=C.MATCHING + C.TARGETED, default="d_r")
     ap.add_argument("--n", type=int, default=2000,
-                    help="training positions matched and trained on, N/10 per class (a multiple of 10; 0: all)")
-    ap.add_argument("--rules", default="1000:0.1,100:0.3:0.02,25:0.5:0.02",
-                    type=lambda s: [parse_rule(r) for r in s.split(",")])
+                    help="training positions matched (or attacked) and trained on, N/10 per class "
+                         "(a multiple of 10; 0: all)")
+    ap.add_argument("--rules", default=None, type=lambda s: [parse_rule(r) for r in s.split(",")],
+                    help="default: 1000:0.1,100:0.3:0.02,25:0.5:0.02 (matching); 100:0.1,30:0.1,15:0.1 (PGD)")
     ap.add_argument("--checkpoints", default="25,100,250,500", type=lambda s: [int(c) for c in s.split(",")])
-    ap.add_argument("--no-train", action="store_true", help="distances only")
+    ap.add_argument("--no-train", action="store_true", help="what the rules reach on the source model, no training")
     ap.add_argument("--seeds", default="1234", type=lambda s: [int(x) for x in s.split(",")],
                     help="training seeds, the same for every rule: each rule's set is trained once per seed")
     args = ap.parse_args(argv)
+    targeted = args.name in C.TARGETED
+    if args.rules is None:
+        args.rules = [parse_rule(r) for r in ("100:0.1,30:0.1,15:0.1" if targeted else
+                                              "1000:0.1,100:0.3:0.02,25:0.5:0.02").split(",")]
+    if targeted and any(size != final for _, size, final in args.rules):
+        print("--rules: PGD (d_rand, d_det) takes a constant step, STEPS:STEP_SIZE", file=sys.stderr)
+        return 2
     params, dev = params_and_device(args)
     p = params.profile
     model, meta = load_model(S.model_dir(args.data_dir, S.construct_source(args.name)), dev)
@@ -105,12 +145,17 @@ def main(argv=None) -> int:
         print(f"--n: {e}", file=sys.stderr)
         return 2
     n = len(positions)
-    starts_at = C.assignments(args.name, split.train_y.numpy(), p.construct.seed)["start"][positions]
-    images, labels = split.train_x[positions], split.train_y[positions]
-    starts = split.train_x[torch.as_tensor(starts_at)]
+    assign = C.assignments(args.name, split.train_y.numpy(), p.construct.seed)
+    images = split.train_x[positions]
+    if targeted:  # trained on the targets, as D_rand / D_det are
+        labels = torch.as_tensor(assign["target"][positions.numpy()], dtype=torch.long)
+    else:
+        labels = split.train_y[positions]
+        starts = split.train_x[torch.as_tensor(assign["start"][positions.numpy()])]
     recipe = p.train_on[args.name]
     bf16 = S.bf16_for(params, dev)  # the profile's precision, as in the pipeline
-    print(f"{args.name}: {n} images ({n // 10} per class) matched on the {meta['training']} {meta['arch']} "
+    what = f"attacked (targeted l2 PGD, eps {p.construct.pgd.eps:g})" if targeted else "matched"
+    print(f"{args.name}: {n} images ({n // 10} per class) {what} on the {meta['training']} {meta['arch']} "
           f"({meta['model_id']}), "
           f"device {S.device_name(dev, bf16)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
           f"test on {len(split.test_y)} real images")
@@ -118,18 +163,33 @@ def main(argv=None) -> int:
     rows = []
     for rule in args.rules:
         t0 = time.perf_counter()
-        with frozen(model):
-            z, rel, start_rel, curve = match_set(model, images, starts, rule, p.construct.batch_size, dev,
-                                                 args.checkpoints, bf16)
-        match_s = time.perf_counter() - t0
-        row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2],
-               "start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()},
-               "match_s": match_s, "image_steps_per_s": n * rule[0] / match_s}
-        trail = ", ".join(f"{k}: {v:.3f}" for k, v in curve.items()) if len(curve) > 1 else ""
-        print(f"  {row['rule']:>18}: relative distance {start_rel:.3f} -> {rel:.3f}"
-              f"{f' ({trail})' if trail else ''}, {match_s:.0f} s")
-        if not all(math.isfinite(v) for v in (rel, start_rel)):
-            print(f"rule {row['rule']}: non-finite distance", file=sys.stderr)
+        row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2]}
+        if targeted:
+            with frozen(model):
+                z, reached = attack_set(model, images, labels, p.construct.pgd.eps, rule, p.construct.batch_size,
+                                        dev, bf16)
+            row.update(reached)
+            finite = math.isfinite(reached["target_loss"])
+        else:
+            with frozen(model):
+                z, rel, start_rel, curve = match_set(model, images, starts, rule, p.construct.batch_size, dev,
+                                                     args.checkpoints, bf16)
+            row.update({"start_relative": start_rel, "final_relative": rel,
+                        "curve": {str(k): v for k, v in curve.items()}})
+            finite = math.isfinite(rel) and math.isfinite(start_rel)
+        seconds = time.perf_counter() - t0
+        row["pgd_s" if targeted else "match_s"] = seconds
+        row["image_steps_per_s"] = n * rule[0] / seconds
+        if targeted:
+            print(f"  {row['rule']:>18}: targeted success {100 * row['success_rate']:.1f}%, target loss "
+                  f"{row['start_target_loss']:.3f} -> {row['target_loss']:.3f}, "
+                  f"perturbation norm {row['perturbation_norm']:.3f}, {seconds:.0f} s")
+        else:
+            trail = ", ".join(f"{k}: {v:.3f}" for k, v in curve.items()) if len(curve) > 1 else ""
+            print(f"  {row['rule']:>18}: relative distance {start_rel:.3f} -> {rel:.3f}"
+                  f"{f' ({trail})' if trail else ''}, {seconds:.0f} s")
+        if not finite:
+            print(f"rule {row['rule']}: non-finite result", file=sys.stderr)
             return 1
         if not args.no_train:
             row["trained"] = []
@@ -149,7 +209,7 @@ def main(argv=None) -> int:
         rows.append(row)
 
     result = {"command": " ".join(sys.argv), "set": args.name, "n": n, "profile": p.name,
-              "class_counts": torch.bincount(labels, minlength=10).tolist(),
+              "class_counts": torch.bincount(split.train_y[positions], minlength=10).tolist(),
               "source_model_id": meta["model_id"], "device": S.device_name(dev, bf16), "seeds": args.seeds,
               "rules": rows}
     if args.json:

@@ -86,6 +86,47 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
         assert 0 <= r["clean"] <= 1 and set(r["robust"]) == {"0.25"} and 0 <= r["robust"]["0.25"] <= r["clean"]
 
 
+def test_pgd_rule_of_the_profile_rebuilds_the_pipelines_set(pipeline):
+    """For D_rand the step-rule script attacks as the pipeline does: with the profile's own rule, on
+    every position, it gives the constructed set's images (stored in float16) and its target labels."""
+    path, data = pipeline
+    params = load_params(path)
+    p = params.profile
+    step_rule = _script("step_rule")
+    model, _ = S.load_model(S.model_dir(data, "standard"), "cpu")
+    x = S.load_split(params, data).train_x
+    built, targets = S.load_training_set(data, "d_rand")
+    rule = (p.construct.pgd.steps, p.construct.pgd.step_size, p.construct.pgd.step_size)
+    with frozen(model):
+        z, reached = step_rule.attack_set(model, x, targets, p.construct.pgd.eps, rule, p.construct.batch_size,
+                                          torch.device("cpu"), bf16=False)
+    assert torch.allclose(z, built, atol=1e-3)
+    assert reached["perturbation_norm"] <= p.construct.pgd.eps + 1e-4
+    assert reached["target_loss"] < reached["start_target_loss"]  # the attack moves toward the targets
+
+
+def test_step_rule_for_pgd_sets_reports_success_and_downstream_accuracy(pipeline, tmp_path, capsys):
+    path, data = pipeline
+    out = tmp_path / "pgd_rules.json"
+    step_rule = _script("step_rule")
+    rc = step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_det", "--n", "40",
+                         "--rules", "6:0.1,1:0.1", "--seeds", "1", "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "1 x 0.1"] and res["class_counts"] == [4] * 10
+    long, short = res["rules"]
+    for r in res["rules"]:
+        assert 0 <= r["success_rate"] <= 1 and r["perturbation_norm"] <= 0.5 + 1e-4 and r["pgd_s"] > 0
+        assert r["target_loss"] < r["start_target_loss"]
+        assert [t["seed"] for t in r["trained"]] == [1] and 0 <= r["clean"] <= 1
+    assert long["target_loss"] < short["target_loss"]  # more steps of the same size go further
+    assert long["start_target_loss"] == pytest.approx(short["start_target_loss"])  # same images, same targets
+    assert "targeted success" in capsys.readouterr().out
+    # PGD has a constant step: a decaying rule is refused before any work
+    assert step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand",
+                           "--rules", "6:0.3:0.02", "--no-train", "--device", "cpu"]) == 2
+
+
 def test_step_rule_refuses_a_count_that_is_not_balanced(pipeline, capsys):
     path, data = pipeline
     rc = _script("step_rule").main(["--params", str(path), "--data-dir", str(data), "--n", "45", "--no-train",

@@ -39,7 +39,10 @@ def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | 
     if not hasattr(torch, "compile"):
         return "torch.compile is not available in this torch"
     eager = model.backbone
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if train else None
+    was_training = model.training
+    # The train-mode probe moves the BatchNorm running statistics (all in the backbone). Saved from and
+    # restored into the eager module: a compiled wrapper shares its tensors but names them `_orig_mod.*`.
+    saved = {k: v.detach().clone() for k, v in eager.state_dict().items()} if train else None
     reference = _input_gradient(model, example, bf16)
     try:
         model.backbone = torch.compile(eager, dynamic=False)
@@ -58,7 +61,8 @@ def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | 
         model.backbone = eager
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     finally:
-        if saved is not None:  # the train-mode probe moved the BatchNorm running statistics
-            model.load_state_dict(saved)
+        if saved is not None:
+            eager.load_state_dict(saved)
+        model.train(was_training)
     return None
 

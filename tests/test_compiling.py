@@ -43,6 +43,28 @@ def test_train_probe_keeps_batchnorm_statistics(monkeypatch):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_train_probe_of_a_compiled_wrapper_restores_the_statistics(monkeypatch):
+    """torch.compile returns a wrapper that shares the module's tensors under `_orig_mod.*` names;
+    restoring the BatchNorm statistics by the model's own names then failed after every successful
+    compile with train=True (what bench.py --compile does)."""
+
+    class Wrapper(torch.nn.Module):  # the naming of torch._dynamo's OptimizedModule
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: Wrapper(fn))
+    assert compiling.try_compile(model, torch.rand(4, 3, 32, 32), train=True) is None
+    assert isinstance(model.backbone, Wrapper) and not model.training
+    after = model.backbone._orig_mod.state_dict()
+    assert all(torch.equal(before[f"backbone.{k}"], v) for k, v in after.items())
+
+
 def test_really_compiled_matching_equals_eager():
     """A real compile (inductor on the CPU): the same matching result up to rounding, or, where
     this machine cannot compile, a stated reason and the eager model."""

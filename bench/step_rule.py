@@ -93,6 +93,23 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
     return torch.cat(out), curve[steps] / n, start_rel / n, {m: v / n for m, v in curve.items()}
 
 
+def reach_by_matching(model, images, starts, rule, batch_size: int, device, checkpoints: list[int],
+                      bf16: bool) -> tuple:
+    """`match_set`'s images, and what the rule reached, as the JSON records it."""
+    z, rel, start_rel, curve = match_set(model, images, starts, rule, batch_size, device, checkpoints, bf16)
+    return z, {"start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()}}
+
+
+def describe(row: dict) -> str:
+    """One line on what a rule reached on the source model."""
+    if "success_rate" in row:
+        return (f"targeted success {100 * row['success_rate']:.1f}%, target loss {row['start_target_loss']:.3f} -> "
+                f"{row['target_loss']:.3f}, perturbation norm {row['perturbation_norm']:.3f}")
+    trail = ", ".join(f"{k}: {v:.3f}" for k, v in row["curve"].items()) if len(row["curve"]) > 1 else ""
+    return (f"relative distance {row['start_relative']:.3f} -> {row['final_relative']:.3f}"
+            f"{f' ({trail})' if trail else ''}")
+
+
 def attack_set(model, images, targets, eps: float, rule, batch_size: int, device, bf16: bool) -> tuple:
     """Targeted l2 PGD images for every position, as the pipeline builds D_rand / D_det, and what they
     reach on the source model: success rate (classified as the target), mean targeted cross-entropy
@@ -162,33 +179,21 @@ def main(argv=None) -> int:
 
     rows = []
     for rule in args.rules:
-        t0 = time.perf_counter()
         row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2]}
-        if targeted:
-            with frozen(model):
+        t0 = time.perf_counter()
+        with frozen(model):
+            if targeted:
                 z, reached = attack_set(model, images, labels, p.construct.pgd.eps, rule, p.construct.batch_size,
                                         dev, bf16)
-            row.update(reached)
-            finite = math.isfinite(reached["target_loss"])
-        else:
-            with frozen(model):
-                z, rel, start_rel, curve = match_set(model, images, starts, rule, p.construct.batch_size, dev,
-                                                     args.checkpoints, bf16)
-            row.update({"start_relative": start_rel, "final_relative": rel,
-                        "curve": {str(k): v for k, v in curve.items()}})
-            finite = math.isfinite(rel) and math.isfinite(start_rel)
+            else:
+                z, reached = reach_by_matching(model, images, starts, rule, p.construct.batch_size, dev,
+                                               args.checkpoints, bf16)
         seconds = time.perf_counter() - t0
-        row["pgd_s" if targeted else "match_s"] = seconds
+        row.update(reached)
+        row["pgd_s" if targeted else "match_s"] = seconds  # match_s: the key of the earlier JSON files
         row["image_steps_per_s"] = n * rule[0] / seconds
-        if targeted:
-            print(f"  {row['rule']:>18}: targeted success {100 * row['success_rate']:.1f}%, target loss "
-                  f"{row['start_target_loss']:.3f} -> {row['target_loss']:.3f}, "
-                  f"perturbation norm {row['perturbation_norm']:.3f}, {seconds:.0f} s")
-        else:
-            trail = ", ".join(f"{k}: {v:.3f}" for k, v in curve.items()) if len(curve) > 1 else ""
-            print(f"  {row['rule']:>18}: relative distance {start_rel:.3f} -> {rel:.3f}"
-                  f"{f' ({trail})' if trail else ''}, {seconds:.0f} s")
-        if not finite:
+        print(f"  {row['rule']:>18}: {describe(row)}, {seconds:.0f} s")
+        if not all(math.isfinite(v) for v in reached.values() if isinstance(v, float)):
             print(f"rule {row['rule']}: non-finite result", file=sys.stderr)
             return 1
         if not args.no_train:

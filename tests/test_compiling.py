@@ -65,6 +65,24 @@ def test_train_probe_of_a_compiled_wrapper_restores_the_statistics(monkeypatch):
     assert all(torch.equal(before[f"backbone.{k}"], v) for k, v in after.items())
 
 
+def test_really_compiled_train_probe_keeps_the_model():
+    """A real compile with the train-mode probe (what bench.py --compile does): it works or says why,
+    and the model comes back with its weights, BatchNorm statistics and eval mode."""
+    model = _model()
+    x = torch.rand(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        out = model(x)
+    reason = compiling.try_compile(model, x, train=True)
+    if reason is not None:  # a machine that cannot compile: the eager model stays
+        assert "Error" in reason or "compile" in reason
+    eager = model.backbone if reason else model.backbone._orig_mod
+    assert all(torch.equal(before[f"backbone.{k}"], v) for k, v in eager.state_dict().items())
+    assert not model.training
+    with torch.no_grad():
+        assert torch.allclose(model(x), out, atol=1e-4)
+
+
 def test_really_compiled_matching_equals_eager():
     """A real compile (inductor on the CPU): the same matching result up to rounding, or, where
     this machine cannot compile, a stated reason and the eager model."""

@@ -99,6 +99,7 @@ UNITS = {"match": "image-steps/s", "pgd": "image-steps/s", "train": "images/s", 
 MATCH_STEP, PGD_EPS, PGD_STEP = 0.1, 0.5, 0.1  # paper: D_R step 0.1; D_rand / D_det eps 0.5, step 0.1
 ADV = AdversarialConfig(eps=0.5, steps=7, step_size=0.1, random_start=False)  # paper's robust model
 EVAL_EPS, EVAL_STEPS, EVAL_FACTOR = 0.25, 20, 2.5
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # "default": torch's
 PAPER_TRAIN = TrainConfig(epochs=1, batch_size=0, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                           schedule="step", milestones=(50, 100), gamma=0.1, warmup=0.0, label_smoothing=0.0,
                           augment=AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0),
@@ -303,6 +304,8 @@ def parse_args(argv=None):
                    help="matching / PGD steps in one iteration of the match and pgd stages; default 10 GPU, 5 CPU")
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers; default 8 GPU, 0 CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile our model's backbone (falls back to eager)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile's mode with --compile; reduce-overhead adds CUDA graphs on a GPU")
     p.add_argument("--no-channels-last", action="store_true",
                    help="ours in the default memory format (train() converts anyway: that is the library)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -325,6 +328,8 @@ def parse_args(argv=None):
     for k, v in (tiny if args.tiny else defaults).items():
         if getattr(args, k) is None:  # explicit options win over the preset
             setattr(args, k, v)
+    if args.compile_mode != "default" and not args.compile:  # else a run meant to measure a mode measures eager
+        p.error("--compile-mode needs --compile")
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
@@ -332,12 +337,13 @@ def parse_args(argv=None):
     return args
 
 
-def maybe_compile(model, device, batch: int, fmt: torch.memory_format, bf16: bool, notes: list[str]) -> bool:
+def maybe_compile(model, device, batch: int, fmt: torch.memory_format, bf16: bool, notes: list[str],
+                  mode: str | None = None) -> bool:
     """Compile the backbone in place with the library's helper, probed in eval mode (input gradient)
     and train mode (weight gradients) at the benchmark's batch size and memory format (others would
     make dynamo recompile); on any error, note it and measure eager instead."""
     example = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    reason = try_compile(model, example, train=True, bf16=bf16)
+    reason = try_compile(model, example, train=True, bf16=bf16, mode=mode)
     if reason is not None:
         notes.append(f"--compile failed ({reason}); ours runs eager")
     return reason is None
@@ -510,7 +516,8 @@ def main(argv=None) -> dict:
     bf16 = use_bf16(args.precision, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     ours.to(memory_format=fmt)
-    compiled = maybe_compile(ours, dev, args.batch, fmt, bf16, notes) if args.compile else False
+    compile_mode = None if args.compile_mode == "default" else args.compile_mode
+    compiled = maybe_compile(ours, dev, args.batch, fmt, bf16, notes, compile_mode) if args.compile else False
     if compiled and args.warmup == 0:
         notes.append("--compile with --warmup 0: ours' timed iterations include compilation")
 
@@ -541,7 +548,8 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "arch": args.arch, "width": args.width, "batch": args.batch,
         "steps": args.steps, "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
-        "compiled": compiled, "channels_last": channels_last, "ours_precision": "bf16 autocast" if bf16 else "fp32",
+        "compiled": compiled, "compile_mode": args.compile_mode if args.compile else None,
+        "channels_last": channels_last, "ours_precision": "bf16 autocast" if bf16 else "fp32",
         "reference_precision": "fp32" if not gpu else
         "fp32, TF32 convolutions off" if args.strict_fp32 or not b.tf32_default else
         "fp32 (cuDNN may use TF32 for convolutions: PyTorch default)",
@@ -560,7 +568,8 @@ def print_report(out: dict) -> None:
     print(f"device: {out['device']} | torch {out['torch']} | {out['arch']} width {out['width']} | "
           f"batch {out['batch']} | {out['steps']} timed + {out['warmup']} warm-up iterations per stage | "
           f"attack steps {out['attack_steps']}")
-    print(f"ours: {out['ours_precision']}, channels_last {out['channels_last']}, compiled {out['compiled']} | "
+    mode = f" (mode {out['compile_mode']})" if out.get("compile_mode") else ""
+    print(f"ours: {out['ours_precision']}, channels_last {out['channels_last']}, compiled {out['compiled']}{mode} | "
           f"reference: {out['reference_precision']}, DataLoader workers {out['ref_workers']} | "
           f"forward {out['forward_gflops_per_image']:.4f} GFLOP/image")
     head = (f"{'stage':<10} {'unit':<14} {'ours':>12} {'reference':>12} {'ratio':>7} {'TFLOP/s':>9} {'% peak':>7} "

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from notbugs.config import Params, TrainConfig, load_params
+from notbugs.config import AdversarialConfig, Params, TrainConfig, load_params
 from notbugs.evaluate import evaluate
 from notbugs.models import make_model
 from notbugs.stages import Split, bf16_for
@@ -31,16 +31,18 @@ def params_and_device(args) -> tuple[Params, torch.device]:
 
 
 def train_and_score(params: Params, images: torch.Tensor, labels: torch.Tensor, recipe: TrainConfig, seed: int,
-                    device: torch.device, split: Split, robust: bool, desc: str) -> tuple[torch.nn.Module, dict]:
-    """Train a fresh model (initial weights and batch order from `seed`) and score it on the real test
-    set: clean accuracy, and robust accuracy under the profile's evaluate suite when `robust`, both in
-    the profile's precision, as the pipeline does. Returns the model and its scores."""
+                    device: torch.device, split: Split, robust: bool, desc: str,
+                    adversarial: AdversarialConfig | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train a fresh model (initial weights and batch order from `seed`; adversarially when
+    `adversarial` is given) and score it on the real test set: clean accuracy, and robust accuracy
+    under the profile's evaluate suite when `robust`, both in the profile's precision, as the pipeline
+    does. Returns the model and its scores."""
     p = params.profile
     bf16 = bf16_for(params, device)
     torch.manual_seed(seed)
     net = make_model(p.arch, width=p.width)
     t0 = time.perf_counter()
-    history = train(net, images, labels, recipe, seed, device, desc=desc, bf16=bf16)
+    history = train(net, images, labels, recipe, seed, device, adversarial=adversarial, desc=desc, bf16=bf16)
     e = p.evaluate
     ev = evaluate(net, desc, split.test_x, split.test_y, e.eps if robust else (), e.steps, e.step_factor,
                   e.restarts, e.batch_size, device, bf16=bf16)

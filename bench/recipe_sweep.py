@@ -1,4 +1,4 @@
-"""Which training recipe learns from a constructed set? Train variants of one set's recipe, side by side.
+"""Which training recipe learns from a set? Train variants of one set's (or source model's) recipe, side by side.
 
 D_rand and D_det are where a short recipe fails (protocol.md, last section): a model can fit the
 relabelled training set and still score near chance on the real test set, or not fit it at all. This
@@ -8,8 +8,15 @@ profile's `train_on.<set>` recipe, and prints for each: accuracy on the set's ow
 the end of training, and clean accuracy on the real test set (robust accuracy too with --robust).
 Same seed, so the same initial weights, for every variant. Writes nothing in --data-dir.
 
+`--set standard` and `--set robust` do the same for the two source models, trained on the real
+training set D with the profile's `source_on.<model>` recipe (the robust one adversarially; a
+variant's `adversarial:` mapping is merged over the profile's attack). The clean accuracies of the
+`fast` source models fall short of the paper's, and every constructed set is built from them.
+
     python bench/recipe_sweep.py --data-dir data --profile cpu --set d_rand \\
         --variant '{}' --variant '{lr: 0.02}' --variant '{epochs: 40, augment: {crop_pad: 0, flip: false}}'
+    python bench/recipe_sweep.py --data-dir data --profile fast --set robust --robust \\
+        --variant '{epochs: 30}' --variant '{epochs: 30, adversarial: {steps: 2, step_size: 0.3}}'
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
 from notbugs import stages as S  # noqa: E402
-from notbugs.config import DATASETS, ConfigError, recipe_for  # noqa: E402
+from notbugs.config import DATASETS, SOURCE_MODELS, ConfigError, adversarial_for, recipe_for  # noqa: E402
 from notbugs.evaluate import predict  # noqa: E402
 
 
@@ -45,7 +52,8 @@ def parse_variant(text: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_options(ap)
-    ap.add_argument("--set", dest="name", choices=DATASETS, default="d_rand")
+    ap.add_argument("--set", dest="name", choices=DATASETS + SOURCE_MODELS, default="d_rand",
+                    help="a constructed set, or a source model (trained on the real training set)")
     ap.add_argument("--variant", action="append", type=parse_variant, default=None,
                     help="a YAML mapping merged over the set's recipe; repeat for several ({} = as in params)")
     ap.add_argument("--robust", action="store_true", help="also robust accuracy (the profile's evaluate suite)")
@@ -55,23 +63,34 @@ def main(argv=None) -> int:
     params, dev = params_and_device(args)
     p = params.profile
     try:
-        recipes = [recipe_for(params, args.name, v) for v in variants]
+        # only the robust source model trains adversarially; elsewhere an `adversarial:` key is refused
+        if args.name != "robust" and any("adversarial" in variant for variant in variants):
+            raise ConfigError(f"an `adversarial:` variant applies to --set robust only, not {args.name}")
+        recipes = [recipe_for(params, args.name, {k: v for k, v in variant.items() if k != "adversarial"})
+                   for variant in variants]
+        attacks = [adversarial_for(params, variant.get("adversarial")) if args.name == "robust" else None
+                   for variant in variants]
     except ConfigError as e:
         print(f"bad variant: {e}", file=sys.stderr)
         return 2
     bf16 = S.bf16_for(params, dev)  # the profile's precision, as in the pipeline
-    x, y = S.load_training_set(args.data_dir, args.name)
     split = S.load_split(params, args.data_dir)
+    if args.name in SOURCE_MODELS:
+        x, y = split.train_x, split.train_y
+    else:
+        x, y = S.load_training_set(args.data_dir, args.name)
     print(f"{args.name}: {len(y)} training images, {p.arch} x{p.width:g}, test on {len(split.test_y)} real images, "
           f"device {S.device_name(dev, bf16)}")
 
     rows = []
-    for variant, recipe in zip(variants, recipes):
+    for variant, recipe, attack in zip(variants, recipes, attacks):
         label = json.dumps(variant, sort_keys=True)
-        net, t = train_and_score(params, x, y, recipe, args.seed, dev, split, args.robust, desc=label)
+        net, t = train_and_score(params, x, y, recipe, args.seed, dev, split, args.robust, desc=label,
+                                 adversarial=attack)
         # how well it fits the set's own labels, without augmentation
         fit = (predict(net, x, p.evaluate.batch_size, dev, bf16) == y).float().mean().item()
-        row = {"variant": variant, "recipe": repr(recipe), "train_s": t["train_s"], "fit_target_labels": fit,
+        row = {"variant": variant, "recipe": repr(recipe), "adversarial": repr(attack) if attack else None,
+               "train_s": t["train_s"], "fit_target_labels": fit,
                "train_acc_last_epoch": t["train_acc"], "test_clean": t["clean"], "test_robust": t["robust"]}
         robust = "".join(f", robust eps {k} {100 * v:.1f}" for k, v in row["test_robust"].items())
         print(f"  {label:>60}: fits its labels {100 * fit:5.1f}%, real test {100 * row['test_clean']:5.1f}%"

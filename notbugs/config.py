@@ -164,13 +164,23 @@ class Params:
 
 
 def recipe_for(params: Params, name: str, override: dict | None = None) -> TrainConfig:
-    """The training recipe of constructed set `name`, with `override` (keys as under `train_on`)
-    merged over it and validated: for experiments on a recipe without editing params.yaml."""
+    """The training recipe of constructed set `name` (or of source model `standard` / `robust`), with
+    `override` (keys as under `train_on` / `source_on`) merged over it and validated: for experiments
+    on a recipe without editing params.yaml."""
+    section = "source_on" if name in SOURCE_MODELS else "train_on"
     raw = params.raw
-    where = f"profiles.{params.profile.name}.train_on.{name}(+override)"
-    merged = _merge(_merge(raw["train"], raw["train_on"].get(name) or {}, where), override or {}, where)
+    where = f"profiles.{params.profile.name}.{section}.{name}(+override)"
+    merged = _merge(_merge(raw["train"], raw[section].get(name) or {}, where), override or {}, where)
     cfg = _build(TrainConfig, merged, where)
-    validate(dataclasses.replace(params.profile, train_on={**params.profile.train_on, name: cfg}))
+    validate(dataclasses.replace(params.profile, **{section: {**getattr(params.profile, section), name: cfg}}))
+    return cfg
+
+
+def adversarial_for(params: Params, override: dict | None = None) -> AdversarialConfig:
+    """The profile's adversarial-training attack with `override` merged over it and validated."""
+    where = f"profiles.{params.profile.name}.adversarial(+override)"
+    cfg = _build(AdversarialConfig, _merge(params.raw["adversarial"], override or {}, where), where)
+    validate(dataclasses.replace(params.profile, adversarial=cfg))
     return cfg
 
 

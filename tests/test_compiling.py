@@ -1,5 +1,11 @@
 """torch.compile of the backbone: same outputs, and a failing compiler only costs speed."""
 
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from notbugs import compiling
@@ -10,6 +16,24 @@ from notbugs.models import make_model
 def _model():
     torch.manual_seed(0)
     return make_model("resnet9", width=0.0625).eval()
+
+
+def _recording_compiler(calls):
+    """A stand-in for torch.compile that records its keyword arguments and compiles nothing (fast)."""
+    def compile_(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+    return compile_
+
+
+def _bench(monkeypatch):
+    """bench/bench.py as a module, registered while the test runs (its dataclass looks itself up there)."""
+    spec = importlib.util.spec_from_file_location("bench_script", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_a_failing_compiler_leaves_the_eager_model(monkeypatch):
@@ -130,3 +154,38 @@ def test_really_compiled_bf16_matching_is_finite():
     with frozen(model):
         z, st = match_representation(model, start, x, 3, 0.1, bf16=True)
     assert torch.isfinite(z).all() and st["final_distance"] < st["start_distance"]
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_the_mode_reaches_torch_compile(monkeypatch, mode):
+    """reduce-overhead (CUDA graphs) is what a launch-bound GPU step needs; None keeps torch's default."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", _recording_compiler(calls))
+    kwargs = {} if mode is None else {"mode": mode}
+    assert compiling.try_compile(_model(), torch.rand(4, 3, 32, 32), train=True, **kwargs) is None
+    assert calls == [{"dynamic": False, "mode": mode}]
+
+
+@pytest.mark.parametrize("options, recorded, passed", [
+    (["--compile"], "default", None),
+    (["--compile", "--compile-mode", "reduce-overhead"], "reduce-overhead", "reduce-overhead"),
+])
+def test_bench_compile_mode_is_passed_and_recorded(monkeypatch, tmp_path, capsys, options, recorded, passed):
+    """bench.py --compile-mode reaches torch.compile and the JSON and header say which mode was measured.
+    In process with the stand-in compiler and one tiny stage: no real compile, so it stays quick."""
+    bench = _bench(monkeypatch)
+    calls = []
+    monkeypatch.setattr(torch, "compile", _recording_compiler(calls))
+    out = tmp_path / "bench.json"
+    bench.main(["--tiny", "--device", "cpu", "--stages", "pgd", "--json", str(out), *options])
+    res = json.loads(out.read_text())
+    assert calls == [{"dynamic": False, "mode": passed}]
+    assert res["compiled"] is True and res["compile_mode"] == recorded
+    assert f"compiled True (mode {recorded})" in capsys.readouterr().out
+
+
+def test_bench_compile_mode_needs_compile(monkeypatch, capsys):
+    """Without --compile a run meant to measure CUDA graphs would silently measure eager."""
+    with pytest.raises(SystemExit):
+        _bench(monkeypatch).parse_args(["--tiny", "--device", "cpu", "--compile-mode", "reduce-overhead"])
+    assert "--compile-mode needs --compile" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from notbugs.config import ConfigError, load_params
+from notbugs.config import ConfigError, adversarial_for, load_params, recipe_for
 from tests.conftest import ROOT, write_params
 
 
@@ -72,3 +72,24 @@ def test_missing_file(tmp_path):
 
 def test_params_yaml_is_plain_yaml():
     assert yaml.safe_load((ROOT / "params.yaml").read_text())["profile"] in ("tiny", "cpu", "fast", "paper")
+
+
+def test_recipe_overrides_for_experiments():
+    """recipe_for / adversarial_for merge an override over the profile's recipe (a constructed set's or
+    a source model's) and validate it, without touching the loaded profile."""
+    params = load_params(ROOT / "params.yaml", "fast")
+    p = params.profile
+    assert recipe_for(params, "robust") == p.source_on["robust"]
+    assert recipe_for(params, "d_rand") == p.train_on["d_rand"]
+    robust = recipe_for(params, "robust", {"epochs": 31, "augment": {"crop_pad": 2}})
+    assert (robust.epochs, robust.augment.crop_pad, robust.lr) == (31, 2, p.source_on["robust"].lr)
+    assert recipe_for(params, "standard", {"lr": 0.4}).lr == 0.4 and p.source_on["standard"].lr == p.train.lr
+    assert adversarial_for(params) == p.adversarial
+    attack = adversarial_for(params, {"steps": 2, "step_size": 0.3})
+    assert (attack.eps, attack.steps, attack.step_size) == (p.adversarial.eps, 2, 0.3)
+    with pytest.raises(ConfigError, match="epochs must be > 0"):
+        recipe_for(params, "robust", {"epochs": 0})
+    with pytest.raises(ConfigError, match="adversarial: eps, steps, step_size must be > 0"):
+        adversarial_for(params, {"eps": -0.5})
+    with pytest.raises(ConfigError, match="unknown key 'stpes'"):
+        adversarial_for(params, {"stpes": 2})

@@ -152,3 +152,44 @@ def test_recipe_sweep_trains_each_variant(pipeline, tmp_path, capsys):
     assert sweep.main(["--params", str(path), "--data-dir", str(data), "--variant", "{lr: -1}"]) == 2
     with pytest.raises(SystemExit):
         sweep.main(["--params", str(path), "--data-dir", str(data), "--variant", "[1, 2]"])
+
+
+def test_recipe_sweep_trains_the_source_models(pipeline, tmp_path, capsys, monkeypatch):
+    """--set standard / robust train on the real training set; the robust one adversarially, with the
+    variant's attack merged over the profile's."""
+    path, data = pipeline
+    sweep = _script("recipe_sweep")
+    seen = []
+    real_train = sweep.train_and_score.__globals__["train"]
+
+    def spy(*args, **kwargs):
+        seen.append((len(args[2]), kwargs.get("adversarial")))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setitem(sweep.train_and_score.__globals__, "train", spy)
+    n_train = len(S.load_split(load_params(path), data).train_y)
+    out = tmp_path / "robust.json"
+    rc = sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "robust", "--device", "cpu",
+                     "--robust", "--variant", "{epochs: 1}",
+                     "--variant", "{epochs: 1, adversarial: {steps: 1, step_size: 0.5}}", "--json", str(out)])
+    assert rc == 0
+    profile_attack = load_params(path).profile.adversarial
+    assert [a for _, a in seen] == [profile_attack, profile_attack.__class__(
+        eps=profile_attack.eps, steps=1, step_size=0.5, random_start=profile_attack.random_start)]
+    assert all(n == n_train for n, _ in seen)
+    rows = json.loads(out.read_text())["rows"]
+    assert "steps=1" in rows[1]["adversarial"] and "epochs=1" in rows[1]["recipe"]
+    for r in rows:
+        assert 0 <= r["test_clean"] <= 1 and set(r["test_robust"]) == {"0.25"}
+
+    seen.clear()
+    rc = sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "standard", "--device", "cpu",
+                     "--variant", "{epochs: 1}"])
+    assert rc == 0 and seen == [(n_train, None)]
+    capsys.readouterr()
+    # an attack belongs to the robust model only; unknown attack keys are refused before training
+    assert sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "standard",
+                       "--variant", "{adversarial: {steps: 1}}"]) == 2
+    assert sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "robust",
+                       "--variant", "{adversarial: {stpes: 1}}"]) == 2
+    assert "stpes" in capsys.readouterr().err and len(seen) == 1

@@ -9,6 +9,7 @@ Serving needs a Prefect API that outlives the process: start one with `prefect s
 """
 
 import argparse
+import os
 
 from flows.pipeline import reevaluate_flow
 
@@ -21,8 +22,9 @@ def main(argv=None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--gpu-tag", default=None,
-                        help="tag the units that use the accelerator, for a Prefect tag concurrency limit")
+    parser.add_argument("--gpu-tag", default=os.environ.get("NOTBUGS_GPU_TAG") or None,
+                        help="tag the units that use the accelerator, for a Prefect tag concurrency limit "
+                             "(default: $NOTBUGS_GPU_TAG, else none, as for `python -m flows`)")
     parser.add_argument("--once", action="store_true", help="run the re-evaluation once now and exit")
     args = parser.parse_args(argv)
     kw = {"params_path": args.params, "profile": args.profile, "data_dir": args.data_dir, "gpu_tag": args.gpu_tag}

@@ -55,3 +55,16 @@ def test_units_carry_no_tag_unless_a_gpu_tag_is_asked_for():
         assert getattr(tagged, name).tags == {"gpu"}
         assert getattr(tagged, name).name == getattr(plain, name).name
     assert tagged.parallel
+
+
+def test_serve_reads_the_gpu_tag_from_the_environment(monkeypatch):
+    """`python -m flows.serve` takes $NOTBUGS_GPU_TAG as its default tag, as `python -m flows` does."""
+    import flows.serve as serve
+    runs = []
+    monkeypatch.setattr(serve, "reevaluate_flow", lambda **kw: runs.append(kw))
+    monkeypatch.setenv("NOTBUGS_GPU_TAG", "gpu")
+    serve.main(["--once"])
+    serve.main(["--once", "--gpu-tag", "other"])
+    monkeypatch.delenv("NOTBUGS_GPU_TAG")
+    serve.main(["--once"])
+    assert [kw["gpu_tag"] for kw in runs] == ["gpu", "other", None]

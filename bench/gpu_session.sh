@@ -90,7 +90,8 @@ case $part in
     --json "$OUT/sweep_standard.json" 2>&1 | grep -v -e "batch/s" -e "img/s" | tee "$OUT/sweep_standard.log"
   ;;
 4)
-  # compiling ResNet-50's train graph takes minutes; the eager rate is measured again in the same run
+  # compiling ResNet-50's train graph takes minutes; the ratio is against the reference measured in
+  # the same run, and part 1 measured ours eager on the same machine
   # perf_hints: the log then says whether (and why not) CUDA graphs were used
   fits 120 "the CUDA-graph batch-128 bench" && TORCH_LOGS=perf_hints timeout "$(left)" $PY bench/bench.py --arch resnet50 --batch 128 \
     --steps 20 --warmup 3 --stages train --compile --compile-mode reduce-overhead \

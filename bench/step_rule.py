@@ -100,9 +100,9 @@ def reach_by_matching(model, images, starts, rule, batch_size: int, device, chec
     return z, {"start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()}}
 
 
-def describe(row: dict) -> str:
+def describe(row: dict, targeted: bool) -> str:
     """One line on what a rule reached on the source model."""
-    if "success_rate" in row:
+    if targeted:
         return (f"targeted success {100 * row['success_rate']:.1f}%, target loss {row['start_target_loss']:.3f} -> "
                 f"{row['target_loss']:.3f}, perturbation norm {row['perturbation_norm']:.3f}")
     trail = ", ".join(f"{k}: {v:.3f}" for k, v in row["curve"].items()) if len(row["curve"]) > 1 else ""
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         row.update(reached)
         row["pgd_s" if targeted else "match_s"] = seconds  # match_s: the key of the earlier JSON files
         row["image_steps_per_s"] = n * rule[0] / seconds
-        print(f"  {row['rule']:>18}: {describe(row)}, {seconds:.0f} s")
+        print(f"  {row['rule']:>18}: {describe(row, targeted)}, {seconds:.0f} s")
         if not all(math.isfinite(v) for v in reached.values() if isinstance(v, float)):
             print(f"rule {row['rule']}: non-finite result", file=sys.stderr)
             return 1

@@ -6,7 +6,9 @@ few epochs and attacks have something real to work against.
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -19,6 +21,16 @@ from notbugs.data import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "cifar10"
+
+
+def bench_script(name: str, monkeypatch: pytest.MonkeyPatch):
+    """bench/<name>.py as a module (bench/ holds scripts, not a package). Registered in sys.modules
+    while the test runs, where a dataclass defined in the script looks its module up."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:

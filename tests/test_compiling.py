@@ -1,9 +1,6 @@
 """torch.compile of the backbone: same outputs, and a failing compiler only costs speed."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +8,7 @@ import torch
 from notbugs import compiling
 from notbugs.attacks import frozen, match_representation
 from notbugs.models import make_model
+from tests.conftest import bench_script
 
 
 def _model():
@@ -24,16 +22,6 @@ def _recording_compiler(calls):
         calls.append(kwargs)
         return fn
     return compile_
-
-
-def _bench(monkeypatch):
-    """bench/bench.py as a module, registered while the test runs (its dataclass looks itself up there)."""
-    spec = importlib.util.spec_from_file_location("bench_script", Path(__file__).resolve().parents[1] / "bench" /
-                                                  "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_failing_compiler_leaves_the_eager_model(monkeypatch):
@@ -173,7 +161,7 @@ def test_the_mode_reaches_torch_compile(monkeypatch, mode):
 def test_bench_compile_mode_is_passed_and_recorded(monkeypatch, tmp_path, capsys, options, recorded, passed):
     """bench.py --compile-mode reaches torch.compile and the JSON and header say which mode was measured.
     In process with the stand-in compiler and one tiny stage: no real compile, so it stays quick."""
-    bench = _bench(monkeypatch)
+    bench = bench_script("bench", monkeypatch)
     calls = []
     monkeypatch.setattr(torch, "compile", _recording_compiler(calls))
     out = tmp_path / "bench.json"
@@ -186,6 +174,7 @@ def test_bench_compile_mode_is_passed_and_recorded(monkeypatch, tmp_path, capsys
 
 def test_bench_compile_mode_needs_compile(monkeypatch, capsys):
     """Without --compile a run meant to measure CUDA graphs would silently measure eager."""
+    bench = bench_script("bench", monkeypatch)
     with pytest.raises(SystemExit):
-        _bench(monkeypatch).parse_args(["--tiny", "--device", "cpu", "--compile-mode", "reduce-overhead"])
+        bench.parse_args(["--tiny", "--device", "cpu", "--compile-mode", "reduce-overhead"])
     assert "--compile-mode needs --compile" in capsys.readouterr().err

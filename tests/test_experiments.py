@@ -6,7 +6,6 @@ real training, numbers checked for what they must satisfy, not for their values.
 """
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,14 +16,7 @@ import torch
 from notbugs import stages as S
 from notbugs.attacks import frozen, match_representation
 from notbugs.config import load_params
-from tests.conftest import ROOT, write_params
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import ROOT, bench_script, write_params
 
 
 @pytest.mark.parametrize("name", ["step_rule", "recipe_sweep"])
@@ -50,11 +42,11 @@ def pipeline(tmp_path_factory, mirror):
     return path, data
 
 
-def test_a_constant_rule_run_in_segments_is_one_run(pipeline):
+def test_a_constant_rule_run_in_segments_is_one_run(pipeline, monkeypatch):
     """The step-rule script reads the paper rule's trajectory by running it in segments; that must be
     the same computation as one uninterrupted run."""
     path, data = pipeline
-    step_rule = _script("step_rule")
+    step_rule = bench_script("step_rule", monkeypatch)
     model, _ = S.load_model(S.model_dir(data, "robust"), "cpu")
     x = S.load_split(load_params(path), data).train_x[:12]
     starts = x.roll(1, dims=0)
@@ -67,13 +59,13 @@ def test_a_constant_rule_run_in_segments_is_one_run(pipeline):
     assert rel == pytest.approx(stats["final_relative"], rel=1e-4) and start_rel > rel
 
 
-def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
+def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path, monkeypatch):
     path, data = pipeline
     out = tmp_path / "rules.json"
-    rc = _script("step_rule").main(["--params", str(path), "--data-dir", str(data), "--set", "d_r", "--n", "40",
-                                    "--rules", "6:0.1,3:0.3:0.02", "--checkpoints", "2,4", "--seeds", "1,2",
-                                    "--device", "cpu",
-                                    "--json", str(out)])
+    step_rule = bench_script("step_rule", monkeypatch)
+    rc = step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_r", "--n", "40",
+                         "--rules", "6:0.1,3:0.3:0.02", "--checkpoints", "2,4", "--seeds", "1,2",
+                         "--device", "cpu", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02"] and res["n"] == 40
@@ -87,13 +79,13 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path):
         assert 0 <= r["clean"] <= 1 and set(r["robust"]) == {"0.25"} and 0 <= r["robust"]["0.25"] <= r["clean"]
 
 
-def test_pgd_rule_of_the_profile_rebuilds_the_pipelines_set(pipeline):
+def test_pgd_rule_of_the_profile_rebuilds_the_pipelines_set(pipeline, monkeypatch):
     """For D_rand the step-rule script attacks as the pipeline does: with the profile's own rule, on
     every position, it gives the constructed set's images (stored in float16) and its target labels."""
     path, data = pipeline
     params = load_params(path)
     p = params.profile
-    step_rule = _script("step_rule")
+    step_rule = bench_script("step_rule", monkeypatch)
     model, _ = S.load_model(S.model_dir(data, "standard"), "cpu")
     x = S.load_split(params, data).train_x
     built, targets = S.load_training_set(data, "d_rand")
@@ -106,10 +98,10 @@ def test_pgd_rule_of_the_profile_rebuilds_the_pipelines_set(pipeline):
     assert reached["target_loss"] < reached["start_target_loss"]  # the attack moves toward the targets
 
 
-def test_step_rule_for_pgd_sets_reports_success_and_downstream_accuracy(pipeline, tmp_path, capsys):
+def test_step_rule_for_pgd_sets_reports_success_and_downstream_accuracy(pipeline, tmp_path, capsys, monkeypatch):
     path, data = pipeline
     out = tmp_path / "pgd_rules.json"
-    step_rule = _script("step_rule")
+    step_rule = bench_script("step_rule", monkeypatch)
     rc = step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_det", "--n", "40",
                          "--rules", "6:0.1,1:0.1", "--seeds", "1", "--device", "cpu", "--json", str(out)])
     assert rc == 0
@@ -128,17 +120,17 @@ def test_step_rule_for_pgd_sets_reports_success_and_downstream_accuracy(pipeline
                            "--rules", "6:0.3:0.02", "--no-train", "--device", "cpu"]) == 2
 
 
-def test_step_rule_refuses_a_count_that_is_not_balanced(pipeline, capsys):
+def test_step_rule_refuses_a_count_that_is_not_balanced(pipeline, capsys, monkeypatch):
     path, data = pipeline
-    rc = _script("step_rule").main(["--params", str(path), "--data-dir", str(data), "--n", "45", "--no-train",
-                                    "--device", "cpu"])
+    step_rule = bench_script("step_rule", monkeypatch)
+    rc = step_rule.main(["--params", str(path), "--data-dir", str(data), "--n", "45", "--no-train", "--device", "cpu"])
     assert rc == 2 and "not a multiple of the 10 classes" in capsys.readouterr().err
 
 
-def test_recipe_sweep_trains_each_variant(pipeline, tmp_path, capsys):
+def test_recipe_sweep_trains_each_variant(pipeline, tmp_path, capsys, monkeypatch):
     path, data = pipeline
     out = tmp_path / "sweep.json"
-    sweep = _script("recipe_sweep")
+    sweep = bench_script("recipe_sweep", monkeypatch)
     rc = sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand", "--device", "cpu",
                      "--variant", "{}", "--variant", "{lr: 0.01, epochs: 1, augment: {flip: false}}",
                      "--json", str(out)])
@@ -159,7 +151,7 @@ def test_recipe_sweep_trains_the_source_models(pipeline, tmp_path, capsys, monke
     """--set standard / robust train on the real training set; the robust one adversarially, with the
     variant's attack merged over the profile's."""
     path, data = pipeline
-    sweep = _script("recipe_sweep")
+    sweep = bench_script("recipe_sweep", monkeypatch)
     seen = []
     real_train = sweep.train_and_score.__globals__["train"]
 

@@ -548,7 +548,7 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "arch": args.arch, "width": args.width, "batch": args.batch,
         "steps": args.steps, "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
-        "compiled": compiled, "compile_mode": args.compile_mode if args.compile else None,
+        "compiled": compiled, "compile_mode": args.compile_mode if compiled else None,  # a fallback ran eager
         "channels_last": channels_last, "ours_precision": "bf16 autocast" if bf16 else "fp32",
         "reference_precision": "fp32" if not gpu else
         "fp32, TF32 convolutions off" if args.strict_fp32 or not b.tf32_default else

@@ -10,12 +10,11 @@
 #   part 2  carry .gpu/cifar10/cifar10-train-1.tar.gz
 #           what `compile: true` buys the fast profile's construction (ResNet-18, batch 2500)
 #   part 3  carry .gpu/cifar10/cifar10-train-2.tar.gz
-#           fetch (verified) + the fast profile, Figure 2 and Table 1 (no transfer), one process;
-#           then, with the time left, the robust source model's recipe variant (bench/recipe_sweep.py):
-#           the 2026-11-27 H200 run (359 s) met the time target but not the clean accuracies
+#           fetch (verified) + the fast profile, Figure 2 and Table 1 (no transfer), one process
 #   part 4  nothing to carry (the machine still warm after part 3)
-#           the standard source model's recipe variants, then CUDA graphs for ResNet-50 training at
-#           batch 128 (torch.compile mode reduce-overhead), which ran launch-bound eager on the H200 (6,439 images/s, 5% of the bf16 peak)
+#           CUDA graphs for training (compile_train: reduce-overhead): the fast profile's ResNet-18 at
+#           batch 512 against eager, and the paper profile's ResNet-50 at batch 128 with adversarial
+#           training too (the paper profile trains so since 2026-11-27; only standard training measured)
 #
 # Results go to $OUT (at most 8 files come back): logs, bench JSON, and results.tgz (result tables,
 # metrics, report), refreshed every 20 s during part 3 so that a run cut short still reports.
@@ -23,10 +22,9 @@
 #
 # A session's device time (15 minutes, start-up included) does not hold three full parts. Part 3 is
 # the one that matters (issue 4's accuracy and time target): give it its 590 s and parts 1 and 2
-# what they need, e.g. `1 100` (its eager bench, 21 s) and `2 20` (staging only); a measurement
-# that does not fit in its part's limit is skipped or cut (its log says so), and the data still
-# arrive. On 2026-11-27 start-up and parts 1-2 held the machine 80 s, part 3 533 s: what is left
-# (about 200 s) goes to part 4, with its limit, e.g. `4 190`.
+# only the staging, `1 40` and `2 20` (their benches are then skipped, with a line in skipped.txt).
+# On 2026-11-27 (second session) start-up and parts 1-2 held the machine 54 s and part 3 (a 419 s
+# run) 441 s; the rest, about 300 s, goes to part 4 with its limit, e.g. `4 290`.
 set -uo pipefail
 part=${1:?usage: gpu_session.sh 1|2|3|4 [limit_s]}
 limit=${2:-590}
@@ -47,10 +45,11 @@ pack() {  # the small outputs of the fast run, in one file (atomically replaced)
   mv -f "$OUT/.results.tgz" "$OUT/results.tgz"
 }
 
-standard_sweep() {  # the standard source model: 24 epochs at lr 0.2 gave 91.5% (2026-11-27 H200); target 94
-  timeout "$(left)" $PY bench/recipe_sweep.py --profile "$profile" \
-    --data-dir .gpu/data --set standard --robust --variant '{epochs: 40}' --variant '{lr: 0.4}' \
-    --json "$OUT/sweep_standard.json" 2>&1 | grep -v -e "batch/s" -e "img/s" | tee "$OUT/sweep_standard.log"
+bench() {  # bench ARCH BATCH NAME [options]: training and adversarial training, ours vs the reference
+  local arch=$1 batch=$2 name=$3
+  shift 3
+  TORCH_LOGS=perf_hints timeout "$(left)" $PY bench/bench.py --arch "$arch" --batch "$batch" --steps 20 --warmup 3 \
+    --stages train,adv_train "$@" --json "$OUT/bench_$name.json" 2>&1 | tee "$OUT/bench_$name.log"
 }
 
 case $part in
@@ -85,23 +84,19 @@ case $part in
   echo "fast profile (source .. report, no transfer): $(($(date +%s) - t0)) s wall" | tee -a "$OUT/fast.log"
   kill $packer 2>/dev/null
   pack
-  # The clean accuracies are what the 2026-11-27 run missed, the adversarial source model's most
-  # (77.3 / 68.5 after 15 epochs; D_R is built from it): with the time left, longer source-model
-  # recipes, each printed as it finishes (robust about 4 s an epoch, standard about 1 s).
-  fits 150 "the robust source-model sweep" && timeout "$(left)" $PY bench/recipe_sweep.py --profile "$profile" \
-    --data-dir .gpu/data --set robust --robust --variant '{epochs: 30}' \
-    --json "$OUT/sweep_robust.json" 2>&1 | grep -v -e "batch/s" -e "img/s" | tee "$OUT/sweep_robust.log"
   ;;
 4)
-  # the standard source model's sweep (part 3's data are still on the warm machine): cheap, and its
-  # answer changes the fast recipe; then CUDA graphs with what is left
-  fits 60 "the standard source-model sweep" && standard_sweep
-  # compiling ResNet-50's train graph takes minutes; the ratio is against the reference measured in
-  # the same run, and part 1 measured ours eager on the same machine
-  # perf_hints: the log then says whether (and why not) CUDA graphs were used
-  fits 120 "the CUDA-graph batch-128 bench" && TORCH_LOGS=perf_hints timeout "$(left)" $PY bench/bench.py --arch resnet50 --batch 128 \
-    --steps 20 --warmup 3 --stages train --compile --compile-mode reduce-overhead \
-    --json "$OUT/bench_resnet50_b128_cudagraphs.json" 2>&1 | tee "$OUT/bench_resnet50_b128_cudagraphs.log"
+  # CUDA graphs for training (compile_train: reduce-overhead), each run against eager on the same
+  # machine; compiling a train graph takes a minute or more. perf_hints: the log says whether (and
+  # why not) CUDA graphs were used.
+  # a) the fast profile's training (ResNet-18, batch 512; adv_train: the paper's 7-step attack)
+  fits 40 "the eager ResNet-18 training bench" && bench resnet18 512 resnet18_b512
+  fits 120 "the CUDA-graph ResNet-18 training bench" && bench resnet18 512 resnet18_b512_cudagraphs \
+    --compile --compile-mode reduce-overhead
+  # b) the paper profile's (ResNet-50, batch 128), which now trains with CUDA graphs: standard training
+  #    measured 12,297 images/s (2026-11-27); adversarial training under CUDA graphs not yet run
+  fits 150 "the CUDA-graph ResNet-50 training bench" && bench resnet50 128 resnet50_b128_cudagraphs \
+    --compile --compile-mode reduce-overhead
   ;;
 *) echo "unknown part $part" >&2; exit 2 ;;
 esac

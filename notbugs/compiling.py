@@ -13,9 +13,14 @@ The speed-up is the only effect: the same weights are used, and numerics differ 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from notbugs.attacks import autocast, frozen
+
+# The pipeline's `compile_train` settings: eager (no compile), or torch.compile's mode.
+TRAIN_COMPILE = ("eager", "default", "reduce-overhead")
 
 # Compiled and eager input gradients may differ by rounding (bf16 above all), not by more than this
 # relative l2 distance: a looser bound would let a wrong kernel through, a tighter one reject rounding.
@@ -69,3 +74,22 @@ def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | 
         model.train(was_training)
     return None
 
+
+
+def uncompiled(model):
+    """Put the eager backbone back in place of a compiled one (the same tensors) and return the model:
+    for saving, and for evaluation, which runs at other batch shapes and is too short to pay for a compile."""
+    model.backbone = getattr(model.backbone, "_orig_mod", model.backbone)
+    return model
+
+
+@contextlib.contextmanager
+def eager_view(model):
+    """The model with its eager backbone for the duration: its state_dict keys are then the eager
+    model's (no `_orig_mod.`), so that checkpoints of compiled and eager runs are interchangeable."""
+    backbone = model.backbone
+    uncompiled(model)
+    try:
+        yield model
+    finally:
+        model.backbone = backbone

@@ -129,6 +129,7 @@ class Profile:
     reevaluate: EvalConfig
     transfer: TransferConfig
     compile: bool  # torch.compile the model for construction (D_R, D_NR, D_rand, D_det): speed only
+    compile_train: str  # eager | default | reduce-overhead (CUDA graphs): torch.compile for training; speed only
     precision: str  # auto (bf16 where the device has it natively, else fp32) | bf16 | fp32
     name: str = ""
 
@@ -145,7 +146,7 @@ class Params:
         if self.paper is None:
             return []
         ours, theirs = dataclasses.asdict(self.profile), dataclasses.asdict(self.paper)
-        for key in ("name", "compile"):  # not recipe: a label, and a speed-only switch
+        for key in ("name", "compile", "compile_train"):  # not recipe: a label, and speed-only switches
             ours.pop(key), theirs.pop(key)
         out = []
         for key, a, b in _diff(ours, theirs):
@@ -262,6 +263,7 @@ def _check(ok: bool, message: str) -> None:
 def validate(p: Profile) -> None:
     """Range checks that types alone cannot express."""
     from notbugs.attacks import PRECISIONS  # late imports: config loading must stay cheap
+    from notbugs.compiling import TRAIN_COMPILE
     from notbugs.models import ARCHS
 
     where = f"profiles.{p.name}"
@@ -296,6 +298,8 @@ def validate(p: Profile) -> None:
         _check(e.steps > 0 and e.restarts > 0 and e.batch_size > 0 and e.step_factor > 0,
                f"{where}.{name}: steps, restarts, batch_size, step_factor must be > 0")
     _check(p.transfer.n > 0, f"{where}.transfer.n must be > 0")
+    _check(p.compile_train in TRAIN_COMPILE,
+           f"{where}.compile_train must be one of {'|'.join(TRAIN_COMPILE)}, got {p.compile_train!r}")
     _check(p.precision in PRECISIONS, f"{where}.precision must be one of {'|'.join(PRECISIONS)}, got {p.precision!r}")
 
 

@@ -35,7 +35,7 @@ from notbugs import construct as C
 from notbugs import data as D
 from notbugs import results
 from notbugs.attacks import precision_name, use_bf16
-from notbugs.compiling import try_compile
+from notbugs.compiling import try_compile, uncompiled
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
@@ -177,8 +177,16 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
     model = make_model(spec.arch, width=spec.width)
     log.info("training %s (%s, width %g) on %s, %d images, %d epochs", model_id, spec.arch, spec.width,
              spec.train_set, len(y), spec.recipe.epochs)
+    mode = params.profile.compile_train
+    if mode != "eager":
+        # compiled at the training batch's shape and memory format, on the device, as train() will run it
+        model.to(device).to(memory_format=torch.channels_last)
+        example = x[:spec.recipe.batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        reason = try_compile(model, example, train=True, bf16=bf16, mode=None if mode == "default" else mode)
+        log.info("%s: training runs %s", model_id, f"compiled ({mode})" if reason is None else f"eager ({reason})")
     history = train(model, x, y, spec.recipe, seed, device, adversarial=spec.adversarial,
                     workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline, bf16=bf16)
+    uncompiled(model)  # saved and evaluated eager: evaluation's batch shape would need another compile
     out = model_dir(data_dir, spec.name)
     recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y),
               "precision": precision_name(bf16)}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from notbugs.attacks import NonFiniteError, autocast, bf16_or_default, frozen, pgd_l2
 from notbugs.augment import augment
+from notbugs.compiling import eager_view
 from notbugs.config import AdversarialConfig, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.progress import Progress
@@ -98,7 +99,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     if ckpt is not None and ckpt.exists():
         state = load_tensors(ckpt)
         if state.get("signature") == signature:
-            model.load_state_dict(state["model"])
+            with eager_view(model):
+                model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_epoch, history = int(state["epoch"]), list(state["history"])
             within = state.get("within")
@@ -108,7 +110,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             log.warning("%s: ignoring checkpoint %s made with another recipe or data", desc, ckpt)
 
     def save(done_epochs: int, within_epoch: dict | None = None) -> None:
-        save_tensors(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": done_epochs,
+        with eager_view(model):  # the same checkpoint whether the backbone is compiled or not
+            weights = model.state_dict()
+        save_tensors(ckpt, {"model": weights, "optimizer": opt.state_dict(), "epoch": done_epochs,
                             "history": history, "signature": signature, "within": within_epoch})
 
     def check_finite(loss_sum: torch.Tensor, seen: int, epoch: int, i: int) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -31,6 +32,18 @@ def bench_script(name: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
+
+
+class CompiledStandIn(torch.nn.Module):
+    """What torch.compile returns, without compiling: a wrapper that shares the module's tensors under
+    `_orig_mod.*` names (the naming of torch._dynamo's OptimizedModule) and computes what it computes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self._orig_mod = inner
+
+    def forward(self, x):
+        return self._orig_mod(x)
 
 
 def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 from notbugs import compiling
 from notbugs.attacks import frozen, match_representation
 from notbugs.models import make_model
-from tests.conftest import bench_script
+from tests.conftest import CompiledStandIn, bench_script
 
 
 def _model():
@@ -24,21 +24,18 @@ def _recording_compiler(calls):
     return compile_
 
 
+class Broken(torch.nn.Module):  # what a compiled module does when the toolchain is missing
+    def forward(self, *args):
+        raise RuntimeError("no C++ compiler found")
+
+
 def test_a_failing_compiler_leaves_the_eager_model(monkeypatch):
     model = _model()
     eager = model.backbone
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
-
-    class Broken(torch.nn.Module):  # what a compiled module does when the toolchain is missing
-        def forward(self, *args):
-            raise RuntimeError("no C++ compiler found")
-
-    def broken(fn, **kwargs):
-        return Broken()
-
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: Broken())
     reason = compiling.try_compile(model, x)
     assert reason is not None and "no C++ compiler" in reason
     assert model.backbone is eager
@@ -59,20 +56,11 @@ def test_train_probe_of_a_compiled_wrapper_restores_the_statistics(monkeypatch):
     """torch.compile returns a wrapper that shares the module's tensors under `_orig_mod.*` names;
     restoring the BatchNorm statistics by the model's own names then failed after every successful
     compile with train=True (what bench.py --compile does)."""
-
-    class Wrapper(torch.nn.Module):  # the naming of torch._dynamo's OptimizedModule
-        def __init__(self, inner):
-            super().__init__()
-            self._orig_mod = inner
-
-        def forward(self, x):
-            return self._orig_mod(x)
-
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: Wrapper(fn))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: CompiledStandIn(fn))
     assert compiling.try_compile(model, torch.rand(4, 3, 32, 32), train=True) is None
-    assert isinstance(model.backbone, Wrapper) and not model.training
+    assert isinstance(model.backbone, CompiledStandIn) and not model.training
     after = model.backbone._orig_mod.state_dict()
     assert all(torch.equal(before[f"backbone.{k}"], v) for k, v in after.items())
 
@@ -178,3 +166,16 @@ def test_bench_compile_mode_needs_compile(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--tiny", "--device", "cpu", "--compile-mode", "reduce-overhead"])
     assert "--compile-mode needs --compile" in capsys.readouterr().err
+
+
+def test_bench_records_no_mode_when_the_compile_fell_back(monkeypatch, tmp_path, capsys):
+    """A compile that failed measured eager: the JSON and the header must not name a compile mode."""
+    bench = bench_script("bench", monkeypatch)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: Broken())
+    out = tmp_path / "bench.json"
+    bench.main(["--tiny", "--device", "cpu", "--stages", "pgd", "--json", str(out),
+                "--compile", "--compile-mode", "reduce-overhead"])
+    res = json.loads(out.read_text())
+    assert res["compiled"] is False and res["compile_mode"] is None
+    assert any("--compile failed" in n for n in res["notes"])
+    assert "compiled False |" in capsys.readouterr().out

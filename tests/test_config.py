@@ -25,6 +25,14 @@ def test_paper_profile_is_the_protocol():
     assert p.train_on["d_det"].augment.flip is False
 
 
+def test_speed_switches_are_not_deviations_from_the_paper():
+    """compile and compile_train change speed, not results: never listed as a deviation."""
+    for name in ("tiny", "fast"):
+        params = load_params(ROOT / "params.yaml", name)
+        assert params.profile.compile_train != params.paper.compile_train
+        assert not any(d.startswith("compile") for d in params.deviations())
+
+
 def _edited(tmp_path, mirror, edit):
     return write_params(tmp_path / "p.yaml", mirror, tmp_path / "c", edit=edit)
 
@@ -40,6 +48,9 @@ def _edited(tmp_path, mirror, edit):
     (lambda d: d["profiles"]["tiny"]["train_on"]["d_rand"].update(lrr=0.1), "unknown key 'lrr'"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["vgg16", "alexnet"]), "alexnet"),
     (lambda d: d["profiles"]["tiny"].update(precision="fp16"), "precision must be one of auto|bf16|fp32"),
+    (lambda d: d["profiles"]["tiny"].update(compile_train="max"),
+     "compile_train must be one of eager|default|reduce-overhead, got 'max'"),
+    (lambda d: d["profiles"]["tiny"].update(compile_train=False), "compile_train"),  # YAML reads `off` as false
     (lambda d: d.update(profile="huge"), "unknown profile 'huge'"),
     (lambda d: d["data"].update(source="ftp"), "data.source"),
     (lambda d: d.update(extra=1), "unknown top-level key"),

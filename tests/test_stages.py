@@ -13,8 +13,8 @@ from notbugs import results
 from notbugs import stages as S
 from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
-from notbugs.storage import ArtefactError
-from tests.conftest import write_params
+from notbugs.storage import ArtefactError, load_tensors
+from tests.conftest import CompiledStandIn, write_params
 from tests.test_train import ticks
 
 
@@ -246,6 +246,72 @@ def test_compiled_construction_builds_the_same_set(sources, tmp_path):
     assert job.recipe_hash == S.prepare_construct(params, "d_r", data, "cpu").recipe_hash
     stats = S.stage_construct(compiled, "d_r", data, "cpu")
     assert abs(stats["final_distance"] - eager["final_distance"]) < 1e-3 * max(1.0, eager["final_distance"])
+
+
+def _with(params, **profile_changes):
+    import dataclasses
+
+    return dataclasses.replace(params, profile=dataclasses.replace(params.profile, **profile_changes))
+
+
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_compiled_training_trains_saves_and_resumes_as_eager(sources, tmp_path, monkeypatch):
+    """`compile_train` changes speed only: with a stand-in compiler (torch.compile's `_orig_mod.*`
+    naming, eager arithmetic) the model trains to the same weights as eager, is compiled once at the
+    training batch's shape with the profile's mode, and is saved, checkpointed and handed to
+    evaluation under the eager model's names, so that compiled and eager runs resume each other."""
+    params, data = _copy(sources, tmp_path)
+    split = S.load_split(params, data)
+    spec = S.source_spec(params, "standard")
+    cpu = torch.device("cpu")
+    shutil.rmtree(data / "work", ignore_errors=True)
+    eager = _weights(S.train_unit(params, spec, split.train_x, split.train_y, data, cpu, "eager")["model"])
+
+    calls = []
+
+    def stand_in(fn, **kwargs):
+        calls.append(kwargs)
+        return CompiledStandIn(fn)
+
+    monkeypatch.setattr(torch, "compile", stand_in)
+    compiled_params = _with(params, compile_train="reduce-overhead")
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    shutil.rmtree(other / "work")
+    out = S.train_unit(compiled_params, spec, split.train_x, split.train_y, other, cpu, "compiled")
+    assert calls == [{"dynamic": False, "mode": "reduce-overhead"}]
+    assert not isinstance(out["model"].backbone, CompiledStandIn)  # evaluation runs eager
+    weights = _weights(out["model"])
+    assert weights.keys() == eager.keys() and all(torch.equal(weights[k], eager[k]) for k in eager)
+    saved, _ = S.load_model(S.model_dir(other, "standard"))
+    assert all(torch.equal(saved.state_dict()[k], eager[k]) for k in eager)
+    checkpoint = load_tensors(other / "work" / "standard" / "checkpoint.pt")
+    assert set(checkpoint["model"]) == set(eager)
+
+    # the compiled run finds the eager run's finished checkpoint and resumes it (nothing left to train)
+    calls.clear()
+    resumed = S.train_unit(compiled_params, spec, split.train_x, split.train_y, data, cpu, "resumed")
+    assert len(calls) == 1 and all(torch.equal(_weights(resumed["model"])[k], eager[k]) for k in eager)
+
+
+def test_really_compiled_training_learns_like_eager(sources, tmp_path):
+    """A real compile (inductor on this CPU, fp32, torch's default mode): the training losses match
+    eager's up to rounding, or, where this machine cannot compile, the run falls back to eager."""
+    params, data = _copy(sources, tmp_path)
+    split = S.load_split(params, data)
+    spec = S.source_spec(params, "standard")
+    cpu = torch.device("cpu")
+    shutil.rmtree(data / "work", ignore_errors=True)
+    eager = S.train_unit(params, spec, split.train_x, split.train_y, data, cpu, "eager")
+    shutil.rmtree(data / "work")
+    compiled = S.train_unit(_with(params, compile_train="default"), spec, split.train_x, split.train_y, data, cpu,
+                            "compiled")
+    for a, b in zip(eager["history"], compiled["history"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+    assert not any("_orig_mod" in k for k in load_tensors(S.model_dir(data, "standard") / "model.pt"))
 
 
 def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):

@@ -2,9 +2,12 @@
 
 Measured on an H100 (bench/measured/h100-2026-11-26): compiling the ResNet-50 backbone takes
 representation matching from 10,800 to 24,500 image-steps/s (batch 512, bf16, channels_last), while
-training gains only 7%. So `compile: true` compiles the model for construction only (one compile
-per constructed set, at its batch shape); evaluation is too short to pay for a compile, and training
-gains too little. A compiler that is missing or fails (no C++ toolchain, an unsupported op) only
+training at batch 512 gains only 7%. So `compile: true` compiles the model for construction (one
+compile per constructed set, at its batch shape). Training at the paper's batch of 128 is another
+matter: launch-bound eager, it gains 1.9x from CUDA graphs (H200, bench/measured/h200-2026-11-27-b),
+so `compile_train` compiles training, with torch.compile's mode, at the training batch's shape.
+Evaluation is too short to pay for a compile: a trained model is evaluated (and saved) eager.
+A compiler that is missing or fails (no C++ toolchain, an unsupported op) only
 costs the speed-up: the caller logs the reason and runs eager. So does a compiled model whose
 input gradient is not finite or far from the eager one on the probe batch: torch 2.14.1's inductor
 on a CPU gave NaN input gradients for the bf16 ResNet-9 (2026-11-27) where eager bf16 was fine.
@@ -73,7 +76,6 @@ def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | 
             eager.load_state_dict(saved)
         model.train(was_training)
     return None
-
 
 
 def uncompiled(model):

@@ -19,6 +19,8 @@
 # Results go to $OUT (at most 8 files come back): logs, bench JSON, and results.tgz (result tables,
 # metrics, report), refreshed every 20 s during part 3 so that a run cut short still reports.
 # Usage: bash bench/gpu_session.sh 1|2|3|4 [seconds the call may last, default 590]
+# COMPILE_TRAIN=default|reduce-overhead runs part 3 with the profile's training compiled so (from a
+# copy of params.yaml in .gpu/), e.g. once part 4 has shown that CUDA graphs pay for ResNet-18.
 #
 # A session's device time (15 minutes, start-up included) does not hold three full parts. Part 3 is
 # the one that matters (issue 4's accuracy and time target): give it its 590 s and parts 1 and 2
@@ -72,6 +74,12 @@ case $part in
   ;;
 3)
   ls -la .gpu/cifar10 | tee "$OUT/staged.txt"
+  params=params.yaml
+  if [ -n "${COMPILE_TRAIN:-}" ]; then  # a whole run with compiled training; params.yaml stays as it is
+    sed "s/compile_train: eager/compile_train: $COMPILE_TRAIN/" params.yaml > .gpu/params.yaml
+    params=.gpu/params.yaml
+    grep -c "compile_train: $COMPILE_TRAIN" "$params" | sed 's/^/profiles with compile_train '"$COMPILE_TRAIN"': /'
+  fi
   mkdir -p .gpu/data
   (while sleep 20; do pack; done) &
   packer=$!
@@ -79,7 +87,7 @@ case $part in
   NOTBUGS_DATA_SOURCE=mirror NOTBUGS_MIRROR=.gpu/cifar10 timeout "$(left)" \
     $PY -m notbugs fetch --profile "$profile" --data-dir .gpu/data 2>&1 | tee "$OUT/fast.log"
   t0=$(date +%s)
-  timeout "$(left)" $PY -m notbugs all --profile "$profile" --skip fetch --skip transfer \
+  timeout "$(left)" $PY -m notbugs all --profile "$profile" --params "$params" --skip fetch --skip transfer \
     --data-dir .gpu/data 2>&1 | tee -a "$OUT/fast.log"
   echo "fast profile (source .. report, no transfer): $(($(date +%s) - t0)) s wall" | tee -a "$OUT/fast.log"
   kill $packer 2>/dev/null

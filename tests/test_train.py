@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from notbugs.attacks import NonFiniteError
+from notbugs.compiling import uncompiled
 from notbugs.config import AdversarialConfig
 from notbugs.deadline import Deadline, Stopped
 from notbugs.models import make_model
 from notbugs.storage import ArtefactError, load_tensors, save_tensors
 from notbugs.train import load_model, lr_at, save_model, train
+from tests.conftest import CompiledStandIn
 from tests.test_attacks import RECIPE, synthetic_batch
 
 CPU = torch.device("cpu")
@@ -72,6 +74,35 @@ def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_pat
     assert [h["train_acc"] for h in h_res] == [h["train_acc"] for h in h_full]
     for (k, a), b in zip(full.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_compiled_and_eager_jobs_resume_each_other(tmp_path):
+    """compile_train is speed only: jobs with a compiled backbone (a stand-in with torch.compile's
+    `_orig_mod.*` naming) and eager jobs, alternating, stopped mid-epoch and at an epoch's end,
+    chain up to exactly the uninterrupted eager run."""
+    x, y = synthetic_batch(8)  # 2 batches an epoch, 5 epochs: each job stops at its third batch
+    recipe = dataclasses.replace(SHORT, epochs=5)
+    full = _fresh()
+    h_full = train(full, x, y, recipe, seed=3, device=CPU, workdir=tmp_path / "a")
+
+    stops = []
+    for jobs in range(1, 10):
+        model = _fresh(seed=0 if jobs == 1 else jobs)  # a resumed job starts from other random weights
+        if jobs % 2:
+            model.backbone = CompiledStandIn(model.backbone)
+        try:
+            h_res = train(model, x, y, recipe, seed=3, device=CPU, workdir=tmp_path / "b",
+                          deadline=Deadline(3, clock=ticks()))
+            break
+        except Stopped as e:
+            stops.append(str(e))
+            saved = load_tensors(tmp_path / "b" / "checkpoint.pt")["model"]
+            assert set(saved) == set(full.state_dict())  # eager names, whoever wrote it
+    assert jobs == 4 and "batch 1/2 of epoch 2/5" in stops[0] and "batch 2/2 of epoch 3/5" in stops[1]
+    assert [h["train_loss"] for h in h_res] == [h["train_loss"] for h in h_full]
+    resumed = uncompiled(model).state_dict()
+    for k, a in full.state_dict().items():
+        assert torch.equal(a, resumed[k]), k
 
 
 def test_stop_at_an_epoch_end_and_a_finished_run_never_stops(tmp_path):

@@ -1,5 +1,6 @@
 """The stages end to end through the plain library (no Prefect, no DVC) on synthetic data."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -36,6 +37,11 @@ def sources(tmp_path_factory, mirror):
     for kind in ("standard", "robust"):
         S.stage_source(params, kind, data, "cpu")
     return params, data
+
+
+def _with(params, **profile_changes):
+    """The same parameters with some of the profile's settings changed."""
+    return dataclasses.replace(params, profile=dataclasses.replace(params.profile, **profile_changes))
 
 
 def _copy(sources, tmp_path):
@@ -236,22 +242,14 @@ def test_training_set_is_the_constructed_one(sources, tmp_path):
 def test_compiled_construction_builds_the_same_set(sources, tmp_path):
     """`compile: true` changes speed, not the set: the same recipe hash, and the same matching up to
     rounding (or, where this machine cannot compile, the eager fallback)."""
-    import dataclasses
-
     params, data = _copy(sources, tmp_path)
     eager = S.stage_construct(params, "d_r", data, "cpu")
     shutil.rmtree(S.dataset_dir(data, "d_r"))
-    compiled = dataclasses.replace(params, profile=dataclasses.replace(params.profile, compile=True))
+    compiled = _with(params, compile=True)
     job = S.prepare_construct(compiled, "d_r", data, "cpu")
     assert job.recipe_hash == S.prepare_construct(params, "d_r", data, "cpu").recipe_hash
     stats = S.stage_construct(compiled, "d_r", data, "cpu")
     assert abs(stats["final_distance"] - eager["final_distance"]) < 1e-3 * max(1.0, eager["final_distance"])
-
-
-def _with(params, **profile_changes):
-    import dataclasses
-
-    return dataclasses.replace(params, profile=dataclasses.replace(params.profile, **profile_changes))
 
 
 def _weights(model) -> dict:
@@ -317,10 +315,8 @@ def test_really_compiled_training_learns_like_eager(sources, tmp_path):
 def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):
     """bf16 and fp32 build different sets (the recipe hash differs, so neither continues the other's
     shards), and the runs and models tables say which precision made what."""
-    import dataclasses
-
     params, data = _copy(sources, tmp_path)
-    bf16 = dataclasses.replace(params, profile=dataclasses.replace(params.profile, precision="bf16"))
+    bf16 = _with(params, precision="bf16")
     assert (S.prepare_construct(bf16, "d_nr", data, "cpu").recipe_hash
             != S.prepare_construct(params, "d_nr", data, "cpu").recipe_hash)
     S.stage_construct(bf16, "d_nr", data, "cpu")

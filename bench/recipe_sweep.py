@@ -13,10 +13,16 @@ training set D with the profile's `source_on.<model>` recipe (the robust one adv
 variant's `adversarial:` mapping is merged over the profile's attack). The clean accuracies of the
 `fast` source models fall short of the paper's, and every constructed set is built from them.
 
+A variant may also name another network, `arch:` and `width:` (the profile's otherwise): the
+`fast` profile's time goes to training its ResNet-18s, and a cheaper network that learns as much
+(Page's ResNet-9, the `cpu` profile's) would buy epochs. Such a row says which network it trained.
+
     python bench/recipe_sweep.py --data-dir data --profile cpu --set d_rand \\
         --variant '{}' --variant '{lr: 0.02}' --variant '{epochs: 40, augment: {crop_pad: 0, flip: false}}'
     python bench/recipe_sweep.py --data-dir data --profile fast --set robust --robust \\
         --variant '{epochs: 30}' --variant '{epochs: 30, adversarial: {steps: 2, step_size: 0.3}}'
+    python bench/recipe_sweep.py --data-dir data --profile fast --set standard --robust \\
+        --variant '{}' --variant '{arch: resnet9, epochs: 24}'
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from experiment import add_common_options, params_and_device, train_and_score  #
 from notbugs import stages as S  # noqa: E402
 from notbugs.config import DATASETS, SOURCE_MODELS, ConfigError, adversarial_for, recipe_for  # noqa: E402
 from notbugs.evaluate import predict  # noqa: E402
+from notbugs.models import ARCHS  # noqa: E402
+
+NETWORK_KEYS = ("arch", "width")  # a variant's keys that choose the network, not the recipe
 
 
 def parse_variant(text: str) -> dict:
@@ -47,6 +56,16 @@ def parse_variant(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"variant {text!r} must be a mapping, e.g. '{{lr: 0.02}}'")
     return value
+
+
+def network(variant: dict, arch: str, width: float) -> tuple[str, float]:
+    """The (arch, width) a variant trains: its own where it names them, else the profile's."""
+    arch, width = variant.get("arch", arch), variant.get("width", width)
+    if arch not in ARCHS:
+        raise ConfigError(f"variant arch {arch!r} is not one of {', '.join(ARCHS)}")
+    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+        raise ConfigError(f"variant width must be a number > 0, got {width!r}")
+    return arch, float(width)
 
 
 def main(argv=None) -> int:
@@ -66,8 +85,10 @@ def main(argv=None) -> int:
         # only the robust source model trains adversarially; elsewhere an `adversarial:` key is refused
         if args.name != "robust" and any("adversarial" in variant for variant in variants):
             raise ConfigError(f"an `adversarial:` variant applies to --set robust only, not {args.name}")
-        recipes = [recipe_for(params, args.name, {k: v for k, v in variant.items() if k != "adversarial"})
+        recipes = [recipe_for(params, args.name, {k: v for k, v in variant.items()
+                                                  if k != "adversarial" and k not in NETWORK_KEYS})
                    for variant in variants]
+        networks = [network(variant, p.arch, p.width) for variant in variants]
         attacks = [adversarial_for(params, variant.get("adversarial")) if args.name == "robust" else None
                    for variant in variants]
     except ConfigError as e:
@@ -83,13 +104,14 @@ def main(argv=None) -> int:
           f"device {S.device_name(dev, bf16)}")
 
     rows = []
-    for variant, recipe, attack in zip(variants, recipes, attacks):
+    for variant, recipe, attack, (arch, width) in zip(variants, recipes, attacks, networks):
         label = json.dumps(variant, sort_keys=True)
         net, t = train_and_score(params, x, y, recipe, args.seed, dev, split, args.robust, desc=label,
-                                 adversarial=attack)
+                                 adversarial=attack, arch=arch, width=width)
         # how well it fits the set's own labels, without augmentation
         fit = (predict(net, x, p.evaluate.batch_size, dev, bf16) == y).float().mean().item()
-        row = {"variant": variant, "recipe": repr(recipe), "adversarial": repr(attack) if attack else None,
+        row = {"variant": variant, "arch": arch, "width": width, "recipe": repr(recipe),
+               "adversarial": repr(attack) if attack else None,
                "train_s": t["train_s"], "fit_target_labels": fit,
                "train_acc_last_epoch": t["train_acc"], "test_clean": t["clean"], "test_robust": t["robust"]}
         robust = "".join(f", robust eps {k} {100 * v:.1f}" for k, v in row["test_robust"].items())

@@ -185,3 +185,36 @@ def test_recipe_sweep_trains_the_source_models(pipeline, tmp_path, capsys, monke
     assert sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "robust",
                        "--variant", "{adversarial: {stpes: 1}}"]) == 2
     assert "stpes" in capsys.readouterr().err and len(seen) == 1
+
+
+def test_recipe_sweep_variant_may_train_another_network(pipeline, tmp_path, capsys, monkeypatch):
+    """`arch:` / `width:` in a variant choose the network that trains (the profile's otherwise) and are
+    recorded in its row; an unknown network or a bad width is refused before any training."""
+    path, data = pipeline
+    sweep = bench_script("recipe_sweep", monkeypatch)
+    built = []
+    real_make = sweep.train_and_score.__globals__["make_model"]
+
+    def spy(arch, *args, **kwargs):
+        model = real_make(arch, *args, **kwargs)
+        built.append((model.arch, model.width))
+        return model
+
+    monkeypatch.setitem(sweep.train_and_score.__globals__, "make_model", spy)
+    p = load_params(path).profile
+    out = tmp_path / "nets.json"
+    rc = sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "standard", "--device", "cpu",
+                     "--variant", "{epochs: 1}", "--variant", "{epochs: 1, arch: resnet18, width: 0.0625}",
+                     "--variant", "{epochs: 1, width: 0.25}", "--json", str(out)])
+    assert rc == 0
+    assert built == [(p.arch, p.width), ("resnet18", 0.0625), (p.arch, 0.25)]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["arch"], r["width"]) for r in rows] == built
+    assert all("arch" not in r["recipe"] and 0 <= r["test_clean"] <= 1 for r in rows)
+    capsys.readouterr()
+    built.clear()
+    for bad, says in [("{arch: alexnet}", "alexnet"), ("{width: 0}", "width"), ("{width: wide}", "width")]:
+        assert sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand", "--device", "cpu",
+                           "--variant", "{epochs: 1}", "--variant", bad]) == 2
+        assert says in capsys.readouterr().err
+    assert built == []

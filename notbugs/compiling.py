@@ -12,11 +12,15 @@ costs the speed-up: the caller logs the reason and runs eager. So does a compile
 input gradient is not finite or far from the eager one on the probe batch: torch 2.14.1's inductor
 on a CPU gave NaN input gradients for the bf16 ResNet-9 (2026-11-27) where eager bf16 was fine.
 The speed-up is the only effect: the same weights are used, and numerics differ by rounding only.
+What is compiled is cached in the data folder (`keep_compiled_kernels`), so that a resumed job on
+another machine does not compile it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 
 import torch
 
@@ -24,6 +28,10 @@ from notbugs.attacks import autocast, frozen
 
 # The pipeline's `compile_train` settings: eager (no compile), or torch.compile's mode.
 TRAIN_COMPILE = ("eager", "default", "reduce-overhead")
+
+# torch.compile's on-disk caches (inductor's compiled graphs, Triton kernels, autotuning results) live
+# in this folder; torch's default is one under /tmp, which is per node on a cluster.
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 # Compiled and eager input gradients may differ by rounding (bf16 above all), not by more than this
 # relative l2 distance: a looser bound would let a wrong kernel through, a tighter one reject rounding.
@@ -36,6 +44,28 @@ def _input_gradient(model, example: torch.Tensor, bf16: bool | None) -> torch.Te
     with frozen(model), autocast(x.device, bf16):
         (grad,) = torch.autograd.grad(model.features(x).float().sum(), x)
     return grad
+
+
+def keep_compiled_kernels(data_dir) -> str:
+    """Have torch.compile cache what it compiles in `<data_dir>/work/compile-cache`, unless
+    $TORCHINDUCTOR_CACHE_DIR names another folder than torch's default; returns the folder in use. A
+    job that resumes a profile (capped jobs, often on another node of a cluster, whose /tmp is not the
+    last job's) then finds the kernels of the jobs before it with the rest of their work, instead of
+    compiling again (ResNet-50's training graphs take minutes). Torch reads the variable at every
+    compile, and writes its default there on first use (creating an optimizer will do), so the
+    default is not taken for a choice; the first data folder of a process wins."""
+    current = os.environ.get(CACHE_ENV)
+    if current is None or os.path.abspath(current) == _torch_default_cache():
+        os.environ[CACHE_ENV] = current = str(Path(data_dir).resolve() / "work" / "compile-cache")
+    return current
+
+
+def _torch_default_cache() -> str | None:
+    try:  # not public API: where it moved, a folder torch chose is kept as if the user had
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | None = None,

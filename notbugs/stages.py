@@ -35,7 +35,7 @@ from notbugs import construct as C
 from notbugs import data as D
 from notbugs import results
 from notbugs.attacks import precision_name, use_bf16
-from notbugs.compiling import try_compile, uncompiled
+from notbugs.compiling import keep_compiled_kernels, try_compile, uncompiled
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
@@ -179,6 +179,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
              spec.train_set, len(y), spec.recipe.epochs)
     mode = params.profile.compile_train
     if mode != "eager":
+        keep_compiled_kernels(data_dir)
         # compiled at the training batch's shape and memory format, on the device, as train() will run it
         model.to(device).to(memory_format=torch.channels_last)
         example = x[:spec.recipe.batch_size].to(device).contiguous(memory_format=torch.channels_last)
@@ -367,6 +368,7 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
                        C.assignments(name, labels, c.seed), recipe, recipe_hash,
                        C.shard_ranges(len(labels), c.shard_size), out_dir, dev, deadline)
     if params.profile.compile and job.pending():  # compiled once for every shard left to build
+        keep_compiled_kernels(data_dir)
         reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev), bf16=bf16)
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
     return job

@@ -1,6 +1,9 @@
 """torch.compile of the backbone: same outputs, and a failing compiler only costs speed."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ import torch
 from notbugs import compiling
 from notbugs.attacks import frozen, match_representation
 from notbugs.models import make_model
-from tests.conftest import CompiledStandIn, bench_script
+from tests.conftest import ROOT, CompiledStandIn, bench_script
 
 
 def _model():
@@ -179,3 +182,60 @@ def test_bench_records_no_mode_when_the_compile_fell_back(monkeypatch, tmp_path,
     assert res["compiled"] is False and res["compile_mode"] is None
     assert any("--compile failed" in n for n in res["notes"])
     assert "compiled False |" in capsys.readouterr().out
+
+
+def test_compile_cache_lives_with_the_data_unless_the_user_chose_one(monkeypatch, tmp_path):
+    monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
+    folder = str(tmp_path.resolve() / "work" / "compile-cache")
+    assert compiling.keep_compiled_kernels(tmp_path) == folder == os.environ[compiling.CACHE_ENV]
+    assert compiling.keep_compiled_kernels(tmp_path / "another") == folder  # the first data folder wins
+    # torch writes its default folder into the variable on first use (creating an optimizer does): no choice
+    monkeypatch.setenv(compiling.CACHE_ENV, compiling._torch_default_cache())
+    assert compiling.keep_compiled_kernels(tmp_path) == folder
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path / "mine"))
+    assert compiling.keep_compiled_kernels(tmp_path) == str(tmp_path / "mine")
+
+
+_JOB = """
+import sys, torch
+from torch._dynamo.utils import counters
+from notbugs.compiling import keep_compiled_kernels, try_compile
+from notbugs.models import Backbone, Classifier, conv_bn, global_avg_pool
+
+class Small(Backbone):  # a few kernels: a cold compile in seconds on a small CPU
+    def __init__(self):
+        super().__init__()
+        self.body, self.out_dim = conv_bn(3, 8), 8
+
+    def forward(self, x):
+        return global_avg_pool(self.body(x))
+
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # as a job's earlier training does
+print(keep_compiled_kernels(sys.argv[1]))
+torch.manual_seed(0)
+model = Classifier(Small(), 10, "small", 1.0).eval()
+reason = try_compile(model, torch.rand(4, 3, 32, 32), bf16=False)
+print(reason, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+"""
+
+
+def test_a_later_job_finds_the_kernels_an_earlier_job_compiled(tmp_path):
+    """Capped jobs: the second process (a fresh /tmp, as on another node) compiles nothing that the
+    first compiled into the data folder; inductor's own counters say so."""
+    env = {k: v for k, v in os.environ.items() if k not in (compiling.CACHE_ENV, "TRITON_CACHE_DIR")}
+    env["PYTHONPATH"] = str(ROOT)
+    runs = []
+    for job in ("first", "second"):
+        env["TMPDIR"] = str(tmp_path / f"tmp-{job}")  # torch's default cache would be here: not used
+        (tmp_path / f"tmp-{job}").mkdir()
+        proc = subprocess.run([sys.executable, "-c", _JOB, str(tmp_path / "data")], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        folder, result = proc.stdout.strip().splitlines()[-2:]
+        runs.append(result.split())
+    assert folder == str((tmp_path / "data" / "work" / "compile-cache").resolve())
+    (reason1, hits1, misses1), (reason2, hits2, misses2) = runs
+    if reason1 != "None":
+        pytest.skip(f"torch.compile does not work on this machine: {reason1}")
+    assert int(misses1) > 0 and int(hits2) == int(misses1) and int(misses2) == 0
+    assert any((tmp_path / "data" / "work" / "compile-cache").rglob("*"))

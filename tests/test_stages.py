@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from notbugs import construct as C
 from notbugs import results
 from notbugs import stages as S
+from notbugs.compiling import CACHE_ENV
 from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError, load_tensors
@@ -239,9 +241,11 @@ def test_training_set_is_the_constructed_one(sources, tmp_path):
     assert x.dtype == torch.float32 and x.shape[0] == len(y) == 200
 
 
-def test_compiled_construction_builds_the_same_set(sources, tmp_path):
+def test_compiled_construction_builds_the_same_set(sources, tmp_path, monkeypatch):
     """`compile: true` changes speed, not the set: the same recipe hash, and the same matching up to
-    rounding (or, where this machine cannot compile, the eager fallback)."""
+    rounding (or, where this machine cannot compile, the eager fallback). What it compiles is cached
+    with the data (a later job, on another node, finds it there)."""
+    monkeypatch.delenv(CACHE_ENV, raising=False)
     params, data = _copy(sources, tmp_path)
     eager = S.stage_construct(params, "d_r", data, "cpu")
     shutil.rmtree(S.dataset_dir(data, "d_r"))
@@ -250,6 +254,7 @@ def test_compiled_construction_builds_the_same_set(sources, tmp_path):
     assert job.recipe_hash == S.prepare_construct(params, "d_r", data, "cpu").recipe_hash
     stats = S.stage_construct(compiled, "d_r", data, "cpu")
     assert abs(stats["final_distance"] - eager["final_distance"]) < 1e-3 * max(1.0, eager["final_distance"])
+    assert os.environ[CACHE_ENV] == str(data.resolve() / "work" / "compile-cache")
 
 
 def _weights(model) -> dict:
@@ -261,6 +266,7 @@ def test_compiled_training_trains_saves_and_resumes_as_eager(sources, tmp_path, 
     naming, eager arithmetic) the model trains to the same weights as eager, is compiled once at the
     training batch's shape with the profile's mode, and is saved, checkpointed and handed to
     evaluation under the eager model's names, so that compiled and eager runs resume each other."""
+    monkeypatch.delenv(CACHE_ENV, raising=False)
     params, data = _copy(sources, tmp_path)
     split = S.load_split(params, data)
     spec = S.source_spec(params, "standard")
@@ -281,6 +287,7 @@ def test_compiled_training_trains_saves_and_resumes_as_eager(sources, tmp_path, 
     shutil.rmtree(other / "work")
     out = S.train_unit(compiled_params, spec, split.train_x, split.train_y, other, cpu, "compiled")
     assert calls == [{"dynamic": False, "mode": "reduce-overhead"}]
+    assert os.environ[CACHE_ENV] == str(other.resolve() / "work" / "compile-cache")  # kept with the data
     assert not isinstance(out["model"].backbone, CompiledStandIn)  # evaluation runs eager
     weights = _weights(out["model"])
     assert weights.keys() == eager.keys() and all(torch.equal(weights[k], eager[k]) for k in eager)

@@ -29,8 +29,8 @@ from notbugs.attacks import autocast, frozen
 # The pipeline's `compile_train` settings: eager (no compile), or torch.compile's mode.
 TRAIN_COMPILE = ("eager", "default", "reduce-overhead")
 
-# torch.compile's on-disk caches (inductor's compiled graphs, Triton kernels, autotuning results) live
-# in this folder; torch's default is one under /tmp, which is per node on a cluster.
+# The variable naming the folder of torch.compile's on-disk caches (inductor's compiled graphs, Triton
+# kernels, autotuning results); torch's default folder is under /tmp, which is per node on a cluster.
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 # Compiled and eager input gradients may differ by rounding (bf16 above all), not by more than this

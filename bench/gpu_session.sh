@@ -102,11 +102,12 @@ case $part in
     --json "$OUT/sweep_d_nr.json" 2>&1 | grep -v -e "batch/s" -e "img/s" | tee "$OUT/sweep_d_nr.log"
   ;;
 4)
-  # The fast profile spends most of its time training ResNet-18s (its whole recipe is about 480 s on an
-  # H200, estimated from the 2026-11-27 per-epoch times), and its clean accuracies are short: a network that learns as
-  # much in fewer seconds buys epochs. ResNet-9 has 0.68x ResNet-18's FLOPs and 0.77x its activations per
-  # image. Compare with the pipeline's ResNet-18 source models of part 3 (standard 40 epochs; adversarial
-  # 30) and the 2026-11-27 sweeps (same seed: standard 40 epochs 93.1 / 5.4, adversarial 30 epochs 85.1 / 75.8).
+  # The fast profile spends most of its time training ResNet-18s (its whole recipe is about 480 s on
+  # an H200, estimated from the 2026-11-27 per-epoch times), and its clean accuracies are short: a
+  # network that learns as much in fewer seconds buys epochs. ResNet-9 has 0.68x ResNet-18's FLOPs
+  # and 0.77x its activations per image. Compare with part 3's ResNet-18 source models (standard 40
+  # epochs, adversarial 30) and the 2026-11-27 sweeps (same seed: standard 40 epochs 93.1 / 5.4,
+  # adversarial 30 epochs 85.1 / 75.8).
   # One log for the part: a call brings back at most 8 files (5 JSON, this log, skipped.txt)
   sweep() {  # sweep SET NAME VARIANT...: recipe variants of a source model on part 3's data
     local set=$1 name=$2

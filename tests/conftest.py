@@ -112,5 +112,7 @@ def params_file(tmp_path, mirror) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
-    for var in ("NOTBUGS_PROFILE", "NOTBUGS_DATA_SOURCE", "NOTBUGS_MIRROR"):
+    # TORCHINDUCTOR_CACHE_DIR: a stage that compiles points it at its data folder for the rest of the
+    # process (notbugs.compiling.keep_compiled_kernels); each test starts without it
+    for var in ("NOTBUGS_PROFILE", "NOTBUGS_DATA_SOURCE", "NOTBUGS_MIRROR", "TORCHINDUCTOR_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)

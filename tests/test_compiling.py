@@ -185,7 +185,6 @@ def test_bench_records_no_mode_when_the_compile_fell_back(monkeypatch, tmp_path,
 
 
 def test_compile_cache_lives_with_the_data_unless_the_user_chose_one(monkeypatch, tmp_path):
-    monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
     folder = str(tmp_path.resolve() / "work" / "compile-cache")
     assert compiling.keep_compiled_kernels(tmp_path) == folder == os.environ[compiling.CACHE_ENV]
     assert compiling.keep_compiled_kernels(tmp_path / "another") == folder  # the first data folder wins

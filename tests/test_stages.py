@@ -241,11 +241,10 @@ def test_training_set_is_the_constructed_one(sources, tmp_path):
     assert x.dtype == torch.float32 and x.shape[0] == len(y) == 200
 
 
-def test_compiled_construction_builds_the_same_set(sources, tmp_path, monkeypatch):
+def test_compiled_construction_builds_the_same_set(sources, tmp_path):
     """`compile: true` changes speed, not the set: the same recipe hash, and the same matching up to
     rounding (or, where this machine cannot compile, the eager fallback). What it compiles is cached
     with the data (a later job, on another node, finds it there)."""
-    monkeypatch.delenv(CACHE_ENV, raising=False)
     params, data = _copy(sources, tmp_path)
     eager = S.stage_construct(params, "d_r", data, "cpu")
     shutil.rmtree(S.dataset_dir(data, "d_r"))
@@ -266,7 +265,6 @@ def test_compiled_training_trains_saves_and_resumes_as_eager(sources, tmp_path, 
     naming, eager arithmetic) the model trains to the same weights as eager, is compiled once at the
     training batch's shape with the profile's mode, and is saved, checkpointed and handed to
     evaluation under the eager model's names, so that compiled and eager runs resume each other."""
-    monkeypatch.delenv(CACHE_ENV, raising=False)
     params, data = _copy(sources, tmp_path)
     split = S.load_split(params, data)
     spec = S.source_spec(params, "standard")

@@ -17,7 +17,8 @@ script measures both, in one run, for any list of rules:
      profile's real test set.
 
 It reads a data directory of the pipeline (after `notbugs source robust` / `source standard`) and
-writes nothing there. A rule is STEPS:STEP_SIZE[:FINAL_STEP_SIZE].
+writes nothing there. A rule is STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM] (momentum: see
+`match_representation`; 0 by default, the paper's plain normalised steps).
 
 For D_rand / D_det (`--set d_rand|d_det`) a rule is STEPS:STEP_SIZE of targeted l2 PGD on the
 standard model at the profile's `construct.pgd.eps` (the paper's is 100:0.1 at eps 0.5), towards the
@@ -55,49 +56,60 @@ from notbugs.attacks import autocast, frozen, match_representation, pgd_l2  # no
 from notbugs.train import load_model  # noqa: E402
 
 
-def parse_rule(text: str) -> tuple[int, float, float]:
-    parts = text.split(":")
+def parse_rule(text: str) -> tuple[int, float, float, float]:
+    """STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM] -> (steps, step size, final step size, momentum)."""
+    body, _, mom = text.partition("@")
+    parts = body.split(":")
     if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"rule {text!r}: expected STEPS:STEP_SIZE[:FINAL_STEP_SIZE]")
+        raise argparse.ArgumentTypeError(f"rule {text!r}: expected STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM]")
     steps, size = int(parts[0]), float(parts[1])
     final = float(parts[2]) if len(parts) == 3 else size
+    momentum = float(mom) if mom else 0.0
     if steps < 1 or size <= 0 or final <= 0:
         raise argparse.ArgumentTypeError(f"rule {text!r}: steps and step sizes must be positive")
-    return steps, size, final
+    if not 0 <= momentum < 1:
+        raise argparse.ArgumentTypeError(f"rule {text!r}: momentum must be in [0, 1)")
+    return steps, size, final, momentum
 
 
-def rule_name(rule: tuple[int, float, float]) -> str:
-    steps, size, final = rule
-    return f"{steps} x {size:g}" if size == final else f"{steps} x {size:g}->{final:g}"
+def rule_name(rule: tuple[int, float, float, float]) -> str:
+    steps, size, final, momentum = rule
+    name = f"{steps} x {size:g}" if size == final else f"{steps} x {size:g}->{final:g}"
+    return f"{name} m{momentum:g}" if momentum else name
 
 
 def match_set(model, images, starts, rule, batch_size: int, device, checkpoints: list[int], bf16: bool) -> tuple:
-    """Matched images for every position, the mean relative distance reached, and (constant rules)
-    the mean relative distance after each checkpoint step count."""
-    steps, size, final = rule
-    # A constant rule run in segments is the same computation as one run: record its trajectory.
-    marks = sorted({c for c in checkpoints if c < steps} | {steps}) if size == final else [steps]
+    """Matched images for every position, the mean relative distance reached, (constant rules)
+    the mean relative distance after each checkpoint step count, and the mean l2 distance each image
+    moved from its start image."""
+    steps, size, final, momentum = rule
+    # A constant rule without momentum run in segments is the same computation as one run: record its
+    # trajectory (momentum would restart from zero at each segment).
+    marks = sorted({c for c in checkpoints if c < steps} | {steps}) if size == final and not momentum else [steps]
     out, curve = [], {m: 0.0 for m in marks}
-    start_rel = 0.0
+    start_rel, moved = 0.0, 0.0
     for a in range(0, len(images), batch_size):
         x, z = images[a:a + batch_size].to(device), starts[a:a + batch_size].to(device)
         done = 0
+        start = z
         for m in marks:  # several segments only for a constant rule, where size == final
-            z, st = match_representation(model, z, x, m - done, size, final, bf16=bf16)
+            z, st = match_representation(model, z, x, m - done, size, final, bf16=bf16, momentum=momentum)
             if done == 0:
                 start_rel += st["start_relative"] * len(x)
             curve[m] += st["final_relative"] * len(x)
             done = m
+        moved += (z - start).flatten(1).norm(dim=1).sum().item()
         out.append(z.cpu())
     n = len(images)
-    return torch.cat(out), curve[steps] / n, start_rel / n, {m: v / n for m, v in curve.items()}
+    return torch.cat(out), curve[steps] / n, start_rel / n, {m: v / n for m, v in curve.items()}, moved / n
 
 
 def reach_by_matching(model, images, starts, rule, batch_size: int, device, checkpoints: list[int],
                       bf16: bool) -> tuple:
     """`match_set`'s images, and what the rule reached, as the JSON records it."""
-    z, rel, start_rel, curve = match_set(model, images, starts, rule, batch_size, device, checkpoints, bf16)
-    return z, {"start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()}}
+    z, rel, start_rel, curve, moved = match_set(model, images, starts, rule, batch_size, device, checkpoints, bf16)
+    return z, {"start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()},
+               "moved": moved}
 
 
 def describe(row: dict, targeted: bool) -> str:
@@ -107,14 +119,14 @@ def describe(row: dict, targeted: bool) -> str:
                 f"{row['target_loss']:.3f}, perturbation norm {row['perturbation_norm']:.3f}")
     trail = ", ".join(f"{k}: {v:.3f}" for k, v in row["curve"].items()) if len(row["curve"]) > 1 else ""
     return (f"relative distance {row['start_relative']:.3f} -> {row['final_relative']:.3f}"
-            f"{f' ({trail})' if trail else ''}")
+            f"{f' ({trail})' if trail else ''}, moved {row['moved']:.2f} from the start images")
 
 
 def attack_set(model, images, targets, eps: float, rule, batch_size: int, device, bf16: bool) -> tuple:
     """Targeted l2 PGD images for every position, as the pipeline builds D_rand / D_det, and what they
     reach on the source model: success rate (classified as the target), mean targeted cross-entropy
     before and after, and mean perturbation norm."""
-    steps, size, _ = rule
+    steps, size = rule[:2]
     out, success, start_loss, loss, norm = [], 0.0, 0.0, 0.0, 0.0
     for a in range(0, len(images), batch_size):
         x, t = images[a:a + batch_size].to(device), targets[a:a + batch_size].to(device)
@@ -149,8 +161,8 @@ def main(argv=None) -> int:
     if args.rules is None:
         args.rules = [parse_rule(r) for r in ("100:0.1,30:0.1,15:0.1" if targeted else
                                               "1000:0.1,100:0.3:0.02,25:0.5:0.02").split(",")]
-    if targeted and any(size != final for _, size, final in args.rules):
-        print("--rules: PGD (d_rand, d_det) takes a constant step, STEPS:STEP_SIZE", file=sys.stderr)
+    if targeted and any(size != final or momentum for _, size, final, momentum in args.rules):
+        print("--rules: PGD (d_rand, d_det) takes a constant step without momentum, STEPS:STEP_SIZE", file=sys.stderr)
         return 2
     params, dev = params_and_device(args)
     p = params.profile
@@ -179,7 +191,8 @@ def main(argv=None) -> int:
 
     rows = []
     for rule in args.rules:
-        row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2]}
+        row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2],
+               "momentum": rule[3]}
         t0 = time.perf_counter()
         with frozen(model):
             if targeted:

@@ -138,11 +138,13 @@ def representation_distance(model, z: torch.Tensor, target: torch.Tensor, bf16: 
 
 def match_representation(model, start: torch.Tensor, target_images: torch.Tensor, steps: int,
                          step_size: float, final_step_size: float | None = None,
-                         bf16: bool | None = None) -> tuple[torch.Tensor, dict]:
+                         bf16: bool | None = None, momentum: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Move `start` so that the model's representation matches that of `target_images`.
 
     Normalised gradient descent on ||g(z) - g(x)||_2, z clipped to [0, 1], no distance bound. The
     step size decays linearly from `step_size` to `final_step_size` (equal: constant, the paper).
+    With `momentum` m > 0 (not the paper's rule) each step goes along the normalised velocity
+    v = m v + g / ||g|| instead of g / ||g||: the same step length, a smoother direction.
     Returns z and statistics: mean start / final distance, absolute and relative to ||g(x)||.
     """
     final_step_size = step_size if final_step_size is None else final_step_size
@@ -150,6 +152,7 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
         target = model.features(target_images).float()
     target_norm = target.flatten(1).norm(dim=1).clamp_min(1e-12)
     z = start.detach().clone()
+    velocity = torch.zeros_like(z) if momentum else None
     with torch.no_grad():
         d0 = representation_distance(model, z, target, bf16)
     for i in range(steps):
@@ -158,7 +161,11 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
         dist = representation_distance(model, z, target, bf16)
         (grad,) = torch.autograd.grad(dist.sum(), z)
         _check_finite(grad, "representation-matching gradient")
-        z = (z.detach() - lr * normalised(grad)).clamp(0, 1)
+        direction = normalised(grad)
+        if velocity is not None:
+            velocity = momentum * velocity + direction
+            direction = normalised(velocity)
+        z = (z.detach() - lr * direction).clamp(0, 1)
     with torch.no_grad():
         d1 = representation_distance(model, z, target, bf16)
     _check_finite(z, "representation-matched images")

@@ -112,6 +112,25 @@ def test_matching_with_a_decaying_step_is_deterministic(trained):
     assert torch.equal(a, b)
 
 
+def test_matching_with_momentum_takes_steps_of_the_same_length_and_lowers_the_distance(trained):
+    """Momentum changes each step's direction, not its length: one step equals the plain rule's (the
+    velocity starts at zero), later ones differ but each moves an image by at most the step size."""
+    model, x, _ = trained
+    start = x.roll(1, 0)
+    with frozen(model):
+        plain, _ = match_representation(model, start, x, steps=1, step_size=0.3)
+        first, _ = match_representation(model, start, x, steps=1, step_size=0.3, momentum=0.9)
+        z, stats = match_representation(model, start, x, steps=40, step_size=0.1, momentum=0.9)
+        no_momentum, _ = match_representation(model, start, x, steps=40, step_size=0.1)
+        before, _ = match_representation(model, start, x, steps=39, step_size=0.1, momentum=0.9)
+        last, _ = match_representation(model, start, x, steps=40, step_size=0.1, momentum=0.9)
+    assert torch.allclose(plain, first, atol=1e-6)
+    assert stats["final_distance"] < 0.5 * stats["start_distance"]
+    assert not torch.equal(z, no_momentum) and torch.equal(z, last)
+    assert (z - before).flatten(1).norm(dim=1).max().item() <= 0.1 + 1e-5  # clipping only shortens a step
+    assert z.min().item() >= 0 and z.max().item() <= 1
+
+
 def test_augment_is_reproducible_and_keeps_shapes_and_range():
     x, _ = synthetic_batch(2)
     cfg = AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0)

@@ -51,12 +51,17 @@ def test_a_constant_rule_run_in_segments_is_one_run(pipeline, monkeypatch):
     x = S.load_split(load_params(path), data).train_x[:12]
     starts = x.roll(1, dims=0)
     with frozen(model):
-        z, rel, start_rel, curve = step_rule.match_set(model, x, starts, (9, 0.1, 0.1), 5, torch.device("cpu"), [3, 6],
-                                                       bf16=False)
+        z, rel, start_rel, curve, moved = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.0), 5,
+                                                              torch.device("cpu"), [3, 6], bf16=False)
         once, stats = match_representation(model, starts, x, 9, 0.1, 0.1, bf16=False)
-    assert sorted(curve) == [3, 6, 9] and curve[9] == pytest.approx(rel)
+        # with momentum a segment would restart the velocity: the rule runs in one piece
+        _, _, _, momentum_curve, _ = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.9), 5,
+                                                          torch.device("cpu"), [3, 6], bf16=False)
+    assert sorted(curve) == [3, 6, 9] and curve[9] == pytest.approx(rel) and list(momentum_curve) == [9]
     assert torch.allclose(z, once, atol=1e-5)
     assert rel == pytest.approx(stats["final_relative"], rel=1e-4) and start_rel > rel
+    assert moved == pytest.approx((once - starts).flatten(1).norm(dim=1).mean().item(), rel=1e-4)
+    assert 0 < moved <= 9 * 0.1 + 1e-5  # 9 steps of 0.1 at most
 
 
 def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path, monkeypatch):
@@ -64,14 +69,16 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path, 
     out = tmp_path / "rules.json"
     step_rule = bench_script("step_rule", monkeypatch)
     rc = step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_r", "--n", "40",
-                         "--rules", "6:0.1,3:0.3:0.02", "--checkpoints", "2,4", "--seeds", "1,2",
+                         "--rules", "6:0.1,3:0.3:0.02@0.5", "--checkpoints", "2,4", "--seeds", "1,2",
                          "--device", "cpu", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02"] and res["n"] == 40
+    assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02 m0.5"] and res["n"] == 40
     assert res["class_counts"] == [4] * 10  # not the split's first 40 positions, which are 2 classes
     paper, short = res["rules"]
     assert list(paper["curve"]) == ["2", "4", "6"] and list(short["curve"]) == ["3"]
+    assert paper["momentum"] == 0 and short["momentum"] == 0.5
+    assert 0 < paper["moved"] <= 6 * 0.1 + 1e-5 and 0 < short["moved"] <= 0.3 + 0.16 + 0.02 + 1e-5
     for r in res["rules"]:
         assert 0 <= r["final_relative"] < r["start_relative"]  # matching moves toward the target
         assert [t["seed"] for t in r["trained"]] == [1, 2]
@@ -118,6 +125,8 @@ def test_step_rule_for_pgd_sets_reports_success_and_downstream_accuracy(pipeline
     # PGD has a constant step: a decaying rule is refused before any work
     assert step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand",
                            "--rules", "6:0.3:0.02", "--no-train", "--device", "cpu"]) == 2
+    assert step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand",
+                           "--rules", "6:0.1@0.9", "--no-train", "--device", "cpu"]) == 2
 
 
 def test_step_rule_refuses_a_count_that_is_not_balanced(pipeline, capsys, monkeypatch):

@@ -102,8 +102,7 @@ EVAL_EPS, EVAL_STEPS, EVAL_FACTOR = 0.25, 20, 2.5
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # "default": torch's
 PAPER_TRAIN = TrainConfig(epochs=1, batch_size=0, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                           schedule="step", milestones=(50, 100), gamma=0.1, warmup=0.0, label_smoothing=0.0,
-                          augment=AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0),
-                          checkpoint_every=1000)
+                          augment=AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0))
 
 
 def peak_bf16_tflops(device: torch.device) -> float | None:

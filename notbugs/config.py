@@ -65,7 +65,6 @@ class TrainConfig:
     warmup: float  # fraction of all steps spent warming up (onecycle)
     label_smoothing: float
     augment: AugmentConfig
-    checkpoint_every: int  # epochs between checkpoints
 
 
 @dataclass(frozen=True)
@@ -130,6 +129,7 @@ class Profile:
     transfer: TransferConfig
     compile: bool  # torch.compile the model for construction (D_R, D_NR, D_rand, D_det): speed only
     compile_train: str  # eager | default | reduce-overhead (CUDA graphs): torch.compile for training; speed only
+    checkpoint_minutes: float  # a training checkpoint at the first epoch end this long after the last (0: every epoch)
     precision: str  # auto (bf16 where the device has it natively, else fp32) | bf16 | fp32
     name: str = ""
 
@@ -146,7 +146,7 @@ class Params:
         if self.paper is None:
             return []
         ours, theirs = dataclasses.asdict(self.profile), dataclasses.asdict(self.paper)
-        for key in ("name", "compile", "compile_train"):  # not recipe: a label, and speed-only switches
+        for key in ("name", "compile", "compile_train", "checkpoint_minutes"):  # a label, and switches of speed only
             ours.pop(key), theirs.pop(key)
         out = []
         for key, a, b in _diff(ours, theirs):
@@ -282,7 +282,6 @@ def validate(p: Profile) -> None:
         _check(t.schedule in ("step", "onecycle", "linear"), f"{w}.schedule must be step|onecycle|linear")
         _check(0 <= t.warmup < 1, f"{w}.warmup must be in [0, 1)")
         _check(0 <= t.label_smoothing < 1, f"{w}.label_smoothing must be in [0, 1)")
-        _check(t.checkpoint_every > 0, f"{w}.checkpoint_every must be > 0")
         _check(t.augment.crop_pad >= 0 and t.augment.jitter >= 0 and t.augment.rotate >= 0,
                f"{w}.augment: values must be >= 0")
     a = p.adversarial
@@ -298,6 +297,7 @@ def validate(p: Profile) -> None:
         _check(e.steps > 0 and e.restarts > 0 and e.batch_size > 0 and e.step_factor > 0,
                f"{where}.{name}: steps, restarts, batch_size, step_factor must be > 0")
     _check(p.transfer.n > 0, f"{where}.transfer.n must be > 0")
+    _check(p.checkpoint_minutes >= 0, f"{where}.checkpoint_minutes must be >= 0, got {p.checkpoint_minutes}")
     _check(p.compile_train in TRAIN_COMPILE,
            f"{where}.compile_train must be one of {'|'.join(TRAIN_COMPILE)}, got {p.compile_train!r}")
     _check(p.precision in PRECISIONS, f"{where}.precision must be one of {'|'.join(PRECISIONS)}, got {p.precision!r}")

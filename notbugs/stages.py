@@ -186,7 +186,8 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
         reason = try_compile(model, example, train=True, bf16=bf16, mode=None if mode == "default" else mode)
         log.info("%s: training runs %s", model_id, f"compiled ({mode})" if reason is None else f"eager ({reason})")
     history = train(model, x, y, spec.recipe, seed, device, adversarial=spec.adversarial,
-                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline, bf16=bf16)
+                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline, bf16=bf16,
+                    checkpoint_seconds=60 * params.profile.checkpoint_minutes)
     uncompiled(model)  # saved and evaluated eager: evaluation's batch shape would need another compile
     out = model_dir(data_dir, spec.name)
     recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y),

@@ -28,7 +28,7 @@ def synthetic_batch(n_per_class: int, seed: int = 0):
 
 RECIPE = TrainConfig(epochs=6, batch_size=32, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                      schedule="onecycle", milestones=(), gamma=0.1, warmup=0.2, label_smoothing=0.0,
-                     augment=AugmentConfig(crop_pad=0, flip=False, jitter=0.0, rotate=0.0), checkpoint_every=1)
+                     augment=AugmentConfig(crop_pad=0, flip=False, jitter=0.0, rotate=0.0))
 
 
 @pytest.fixture(scope="module")

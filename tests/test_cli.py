@@ -146,8 +146,11 @@ def test_sigterm_stops_training_at_the_next_batch_and_the_rerun_finishes_it(tmp_
     from tests.conftest import write_params
     from tests.faultkit import ENV, stage_command
 
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "cifar10",
-                        edit=lambda d: d["profiles"]["tiny"]["train"].update(epochs=40, checkpoint_every=100))
+    def forty_epochs_no_checkpoint_due(doc):
+        doc["profiles"]["tiny"]["train"].update(epochs=40)
+        doc["profiles"]["tiny"]["checkpoint_minutes"] = 60
+
+    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "cifar10", edit=forty_epochs_no_checkpoint_due)
     data = tmp_path / "data"
     assert main(["fetch", "--params", str(path), "--data-dir", str(data)]) == 0
     cmd = stage_command(["source", "standard"], path, data)

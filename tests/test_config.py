@@ -26,11 +26,14 @@ def test_paper_profile_is_the_protocol():
 
 
 def test_speed_switches_are_not_deviations_from_the_paper():
-    """compile and compile_train change speed, not results: never listed as a deviation."""
+    """compile, compile_train and the checkpoint cadence change speed, not results: never listed as
+    a deviation."""
     for name in ("tiny", "fast"):
         params = load_params(ROOT / "params.yaml", name)
         assert params.profile.compile_train != params.paper.compile_train
-        assert not any(d.startswith("compile") for d in params.deviations())
+        assert not any(d.startswith(("compile", "checkpoint")) for d in params.deviations())
+    tiny = load_params(ROOT / "params.yaml", "tiny")
+    assert tiny.profile.checkpoint_minutes != tiny.paper.checkpoint_minutes
 
 
 def _edited(tmp_path, mirror, edit):
@@ -48,6 +51,8 @@ def _edited(tmp_path, mirror, edit):
     (lambda d: d["profiles"]["tiny"]["train_on"]["d_rand"].update(lrr=0.1), "unknown key 'lrr'"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["vgg16", "alexnet"]), "alexnet"),
     (lambda d: d["profiles"]["tiny"].update(precision="fp16"), "precision must be one of auto|bf16|fp32"),
+    (lambda d: d["profiles"]["tiny"].update(checkpoint_minutes=-1), "checkpoint_minutes must be >= 0, got -1"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(checkpoint_every=4), "unknown key(s) ['checkpoint_every']"),
     (lambda d: d["profiles"]["tiny"].update(compile_train="max"),
      "compile_train must be one of eager|default|reduce-overhead, got 'max'"),
     (lambda d: d["profiles"]["tiny"].update(compile_train=False), "compile_train"),  # YAML reads `off` as false

@@ -31,7 +31,7 @@ from tests.faultkit import (KillAt, Ladder, Tally, completed_epochs, files, firs
 
 SEED = 20190506
 EPOCHS = 6
-CHECKPOINT_EVERY = 1
+CHECKPOINT_EVERY = 1  # epochs: checkpoint_minutes 0 writes one at every epoch end
 
 # The reference pipeline, in order; each step starts from the folder the one before left.
 STEPS = {
@@ -53,7 +53,8 @@ TALLY = Tally()
 def _profile(doc):
     """The tiny profile, with more epochs and shards so that there are more moments to kill."""
     t = doc["profiles"]["tiny"]
-    t["train"].update(epochs=EPOCHS, batch_size=50, checkpoint_every=CHECKPOINT_EVERY)
+    t["train"].update(epochs=EPOCHS, batch_size=50)
+    t["checkpoint_minutes"] = 0
     t["train_on"]["d_det"] = {"epochs": 4}
     t["construct"].update(shard_size=25, batch_size=25)
     t["transfer"]["archs"] = ["resnet9"]

@@ -120,6 +120,29 @@ def test_stop_at_an_epoch_end_and_a_finished_run_never_stops(tmp_path):
     assert len(h) == 1
 
 
+def test_checkpoints_follow_their_interval_and_a_run_killed_between_them_ends_the_same(tmp_path, monkeypatch):
+    """checkpoint_seconds 0: a checkpoint at every epoch end; a long interval: after the last epoch
+    only. A run that ends between checkpoints (here after epoch 2, none due yet) restarts from the
+    start and still ends at the uninterrupted model: the cadence costs lost work, never results."""
+    from notbugs import train as T
+
+    written = []
+    monkeypatch.setattr(T, "save_tensors", lambda path, t: (written.append(t["epoch"]), save_tensors(path, t))[1])
+    x, y = synthetic_batch(8)
+    every = _fresh()
+    train(every, x, y, SHORT, seed=3, device=CPU, workdir=tmp_path / "a")
+    assert written == [1, 2, 3]
+    written.clear()
+    train(_fresh(), x, y, SHORT, seed=3, device=CPU, workdir=tmp_path / "b", checkpoint_seconds=3600,
+          stop_after_epoch=2)
+    assert written == [] and not (tmp_path / "b" / "checkpoint.pt").exists()
+    rare = _fresh()  # from the start: the pipeline seeds a model's initial weights (train_unit)
+    h = train(rare, x, y, SHORT, seed=3, device=CPU, workdir=tmp_path / "b", checkpoint_seconds=3600)
+    assert written == [3] and [r["epoch"] for r in h] == [1, 2, 3]
+    for (k, a), b in zip(every.state_dict().items(), rare.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
     x, y = synthetic_batch(4)
     train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path, stop_after_epoch=1)

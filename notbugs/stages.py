@@ -573,17 +573,29 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
             scored = progress["scored"].get(meta["model_id"])
             if scored is not None and scored["sha256"] == meta["checkpoint_sha256"]:
                 log.info("%s: scored by this pass already, before it was cut", meta["model_id"])
+                _rows_again(data_dir, meta["model_id"], scored.get("run_id"), run_id)
                 continue
             model, meta = load_model(path, dev)
             metrics = units.evaluate(params, model, meta["model_id"], split, params.profile.reevaluate, data_dir,
                                      dev, run_id)
-            progress["scored"][meta["model_id"]] = {"sha256": meta["checkpoint_sha256"], "metrics": metrics}
+            progress["scored"][meta["model_id"]] = {"sha256": meta["checkpoint_sha256"], "metrics": metrics,
+                                                    "run_id": run_id}
             write_json(progress_path, progress)
             if i + 1 < len(metas) and expired(deadline):
                 raise Stopped(f"reevaluate: {deadline.reason} after {i + 1} of {len(metas)} models; the scored "
                               f"ones are listed in {progress_path}")
     progress_path.unlink(missing_ok=True)
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
+
+
+def _rows_again(data_dir, model_id: str, earlier_run: str | None, run_id: str) -> None:
+    """The evaluation rows a cut pass wrote for a model, appended again under this pass's run id, so
+    that the pass that ends (runs.status ok) holds the rows of every model it scored."""
+    if earlier_run is None or earlier_run == run_id:
+        return
+    ev = results.load("evaluations", results_root(data_dir))
+    rows = ev[(ev["model_id"] == model_id) & (ev["run_id"] == earlier_run)].to_dict("records")
+    results.append("evaluations", [{**r, "run_id": run_id} for r in rows], results_root(data_dir))
 
 
 def stage_report(params: Params, data_dir="data", out_dir: str | None = None, device: str = "auto") -> dict:

@@ -156,9 +156,17 @@ def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path
     summary = S.stage_reevaluate(params, data, "cpu")
     assert sorted(summary) == ["tiny/adversarial-d-resnet9", "tiny/standard-d-resnet9"]
     ev = results.load("evaluations", root).iloc[before:]
-    suite = params.profile.reevaluate
-    assert len(ev) == 2 * (1 + len(suite.eps))  # each model scored once over the two jobs
-    assert sorted(set(ev["model_id"])) == sorted(summary)
+    per_model = 1 + len(params.profile.reevaluate.eps)
+    cut, ended = list(dict.fromkeys(ev["run_id"]))  # the stopped job's run, then the one that ended the pass
+    assert len(ev[ev["run_id"] == cut]) == per_model
+    # the pass that ended holds every model's rows; the model scored before the cut is not scored
+    # again, its rows are the cut job's (same time stamp), under the ending run's id
+    last = ev[ev["run_id"] == ended]
+    assert len(last) == 2 * per_model and sorted(set(last["model_id"])) == sorted(summary)
+    columns = ["model_id", "attack", "eps", "accuracy", "correct", "evaluated_at"]
+    first = ev[ev["run_id"] == cut][columns].reset_index(drop=True)
+    again = last[last["model_id"] == first["model_id"][0]][columns].reset_index(drop=True)
+    assert first.equals(again)
     assert not (data / "work" / "reevaluate.json").exists()  # the pass is over: the next one scores all
     assert len(S.stage_reevaluate(params, data, "cpu")) == 2
 

@@ -155,9 +155,12 @@ def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path
     assert len(progress["scored"]) == 1
     summary = S.stage_reevaluate(params, data, "cpu")
     assert sorted(summary) == ["tiny/adversarial-d-resnet9", "tiny/standard-d-resnet9"]
-    ev = results.load("evaluations", root).iloc[before:]
+    ev = results.load("evaluations", root)
+    assert len(ev) > before
     per_model = 1 + len(params.profile.reevaluate.eps)
-    cut, ended = list(dict.fromkeys(ev["run_id"]))  # the stopped job's run, then the one that ended the pass
+    runs = results.load("runs", root)
+    runs = runs[runs["stage"] == "reevaluate"]
+    (cut,), (ended,) = runs[runs["status"] != "ok"]["run_id"], runs[runs["status"] == "ok"]["run_id"]
     assert len(ev[ev["run_id"] == cut]) == per_model
     # the pass that ended holds every model's rows; the model scored before the cut is not scored
     # again, its rows are the cut job's (same time stamp), under the ending run's id

@@ -569,11 +569,12 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
         metas = [(path, read_json(path / "meta.json")) for path in trained_models(data_dir)]
         # models of other profiles were trained on other data subsets
         metas = [(path, meta) for path, meta in metas if meta.get("profile") == params.profile.name]
+        carried = []  # (model_id, run id) of the models an earlier, cut job of this pass scored
         for i, (path, meta) in enumerate(metas):
             scored = progress["scored"].get(meta["model_id"])
             if scored is not None and scored["sha256"] == meta["checkpoint_sha256"]:
                 log.info("%s: scored by this pass already, before it was cut", meta["model_id"])
-                _rows_again(data_dir, meta["model_id"], scored.get("run_id"), run_id)
+                carried.append((meta["model_id"], scored.get("run_id")))
                 continue
             model, meta = load_model(path, dev)
             metrics = units.evaluate(params, model, meta["model_id"], split, params.profile.reevaluate, data_dir,
@@ -584,18 +585,22 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
             if i + 1 < len(metas) and expired(deadline):
                 raise Stopped(f"reevaluate: {deadline.reason} after {i + 1} of {len(metas)} models; the scored "
                               f"ones are listed in {progress_path}")
+        _rows_again(data_dir, carried, run_id)
     progress_path.unlink(missing_ok=True)
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
 
 
-def _rows_again(data_dir, model_id: str, earlier_run: str | None, run_id: str) -> None:
-    """The evaluation rows a cut pass wrote for a model, appended again under this pass's run id, so
-    that the pass that ends (runs.status ok) holds the rows of every model it scored."""
-    if earlier_run is None or earlier_run == run_id:
+def _rows_again(data_dir, carried: list[tuple[str, str | None]], run_id: str) -> None:
+    """The evaluation rows that cut jobs of a pass wrote for `carried` (model id, their run id),
+    appended again under this job's run id (one read, one part file), so that the job that ends the
+    pass (runs.status ok) holds the rows of every model the pass scored."""
+    carried = [(m, r) for m, r in carried if r is not None and r != run_id]
+    if not carried:
         return
-    ev = results.load("evaluations", results_root(data_dir))
-    rows = ev[(ev["model_id"] == model_id) & (ev["run_id"] == earlier_run)].to_dict("records")
-    results.append("evaluations", [{**r, "run_id": run_id} for r in rows], results_root(data_dir))
+    wanted = set(carried)
+    rows = results.load("evaluations", results_root(data_dir)).to_dict("records")
+    again = [{**r, "run_id": run_id} for r in rows if (r["model_id"], r["run_id"]) in wanted]
+    results.append("evaluations", again, results_root(data_dir))
 
 
 def stage_report(params: Params, data_dir="data", out_dir: str | None = None, device: str = "auto") -> dict:

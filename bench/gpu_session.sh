@@ -130,6 +130,9 @@ case $part in
     cp -al .gpu/data/cifar10 .gpu/data200/ && cp -al .gpu/data/models/standard .gpu/data200/models/
     sed "s/match: {steps: 100, step_size: 0.3, final_step_size: 0.02}/match: {steps: 200, step_size: 0.3, final_step_size: 0.02}/" \
       params.yaml > .gpu/params200.yaml
+    grep -q "match: {steps: 200," .gpu/params200.yaml \
+      || echo "D_NR from 200 steps: params.yaml's match line has changed; this runs the profile's own rule" \
+      | tee -a "$OUT/skipped.txt"
     for stage in "construct d_nr" "train d_nr"; do
       TORCHINDUCTOR_CACHE_DIR=$PWD/.gpu/data/work/compile-cache timeout "$(left)" $PY -m notbugs $stage \
         --profile "$profile" --params .gpu/params200.yaml --data-dir .gpu/data200 2>&1 \

@@ -149,6 +149,10 @@ def test_recipe_sweep_trains_each_variant(pipeline, tmp_path, capsys, monkeypatc
     assert "lr=0.01" in rows[1]["recipe"] and "flip=False" in rows[1]["recipe"]
     for r in rows:
         assert 0 <= r["fit_target_labels"] <= 1 and 0 <= r["test_clean"] <= 1 and r["test_robust"] == {}
+    # one training accuracy per epoch, the last one the row's last-epoch figure
+    epochs = load_params(path).profile.train_on["d_rand"].epochs
+    assert [len(r["train_acc_by_epoch"]) for r in rows] == [epochs, 1]
+    assert all(r["train_acc_by_epoch"][-1] == r["train_acc_last_epoch"] for r in rows)
     assert "fits its labels" in capsys.readouterr().out
     # a variant that is not a valid recipe is refused before any training
     assert sweep.main(["--params", str(path), "--data-dir", str(data), "--variant", "{lr: -1}"]) == 2

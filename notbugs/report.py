@@ -286,10 +286,10 @@ def _epoch_curves(epochs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 # ---------------------------------------------------------------- sample images
 
 
-def _default_load_constructed(path: Path) -> dict:
-    from notbugs.construct import load_constructed  # imports torch: only when samples are drawn
+def _default_load_samples(path: Path, choose) -> dict:
+    from notbugs.construct import load_samples  # imports torch: only when samples are drawn
 
-    return load_constructed(path)
+    return load_samples(path, choose)
 
 
 def _default_load_cifar(path: Path):
@@ -336,7 +336,7 @@ def _choose_sources(source_index: np.ndarray, original_labels: np.ndarray | None
     return [int(source_index[p]) for p in positions]
 
 
-def _sample_grid(data_dir: Path, n: int, load_constructed, load_cifar) -> tuple[SampleGrid | None, list[str]]:
+def _sample_grid(data_dir: Path, n: int, load_samples, load_cifar) -> tuple[SampleGrid | None, list[str]]:
     """The grid of sample images and notes about what could not be shown."""
     errors = _missing_errors()
     notes = []
@@ -346,29 +346,29 @@ def _sample_grid(data_dir: Path, n: int, load_constructed, load_cifar) -> tuple[
         cifar = None
         notes.append(f"CIFAR-10 is not fetched yet, so the D row is empty ({e}).")
     classes = tuple(cifar.classes) if cifar is not None else _cifar_classes()
-    chosen: list[int] | None = None
+    chosen: list[int] = []  # the training images shown, chosen from the first set that loads
     rows = []
     for name in CONSTRUCTED:
-        try:
-            data = load_constructed(data_dir / "datasets" / name)
+        def choose(source_index, labels, name=name):
+            """Positions in this set of the chosen training images (chosen here for the first set)."""
+            if not chosen:
+                originals = cifar.train_labels[source_index] if cifar is not None else (
+                    labels if name in ("d_r", "d_nr") else None)
+                chosen.extend(_choose_sources(source_index, originals, n))
+            position = {int(s): i for i, s in enumerate(source_index)}
+            return [position[s] for s in chosen if s in position]
+
+        try:  # only the few sample images are read: a full set is hundreds of MB
+            data = load_samples(data_dir / "datasets" / name, choose)
         except errors as e:
             notes.append(f"{SET_LABEL[name]} is not built yet ({e}).")
             continue
-        source_index = data["source_index"]
-        if chosen is None:
-            originals = cifar.train_labels[source_index] if cifar is not None else (
-                data["labels"] if name in ("d_r", "d_nr") else None)
-            chosen = _choose_sources(source_index, originals, n)
-        # keep only the few sample images: a full set is hundreds of MB
-        position = {int(s): i for i, s in enumerate(source_index)}
-        cells = []
-        for s in chosen:
-            i = position.get(s)
-            cells.append((None, "—") if i is None else
-                         (_upscale(_to_uint8_hwc(data["images"][i])), classes[int(data["labels"][i])]))
-        rows.append((SET_LABEL[name], tuple(cells)))
-        del data
-    if chosen is None:
+        shown = {int(data["source_index"][p]): (image, int(data["labels"][p]))
+                 for p, image in zip(data["positions"], data["images"])}
+        cells = tuple((None, "—") if s not in shown else (_upscale(_to_uint8_hwc(shown[s][0])), classes[shown[s][1]])
+                      for s in chosen)
+        rows.append((SET_LABEL[name], cells))
+    if not rows:
         notes.append("No constructed set is built yet, so there are no samples to show.")
         return None, notes
     if cifar is not None:
@@ -901,13 +901,13 @@ def _render_markdown(blocks: list) -> tuple[str, dict[str, bytes]]:
 
 def build_report(results_root, data_dir, out_dir, profile: str | None = None,
                  deviations: list[str] | None = None, *, n_samples: int = 8,
-                 load_constructed=None, load_cifar=None) -> dict[str, Path]:
+                 load_samples=None, load_cifar=None) -> dict[str, Path]:
     """Write report.html, report.md (+ figure files) and summary.json into out_dir; return their paths.
 
     profile: the params profile to report (default: the one written to most recently).
     deviations: this profile's known deviations from the paper's protocol, listed verbatim.
-    load_constructed / load_cifar: loaders for sample images (default: notbugs.construct /
-    notbugs.data); a set that fails to load is reported as not built yet.
+    load_samples / load_cifar: loaders for sample images (default: notbugs.construct.load_samples /
+    notbugs.data.load); a set that fails to load is reported as not built yet.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -918,7 +918,7 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     tab1 = [_measure(ref, tables["models"], evals, arch) for ref in TABLE1]
     points = _transfer_points(tables["transfer"], tables["models"], evals)
     construction = _construction_stats(tables["datasets"])
-    grid, sample_notes = _sample_grid(Path(data_dir), n_samples, load_constructed or _default_load_constructed,
+    grid, sample_notes = _sample_grid(Path(data_dir), n_samples, load_samples or _default_load_samples,
                                       load_cifar or _default_load_cifar)
     flags = _flag_lines(fig2, tab1)
     figure3, r = _figure3_blocks(points)

@@ -281,10 +281,10 @@ def test_injected_loaders_and_failed_run_flag(tmp_path):
     root = tmp_path / "results"
     results.append("runs", [run_row("cpu", "train", 0, 3.0, status="failed")], root)
 
-    def no_sets(path):
+    def no_sets(path, *choose):
         raise FileNotFoundError(path)
 
-    paths = report.build_report(root, tmp_path, tmp_path / "out", load_constructed=no_sets, load_cifar=no_sets)
+    paths = report.build_report(root, tmp_path, tmp_path / "out", load_samples=no_sets, load_cifar=no_sets)
     page = paths["html"].read_text()
     assert '<span class="badge bad">failed</span>' in page
     assert "D_R is not built yet" in page and "data:image/png" not in page

@@ -199,6 +199,42 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
     assert sorted(ds["name"]) == ["d_det", "d_nr", "d_r", "d_rand"]
 
 
+def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):
+    """The report's few samples come from seeking in the shards; they equal the loaded set's, also
+    from a compressed shard; a shard cut short or a NaN image is an error naming the set."""
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, "d_r", data, "cpu")
+    out = S.dataset_dir(data, "d_r")
+    full = C.load_constructed(out)
+    assert len(full["manifest"]["shards"]) >= 2
+    picks = [len(full["labels"]) - 1, 0, 5, params.profile.construct.shard_size + 3]  # across shards, any order
+    seen = []
+
+    def choose(source_index, labels):
+        seen.append((source_index, labels))
+        return picks
+
+    got = C.load_samples(out, choose)
+    (index, labels), = seen
+    assert np.array_equal(index, full["source_index"]) and np.array_equal(labels, full["labels"])
+    assert list(got["positions"]) == picks and np.array_equal(got["images"], full["images"][picks])
+    shard = out / "shard-00001.npz"
+    with np.load(shard) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez_compressed(shard, **arrays)
+    assert np.array_equal(C.load_samples(out, choose)["images"], full["images"][picks])
+    C.atomic_write_bytes(shard, C.npz_bytes(arrays)[:-20_000])  # cut short: its zip directory is gone
+    with pytest.raises(ArtefactError, match="shard-00001.npz is not a shard of plain arrays.*construct@d_r"):
+        C.load_samples(out, choose)
+    C.atomic_write_bytes(shard, C.npz_bytes({**arrays, "images": arrays["images"][:10]}))  # rows missing
+    with pytest.raises(ArtefactError, match="shard-00001.npz: cannot read its images.*outside its 10 rows"):
+        C.load_samples(out, lambda source_index, labels: [params.profile.construct.shard_size + 50])
+    arrays["images"][3, 0, 0, 0] = np.nan
+    C.atomic_write_bytes(shard, C.npz_bytes(arrays))
+    with pytest.raises(ArtefactError, match="NaN"):
+        C.load_samples(out, choose)
+
+
 def test_corrupt_shard_is_detected(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, "d_det", data, "cpu")

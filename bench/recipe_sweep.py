@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                "adversarial": repr(attack) if attack else None,
                "train_s": t["train_s"], "fit_target_labels": fit,
                "train_acc_last_epoch": t["train_acc"], "test_clean": t["clean"], "test_robust": t["robust"],
-               # when training leaves chance: D_rand sits on a plateau for its first epochs (H200: 16 of 60)
+               # when training leaves chance: D_rand sits on a plateau for its first epochs (H200: 16 of 60 epochs)
                "train_acc_by_epoch": t["train_acc_by_epoch"]}
         robust = "".join(f", robust eps {k} {100 * v:.1f}" for k, v in row["test_robust"].items())
         print(f"  {label:>60}: fits its labels {100 * fit:5.1f}%, real test {100 * row['test_clean']:5.1f}%"

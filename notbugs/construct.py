@@ -36,6 +36,9 @@ log = logging.getLogger("notbugs.construct")
 MATCHING = ("d_r", "d_nr")
 TARGETED = ("d_rand", "d_det")
 
+# what reading a damaged, truncated or foreign .npz raises
+UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile)
+
 
 def assignments(name: str, labels: np.ndarray, seed: int, num_classes: int = 10) -> dict:
     """Start image positions (matching sets) or target labels (PGD sets), for every position."""
@@ -98,7 +101,7 @@ def load_partial(out_dir: Path, k: int, a: int, recipe_hash: str) -> tuple[list,
     try:
         with np.load(data_path, allow_pickle=False) as z:
             images = z["images"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+    except UNREADABLE:
         return nothing
     if len(images) != meta["upto"] - a:
         return nothing
@@ -172,7 +175,7 @@ def _read_shard(path: Path, keys, rebuild: str, num_classes: int = 10) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in keys}
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+    except UNREADABLE as e:
         raise ArtefactError(f"{path} is not a shard of plain arrays ({type(e).__name__}: {e}); run `{rebuild}`") from e
     images, labels = arrays["images"], arrays["labels"]
     if images.shape[1:] != (3, 32, 32) or any(len(a) != len(images) for a in arrays.values()):
@@ -235,7 +238,7 @@ def load_samples(out_dir: str | Path, choose) -> dict:
             with np.load(path, allow_pickle=False) as z:  # reads only the members asked for
                 for key in index:
                     index[key].append(z[key])
-        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+        except UNREADABLE as e:
             raise ArtefactError(f"{path} is not a shard of plain arrays ({type(e).__name__}: {e}); "
                                 f"run `{rebuild}`") from e
     starts = np.cumsum([0] + [len(labels) for labels in index["labels"]])
@@ -250,7 +253,7 @@ def load_samples(out_dir: str | Path, choose) -> dict:
             path = out_dir / shard["file"]
             try:
                 images[mine] = _npy_rows(path, "images.npy", positions[mine] - starts[k])
-            except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+            except UNREADABLE as e:
                 raise ArtefactError(f"{path}: cannot read its images ({type(e).__name__}: {e}); "
                                     f"run `{rebuild}`") from e
     if not np.isfinite(images).all():

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from notbugs.attacks import autocast, frozen, match_representation, pgd_l2
+from notbugs.attacks import as_in_the_steps, autocast, frozen, match_representation, pgd_l2
 from notbugs.batching import in_batches
 from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
@@ -128,8 +128,8 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
             p = recipe["pgd"]
             t = torch.as_tensor(assign["target"][s:e], device=device)
             z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True, bf16=bf16)
-            with torch.no_grad(), autocast(device, bf16):
-                st = {"success": (model(z).argmax(1) == t).float().sum().item()}
+            with autocast(device, bf16):
+                st = {"success": (as_in_the_steps(model, z).argmax(1) == t).float().sum().item()}
         return z.to(torch.float16).cpu(), {**st, "n": e - s}
 
     outs, stats, begin, spent = load_partial(out_dir, k, a, recipe_hash)

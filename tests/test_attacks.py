@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from notbugs.attacks import frozen, match_representation, pgd_l2, project_l2
+from notbugs.attacks import NonFiniteError, frozen, match_representation, pgd_l2, project_l2
 from notbugs.augment import augment
 from notbugs.config import AugmentConfig, TrainConfig
 from notbugs.models import make_model
@@ -129,6 +129,41 @@ def test_matching_with_momentum_takes_steps_of_the_same_length_and_lowers_the_di
     assert not torch.equal(z, no_momentum) and torch.equal(z, last)
     assert (z - before).flatten(1).norm(dim=1).max().item() <= 0.1 + 1e-5  # clipping only shortens a step
     assert z.min().item() >= 0 and z.max().item() <= 1
+
+
+class SqrtNet(torch.nn.Module):
+    """Finite outputs, but an infinite gradient at a black pixel (d sqrt(x) / dx at 0): what a
+    diverging model does to an attack somewhere in a batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3 * 32 * 32, 10)
+
+    def features(self, x):
+        return x.flatten(1).sqrt()
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_a_non_finite_gradient_anywhere_in_the_batch_stops_the_attacks():
+    """The check runs once on the result, not per step: the NaN an infinite gradient makes must
+    survive the normalisation, the projection and the clipping to [0, 1] of every later step."""
+    torch.manual_seed(0)
+    model = SqrtNet()
+    x = torch.rand(4, 3, 32, 32) * 0.5 + 0.25
+    x[2, 1, 5, 7] = 0.0  # one pixel of one image
+    y = torch.arange(4)
+    with frozen(model):
+        for targeted in (False, True):
+            with pytest.raises(NonFiniteError, match="PGD result"):
+                pgd_l2(model, x, y, eps=0.5, steps=3, step_size=0.1, targeted=targeted)
+        with pytest.raises(NonFiniteError, match="representation-matched images"):
+            match_representation(model, x, torch.rand(4, 3, 32, 32), steps=3, step_size=0.1)
+        with pytest.raises(NonFiniteError, match="representation-matched images"):
+            match_representation(model, x, torch.rand(4, 3, 32, 32), steps=3, step_size=0.1, momentum=0.9)
+        x[2, 1, 5, 7] = 0.5  # the same batch without the black pixel is attacked
+        assert torch.isfinite(pgd_l2(model, x, y, eps=0.5, steps=3, step_size=0.1)).all()
 
 
 def test_augment_is_reproducible_and_keeps_shapes_and_range():

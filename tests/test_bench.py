@@ -36,3 +36,16 @@ def test_bench_tiny_runs_every_stage(tmp_path):
     assert abs(m["ours_final_distance"] - m["reference_final_distance"]) < 0.01 * m["start_distance"]
     assert "representation matching, " in proc.stdout
     assert "--tiny" in res["command"]
+
+
+def test_first_shard_bench_builds_its_shards(tmp_path):
+    """bench/first_shard.py, eager at tiny sizes: every shard timed, a JSON with its figures."""
+    out = tmp_path / "first.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "first_shard.py"), "--no-compile", "--set", "d_rand",
+                           "--arch", "resnet9", "--width", "0.0625", "--steps", "2", "--batch", "8", "--shards", "3",
+                           "--device", "cpu", "--precision", "fp32", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert len(res["shard_s"]) == 3 and all(s > 0 for s in res["shard_s"])
+    assert res["compile_reason"].startswith("not asked") and "first shard:" in proc.stdout

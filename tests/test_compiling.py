@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from notbugs import compiling
-from notbugs.attacks import frozen, match_representation
+from torch._dynamo.utils import counters
+
+from notbugs.attacks import as_in_the_steps, frozen, match_representation, pgd_l2
 from notbugs.models import make_model
 from tests.conftest import ROOT, CompiledStandIn, bench_script
 
@@ -96,10 +98,15 @@ def test_really_compiled_matching_equals_eager():
     reason = compiling.try_compile(model, start)
     if reason is not None:  # still a pass only if the fallback left a working eager model
         assert "Error" in reason or "compile" in reason
+    graphs = counters["stats"]["unique_graphs"]
     with frozen(model):
         z, st = match_representation(model, start, x, 3, 0.1)
+        adv = pgd_l2(model, x, torch.arange(4), 0.5, 2, 0.1, targeted=True)
+        as_in_the_steps(model, adv)  # what construction measures the attack's success with
     assert torch.allclose(z, z_eager, atol=1e-4)
     assert abs(st["final_distance"] - st_eager["final_distance"]) < 1e-3
+    if reason is None:  # the steps, the target, the distances and the success run the probe's graph
+        assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_a_compiled_model_with_wrong_gradients_is_not_used(monkeypatch):

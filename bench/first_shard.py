@@ -1,7 +1,7 @@
 """What a compiled construction pays before its first shard, and whether its shards then run one graph.
 
 Builds a few shards of one constructed set (`notbugs.construct.build_shard`, the pipeline's code) from
-a randomly initialised model on random images, after `try_compile` as the construct stage does, and
+a random model (He init, `notbugs.models`) on random images, after `try_compile` as the construct stage does, and
 prints the compile probe's time, each shard's time and how many graphs torch.compile compiled (the
 probe's one, and any that the shards add: a forward under torch.no_grad() is another graph, which
 the attacks avoid, see `notbugs.attacks.as_in_the_steps`). The first shard should take as long as
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     dev = torch.device(args.device)
     bf16 = use_bf16(args.precision, dev)
     torch.manual_seed(0)
-    model = make_model(args.arch, 10, args.width).to(dev).eval().to(memory_format=torch.channels_last)
+    model = make_model(args.arch, 10, args.width, init="he").to(dev).eval().to(memory_format=torch.channels_last)
     n = args.shards * args.batch
     images = torch.rand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = np.random.default_rng(0).integers(0, 10, n)

@@ -10,12 +10,17 @@ The backbones follow the CIFAR variants of the MadryLab `robustness` library / k
 `width` multiplies every channel count (`max(1, round(c * width))`; DenseNet scales its growth rate),
 which gives cheap models for tests and quick profiles.
 
+Initialisation: PyTorch's defaults, as in the reference code (`init="torch"`, what the pipeline
+trains). `init="he"` instead draws convs He-normal (fan_in, ReLU gain) and starts the last BN scale of
+each ResNet-18/50 residual branch at zero (torchvision's zero_init_residual): untrained models in eval
+mode (fresh BN statistics) then respond to their input at O(1) scale, where PyTorch's defaults
+collapse VGG-16 and Inception-v3 to a near-constant output (1e-5 and 1e-8), for tests and benchmarks
+that attack random networks. Not for training: with BatchNorm after every conv, He-normal weights are
+sqrt(6) times larger, which divides the effective learning rate of those weights by about 6; a
+ResNet-18 at 1/4 width lost 4 points of clean accuracy to it at `cpu` scale (README, "Recipe
+experiments"), the pipeline trained that way until 2026-12-02.
+
 Deviations from the reference implementations, all deliberate:
-- Convs are He-normal initialised (fan_in, ReLU gain) instead of PyTorch's default, and in
-  ResNet-18/50 the last BN scale of each residual branch starts at zero (torchvision's
-  zero_init_residual). Training with BN in train mode barely notices, but untrained models in eval mode
-  (fresh BN statistics) now respond to their input at O(1) scale instead of collapsing to a constant
-  output, so attacks and representation matching on untrained models (fast tests) get a usable signal.
 - Convs have no bias (every one sits next to a BatchNorm). This removes 4,224 parameters from VGG-16
   relative to kuangliu's version; ResNet-18 (11,173,962 params), ResNet-50 (23,520,842) and
   DenseNet-121 (6,956,298) match kuangliu exactly at 10 classes.
@@ -49,14 +54,9 @@ def _scaled(channels: int, width: float) -> int:
 
 
 def conv2d(c_in: int, c_out: int, kernel_size: int | tuple[int, int] = 3, stride: int = 1) -> nn.Conv2d:
-    """Bias-free conv (every conv here sits next to a BatchNorm) with 'same'-style padding, He init."""
+    """Bias-free conv (every conv here sits next to a BatchNorm) with 'same'-style padding."""
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    conv = nn.Conv2d(c_in, c_out, (kh, kw), stride=stride, padding=(kh // 2, kw // 2), bias=False)
-    # PyTorch's default init shrinks activations ~3x per layer, so an untrained deep net in eval mode
-    # (fresh BN stats) maps every image to nearly the same output (1e-8 scale for Inception). He init
-    # keeps them O(1), which matters for attacks and representation matching on untrained models.
-    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
-    return conv
+    return nn.Conv2d(c_in, c_out, (kh, kw), stride=stride, padding=(kh // 2, kw // 2), bias=False)
 
 
 def conv_bn(
@@ -100,9 +100,6 @@ class BasicBlock(nn.Module):
         self.conv1 = conv_bn(c_in, planes, 3, stride)
         self.conv2 = conv_bn(planes, planes, 3, relu=False)
         self.shortcut = _shortcut(c_in, planes, stride)
-        # Zero-init the branch's last BN scale so every block starts as its shortcut: with He init the
-        # residual sums would otherwise grow with depth (Goyal et al. 2017; torchvision zero_init_residual).
-        nn.init.zeros_(self.conv2[1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
@@ -118,7 +115,6 @@ class Bottleneck(nn.Module):
         self.conv2 = conv_bn(planes, planes, 3, stride)  # stride on the 3x3, as in torchvision "v1.5"
         self.conv3 = conv_bn(planes, c_out, 1, relu=False)
         self.shortcut = _shortcut(c_in, c_out, stride)
-        nn.init.zeros_(self.conv3[1].weight)  # start as the shortcut, see BasicBlock
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(self.conv3(self.conv2(self.conv1(x))) + self.shortcut(x))
@@ -495,7 +491,26 @@ class Classifier(nn.Module):
         return self.head(self.features(x)) * self.logit_scale
 
 
-def make_model(arch: str, num_classes: int = 10, width: float = 1.0) -> Classifier:
+INITS = ("torch", "he")
+
+
+def he_init(model: nn.Module) -> nn.Module:
+    """He-normal convs, and every ResNet residual branch starting as its shortcut (its last BN scale
+    zero: with He init the residual sums would otherwise grow with depth; Goyal et al. 2017)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.conv2[1].weight)
+        if isinstance(m, Bottleneck):
+            nn.init.zeros_(m.conv3[1].weight)
+    return model
+
+
+def make_model(arch: str, num_classes: int = 10, width: float = 1.0, init: str = "torch") -> Classifier:
+    """A fresh classifier; `init` as in the module's docstring (the pipeline trains "torch")."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; accepted: {', '.join(INITS)}")
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; accepted names: {', '.join(ARCHS)}")
     try:
@@ -506,4 +521,5 @@ def make_model(arch: str, num_classes: int = 10, width: float = 1.0) -> Classifi
         raise ValueError(f"width must be a finite number > 0 (it multiplies channel counts), got {width!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return Classifier(ARCHS[arch](width), num_classes, arch, width)
+    model = Classifier(ARCHS[arch](width), num_classes, arch, width)
+    return he_init(model) if init == "he" else model

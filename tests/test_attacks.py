@@ -98,7 +98,7 @@ def test_representation_matching_lowers_the_distance(trained):
     model, x, y = trained
     start = x.roll(1, 0)  # start from other images, as in D_R / D_NR
     with frozen(model):
-        z, stats = match_representation(model, start, x, steps=40, step_size=0.1)
+        z, stats = match_representation(model, start, x, steps=40, step_size=0.3)
     assert stats["final_distance"] < 0.5 * stats["start_distance"]
     assert stats["final_relative"] < stats["start_relative"]
     assert z.min().item() >= 0 and z.max().item() <= 1
@@ -120,14 +120,14 @@ def test_matching_with_momentum_takes_steps_of_the_same_length_and_lowers_the_di
     with frozen(model):
         plain, _ = match_representation(model, start, x, steps=1, step_size=0.3)
         first, _ = match_representation(model, start, x, steps=1, step_size=0.3, momentum=0.9)
-        z, stats = match_representation(model, start, x, steps=40, step_size=0.1, momentum=0.9)
-        no_momentum, _ = match_representation(model, start, x, steps=40, step_size=0.1)
-        before, _ = match_representation(model, start, x, steps=39, step_size=0.1, momentum=0.9)
-        last, _ = match_representation(model, start, x, steps=40, step_size=0.1, momentum=0.9)
+        z, stats = match_representation(model, start, x, steps=40, step_size=0.3, momentum=0.9)
+        no_momentum, _ = match_representation(model, start, x, steps=40, step_size=0.3)
+        before, _ = match_representation(model, start, x, steps=39, step_size=0.3, momentum=0.9)
+        last, _ = match_representation(model, start, x, steps=40, step_size=0.3, momentum=0.9)
     assert torch.allclose(plain, first, atol=1e-6)
     assert stats["final_distance"] < 0.5 * stats["start_distance"]
     assert not torch.equal(z, no_momentum) and torch.equal(z, last)
-    assert (z - before).flatten(1).norm(dim=1).max().item() <= 0.1 + 1e-5  # clipping only shortens a step
+    assert (z - before).flatten(1).norm(dim=1).max().item() <= 0.3 + 1e-5  # clipping only shortens a step
     assert z.min().item() >= 0 and z.max().item() <= 1
 
 
@@ -197,8 +197,8 @@ def test_attacks_in_bf16_do_what_they_claim(trained):
         adv = pgd_l2(model, x, y, eps=4.0, steps=20, step_size=0.5, bf16=True)
         before = F.cross_entropy(model(x), y).item()
         after = F.cross_entropy(model(adv), y).item()
-        z, stats = match_representation(model, x.roll(1, 0), x, steps=40, step_size=0.1, bf16=True)
-        fp32, _ = match_representation(model, x.roll(1, 0), x, steps=40, step_size=0.1, bf16=False)
+        z, stats = match_representation(model, x.roll(1, 0), x, steps=40, step_size=0.3, bf16=True)
+        fp32, _ = match_representation(model, x.roll(1, 0), x, steps=40, step_size=0.3, bf16=False)
     assert after > before + 0.5, (before, after)
     assert (adv - x).flatten(1).norm(dim=1).max().item() <= 4.0 + 1e-5
     assert stats["final_distance"] < 0.5 * stats["start_distance"]

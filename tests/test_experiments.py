@@ -201,8 +201,9 @@ def test_recipe_sweep_trains_the_source_models(pipeline, tmp_path, capsys, monke
 
 
 def test_recipe_sweep_variant_may_train_another_network(pipeline, tmp_path, capsys, monkeypatch):
-    """`arch:` / `width:` in a variant choose the network that trains (the profile's otherwise) and are
-    recorded in its row; an unknown network or a bad width is refused before any training."""
+    """`arch:` / `width:` / `init:` in a variant choose the network that trains (the profile's, from
+    PyTorch's default init, otherwise) and are recorded in its row; an unknown network, a bad width or
+    an unknown init is refused before any training."""
     path, data = pipeline
     sweep = bench_script("recipe_sweep", monkeypatch)
     built = []
@@ -210,7 +211,7 @@ def test_recipe_sweep_variant_may_train_another_network(pipeline, tmp_path, caps
 
     def spy(arch, *args, **kwargs):
         model = real_make(arch, *args, **kwargs)
-        built.append((model.arch, model.width))
+        built.append((model.arch, model.width, kwargs.get("init")))
         return model
 
     monkeypatch.setitem(sweep.train_and_score.__globals__, "make_model", spy)
@@ -218,15 +219,16 @@ def test_recipe_sweep_variant_may_train_another_network(pipeline, tmp_path, caps
     out = tmp_path / "nets.json"
     rc = sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "standard", "--device", "cpu",
                      "--variant", "{epochs: 1}", "--variant", "{epochs: 1, arch: resnet18, width: 0.0625}",
-                     "--variant", "{epochs: 1, width: 0.25}", "--json", str(out)])
+                     "--variant", "{epochs: 1, width: 0.25, init: he}", "--json", str(out)])
     assert rc == 0
-    assert built == [(p.arch, p.width), ("resnet18", 0.0625), (p.arch, 0.25)]
+    assert built == [(p.arch, p.width, "torch"), ("resnet18", 0.0625, "torch"), (p.arch, 0.25, "he")]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["arch"], r["width"]) for r in rows] == built
+    assert [(r["arch"], r["width"], r["init"]) for r in rows] == built
     assert all("arch" not in r["recipe"] and 0 <= r["test_clean"] <= 1 for r in rows)
     capsys.readouterr()
     built.clear()
-    for bad, says in [("{arch: alexnet}", "alexnet"), ("{width: 0}", "width"), ("{width: wide}", "width")]:
+    for bad, says in [("{arch: alexnet}", "alexnet"), ("{width: 0}", "width"), ("{width: wide}", "width"),
+                      ("{init: xavier}", "xavier")]:
         assert sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand", "--device", "cpu",
                            "--variant", "{epochs: 1}", "--variant", bad]) == 2
         assert says in capsys.readouterr().err

@@ -10,9 +10,10 @@ ALL_ARCHS = ["resnet18", "resnet50", "vgg16", "densenet121", "inception_v3", "re
 SMALL = 0.125  # narrow enough that every arch runs a batch of 2 in milliseconds on CPU
 
 
-def small_model(arch: str, seed: int = 0, **kwargs) -> Classifier:
+def small_model(arch: str, seed: int = 0, init: str = "he", **kwargs) -> Classifier:
+    """Untrained: He init, so that every arch in eval mode responds at O(1) (see notbugs.models)."""
     torch.manual_seed(seed)
-    return make_model(arch, width=SMALL, **kwargs)
+    return make_model(arch, width=SMALL, init=init, **kwargs)
 
 
 def images(n: int = 2, seed: int = 1) -> torch.Tensor:
@@ -96,8 +97,8 @@ def test_normalisation_happens_inside_the_model(arch):
 @pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_untrained_eval_model_responds_to_its_input(arch):
     # With fresh BN statistics a badly scaled init collapses every image to the same output; attacks on
-    # untrained models in fast tests would then see no signal.
-    model = small_model(arch).eval()
+    # untrained models in fast tests would then see no signal. What init="he" is for.
+    model = small_model(arch, init="he").eval()
     with torch.no_grad():
         feats = model.features(images(n=8))
     spread = feats.std(dim=0).mean() / feats.pow(2).mean().sqrt()
@@ -187,3 +188,32 @@ def test_same_seed_gives_same_weights_and_other_seed_does_not():
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def _fan_in(conv: torch.nn.Conv2d) -> int:
+    return conv.weight[0].numel()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg16", "resnet9"])
+def test_the_trained_init_is_pytorch_s_default_and_he_is_he(arch):
+    """The pipeline trains PyTorch's default init (the reference code's): conv weights uniform with
+    std 1 / sqrt(3 fan_in), every BN scale 1. init="he": std sqrt(2 / fan_in), and each ResNet residual
+    branch's last BN scale 0 (the block starts as its shortcut)."""
+    torch.manual_seed(0)
+    default = make_model(arch, width=0.5)
+    torch.manual_seed(0)
+    he = make_model(arch, width=0.5, init="he")
+    for model, std in ((default, lambda c: (3 * _fan_in(c)) ** -0.5), (he, lambda c: (2 / _fan_in(c)) ** 0.5)):
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 4096]
+        assert convs
+        for c in convs:
+            assert abs(c.weight.std().item() / std(c) - 1) < 0.1, (arch, c)
+    assert all(torch.all(m.weight == 1) for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    zero = [m for m in he.modules() if isinstance(m, torch.nn.BatchNorm2d) and torch.all(m.weight == 0)]
+    residual_branches = {"resnet18": 8, "resnet50": 16}.get(arch, 0)  # ResNet-9's residuals stay as they are
+    assert len(zero) == residual_branches
+
+
+def test_unknown_init_is_rejected_with_the_accepted_names():
+    with pytest.raises(ValueError, match="torch, he"):
+        make_model("resnet18", init="xavier")

@@ -108,8 +108,9 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 def as_in_the_steps(fn, x: torch.Tensor) -> torch.Tensor:
     """fn(x), detached, computed as the attack steps compute it: grad mode on, x requiring a gradient.
     A compiled backbone then runs the graph it compiled for the steps, where torch.no_grad() would
-    have it compile another (3.9 s on the first shard of a CPU run, 5.4 s on the H200's first D_R
-    shard); the cost is a forward that keeps its activations until they are dropped here."""
+    have it compile another on the first shard (2.7-3.1 s on the 2-core CPU, bench/first_shard.py;
+    the H200 run's first D_R shard took 5.4 s longer than the others); the cost is a forward that
+    keeps its activations until they are dropped here."""
     with torch.enable_grad():
         return fn(x.detach().requires_grad_(True)).detach()
 

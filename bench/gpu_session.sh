@@ -109,8 +109,8 @@ case $part in
   # and 0.77x its activations per image. Compare with part 3's ResNet-18 source models (standard 40
   # epochs, adversarial 30) and the 2026-11-27 sweeps (same seed: standard 40 epochs 93.1 / 5.4,
   # adversarial 30 epochs 85.1 / 75.8). Those sweeps trained from the He init; the pipeline trains
-  # from PyTorch's default since 2026-12-02 (4.1 points more for a 1/4-width ResNet-18 at `cpu`
-  # scale, 3 seeds): `{init: he}` against part 3's standard model measures that at full scale.
+  # from PyTorch's default since 2026-12-02 (3.3 points more for a 1/4-width ResNet-18 at `cpu`
+  # scale, 6 runs against 3): `{init: he}` against part 3's standard model measures that at full scale.
   # One log for the part: a call brings back at most 8 files (5 JSON, this log, skipped.txt)
   sweep() {  # sweep SET NAME VARIANT...: recipe variants of a source model on part 3's data
     local set=$1 name=$2

@@ -164,12 +164,12 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
     or inf gradient is a `NonFiniteError`, checked once on z (as in `pgd_l2`).
     """
     final_step_size = step_size if final_step_size is None else final_step_size
+    with autocast(start.device, bf16):
+        target = as_in_the_steps(model.features, target_images).float()
 
     def distance(z: torch.Tensor) -> torch.Tensor:
         return representation_distance(model, z, target, bf16)
 
-    with autocast(start.device, bf16):
-        target = as_in_the_steps(model.features, target_images).float()
     target_norm = target.flatten(1).norm(dim=1).clamp_min(1e-12)
     z = start.detach().clone()
     velocity = torch.zeros_like(z) if momentum else None

@@ -1,27 +1,27 @@
 """Does the initialisation change what a short recipe reaches? One model of the profile's recipe
-trained on the profile's data from `make_model(init=...)`, scored on the real test set; one JSON
-line per run (appended to --json). How the 2026-12-02 `init_*.jsonl` and `wd_resnet18.jsonl` were
-made (the README beside this file says which runs came from an earlier version)."""
+trained on the profile's data from `make_model(init=...)` and scored on the real test set with
+`bench/experiment.py`'s `train_and_score`; one JSON line per run (appended to --json). How the
+2026-12-02 `init_*.jsonl` and `wd_resnet18.jsonl` were made (the README beside this file says which
+runs came from an earlier version)."""
 
 import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+ROOT = Path(__file__).resolve().parents[3]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from experiment import train_and_score  # noqa: E402
 from notbugs.config import load_params  # noqa: E402
-from notbugs.evaluate import evaluate  # noqa: E402
-from notbugs.models import make_model  # noqa: E402
-from notbugs.stages import bf16_for, load_split  # noqa: E402
-from notbugs.train import pick_device, train  # noqa: E402
+from notbugs.stages import load_split  # noqa: E402
+from notbugs.train import pick_device  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data-dir", required=True)
-ap.add_argument("--params", default=str(Path(__file__).resolve().parents[3] / "params.yaml"))
+ap.add_argument("--params", default=str(ROOT / "params.yaml"))
 ap.add_argument("--profile", default="cpu")
 ap.add_argument("--arch", default="resnet18")
 ap.add_argument("--width", type=float, default=0.25)
@@ -43,21 +43,12 @@ if a.wd_all:  # BatchNorm parameters and biases decay too
 
 params = load_params(a.params, a.profile)
 p = params.profile
-dev = pick_device("cpu")
-bf16 = bf16_for(params, dev)
 split = load_split(params, a.data_dir)
-torch.manual_seed(a.seed)
-net = make_model(a.arch, width=a.width, init=a.init)
 recipe = dataclasses.replace(p.train, epochs=a.epochs, **({"lr": a.lr} if a.lr else {}))
-t0 = time.perf_counter()
-hist = train(net, split.train_x, split.train_y, recipe, a.seed, dev,
-             adversarial=p.adversarial if a.adversarial else None, bf16=bf16, desc="x")
-e = p.evaluate
-ev = evaluate(net, "x", split.test_x, split.test_y, e.eps, e.steps, e.step_factor, e.restarts, e.batch_size,
-              dev, bf16=bf16)
-out = {**vars(a), "train_s": time.perf_counter() - t0,
-       "train_acc_by_epoch": [round(h["train_acc"], 4) for h in hist],
-       "clean": ev[0]["accuracy"], "robust": ev[1]["accuracy"]}
+_, t = train_and_score(params, split.train_x, split.train_y, recipe, a.seed, pick_device("cpu"), split, True, "x",
+                       adversarial=p.adversarial if a.adversarial else None, arch=a.arch, width=a.width, init=a.init)
+out = {**vars(a), "train_s": t["train_s"], "train_acc_by_epoch": [round(x, 4) for x in t["train_acc_by_epoch"]],
+       "clean": t["clean"], "robust": t["robust"][f"{p.evaluate.eps[0]:g}"]}
 print(json.dumps(out))
 if a.json:
     with open(a.json, "a") as f:

@@ -33,16 +33,16 @@ def params_and_device(args) -> tuple[Params, torch.device]:
 def train_and_score(params: Params, images: torch.Tensor, labels: torch.Tensor, recipe: TrainConfig, seed: int,
                     device: torch.device, split: Split, robust: bool, desc: str,
                     adversarial: AdversarialConfig | None = None, arch: str | None = None,
-                    width: float | None = None, init: str = "torch") -> tuple[torch.nn.Module, dict]:
+                    width: float | None = None) -> tuple[torch.nn.Module, dict]:
     """Train a fresh model of the profile's network (or of `arch` at `width`; initial weights and
-    batch order from `seed`, `init` as in `make_model`; adversarially when `adversarial` is given) and
+    batch order from `seed`, the recipe's init; adversarially when `adversarial` is given) and
     score it on the real test set: clean accuracy, and robust accuracy under the profile's evaluate
     suite when `robust`, both in the profile's precision, as the pipeline does. Returns the model and
     its scores."""
     p = params.profile
     bf16 = bf16_for(params, device)
     torch.manual_seed(seed)
-    net = make_model(arch or p.arch, width=p.width if width is None else width, init=init)
+    net = make_model(arch or p.arch, width=p.width if width is None else width, init=recipe.init)
     t0 = time.perf_counter()
     history = train(net, images, labels, recipe, seed, device, adversarial=adversarial, desc=desc, bf16=bf16)
     e = p.evaluate

@@ -16,7 +16,8 @@ variant's `adversarial:` mapping is merged over the profile's attack). The clean
 A variant may also name another network, `arch:` and `width:` (the profile's otherwise): the
 `fast` profile's time goes to training its ResNet-18s, and a cheaper network that learns as much
 (Page's ResNet-9, the `cpu` profile's) would buy epochs. Such a row says which network it trained.
-`init: he` trains from the He init that the pipeline used until 2026-12-02 (`notbugs.models`).
+`init: he` (a recipe key like the others) trains from the He init that the pipeline used until
+2026-12-02 (`notbugs.models`).
 
     python bench/recipe_sweep.py --data-dir data --profile cpu --set d_rand \\
         --variant '{}' --variant '{lr: 0.02}' --variant '{epochs: 40, augment: {crop_pad: 0, flip: false}}'
@@ -42,9 +43,9 @@ from experiment import add_common_options, params_and_device, train_and_score  #
 from notbugs import stages as S  # noqa: E402
 from notbugs.config import DATASETS, SOURCE_MODELS, ConfigError, adversarial_for, recipe_for  # noqa: E402
 from notbugs.evaluate import predict  # noqa: E402
-from notbugs.models import ARCHS, INITS  # noqa: E402
+from notbugs.models import ARCHS  # noqa: E402
 
-NETWORK_KEYS = ("arch", "width", "init")  # a variant's keys that choose the network, not the recipe
+NETWORK_KEYS = ("arch", "width")  # a variant's keys that choose the network, not the recipe
 
 
 def parse_variant(text: str) -> dict:
@@ -59,17 +60,14 @@ def parse_variant(text: str) -> dict:
     return value
 
 
-def network(variant: dict, arch: str, width: float) -> tuple[str, float, str]:
-    """The (arch, width, init) a variant trains: its own where it names them, else the profile's
-    network from the pipeline's init."""
-    arch, width, init = variant.get("arch", arch), variant.get("width", width), variant.get("init", "torch")
+def network(variant: dict, arch: str, width: float) -> tuple[str, float]:
+    """The (arch, width) a variant trains: its own where it names them, else the profile's network."""
+    arch, width = variant.get("arch", arch), variant.get("width", width)
     if arch not in ARCHS:
         raise ConfigError(f"variant arch {arch!r} is not one of {', '.join(ARCHS)}")
     if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
         raise ConfigError(f"variant width must be a number > 0, got {width!r}")
-    if init not in INITS:
-        raise ConfigError(f"variant init {init!r} is not one of {', '.join(INITS)}")
-    return arch, float(width), init
+    return arch, float(width)
 
 
 def main(argv=None) -> int:
@@ -108,13 +106,13 @@ def main(argv=None) -> int:
           f"device {S.device_name(dev, bf16)}")
 
     rows = []
-    for variant, recipe, attack, (arch, width, init) in zip(variants, recipes, attacks, networks):
+    for variant, recipe, attack, (arch, width) in zip(variants, recipes, attacks, networks):
         label = json.dumps(variant, sort_keys=True)
         net, t = train_and_score(params, x, y, recipe, args.seed, dev, split, args.robust, desc=label,
-                                 adversarial=attack, arch=arch, width=width, init=init)
+                                 adversarial=attack, arch=arch, width=width)
         # how well it fits the set's own labels, without augmentation
         fit = (predict(net, x, p.evaluate.batch_size, dev, bf16) == y).float().mean().item()
-        row = {"variant": variant, "arch": arch, "width": width, "init": init, "recipe": repr(recipe),
+        row = {"variant": variant, "arch": arch, "width": width, "init": recipe.init, "recipe": repr(recipe),
                "adversarial": repr(attack) if attack else None,
                "train_s": t["train_s"], "fit_target_labels": fit,
                "train_acc_last_epoch": t["train_acc"], "test_clean": t["clean"], "test_robust": t["robust"],

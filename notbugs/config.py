@@ -65,6 +65,9 @@ class TrainConfig:
     warmup: float  # fraction of all steps spent warming up (onecycle)
     label_smoothing: float
     augment: AugmentConfig
+    # torch (PyTorch's defaults, the reference's) | he (notbugs.models.he_init); params.yaml must name it,
+    # the default is for recipes built in code
+    init: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def validate(p: Profile) -> None:
     """Range checks that types alone cannot express."""
     from notbugs.attacks import PRECISIONS  # late imports: config loading must stay cheap
     from notbugs.compiling import TRAIN_COMPILE
-    from notbugs.models import ARCHS
+    from notbugs.models import ARCHS, INITS
 
     where = f"profiles.{p.name}"
     for arch in (p.arch, *p.transfer.archs):
@@ -284,6 +287,7 @@ def validate(p: Profile) -> None:
         _check(0 <= t.label_smoothing < 1, f"{w}.label_smoothing must be in [0, 1)")
         _check(t.augment.crop_pad >= 0 and t.augment.jitter >= 0 and t.augment.rotate >= 0,
                f"{w}.augment: values must be >= 0")
+        _check(t.init in INITS, f"{w}.init must be one of {'|'.join(INITS)}, got {t.init!r}")
     a = p.adversarial
     _check(a.eps > 0 and a.steps > 0 and a.step_size > 0, f"{where}.adversarial: eps, steps, step_size must be > 0")
     c = p.construct

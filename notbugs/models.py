@@ -10,15 +10,16 @@ The backbones follow the CIFAR variants of the MadryLab `robustness` library / k
 `width` multiplies every channel count (`max(1, round(c * width))`; DenseNet scales its growth rate),
 which gives cheap models for tests and quick profiles.
 
-Initialisation: PyTorch's defaults, as in the reference code (`init="torch"`, what the pipeline
-trains). `init="he"` instead draws convs He-normal (fan_in, ReLU gain) and starts the last BN scale of
-each ResNet-18/50 residual branch at zero (torchvision's zero_init_residual): untrained models in eval
-mode (fresh BN statistics) then respond to their input at O(1) scale, where PyTorch's defaults
-shrink VGG-16's and Inception-v3's features to about 1e-5 and 1e-7 (rms): for tests and benchmarks
-that attack random networks. Not for training: with BatchNorm after every conv, He-normal weights
-are sqrt(6) times larger, which divides the effective learning rate of those weights by about 6; a
-ResNet-18 at 1/4 width lost 3.3 points of clean accuracy to it at `cpu` scale, 5.6 trained
-adversarially (README, "Recipe experiments"). The pipeline trained that way until 2026-12-02.
+Initialisation: PyTorch's defaults, as in the reference code (`init="torch"`, what every recipe of
+params.yaml trains from, its `init` key). `init="he"` instead draws convs He-normal (fan_in, ReLU
+gain) and starts the last BN scale of each ResNet-18/50 residual branch at zero (torchvision's
+zero_init_residual): untrained models in eval mode (fresh BN statistics) then respond to their input
+at O(1) scale, where PyTorch's defaults shrink VGG-16's and Inception-v3's features to about 1e-5
+and 1e-7 (rms): for tests and benchmarks that attack random networks. Not for training: with
+BatchNorm after every conv, He-normal weights are sqrt(6) times larger, which divides the effective
+learning rate of those weights by about 6; a ResNet-18 at 1/4 width lost 3.3 points of clean
+accuracy to it at `cpu` scale, 5.6 trained adversarially (README, "Recipe experiments"). The
+pipeline trained that way until 2026-12-02; a recipe may still ask for it (`init: he`).
 
 Deviations from the reference implementations, all deliberate:
 - Convs have no bias (every one sits next to a BatchNorm). This removes 4,224 parameters from VGG-16

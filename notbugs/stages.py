@@ -174,9 +174,9 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
     seed = _seed(params, spec.name)
     bf16 = bf16_for(params, device)
     torch.manual_seed(seed)
-    model = make_model(spec.arch, width=spec.width)
-    log.info("training %s (%s, width %g) on %s, %d images, %d epochs", model_id, spec.arch, spec.width,
-             spec.train_set, len(y), spec.recipe.epochs)
+    model = make_model(spec.arch, width=spec.width, init=spec.recipe.init)
+    log.info("training %s (%s, width %g, %s init) on %s, %d images, %d epochs", model_id, spec.arch, spec.width,
+             spec.recipe.init, spec.train_set, len(y), spec.recipe.epochs)
     mode = params.profile.compile_train
     if mode != "eager":
         keep_compiled_kernels(data_dir)

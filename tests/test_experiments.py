@@ -201,9 +201,9 @@ def test_recipe_sweep_trains_the_source_models(pipeline, tmp_path, capsys, monke
 
 
 def test_recipe_sweep_variant_may_train_another_network(pipeline, tmp_path, capsys, monkeypatch):
-    """`arch:` / `width:` / `init:` in a variant choose the network that trains (the profile's, from
-    PyTorch's default init, otherwise) and are recorded in its row; an unknown network, a bad width or
-    an unknown init is refused before any training."""
+    """`arch:` / `width:` in a variant choose the network that trains (the profile's otherwise), and
+    `init:` (a recipe key) its initial weights (PyTorch's default otherwise); all three are recorded in
+    its row; an unknown network, a bad width or an unknown init is refused before any training."""
     path, data = pipeline
     sweep = bench_script("recipe_sweep", monkeypatch)
     built = []

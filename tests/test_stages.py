@@ -17,6 +17,7 @@ from notbugs.compiling import CACHE_ENV
 from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError, load_tensors
+from notbugs.train import load_model
 from tests.conftest import CompiledStandIn, write_params
 from tests.test_train import ticks
 
@@ -381,6 +382,33 @@ def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):
     models = results.load("models", root).set_index("train_set")
     assert json.loads(models.loc["d_nr", "recipe"])["precision"] == "bf16"
     assert json.loads(models.loc["d", "recipe"].iloc[0])["precision"] == "fp32"
+
+
+def test_a_recipe_s_init_chooses_that_model_s_initial_weights_and_is_recorded(sources, tmp_path, monkeypatch):
+    """`init: he` in one source model's recipe builds that model from He's init, the other from
+    PyTorch's default; the models table records each recipe's init, and the first model's
+    checkpoint (made from the other init) is not resumed."""
+    params, data = _copy(sources, tmp_path)
+    he = dataclasses.replace(params.profile.source_on["standard"], init="he")
+    changed = _with(params, source_on={**params.profile.source_on, "standard": he})
+    built = []
+
+    def spy(arch, *args, **kwargs):
+        built.append(kwargs.get("init"))
+        return make_model(arch, *args, **kwargs)
+
+    make_model = S.make_model
+    monkeypatch.setattr(S, "make_model", spy)
+    for kind in ("standard", "robust"):
+        S.stage_source(changed, kind, data, "cpu")
+    assert built == ["he", "torch"]
+    models = results.load("models", S.results_root(data))
+    recipes = models.sort_values("created_at").groupby("training")["recipe"].last()
+    assert "init='he'" in json.loads(recipes["standard"])["train"]
+    assert "init='torch'" in json.loads(recipes["adversarial"])["train"]
+    before, _ = load_model(S.model_dir(sources[1], "standard"))
+    after, _ = load_model(S.model_dir(data, "standard"))
+    assert not torch.equal(before.head.weight, after.head.weight)  # trained anew, not resumed
 
 
 def test_stages_route_every_unit_through_the_runner_they_are_given(sources, tmp_path):

@@ -1,5 +1,5 @@
 """Does the initialisation change what a short recipe reaches? One model of the profile's recipe
-trained on the profile's data from `make_model(init=...)` and scored on the real test set with
+trained on the profile's data from `make_model(init=...)` (the recipe's `init`) and scored on the real test set with
 `bench/experiment.py`'s `train_and_score`; one JSON line per run (appended to --json). How the
 2026-12-02 `init_*.jsonl` and `wd_resnet18.jsonl` were made (the README beside this file says which
 runs came from an earlier version)."""
@@ -44,9 +44,9 @@ if a.wd_all:  # BatchNorm parameters and biases decay too
 params = load_params(a.params, a.profile)
 p = params.profile
 split = load_split(params, a.data_dir)
-recipe = dataclasses.replace(p.train, epochs=a.epochs, **({"lr": a.lr} if a.lr else {}))
+recipe = dataclasses.replace(p.train, epochs=a.epochs, init=a.init, **({"lr": a.lr} if a.lr else {}))
 _, t = train_and_score(params, split.train_x, split.train_y, recipe, a.seed, pick_device("cpu"), split, True, "x",
-                       adversarial=p.adversarial if a.adversarial else None, arch=a.arch, width=a.width, init=a.init)
+                       adversarial=p.adversarial if a.adversarial else None, arch=a.arch, width=a.width)
 out = {**vars(a), "train_s": t["train_s"], "train_acc_by_epoch": [round(x, 4) for x in t["train_acc_by_epoch"]],
        "clean": t["clean"], "robust": t["robust"][f"{p.evaluate.eps[0]:g}"]}
 print(json.dumps(out))

@@ -114,6 +114,19 @@ def test_repro_again_does_nothing(repo):
     assert "up to date" in out
 
 
+def test_readme_snippet_reads_the_models_and_sets(repo):
+    """The README's "in your own code" example, run as written in the repository the pipeline filled."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### The models and sets in your own code", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    checks = ("\nassert logits.shape == (8, 10) and meta['model_id'] == 'tiny/adversarial-d-resnet9'"
+              "\nassert d_r['images'].shape == (300, 3, 32, 32) and str(d_r['images'].dtype) == 'float16'"
+              "\nassert len(d_r['labels']) == 300 and cifar.train_images.shape[1:] == (32, 32, 3)"
+              "\nassert model.features(torch.rand(2, 3, 32, 32)).shape[0] == 2\nprint('ok')")
+    out = _run([sys.executable, "-c", snippet + checks], repo["path"], repo["env"])
+    assert out.strip().endswith("ok")
+
+
 def test_metrics_and_plots_show(repo):
     out = _run([str(BIN / "dvc"), "metrics", "show"], repo["path"], repo["env"])
     assert "source_robust.json" in out and "pgd_l2_eps0.25" in out

@@ -18,7 +18,7 @@ at O(1) scale, where PyTorch's defaults shrink VGG-16's and Inception-v3's featu
 and 1e-7 (rms): for tests and benchmarks that attack random networks. Not for training: with
 BatchNorm after every conv, He-normal weights are sqrt(6) times larger, which divides the effective
 learning rate of those weights by about 6; a ResNet-18 at 1/4 width lost 3.3 points of clean
-accuracy to it at `cpu` scale, 5.6 trained adversarially (README, "Recipe experiments"). The
+accuracy to it at `cpu` scale, 5.6 trained adversarially (docs/measurements.md, "Recipe experiments"). The
 pipeline trained that way until 2026-12-02; a recipe may still ask for it (`init: he`).
 
 Deviations from the reference implementations, all deliberate:

@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from notbugs.data import CLASSES
+from notbugs.models import Backbone, Classifier, conv_bn, global_avg_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "cifar10"
@@ -44,6 +45,23 @@ class CompiledStandIn(torch.nn.Module):
 
     def forward(self, x):
         return self._orig_mod(x)
+
+
+class SmallBackbone(Backbone):
+    """One conv-BatchNorm-ReLU block: a real compile (forward and backward) in seconds on a small
+    CPU, for tests whose claim does not depend on the network's size."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.out_dim = conv_bn(3, 8), 8
+
+    def forward(self, x):
+        return global_avg_pool(self.body(x))
+
+
+def small_model() -> Classifier:
+    torch.manual_seed(0)
+    return Classifier(SmallBackbone(), 10, "small", 1.0).eval()
 
 
 def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:

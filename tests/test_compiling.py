@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 
 from notbugs.attacks import as_in_the_steps, frozen, match_representation, pgd_l2
 from notbugs.models import make_model
-from tests.conftest import ROOT, CompiledStandIn, bench_script
+from tests.conftest import ROOT, CompiledStandIn, bench_script, small_model
 
 
 def _model():
@@ -72,8 +72,9 @@ def test_train_probe_of_a_compiled_wrapper_restores_the_statistics(monkeypatch):
 
 def test_really_compiled_train_probe_keeps_the_model():
     """A real compile with the train-mode probe (what bench.py --compile does): it works or says why,
-    and the model comes back with its weights, BatchNorm statistics and eval mode."""
-    model = _model()
+    and the model comes back with its weights, BatchNorm statistics and eval mode (a one-block
+    network: the bookkeeping is the same for any, the compile much shorter)."""
+    model = small_model()
     x = torch.rand(4, 3, 32, 32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -206,20 +207,11 @@ _JOB = """
 import sys, torch
 from torch._dynamo.utils import counters
 from notbugs.compiling import keep_compiled_kernels, try_compile
-from notbugs.models import Backbone, Classifier, conv_bn, global_avg_pool
-
-class Small(Backbone):  # a few kernels: a cold compile in seconds on a small CPU
-    def __init__(self):
-        super().__init__()
-        self.body, self.out_dim = conv_bn(3, 8), 8
-
-    def forward(self, x):
-        return global_avg_pool(self.body(x))
+from tests.conftest import small_model
 
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # as a job's earlier training does
 print(keep_compiled_kernels(sys.argv[1]))
-torch.manual_seed(0)
-model = Classifier(Small(), 10, "small", 1.0).eval()
+model = small_model()
 reason = try_compile(model, torch.rand(4, 3, 32, 32), bf16=False)
 print(reason, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
 """

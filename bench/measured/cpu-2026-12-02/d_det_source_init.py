@@ -2,9 +2,11 @@
 train the profile's standard source model (its `source_on.standard` recipe, with `init` replaced),
 build D_det from it with the library's `construct.build_shard` (the profile's PGD rule, one shard in a
 scratch folder), then train the profile's `train@d_det` recipe on it from PyTorch's default init for
-each trainee seed and score it on the real test set. One JSON line per source model (appended to --json).
+each trainee seed (and each epoch count of --epochs) and score it on the real test set. One JSON line
+per source model (appended to --json).
 
     python bench/measured/cpu-2026-12-02/d_det_source_init.py --data-dir DATA --init he --seed 1 --json out.jsonl
+    python bench/measured/cpu-2026-12-02/d_det_source_init.py --data-dir DATA --seed 1 --epochs 15,40 --json out.jsonl
 """
 
 import argparse
@@ -32,6 +34,7 @@ ap.add_argument("--profile", default="cpu")
 ap.add_argument("--init", default="torch", help="the source model's init (the trainees use PyTorch's default)")
 ap.add_argument("--seed", type=int, default=1, help="the source model's seed")
 ap.add_argument("--trainee-seeds", default="0,1")
+ap.add_argument("--epochs", help="the trainees' epoch counts, comma-separated (default: the profile's D_det recipe)")
 ap.add_argument("--json")
 a = ap.parse_args()
 
@@ -58,9 +61,12 @@ with tempfile.TemporaryDirectory() as scratch:
 
 x, y = torch.from_numpy(images).float(), torch.from_numpy(targets)
 trainees = []
-for t in [int(v) for v in a.trainee_seeds.split(",")]:
-    _, r = train_and_score(params, x, y, train_spec(params, "d_det").recipe, t, device, split, False, f"d_det {t}")
-    trainees.append({"seed": t, "clean": r["clean"], "train_acc": r["train_acc"]})
+d_det_recipe = train_spec(params, "d_det").recipe
+for epochs in [int(v) for v in a.epochs.split(",")] if a.epochs else [d_det_recipe.epochs]:
+    for t in [int(v) for v in a.trainee_seeds.split(",")]:
+        _, r = train_and_score(params, x, y, dataclasses.replace(d_det_recipe, epochs=epochs), t, device, split,
+                               False, f"d_det {t}, {epochs} epochs")
+        trainees.append({"seed": t, "epochs": epochs, "clean": r["clean"], "train_acc": r["train_acc"]})
 out = {"init": a.init, "seed": a.seed, "source_clean": s["clean"], "source_robust": s["robust"],
        "source_train_s": round(s["train_s"], 1), "success": stats["success_rate"],
        "construct_s": round(stats["wall_s"], 1),

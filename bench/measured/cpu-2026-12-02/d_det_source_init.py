@@ -70,6 +70,7 @@ for epochs in [int(v) for v in a.epochs.split(",")] if a.epochs else [d_det_reci
 out = {"init": a.init, "seed": a.seed, "source_clean": s["clean"], "source_robust": s["robust"],
        "source_train_s": round(s["train_s"], 1), "success": stats["success_rate"],
        "construct_s": round(stats["wall_s"], 1),
+       # d_det_mean is over every trainee of the line, whatever its --epochs
        "d_det": trainees, "d_det_mean": float(np.mean([r["clean"] for r in trainees]))}
 print(json.dumps(out))
 if a.json:

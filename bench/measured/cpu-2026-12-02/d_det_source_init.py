@@ -3,7 +3,8 @@ train the profile's standard source model (its `source_on.standard` recipe, with
 build D_det from it with the library's `construct.build_shard` (the profile's PGD rule, one shard in a
 scratch folder), then train the profile's `train@d_det` recipe on it from PyTorch's default init for
 each trainee seed (and each epoch count of --epochs) and score it on the real test set. One JSON line
-per source model (appended to --json).
+per source model (appended to --json). The `cpu` recipe trains D_det 40 epochs since 40799e2: the
+lines of d_det_source_init.jsonl (15 epochs) come back with `--epochs 15`.
 
     python bench/measured/cpu-2026-12-02/d_det_source_init.py --data-dir DATA --init he --seed 1 --json out.jsonl
     python bench/measured/cpu-2026-12-02/d_det_source_init.py --data-dir DATA --seed 1 --epochs 15,40 --json out.jsonl

@@ -36,6 +36,16 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * torch.clamp(eps / norm, max=1.0)
 
 
+def l2_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, step_size: float, eps: float) -> torch.Tensor:
+    """One l2 PGD step of the perturbation `delta` of images `x` (negative `step_size`: descent).
+
+    Along the per-example normalised gradient, projected onto the eps ball, x + delta clipped to [0, 1].
+    """
+    delta = delta.detach() + step_size * normalised(grad)
+    delta = project_l2(delta, eps)
+    return (x + delta).clamp(0, 1) - x
+
+
 def random_in_ball(shape, eps: float, g: torch.Generator | None, device) -> torch.Tensor:
     """Uniform random direction with a radius uniform in [0, eps] (the `robustness` library's l2 start)."""
     direction = torch.randn(shape, generator=g, device=device)
@@ -135,9 +145,7 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step
             logits = model(x + delta)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, delta)
-        delta = delta.detach() + sign * step_size * normalised(grad)
-        delta = project_l2(delta, eps)
-        delta = (x + delta).clamp(0, 1) - x
+        delta = l2_step(x, delta, grad, sign * step_size, eps)
     x_adv = (x + delta).detach()
     _check_finite(x_adv, "PGD result (a gradient along the way)")
     return x_adv

@@ -21,6 +21,7 @@ DATASETS = ("d_r", "d_nr", "d_rand", "d_det")  # the paper's four constructed tr
 SOURCE_MODELS = ("standard", "robust")  # the two source models trained on D
 PROFILES = ("tiny", "cpu", "fast", "paper")
 SOURCES = ("official", "mirror")
+ADVERSARIAL_METHODS = ("pgd", "free")  # how adversarial training attacks its batches (AdversarialConfig.method)
 
 
 class ConfigError(ValueError):
@@ -73,9 +74,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class AdversarialConfig:
     eps: float
-    steps: int
+    steps: int  # pgd: attack steps per batch; free: replays of each batch (one ascent and one SGD step each)
     step_size: float
     random_start: bool
+    # pgd (the paper's: a fresh attack per batch, then one SGD step) | free (Shafahi et al. 2019, "Adversarial
+    # training for free!"); params.yaml must name it, the default is for attacks built in code
+    method: str = "pgd"
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,8 @@ def validate(p: Profile) -> None:
         _check(t.init in INITS, f"{w}.init must be one of {'|'.join(INITS)}, got {t.init!r}")
     a = p.adversarial
     _check(a.eps > 0 and a.steps > 0 and a.step_size > 0, f"{where}.adversarial: eps, steps, step_size must be > 0")
+    _check(a.method in ADVERSARIAL_METHODS,
+           f"{where}.adversarial.method must be one of {'|'.join(ADVERSARIAL_METHODS)}, got {a.method!r}")
     c = p.construct
     _check(c.shard_size > 0 and c.batch_size > 0, f"{where}.construct: shard_size and batch_size must be > 0")
     _check(c.match.steps > 0 and c.match.step_size > 0 and c.match.final_step_size > 0,

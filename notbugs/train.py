@@ -1,4 +1,4 @@
-"""Standard and l2-PGD adversarial training, with checkpoints that make a killed run resumable.
+"""Standard and l2 adversarial training (PGD or "free"), with checkpoints that make a killed run resumable.
 
 The whole training set sits on the device; each epoch draws its permutation and augmentation from a
 generator seeded by (seed, epoch), so a run resumed from the checkpoint of epoch k replays exactly
@@ -6,6 +6,18 @@ what an uninterrupted run does from epoch k (bit-identical on the CPU). The lear
 function of the step, so no scheduler state needs saving. A job that runs out of time (see
 `notbugs.deadline`) saves a mid-epoch checkpoint, with the generator's state and the epoch's running
 sums, so that it too resumes exactly where it stopped.
+
+Adversarial training attacks each batch in one of two ways (`AdversarialConfig.method`):
+- `pgd`, the paper's: a fresh `steps`-step l2 PGD attack per batch (model in eval mode, parameters
+  frozen), then one SGD step on the adversarial batch: `steps` + 1 backward passes per SGD step.
+- `free` (Shafahi et al., NeurIPS 2019, "Adversarial training for free!"): each batch is replayed
+  `steps` times; each replay's one backward gives both the SGD step's gradient and an l2 ascent step
+  of `step_size` on a perturbation that carries over from replay to replay and from batch to batch
+  (reset at each epoch's start, so an epoch-end checkpoint needs no perturbation). One backward per
+  SGD step, and `steps` SGD steps per batch: an epoch costs `steps` standard epochs plus the input
+  gradients (on our 2-core CPU 8 epochs of 4 replays took as long as 16 epochs of 2-step PGD). The attack runs in training mode
+  (batch statistics), as the SGD step does, not in eval mode as `pgd`'s. At `cpu` scale it did not
+  pay (docs/measurements.md, "Recipe experiments"); every profile trains with `pgd`.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from notbugs.attacks import NonFiniteError, autocast, bf16_or_default, frozen, pgd_l2
+from notbugs.attacks import NonFiniteError, autocast, bf16_or_default, frozen, l2_step, pgd_l2, random_in_ball
 from notbugs.augment import augment
 from notbugs.compiling import eager_view
 from notbugs.config import AdversarialConfig, TrainConfig
@@ -91,8 +103,10 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     n = len(labels)
-    steps_per_epoch = max(n // cfg.batch_size, 1)  # drop the last partial batch: same step count per epoch
-    total = steps_per_epoch * cfg.epochs
+    steps_per_epoch = max(n // cfg.batch_size, 1)  # batches; drop the last partial one: same count per epoch
+    free = adversarial is not None and adversarial.method == "free"
+    replays = adversarial.steps if free else 1  # SGD steps per batch
+    total = steps_per_epoch * cfg.epochs * replays  # SGD steps, which the learning rate follows
     signature = _signature(model, cfg, adversarial, seed, labels, images, bf16)
 
     ckpt = Path(workdir) / "checkpoint.pt" if workdir else None
@@ -131,6 +145,17 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         return Stopped(f"{desc}: {deadline.reason} after batch {batch}/{steps_per_epoch} of epoch {epoch + 1}/"
                        f"{cfg.epochs}; checkpoint saved to {where}")
 
+    def descend(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, steps_per_epoch * replays, cfg)
+        with autocast(device, bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), logits.detach()
+
     last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -142,36 +167,44 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen, first, before = 0, 0, 0.0
+        delta = None  # free: the perturbation carried from batch to batch, drawn at the epoch's first batch
         if within is not None:  # continue a stopped epoch: same order, generator where it was, same sums
             g.set_state(within["rng"])
             loss_sum.copy_(within["loss_sum"])
             correct.copy_(within["correct"])
             seen, first, before = int(within["seen"]), int(within["batch"]), float(within["wall_s"])
+            if within.get("delta") is not None:
+                delta = within["delta"].to(device).contiguous(memory_format=torch.channels_last)
             within = None
         bar = Progress(steps_per_epoch, f"{desc} epoch {epoch + 1}/{cfg.epochs}", "batch")
         if first:
             bar.update(first)
         for i in range(first, steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            lr = lr_at(step, total, steps_per_epoch, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            step = (epoch * steps_per_epoch + i) * replays
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x, y = augment(images[idx], cfg.augment, g), labels[idx]
             x = x.contiguous(memory_format=torch.channels_last)
-            if adversarial is not None:
-                with frozen(model):
-                    x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
-                               random_start=adversarial.random_start, g=g, bf16=bf16)
-            with autocast(device, bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+            if free:
+                if delta is None:
+                    delta = (random_in_ball(x.shape, adversarial.eps, g, device) if adversarial.random_start
+                             else torch.zeros_like(x))
+                for r in range(replays):
+                    x_adv = (x + delta).clamp(0, 1).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+                    loss, logits = descend(x_adv, y, step + r)
+                    # the backward that gave the SGD step also gave the input gradient: ascend along it
+                    delta = l2_step(x, x_adv.detach() - x, x_adv.grad, adversarial.step_size, adversarial.eps)
+                    loss_sum += loss * len(y)
+                    correct += (logits.argmax(1) == y).sum()
+                    seen += len(y)
+            else:
+                if adversarial is not None:
+                    with frozen(model):
+                        x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
+                                   random_start=adversarial.random_start, g=g, bf16=bf16)
+                loss, logits = descend(x, y, step)
+                loss_sum += loss * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
             last = i + 1 == steps_per_epoch
             if device.type != "cuda" or last or (i + 1) % SYNC_EVERY == 0:
                 mean_loss = check_finite(loss_sum, seen, epoch, i)
@@ -181,12 +214,13 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
                 if ckpt is not None:
                     save(epoch, {"batch": i + 1, "rng": g.get_state(), "loss_sum": loss_sum.cpu(),
                                  "correct": correct.cpu(), "seen": seen,
-                                 "wall_s": before + time.perf_counter() - t0})
+                                 "wall_s": before + time.perf_counter() - t0,
+                                 "delta": None if delta is None else delta.detach().cpu()})
                 bar.close()
                 raise stop(epoch, i + 1)
         bar.close()
         history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                        "lr": lr, "wall_s": before + time.perf_counter() - t0})
+                        "lr": opt.param_groups[0]["lr"], "wall_s": before + time.perf_counter() - t0})
         done = epoch + 1
         saved = ckpt is not None and (done == cfg.epochs or time.perf_counter() - last_save >= checkpoint_seconds)
         if saved:

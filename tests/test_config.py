@@ -44,6 +44,9 @@ def _edited(tmp_path, mirror, edit):
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d["profiles"]["tiny"].update(arch="resnet1000"), "unknown architecture 'resnet1000'"),
     (lambda d: d["profiles"]["tiny"]["adversarial"].update(eps=-0.5), "adversarial"),
+    (lambda d: d["profiles"]["tiny"]["adversarial"].update(method="fgsm"),
+     "adversarial.method must be one of pgd|free, got 'fgsm'"),
+    (lambda d: d["profiles"]["tiny"]["adversarial"].pop("method"), "missing key(s) ['method']"),
     (lambda d: d["profiles"]["tiny"]["evaluate"].update(eps=[-0.25]), "every eps must be > 0"),
     (lambda d: d["profiles"]["tiny"]["construct"]["pgd"].update(steps=0), "construct.pgd"),
     (lambda d: d["profiles"]["tiny"]["train"].update(epocs=3), "unknown key(s) ['epocs']"),

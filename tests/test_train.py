@@ -21,12 +21,16 @@ CPU = torch.device("cpu")
 SHORT = dataclasses.replace(RECIPE, epochs=3, augment=dataclasses.replace(RECIPE.augment, crop_pad=4, flip=True))
 
 
+PGD = AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True)
+FREE = AdversarialConfig(eps=0.5, steps=3, step_size=0.25, random_start=True, method="free")
+
+
 def _fresh(seed=0):
     torch.manual_seed(seed)
     return make_model("resnet9", width=0.125)
 
 
-@pytest.mark.parametrize("adversarial", [None, AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True)])
+@pytest.mark.parametrize("adversarial", [None, PGD, FREE], ids=["standard", "pgd", "free"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, adversarial):
     x, y = synthetic_batch(8)
     full = _fresh()
@@ -48,9 +52,8 @@ def ticks():
     return lambda: float(next(t))
 
 
-@pytest.mark.parametrize("adversarial,bf16", [
-    (None, False), (AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True), False),
-    (AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True), True)])
+@pytest.mark.parametrize("adversarial,bf16", [(None, False), (PGD, False), (PGD, True), (FREE, False), (FREE, True)],
+                         ids=["standard", "pgd", "pgd-bf16", "free", "free-bf16"])
 def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_path, adversarial, bf16):
     """Jobs cut every few batches (mid-epoch included) chain up to exactly the uninterrupted run,
     in fp32 and in bf16 autocast."""
@@ -74,6 +77,35 @@ def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_pat
     assert [h["train_acc"] for h in h_res] == [h["train_acc"] for h in h_full]
     for (k, a), b in zip(full.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_free_adversarial_training_replays_each_batch_inside_the_ball_and_raises_its_loss():
+    """method free: `steps` SGD steps per batch, each on the batch plus a perturbation that stays in the
+    l2 ball and in [0, 1], starts at zero each epoch (no random start), carries over from batch to batch,
+    and, with the weights all but fixed (a tiny lr), raises the batch's loss from replay to replay."""
+    x, y = synthetic_batch(8)  # 80 images, batch 32: 2 batches per epoch
+    recipe = dataclasses.replace(RECIPE, epochs=2, lr=1e-6)  # no augmentation: inputs are x[i] + perturbation
+    attack = dataclasses.replace(FREE, random_start=False)
+    model = _fresh()
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append((args[0].detach().clone(), out.detach().float()))
+                                if m.training else None)
+    history = train(model, x, y, recipe, seed=3, device=CPU, adversarial=attack, bf16=False)
+
+    assert len(seen) == 2 * 2 * attack.steps  # epochs x batches x replays
+    losses = []
+    for k, (inputs, logits) in enumerate(seen):
+        dist = (inputs.flatten(1)[:, None, :] - x.flatten(1)[None]).norm(dim=2)  # to every clean image
+        nearest = dist.min(dim=1)
+        assert inputs.min() >= 0 and inputs.max() <= 1
+        assert (nearest.values <= attack.eps + 1e-4).all()
+        assert (nearest.values == 0).all() == (k % (2 * attack.steps) == 0)  # clean only at an epoch's start
+        losses.append(torch.nn.functional.cross_entropy(logits, y[nearest.indices]).item())
+    for batch in range(4):
+        replays = losses[batch * attack.steps:(batch + 1) * attack.steps]
+        assert replays == sorted(replays) and replays[0] < replays[-1], (batch, replays)
+    # the learning rate follows every SGD step: the onecycle schedule ends at its last of 12, not of 4
+    assert history[-1]["lr"] == lr_at(11, 12, 6, recipe)
 
 
 def test_compiled_and_eager_jobs_resume_each_other(tmp_path):

@@ -13,7 +13,8 @@
 #           fetch (verified) + the fast profile, Figure 2 and Table 1 (no transfer), one process;
 #           then, with the time left, D_NR trained 30 epochs against the profile's 18
 #   part 4  nothing to carry (the machine still warm after part 3, its data in .gpu/data)
-#           first the standard ResNet-18 at lr 0.4, then from the He init the pipeline used until 2026-12-02, then a
+#           first finishes part 3's run if that was cut short (from its checkpoints), then
+#           the standard ResNet-18 at lr 0.4, then from the He init the pipeline used until 2026-12-02, then a
 #           cheaper network for the fast profile's source models: Page's ResNet-9 (the `cpu`
 #           profile's) trained standard 24 epochs (adversarially 30 further down); D_NR built with 200 matching steps instead of 100 and trained on; the
 #           adversarial ResNet-9; then, with the time left, CUDA graphs for training (compile_train:
@@ -91,9 +92,15 @@ case $part in
   NOTBUGS_DATA_SOURCE=mirror NOTBUGS_MIRROR=.gpu/cifar10 timeout "$(left)" \
     $PY -m notbugs fetch --profile "$profile" --data-dir .gpu/data 2>&1 | tee "$OUT/fast.log"
   t0=$(date +%s)
+  rm -f .gpu/fast_done .gpu/params_used
+  echo "$params" > .gpu/params_used
+  # `timeout` sends SIGTERM: the stage in progress stops at its next batch with its progress saved, and
+  # part 4 finishes the run from there (the 8-minute target is then part 3's time plus part 4's)
   timeout "$(left)" $PY -m notbugs all --profile "$profile" --params "$params" --skip fetch --skip transfer \
     --data-dir .gpu/data 2>&1 | tee -a "$OUT/fast.log"
-  echo "fast profile (source .. report, no transfer): $(($(date +%s) - t0)) s wall" | tee -a "$OUT/fast.log"
+  rc=${PIPESTATUS[0]}
+  echo "fast profile (source .. report, no transfer): $(($(date +%s) - t0)) s wall, exit $rc" | tee -a "$OUT/fast.log"
+  [ "$rc" -eq 0 ] && touch .gpu/fast_done
   kill $packer 2>/dev/null
   pack
   # D_NR trained 24 epochs instead of 12 gained 5 points at `cpu` scale (3 seeds): the same at this
@@ -111,7 +118,17 @@ case $part in
   # adversarial 30 epochs 85.1 / 75.8). Those sweeps trained from the He init; the pipeline trains
   # from PyTorch's default since 2026-12-02 (3.3 points more for a 1/4-width ResNet-18 at `cpu`
   # scale, 6 runs against 3): `{init: he}` against part 3's standard model measures that at full scale.
-  # One log for the part: a call brings back at most 8 files (5 JSON, this log, skipped.txt)
+  # One log for the part: a call brings back at most 8 files (5 JSON, this log, skipped.txt, and
+  # results.tgz where this part finishes part 3's run)
+  if [ ! -e .gpu/fast_done ]; then  # part 3 was cut short (or failed): finish the run first, from its checkpoints
+    t0=$(date +%s)
+    timeout "$(left)" $PY -m notbugs all --profile "$profile" --params "$(cat .gpu/params_used 2>/dev/null || echo params.yaml)" \
+      --skip fetch --skip transfer --data-dir .gpu/data 2>&1 | grep -v -e "batch/s" -e "img/s" | tee -a "$OUT/part4.log"
+    rc=${PIPESTATUS[0]}
+    echo "fast profile finished in part 4: $(($(date +%s) - t0)) s more wall, exit $rc" | tee -a "$OUT/part4.log"
+    pack
+    [ "$rc" -eq 0 ] && touch .gpu/fast_done || { echo "the fast run did not finish; no sweeps" | tee -a "$OUT/skipped.txt"; exit 0; }
+  fi
   sweep() {  # sweep SET NAME VARIANT...: recipe variants of a source model on part 3's data
     local set=$1 name=$2
     shift 2

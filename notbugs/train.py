@@ -15,9 +15,9 @@ Adversarial training attacks each batch in one of two ways (`AdversarialConfig.m
   of `step_size` on a perturbation that carries over from replay to replay and from batch to batch
   (reset at each epoch's start, so an epoch-end checkpoint needs no perturbation). One backward per
   SGD step, and `steps` SGD steps per batch: an epoch costs `steps` standard epochs plus the input
-  gradients (on our 2-core CPU 8 epochs of 4 replays took as long as 16 epochs of 2-step PGD). The attack runs in training mode
-  (batch statistics), as the SGD step does, not in eval mode as `pgd`'s. At `cpu` scale it did not
-  pay (docs/measurements.md, "Recipe experiments"); every profile trains with `pgd`.
+  gradients (on our 2-core CPU 8 epochs of 4 replays took as long as 16 epochs of 2-step PGD). The
+  attack runs in training mode (batch statistics), as the SGD step does, not in eval mode as `pgd`'s.
+  At `cpu` scale it did not pay (docs/measurements.md, "Recipe experiments"); every profile trains with `pgd`.
 """
 
 from __future__ import annotations

@@ -184,24 +184,20 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x, y = augment(images[idx], cfg.augment, g), labels[idx]
             x = x.contiguous(memory_format=torch.channels_last)
-            if free:
-                if delta is None:
-                    delta = (random_in_ball(x.shape, adversarial.eps, g, device) if adversarial.random_start
-                             else torch.zeros_like(x))
-                for r in range(replays):
-                    x_adv = (x + delta).clamp(0, 1).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-                    loss, logits = descend(x_adv, y, step + r)
-                    # the backward that gave the SGD step also gave the input gradient: ascend along it
-                    delta = l2_step(x, x_adv.detach() - x, x_adv.grad, adversarial.step_size, adversarial.eps)
-                    loss_sum += loss * len(y)
-                    correct += (logits.argmax(1) == y).sum()
-                    seen += len(y)
-            else:
-                if adversarial is not None:
-                    with frozen(model):
-                        x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
-                                   random_start=adversarial.random_start, g=g, bf16=bf16)
-                loss, logits = descend(x, y, step)
+            if adversarial is not None and not free:
+                with frozen(model):
+                    x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
+                               random_start=adversarial.random_start, g=g, bf16=bf16)
+            if free and delta is None:
+                delta = (random_in_ball(x.shape, adversarial.eps, g, device) if adversarial.random_start
+                         else torch.zeros_like(x))
+            for r in range(replays):  # free: the batch `steps` times; else once
+                x_in = x
+                if free:
+                    x_in = (x + delta).clamp(0, 1).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+                loss, logits = descend(x_in, y, step + r)
+                if free:  # the backward that gave the SGD step also gave the input gradient: ascend along it
+                    delta = l2_step(x, x_in.detach() - x, x_in.grad, adversarial.step_size, adversarial.eps)
                 loss_sum += loss * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)

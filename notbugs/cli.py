@@ -97,14 +97,25 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     """
     from notbugs import stages as S
 
+    loaded = []  # the data, read once (after fetch) for every stage that needs it
+
+    def split():
+        if not loaded:
+            loaded.append(S.load_split(params, data_dir))
+        return loaded[0]
+
     steps = [("fetch", "fetch", lambda: S.stage_fetch(params, data_dir, device))]
-    steps += [(f"source@{k}", "source", lambda k=k: S.stage_source(params, k, data_dir, device, deadline=deadline))
+    steps += [(f"source@{k}", "source",
+               lambda k=k: S.stage_source(params, k, data_dir, device, deadline=deadline, split=split()))
               for k in ("standard", "robust")]
     steps += [(f"construct@{n}", "construct",
-               lambda n=n: S.stage_construct(params, n, data_dir, device, deadline=deadline)) for n in DATASETS]
-    steps += [(f"train@{n}", "train", lambda n=n: S.stage_train(params, n, data_dir, device, deadline=deadline))
+               lambda n=n: S.stage_construct(params, n, data_dir, device, deadline=deadline, split=split()))
               for n in DATASETS]
-    steps += [("transfer", "transfer", lambda: S.stage_transfer(params, data_dir, device, deadline=deadline)),
+    steps += [(f"train@{n}", "train",
+               lambda n=n: S.stage_train(params, n, data_dir, device, deadline=deadline, split=split()))
+              for n in DATASETS]
+    steps += [("transfer", "transfer",
+               lambda: S.stage_transfer(params, data_dir, device, deadline=deadline, split=split())),
               ("report", "report", lambda: S.stage_report(params, data_dir, None, device))]
     log = logging.getLogger("notbugs")
     ran = False

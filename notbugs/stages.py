@@ -139,6 +139,9 @@ def to_float(images_nhwc: np.ndarray) -> torch.Tensor:
 
 
 def load_split(params: Params, data_dir) -> Split:
+    """The profile's training and test images as float tensors. Stages take a loaded one (`split=`)
+    so that a process running several of them (`notbugs all`, 11 stages that read it) reads and converts
+    the data once: full CIFAR-10 is 600 MB of floats, 0.7-2.1 s a load on the 2-core CPU (5 loads)."""
     cifar = D.load(Path(data_dir) / "cifar10")
     s = params.profile.subset
     tr = D.balanced_subset(cifar.train_labels, s.train, s.seed)
@@ -325,13 +328,13 @@ def source_spec(params: Params, kind: str) -> ModelSpec:
 
 
 def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
-                 deadline: Deadline | None = None) -> dict:
+                 deadline: Deadline | None = None, split: Split | None = None) -> dict:
     """Train the standard (C) or the l2-adversarially trained (C_R) source model on D."""
     dev = pick_device(device)
     spec = source_spec(params, kind)
     with recorded_run(f"source@{kind}", params, data_dir, dev, [Path(data_dir) / "cifar10/manifest.json"],
                       bf16_for(params, dev)) as run_id:
-        split = load_split(params, data_dir)
+        split = split or load_split(params, data_dir)
         out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id, deadline)
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
                                  data_dir, dev, run_id)
@@ -345,13 +348,13 @@ def construct_source(name: str) -> str:
 
 
 def prepare_construct(params: Params, name: str, data_dir="data", device: str | torch.device = "auto",
-                      deadline: Deadline | None = None) -> ConstructJob:
+                      deadline: Deadline | None = None, split: Split | None = None) -> ConstructJob:
     if name not in DATASETS:
         raise ValueError(f"unknown constructed dataset {name!r}; accepted: {', '.join(DATASETS)}")
     dev = pick_device(device)
     c = params.profile.construct
     model, meta = load_model(model_dir(data_dir, construct_source(name)), dev)
-    split = load_split(params, data_dir)
+    split = split or load_split(params, data_dir)
     labels = split.train_y.numpy()
     bf16 = bf16_for(params, dev)
     recipe = {"name": name, "seed": c.seed, "precision": precision_name(bf16), "batch_size": c.batch_size,
@@ -405,12 +408,12 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
 
 
 def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
-                    deadline: Deadline | None = None) -> dict:
+                    deadline: Deadline | None = None, split: Split | None = None) -> dict:
     """Build one of D_R, D_NR, D_rand, D_det; finished shards (and batches) of an interrupted run are kept."""
     devs = stage_devices(device, units.parallel)
     with recorded_run(f"construct@{name}", params, data_dir, devs[0],
                       [model_dir(data_dir, construct_source(name)) / "meta.json"], bf16_for(params, devs[0])) as run_id:
-        jobs = [prepare_construct(params, name, data_dir, d, deadline) for d in devs]  # a model copy per device
+        jobs = [prepare_construct(params, name, data_dir, d, deadline, split) for d in devs]  # a model copy per device
         (jobs[0].out_dir / "manifest.json").unlink(missing_ok=True)
         pending = jobs[0].pending()
         if len(pending) < len(jobs[0].ranges):
@@ -434,7 +437,7 @@ def train_spec(params: Params, name: str) -> ModelSpec:
 
 
 def stage_train(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
-                deadline: Deadline | None = None) -> dict:
+                deadline: Deadline | None = None, split: Split | None = None) -> dict:
     """Standard training of the profile's architecture on a constructed set; test on the real test set."""
     if name not in DATASETS:
         raise ValueError(f"unknown training set {name!r}; accepted: {', '.join(DATASETS)}")
@@ -444,7 +447,7 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
     inputs = [dataset_dir(data_dir, name) / "manifest.json"]
     with recorded_run(f"train@{name}", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
         x, y = load_training_set(data_dir, name)
-        split = load_split(params, data_dir)
+        split = split or load_split(params, data_dir)
         out = units.train(params, spec, x, y, data_dir, dev, run_id, deadline)
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev,
                                  run_id)
@@ -519,7 +522,7 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
 
 
 def stage_transfer(params: Params, data_dir="data", device: str = "auto", units: Units = LOCAL,
-                   deadline: Deadline | None = None) -> dict:
+                   deadline: Deadline | None = None, split: Split | None = None) -> dict:
     """Train each architecture on D and on D_det, evaluate them, then measure transfer (Figure 3).
     With a parallel runner and several GPUs, the models train side by side."""
     devs = stage_devices(device, units.parallel)
@@ -529,7 +532,7 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto", units:
                                                           dataset_dir(data_dir, "d_det") / "manifest.json",
                                                           model_dir(data_dir, "d_det") / "meta.json"],
                       bf16_for(params, dev)) as run_id:
-        split = load_split(params, data_dir)
+        split = split or load_split(params, data_dir)
         det_x, det_y = load_training_set(data_dir, "d_det")
         sets = {"d": (split.train_x, split.train_y), "d_det": (det_x, det_y)}
         new = transfer_to_train(params)

@@ -69,11 +69,16 @@ def test_library_does_not_import_prefect_or_dvc():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror):
+def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, monkeypatch):
     """A profile run as several capped jobs: each `notbugs all` does only what is not done yet, and a
-    finished step's rows are not appended twice."""
+    finished step's rows are not appended twice. Each job reads the data once, whatever it runs."""
     from notbugs import results
+    from notbugs import stages as S
     from tests.conftest import write_params
+
+    loads = []
+    real_load_split = S.load_split
+    monkeypatch.setattr(S, "load_split", lambda *a: loads.append(1) or real_load_split(*a))
 
     path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10",
                         edit=lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"]))
@@ -83,14 +88,17 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror):
     assert main(["all", *common, "--skip", "train", "--skip", "transfer", "--skip", "report"]) == 0
     first = results.summary(data / "results")
     assert first["runs"] == 1 + 2 + 4 and first["models"] == 2 and first["datasets"] == 4
+    assert len(loads) == 1  # for two source models and four constructed sets
     # job 2 does the rest, and only the rest
     assert main(["all", *common]) == 0
     second = results.summary(data / "results")
     assert second["runs"] == first["runs"] + 4 + 1 + 1  # train x4, transfer, report
     assert second["models"] == 2 + 4 + 1 and second["datasets"] == 4
+    assert len(loads) == 2
     # job 3 finds everything done: only the report is rendered again
     assert main(["all", *common]) == 0
     assert results.summary(data / "results") == {**second, "runs": second["runs"] + 1}
+    assert len(loads) == 2  # nothing to train: the data is not read
     # --redo reruns a step even though it is done
     assert main(["all", *common, "--redo", "--skip", "fetch", "--skip", "construct", "--skip", "train",
                  "--skip", "transfer", "--skip", "report"]) == 0

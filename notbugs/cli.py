@@ -18,6 +18,7 @@ its next safe point with its progress saved, exit 75, and the same command run a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -97,12 +98,9 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     """
     from notbugs import stages as S
 
-    loaded = []  # the data, read once (after fetch) for every stage that needs it
-
-    def split():
-        if not loaded:
-            loaded.append(S.load_split(params, data_dir))
-        return loaded[0]
+    @functools.cache
+    def split():  # the data, read once (after fetch, and only if a stage needs it) for every stage
+        return S.load_split(params, data_dir)
 
     steps = [("fetch", "fetch", lambda: S.stage_fetch(params, data_dir, device))]
     steps += [(f"source@{k}", "source",

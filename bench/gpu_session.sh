@@ -16,8 +16,9 @@
 #           first finishes part 3's run if that was cut short (from its checkpoints), then
 #           the standard ResNet-18 at lr 0.4, then from the He init the pipeline used until 2026-12-02, then a
 #           cheaper network for the fast profile's source models: Page's ResNet-9 (the `cpu`
-#           profile's) trained standard 24 epochs (adversarially 30 further down); D_NR built with 200 matching steps instead of 100 and trained on; the
-#           adversarial ResNet-9; then, with the time left, CUDA graphs for training (compile_train:
+#           profile's) trained standard 24 epochs; the robust model from 2 PGD steps of 0.3 instead of 3 of
+#           0.25, and the robust ResNet-9 (30 epochs), in one sweep; D_NR built with 200 matching steps
+#           instead of 100 and trained on; then, with the time left, CUDA graphs for training (compile_train:
 #           reduce-overhead): the fast profile's ResNet-18 at batch 512 against eager, and the paper
 #           profile's ResNet-50 at batch 128 with adversarial training too
 #

@@ -143,7 +143,7 @@ case $part in
   fits 60 "the standard source-model sweep" && sweep standard standard_nets \
     '{lr: 0.4}' '{init: he}' '{arch: resnet9, epochs: 24}'
   # the adversarial model from 2 PGD steps of 0.3 instead of 3 of 0.25: 3/4 of its cost (about -34 s of
-  # the profile's time); at `cpu` scale as robust a model and a better D_R (docs/measurements.md, "PGD
+  # the profile's time, estimated from the 137 s of the 2026-11-27 H200 sweep); at `cpu` scale as robust a model and a better D_R (docs/measurements.md, "PGD
   # steps against epochs"). Compare with part 3's robust model (the same seed). Then the adversarial
   # ResNet-9, worth its time only where the standard one above learned as much. One sweep, one JSON
   # (written at its end; the log has each variant's line as it finishes).

@@ -125,11 +125,26 @@ def as_in_the_steps(fn, x: torch.Tensor) -> torch.Tensor:
         return fn(x.detach().requires_grad_(True)).detach()
 
 
+def keep_best(best: tuple | None, value: torch.Tensor, z: torch.Tensor, better) -> tuple:
+    """Per example, the iterate whose `value` is best so far (`better(new, old)`: a boolean mask).
+
+    The reference's `use_best` (the `robustness` library's default, in training, evaluation and
+    construction alike): an attack returns its worst-case iterate, not its last one."""
+    value, z = value.detach(), z.detach()
+    if best is None:
+        return value.clone(), z.clone()
+    best_value, best_z = best
+    replace = better(value, best_value)
+    return torch.where(replace, value, best_value), torch.where(replace[:, None, None, None], z, best_z)
+
+
 def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
            targeted: bool = False, random_start: bool = False, g: torch.Generator | None = None,
-           bf16: bool | None = None) -> torch.Tensor:
+           bf16: bool | None = None, use_best: bool = False) -> torch.Tensor:
     """l2 PGD. Untargeted: raise the loss of label y. Targeted: lower the loss of target y.
 
+    `use_best`: return, per example, the iterate (the start and the last included) with the highest loss
+    (targeted: the lowest), as the reference's `use_best` does; one more forward, for the last iterate.
     The model should be in eval mode with frozen parameters (see `frozen`); returns x_adv, detached.
     A NaN or inf gradient is a `NonFiniteError`, checked once on the result (it carries the NaN
     through the normalisation, projection and clipping), not at every step: on a GPU a check per
@@ -139,16 +154,27 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step
     delta = random_in_ball(x.shape, eps, g, x.device) if random_start else torch.zeros_like(x)
     delta = (x + delta).clamp(0, 1) - x
     sign = -1.0 if targeted else 1.0
+
+    def losses(z: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, bf16):
+            logits = model(z)
+        return F.cross_entropy(logits.float(), y, reduction="none")
+
+    def stronger(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:  # a higher loss (targeted: lower)
+        return sign * new > sign * old
+
+    kept = None
     for _ in range(steps):
         delta.requires_grad_(True)
-        with autocast(x.device, bf16):
-            logits = model(x + delta)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
+        loss = losses(x + delta)
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        if use_best:
+            kept = keep_best(kept, loss, delta, stronger)
         delta = l2_step(x, delta, grad, sign * step_size, eps)
-    x_adv = (x + delta).detach()
-    _check_finite(x_adv, "PGD result (a gradient along the way)")
-    return x_adv
+    _check_finite(delta, "PGD result (a gradient along the way)")  # before `use_best` could pass over a NaN
+    if use_best:
+        _, delta = keep_best(kept, as_in_the_steps(losses, x + delta), delta, stronger)
+    return (x + delta).detach()
 
 
 def representation_distance(model, z: torch.Tensor, target: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
@@ -160,13 +186,16 @@ def representation_distance(model, z: torch.Tensor, target: torch.Tensor, bf16: 
 
 def match_representation(model, start: torch.Tensor, target_images: torch.Tensor, steps: int,
                          step_size: float, final_step_size: float | None = None,
-                         bf16: bool | None = None, momentum: float = 0.0) -> tuple[torch.Tensor, dict]:
+                         bf16: bool | None = None, momentum: float = 0.0,
+                         use_best: bool = False) -> tuple[torch.Tensor, dict]:
     """Move `start` so that the model's representation matches that of `target_images`.
 
     Normalised gradient descent on ||g(z) - g(x)||_2, z clipped to [0, 1], no distance bound. The
     step size decays linearly from `step_size` to `final_step_size` (equal: constant, the paper).
     With `momentum` m > 0 (not the paper's rule) each step goes along the normalised velocity
     v = m v + g / ||g|| instead of g / ||g||: the same step length, a smoother direction.
+    `use_best`: return, per example, the iterate (the start and the last included) nearest the target
+    representation, as the reference's `use_best`; at no extra cost (each step computes its distance).
     Returns z and statistics: mean start / final distance, absolute and relative to ||g(x)||.
     The target and the two distances go through the steps' own forward (`as_in_the_steps`). A NaN
     or inf gradient is a `NonFiniteError`, checked once on z (as in `pgd_l2`).
@@ -182,11 +211,14 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
     z = start.detach().clone()
     velocity = torch.zeros_like(z) if momentum else None
     d0 = as_in_the_steps(distance, z)
+    kept = None
     for i in range(steps):
         lr = step_size + (final_step_size - step_size) * (i / max(steps - 1, 1))
         z.requires_grad_(True)
         dist = representation_distance(model, z, target, bf16)
         (grad,) = torch.autograd.grad(dist.sum(), z)
+        if use_best:
+            kept = keep_best(kept, dist, z, torch.lt)
         direction = normalised(grad)
         if velocity is not None:
             velocity = momentum * velocity + direction
@@ -194,6 +226,8 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
         z = (z.detach() - lr * direction).clamp(0, 1)
     _check_finite(z, "representation-matched images (a gradient along the way)")
     d1 = as_in_the_steps(distance, z)
+    if use_best:
+        d1, z = keep_best(kept, d1, z, torch.lt)
     stats = {
         "start_distance": d0.mean().item(), "final_distance": d1.mean().item(),
         "start_relative": (d0 / target_norm).mean().item(), "final_relative": (d1 / target_norm).mean().item(),

@@ -131,6 +131,48 @@ def test_matching_with_momentum_takes_steps_of_the_same_length_and_lowers_the_di
     assert z.min().item() >= 0 and z.max().item() <= 1
 
 
+def test_best_pgd_returns_the_worst_case_iterate(trained):
+    """`use_best` (the reference's) returns, per image, the iterate of highest loss (targeted:
+    lowest) among the start and every step; a k-step attack from the same start is the k-th iterate.
+    Steps of 4 on a ball of 4 make the iterates jump about, so the last is often not the worst."""
+    model, x, y = trained
+    target = (y + 1) % 10
+
+    def loss(z, labels):
+        with torch.no_grad():
+            return F.cross_entropy(model(z), labels, reduction="none")
+
+    with frozen(model):
+        for labels, targeted, pick in ((y, False, torch.max), (target, True, torch.min)):
+            iterates = [pgd_l2(model, x, labels, 4.0, k, 4.0, targeted=targeted) for k in range(7)]
+            losses = torch.stack([loss(z, labels) for z in iterates])
+            best = pgd_l2(model, x, labels, 4.0, 6, 4.0, targeted=targeted, use_best=True)
+            assert torch.allclose(loss(best, labels), pick(losses, 0).values, atol=1e-5)
+            assert (pick(losses, 0).indices != 6).any(), "the test needs an image whose last iterate is not its worst"
+            assert (best - x).flatten(1).norm(dim=1).max().item() <= 4.0 + 1e-5
+            assert best.min().item() >= 0 and best.max().item() <= 1
+
+
+def test_best_matching_returns_the_nearest_iterate(trained):
+    """With a constant step a k-step match is the k-th iterate of a longer one: `use_best` returns, per
+    image, the one nearest the target representation, and reports its distance."""
+    model, x, _ = trained
+    start = x.roll(1, 0)
+
+    def distance(z):
+        with torch.no_grad():
+            return (model.features(z) - model.features(x)).flatten(1).norm(dim=1)
+
+    with frozen(model):
+        iterates = [match_representation(model, start, x, steps=k, step_size=2.0)[0] for k in range(9)]
+        dists = torch.stack([distance(z) for z in iterates])
+        z, stats = match_representation(model, start, x, steps=8, step_size=2.0, use_best=True)
+    nearest = dists.min(0)
+    assert (nearest.indices != 8).any(), "the test needs an image whose last iterate is not its nearest"
+    assert torch.allclose(distance(z), nearest.values, atol=1e-4)
+    assert stats["final_distance"] == pytest.approx(nearest.values.mean().item(), abs=1e-4)
+
+
 class SqrtNet(torch.nn.Module):
     """Finite outputs, but an infinite gradient at a black pixel (d sqrt(x) / dx at 0): what a
     diverging model does to an attack somewhere in a batch."""
@@ -155,11 +197,12 @@ def test_a_non_finite_gradient_anywhere_in_the_batch_stops_the_attacks():
     x[2, 1, 5, 7] = 0.0  # one pixel of one image
     y = torch.arange(4)
     with frozen(model):
-        for targeted in (False, True):
+        for targeted, best in ((False, False), (True, False), (False, True)):  # use_best must not pass over it
             with pytest.raises(NonFiniteError, match="PGD result"):
-                pgd_l2(model, x, y, eps=0.5, steps=3, step_size=0.1, targeted=targeted)
-        with pytest.raises(NonFiniteError, match="representation-matched images"):
-            match_representation(model, x, torch.rand(4, 3, 32, 32), steps=3, step_size=0.1)
+                pgd_l2(model, x, y, eps=0.5, steps=3, step_size=0.1, targeted=targeted, use_best=best)
+        for best in (False, True):
+            with pytest.raises(NonFiniteError, match="representation-matched images"):
+                match_representation(model, x, torch.rand(4, 3, 32, 32), steps=3, step_size=0.1, use_best=best)
         with pytest.raises(NonFiniteError, match="representation-matched images"):
             match_representation(model, x, torch.rand(4, 3, 32, 32), steps=3, step_size=0.1, momentum=0.9)
         x[2, 1, 5, 7] = 0.5  # the same batch without the black pixel is attacked

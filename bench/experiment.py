@@ -47,7 +47,7 @@ def train_and_score(params: Params, images: torch.Tensor, labels: torch.Tensor, 
     history = train(net, images, labels, recipe, seed, device, adversarial=adversarial, desc=desc, bf16=bf16)
     e = p.evaluate
     ev = evaluate(net, desc, split.test_x, split.test_y, e.eps if robust else (), e.steps, e.step_factor,
-                  e.restarts, e.batch_size, device, bf16=bf16)
+                  e.restarts, e.batch_size, device, bf16=bf16, use_best=e.use_best)
     return net, {"seed": seed, "train_s": time.perf_counter() - t0, "train_acc": history[-1]["train_acc"],
             "train_acc_by_epoch": [h["train_acc"] for h in history],
             "clean": ev[0]["accuracy"], "robust": {f"{r['eps']:g}": r["accuracy"] for r in ev[1:]}}

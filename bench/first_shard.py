@@ -60,8 +60,8 @@ def main(argv=None) -> dict:
     images = torch.rand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = np.random.default_rng(0).integers(0, 10, n)
     recipe = {"name": args.set, "precision": "bf16" if bf16 else "fp32", "batch_size": args.batch,
-              "match": {"steps": args.steps, "step_size": 0.3, "final_step_size": 0.02},
-              "pgd": {"eps": 0.5, "steps": args.steps, "step_size": 0.1}}
+              "match": {"steps": args.steps, "step_size": 0.3, "final_step_size": 0.02, "use_best": True},
+              "pgd": {"eps": 0.5, "steps": args.steps, "step_size": 0.1, "use_best": True}}  # `fast`'s rules
     out = {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "torch": torch.__version__, "set": args.set, "arch": args.arch, "width": args.width,
            "steps": args.steps, "batch": args.batch, "precision": recipe["precision"]}

@@ -18,7 +18,9 @@ script measures both, in one run, for any list of rules:
 
 It reads a data directory of the pipeline (after `notbugs source robust` / `source standard`) and
 writes nothing there. A rule is STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM] (momentum: see
-`match_representation`; 0 by default, the paper's plain normalised steps).
+`match_representation`; 0 by default, the paper's plain normalised steps). Every rule keeps the
+last iterate or the best one as the profile's construction does (`use_best`); with `use_best` a
+constant rule prints no trajectory.
 
 For D_rand / D_det (`--set d_rand|d_det`) a rule is STEPS:STEP_SIZE of targeted l2 PGD on the
 standard model at the profile's `construct.pgd.eps` (the paper's is 100:0.1 at eps 0.5), towards the
@@ -78,14 +80,17 @@ def rule_name(rule: tuple[int, float, float, float]) -> str:
     return f"{name} m{momentum:g}" if momentum else name
 
 
-def match_set(model, images, starts, rule, batch_size: int, device, checkpoints: list[int], bf16: bool) -> tuple:
+def match_set(model, images, starts, rule, batch_size: int, device, checkpoints: list[int], bf16: bool,
+              use_best: bool = False) -> tuple:
     """Matched images for every position, the mean relative distance reached, (constant rules)
     the mean relative distance after each checkpoint step count, and the mean l2 distance each image
     moved from its start image."""
     steps, size, final, momentum = rule
     # A constant rule without momentum run in segments is the same computation as one run: record its
-    # trajectory (momentum would restart from zero at each segment).
-    marks = sorted({c for c in checkpoints if c < steps} | {steps}) if size == final and not momentum else [steps]
+    # trajectory (momentum would restart from zero at each segment, and use_best would restart from
+    # each segment's best iterate instead of its last).
+    segments = size == final and not momentum and not use_best
+    marks = sorted({c for c in checkpoints if c < steps} | {steps}) if segments else [steps]
     out, curve = [], {m: 0.0 for m in marks}
     start_rel, moved = 0.0, 0.0
     for a in range(0, len(images), batch_size):
@@ -93,7 +98,8 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
         done = 0
         start = z
         for m in marks:  # several segments only for a constant rule, where size == final
-            z, st = match_representation(model, z, x, m - done, size, final, bf16=bf16, momentum=momentum)
+            z, st = match_representation(model, z, x, m - done, size, final, bf16=bf16, momentum=momentum,
+                                         use_best=use_best)
             if done == 0:
                 start_rel += st["start_relative"] * len(x)
             curve[m] += st["final_relative"] * len(x)
@@ -105,9 +111,10 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
 
 
 def reach_by_matching(model, images, starts, rule, batch_size: int, device, checkpoints: list[int],
-                      bf16: bool) -> tuple:
+                      bf16: bool, use_best: bool = False) -> tuple:
     """`match_set`'s images, and what the rule reached, as the JSON records it."""
-    z, rel, start_rel, curve, moved = match_set(model, images, starts, rule, batch_size, device, checkpoints, bf16)
+    z, rel, start_rel, curve, moved = match_set(model, images, starts, rule, batch_size, device, checkpoints, bf16,
+                                                use_best)
     return z, {"start_relative": start_rel, "final_relative": rel, "curve": {str(k): v for k, v in curve.items()},
                "moved": moved}
 
@@ -122,7 +129,8 @@ def describe(row: dict, targeted: bool) -> str:
             f"{f' ({trail})' if trail else ''}, moved {row['moved']:.2f} from the start images")
 
 
-def attack_set(model, images, targets, eps: float, rule, batch_size: int, device, bf16: bool) -> tuple:
+def attack_set(model, images, targets, eps: float, rule, batch_size: int, device, bf16: bool,
+               use_best: bool = False) -> tuple:
     """Targeted l2 PGD images for every position, as the pipeline builds D_rand / D_det, and what they
     reach on the source model: success rate (classified as the target), mean targeted cross-entropy
     before and after, and mean perturbation norm."""
@@ -130,7 +138,7 @@ def attack_set(model, images, targets, eps: float, rule, batch_size: int, device
     out, success, start_loss, loss, norm = [], 0.0, 0.0, 0.0, 0.0
     for a in range(0, len(images), batch_size):
         x, t = images[a:a + batch_size].to(device), targets[a:a + batch_size].to(device)
-        z = pgd_l2(model, x, t, eps, steps, size, targeted=True, bf16=bf16)
+        z = pgd_l2(model, x, t, eps, steps, size, targeted=True, bf16=bf16, use_best=use_best)
         with torch.no_grad(), autocast(device, bf16):
             before, after = model(x).float(), model(z).float()
         success += (after.argmax(1) == t).sum().item()
@@ -183,6 +191,7 @@ def main(argv=None) -> int:
         starts = split.train_x[torch.as_tensor(assign["start"][positions.numpy()])]
     recipe = p.train_on[args.name]
     bf16 = S.bf16_for(params, dev)  # the profile's precision, as in the pipeline
+    use_best = p.construct.pgd.use_best if targeted else p.construct.match.use_best  # and its iterate rule
     what = f"attacked (targeted l2 PGD, eps {p.construct.pgd.eps:g})" if targeted else "matched"
     print(f"{args.name}: {n} images ({n // 10} per class) {what} on the {meta['training']} {meta['arch']} "
           f"({meta['model_id']}), "
@@ -197,10 +206,10 @@ def main(argv=None) -> int:
         with frozen(model):
             if targeted:
                 z, reached = attack_set(model, images, labels, p.construct.pgd.eps, rule, p.construct.batch_size,
-                                        dev, bf16)
+                                        dev, bf16, use_best)
             else:
                 z, reached = reach_by_matching(model, images, starts, rule, p.construct.batch_size, dev,
-                                               args.checkpoints, bf16)
+                                               args.checkpoints, bf16, use_best)
         seconds = time.perf_counter() - t0
         row.update(reached)
         row["pgd_s" if targeted else "match_s"] = seconds  # match_s: the key of the earlier JSON files
@@ -229,7 +238,7 @@ def main(argv=None) -> int:
     result = {"command": " ".join(sys.argv), "set": args.name, "n": n, "profile": p.name,
               "class_counts": torch.bincount(split.train_y[positions], minlength=10).tolist(),
               "source_model_id": meta["model_id"], "device": S.device_name(dev, bf16), "seeds": args.seeds,
-              "rules": rows}
+              "use_best": use_best, "rules": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

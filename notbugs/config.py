@@ -80,6 +80,8 @@ class AdversarialConfig:
     # pgd (the paper's: a fresh attack per batch, then one SGD step) | free (Shafahi et al. 2019, "Adversarial
     # training for free!"); params.yaml must name it, the default is for attacks built in code
     method: str = "pgd"
+    # train on each image's highest-loss iterate, not the last (the reference's `use_best`; pgd only)
+    use_best: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class MatchConfig:
     steps: int
     step_size: float
     final_step_size: float  # step size decays linearly from step_size to this; equal = constant (paper)
+    use_best: bool = False  # keep each image's nearest iterate, not the last (the reference's `use_best`)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class PGDConfig:
     eps: float
     steps: int
     step_size: float
+    use_best: bool = False  # keep each image's lowest target-loss iterate, not the last (the reference's `use_best`)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class EvalConfig:
     step_factor: float  # step size = step_factor * eps / steps
     restarts: int
     batch_size: int
+    use_best: bool = False  # attack with each image's highest-loss iterate, not the last (the reference's `use_best`)
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,8 @@ def validate(p: Profile) -> None:
     _check(a.eps > 0 and a.steps > 0 and a.step_size > 0, f"{where}.adversarial: eps, steps, step_size must be > 0")
     _check(a.method in ADVERSARIAL_METHODS,
            f"{where}.adversarial.method must be one of {'|'.join(ADVERSARIAL_METHODS)}, got {a.method!r}")
+    _check(not (a.use_best and a.method == "free"),
+           f"{where}.adversarial.use_best needs method pgd: free training keeps no attack iterates to choose from")
     c = p.construct
     _check(c.shard_size > 0 and c.batch_size > 0, f"{where}.construct: shard_size and batch_size must be > 0")
     _check(c.match.steps > 0 and c.match.step_size > 0 and c.match.final_step_size > 0,

@@ -123,11 +123,13 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
         if name in MATCHING:
             m = recipe["match"]
             start = images[torch.as_tensor(assign["start"][s:e])].to(device)
-            z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"], bf16=bf16)
+            z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"], bf16=bf16,
+                                         use_best=m["use_best"])
         else:
             p = recipe["pgd"]
             t = torch.as_tensor(assign["target"][s:e], device=device)
-            z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True, bf16=bf16)
+            z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True, bf16=bf16,
+                       use_best=p["use_best"])
             with autocast(device, bf16):
                 st = {"success": (as_in_the_steps(model, z).argmax(1) == t).float().sum().item()}
         return z.to(torch.float16).cpu(), {**st, "n": e - s}

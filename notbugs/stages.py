@@ -25,6 +25,7 @@ import subprocess
 import time
 import zlib
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def evaluate_unit(params: Params, model, model_id: str, split: Split, cfg: EvalC
                   run_id: str) -> dict:
     """Clean and robust accuracy on the real test set; rows appended; returns {metric: accuracy}."""
     rows = evaluate(model, model_id, split.test_x, split.test_y, cfg.eps, cfg.steps, cfg.step_factor,
-                    cfg.restarts, cfg.batch_size, device, bf16=bf16_for(params, device))
+                    cfg.restarts, cfg.batch_size, device, bf16=bf16_for(params, device), use_best=cfg.use_best)
     stamp = results.now_utc()
     for r in rows:
         r.update(profile=params.profile.name, run_id=run_id, evaluated_at=stamp)
@@ -361,10 +362,9 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
               "shard_size": c.shard_size, "subset": repr(params.profile.subset), "source_model_id": meta["model_id"],
               "source_model_sha256": meta["checkpoint_sha256"]}
     if name in C.MATCHING:
-        recipe["match"] = {"steps": c.match.steps, "step_size": c.match.step_size,
-                           "final_step_size": c.match.final_step_size}
+        recipe["match"] = dataclasses.asdict(c.match)
     else:
-        recipe["pgd"] = {"eps": c.pgd.eps, "steps": c.pgd.steps, "step_size": c.pgd.step_size}
+        recipe["pgd"] = dataclasses.asdict(c.pgd)
     recipe_hash = sha256_bytes(results.to_json(recipe).encode())[:16]
     out_dir = dataset_dir(data_dir, name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -501,7 +501,8 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     pgd = p.construct.pgd
     bf16 = bf16_for(params, device)
     adv, targets = make_transfer_examples(source, split.test_x[:n], split.test_y[:n], pgd.eps, pgd.steps,
-                                          pgd.step_size, p.evaluate.batch_size, device, bf16=bf16)
+                                          pgd.step_size, p.evaluate.batch_size, device, bf16=bf16,
+                                          use_best=pgd.use_best)
     metrics, rows = {}, []
     for spec in transfer_specs(params):
         model = trained[spec.name]["model"].to(device)

@@ -187,7 +187,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             if adversarial is not None and not free:
                 with frozen(model):
                     x = pgd_l2(model, x, y, adversarial.eps, adversarial.steps, adversarial.step_size,
-                               random_start=adversarial.random_start, g=g, bf16=bf16)
+                               random_start=adversarial.random_start, g=g, bf16=bf16, use_best=adversarial.use_best)
             if free and delta is None:
                 delta = (random_in_ball(x.shape, adversarial.eps, g, device) if adversarial.random_start
                          else torch.zeros_like(x))

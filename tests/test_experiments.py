@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from notbugs import stages as S
 from notbugs.attacks import frozen, match_representation
@@ -60,20 +61,33 @@ def test_a_constant_rule_run_in_segments_is_one_run(pipeline, monkeypatch):
     assert sorted(curve) == [3, 6, 9] and curve[9] == pytest.approx(rel) and list(momentum_curve) == [9]
     assert torch.allclose(z, once, atol=1e-5)
     assert rel == pytest.approx(stats["final_relative"], rel=1e-4) and start_rel > rel
+    # segments would restart use_best from each segment's best iterate: one piece too
+    with frozen(model):
+        z_best, rel_best, _, best_curve, _ = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.0), 5,
+                                                                 torch.device("cpu"), [3, 6], bf16=False,
+                                                                 use_best=True)
+        once_best, stats_best = match_representation(model, starts, x, 9, 0.1, 0.1, bf16=False, use_best=True)
+    assert list(best_curve) == [9] and torch.allclose(z_best, once_best, atol=1e-5)
+    assert rel_best == pytest.approx(stats_best["final_relative"], rel=1e-4) and rel_best <= rel + 1e-6
     assert moved == pytest.approx((once - starts).flatten(1).norm(dim=1).mean().item(), rel=1e-4)
     assert 0 < moved <= 9 * 0.1 + 1e-5  # 9 steps of 0.1 at most
 
 
 def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path, monkeypatch):
     path, data = pipeline
+    doc = yaml.safe_load(path.read_text())  # the last iterate, so that the constant rule prints its trajectory
+    doc["profiles"]["tiny"]["construct"]["match"]["use_best"] = False
+    last = tmp_path / "last_iterate.yaml"
+    last.write_text(yaml.safe_dump(doc, sort_keys=False))
     out = tmp_path / "rules.json"
     step_rule = bench_script("step_rule", monkeypatch)
-    rc = step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_r", "--n", "40",
+    rc = step_rule.main(["--params", str(last), "--data-dir", str(data), "--set", "d_r", "--n", "40",
                          "--rules", "6:0.1,3:0.3:0.02@0.5", "--checkpoints", "2,4", "--seeds", "1,2",
                          "--device", "cpu", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02 m0.5"] and res["n"] == 40
+    assert res["use_best"] is False
     assert res["class_counts"] == [4] * 10  # not the split's first 40 positions, which are 2 classes
     paper, short = res["rules"]
     assert list(paper["curve"]) == ["2", "4", "6"] and list(short["curve"]) == ["3"]
@@ -99,7 +113,7 @@ def test_pgd_rule_of_the_profile_rebuilds_the_pipelines_set(pipeline, monkeypatc
     rule = (p.construct.pgd.steps, p.construct.pgd.step_size, p.construct.pgd.step_size)
     with frozen(model):
         z, reached = step_rule.attack_set(model, x, targets, p.construct.pgd.eps, rule, p.construct.batch_size,
-                                          torch.device("cpu"), bf16=False)
+                                          torch.device("cpu"), bf16=False, use_best=p.construct.pgd.use_best)
     assert torch.allclose(z, built, atol=1e-3)
     assert reached["perturbation_norm"] <= p.construct.pgd.eps + 1e-4
     assert reached["target_loss"] < reached["start_target_loss"]  # the attack moves toward the targets

@@ -175,6 +175,30 @@ def test_checkpoints_follow_their_interval_and_a_run_killed_between_them_ends_th
         assert torch.equal(a, b), k
 
 
+def test_adversarial_training_attacks_with_the_configured_iterate_rule(monkeypatch):
+    """`adversarial.use_best` reaches every attack of the training loop, and the model trains on what
+    that attack returns: with a step as large as the ball the iterates jump about, so training on
+    the worst-case iterate gives another model than training on the last."""
+    from notbugs import train as train_module
+
+    seen, real = [], train_module.pgd_l2
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["use_best"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "pgd_l2", recording)
+    x, y = synthetic_batch(8)
+    jumpy = AdversarialConfig(eps=2.0, steps=3, step_size=2.0, random_start=False)
+    last, best = _fresh(), _fresh()
+    train(last, x, y, SHORT, seed=3, device=CPU, adversarial=jumpy)
+    assert seen and not any(seen)
+    seen.clear()
+    train(best, x, y, SHORT, seed=3, device=CPU, adversarial=dataclasses.replace(jumpy, use_best=True))
+    assert seen and all(seen)
+    assert any(not torch.equal(a, b) for a, b in zip(last.state_dict().values(), best.state_dict().values()))
+
+
 def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
     x, y = synthetic_batch(4)
     train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path, stop_after_epoch=1)

@@ -19,13 +19,13 @@ Layout under data_dir (default `data/`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import subprocess
 import time
 import zlib
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 

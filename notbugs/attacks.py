@@ -195,7 +195,8 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
     With `momentum` m > 0 (not the paper's rule) each step goes along the normalised velocity
     v = m v + g / ||g|| instead of g / ||g||: the same step length, a smoother direction.
     `use_best`: return, per example, the iterate (the start and the last included) nearest the target
-    representation, as the reference's `use_best`; at no extra cost (each step computes its distance).
+    representation, as the reference's `use_best`: no extra forward or backward (each step computes its
+    distance anyway), one per-image select over the batch per step.
     Returns z and statistics: mean start / final distance, absolute and relative to ||g(x)||.
     The target and the two distances go through the steps' own forward (`as_in_the_steps`). A NaN
     or inf gradient is a `NonFiniteError`, checked once on z (as in `pgd_l2`).

@@ -1,0 +1,79 @@
+"""bench/gpu_session.sh rehearsed on the CPU with the tiny profile (PROFILE=tiny), parts 3 and 4.
+
+A GPU session is 15 minutes and rare: a part that breaks there (as part 4's D_NR-from-200-steps edit
+did when the match line gained `use_best`) wastes it. Slow: about 4 minutes on 2 cores.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import yaml
+
+from notbugs import results
+from tests.conftest import ROOT, SHARED_MIRROR, make_mirror
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_tree(dest):
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+
+
+def _part(work, part, limit):
+    env = {**os.environ, "PROFILE": "tiny", "PYTHON": sys.executable, "OUT": str(work / "out")}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(["bash", "bench/gpu_session.sh", str(part), str(limit)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=limit + 120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert f"part {part} done in" in proc.stdout
+    return proc.stdout
+
+
+def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):
+    work = tmp_path / "repo"
+    _copy_tree(work)
+    staged = work / ".gpu" / "cifar10"
+    if SHARED_MIRROR.exists():  # the mirror's .tar.gz parts, as a session stages them
+        staged.mkdir(parents=True)
+        for f in SHARED_MIRROR.iterdir():
+            if f.name == "SHA256SUMS" or f.name.endswith(".tar.gz"):
+                os.symlink(f, staged / f.name)
+    else:
+        make_mirror(staged, 30, 10, as_tar=True)
+
+    _part(work, 3, 240)
+    out = work / "out"
+    assert "exit 0" in (out / "fast.log").read_text()
+    assert (work / ".gpu" / "fast_done").exists()
+    with tarfile.open(out / "results.tgz") as tar:
+        assert any(n.startswith("results/runs") for n in tar.getnames())
+    runs = results.load("runs", work / ".gpu" / "data" / "results")
+    assert {f"construct@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= set(runs["stage"])
+    assert len(json.loads((out / "sweep_d_nr.json").read_text())["rows"]) == 2
+
+    # part 4: the sweeps, then D_NR from 200 matching steps with the pipeline's own stages
+    _part(work, 4, 200)
+    for name in ("standard_nets", "robust_variants"):
+        assert (out / f"sweep_{name}.json").exists(), name
+    ours = yaml.safe_load((work / "params.yaml").read_text())
+    theirs = yaml.safe_load((work / ".gpu" / "params200.yaml").read_text())
+    assert theirs["profiles"]["tiny"]["construct"]["match"]["steps"] == 200
+    theirs["profiles"]["tiny"]["construct"]["match"]["steps"] = ours["profiles"]["tiny"]["construct"]["match"]["steps"]
+    assert theirs == ours  # only that one number differs
+    built = results.load("datasets", work / ".gpu" / "data200" / "results")
+    assert list(built["name"]) == ["d_nr"]
+    assert json.loads(built["recipe"].iloc[0])["match"]["steps"] == 200
+    trained = results.load("models", work / ".gpu" / "data200" / "results")
+    assert "d_nr" in set(trained["train_set"])
+    skipped = (out / "skipped.txt").read_text() if (out / "skipped.txt").exists() else ""
+    assert "200 matching steps" not in skipped

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -23,6 +25,17 @@ from notbugs.models import Backbone, Classifier, conv_bn, global_avg_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "cifar10"
+
+
+def copy_working_tree(dest: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files, copied to `dest` (no data, no venv)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
 
 
 def bench_script(name: str, monkeypatch: pytest.MonkeyPatch):

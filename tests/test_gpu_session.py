@@ -6,7 +6,6 @@ did when the match line gained `use_best`) wastes it. Slow: about 4 minutes on 2
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,18 +14,9 @@ import pytest
 import yaml
 
 from notbugs import results
-from tests.conftest import ROOT, SHARED_MIRROR, make_mirror
+from tests.conftest import SHARED_MIRROR, copy_working_tree, make_mirror
 
 pytestmark = pytest.mark.slow
-
-
-def _copy_tree(dest):
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
 
 
 def _part(work, part, limit):
@@ -40,16 +30,18 @@ def _part(work, part, limit):
 
 
 def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):
-    work = tmp_path / "repo"
-    _copy_tree(work)
+    work = copy_working_tree(tmp_path / "repo")
     staged = work / ".gpu" / "cifar10"
     if SHARED_MIRROR.exists():  # the mirror's .tar.gz parts, as a session stages them
         staged.mkdir(parents=True)
         for f in SHARED_MIRROR.iterdir():
             if f.name == "SHA256SUMS" or f.name.endswith(".tar.gz"):
                 os.symlink(f, staged / f.name)
-    else:
+    else:  # synthetic parts, and the counts they hold
         make_mirror(staged, 30, 10, as_tar=True)
+        doc = yaml.safe_load((work / "params.yaml").read_text())
+        doc["data"].update(train_per_class=30, test_per_class=10)
+        (work / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
     _part(work, 3, 240)
     out = work / "out"

@@ -5,7 +5,6 @@ is started for the test on localhost (a temporary PREFECT_HOME), as scripts/pipe
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from notbugs import results
-from tests.conftest import ROOT, SHARED_MIRROR, make_mirror
+from tests.conftest import ROOT, SHARED_MIRROR, copy_working_tree, make_mirror
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -62,13 +61,7 @@ def _run(cmd, cwd, env, timeout=900):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, prefect_server):
     """A git copy of the working tree with profile tiny, after one full `dvc repro`."""
-    work = tmp_path_factory.mktemp("repo") / "notbugs"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, work / rel)
+    work = copy_working_tree(tmp_path_factory.mktemp("repo") / "notbugs")
     mirror = SHARED_MIRROR if SHARED_MIRROR.exists() else make_mirror(work.parent / "mirror", 500, 100)
     doc = yaml.safe_load((work / "params.yaml").read_text())
     doc["profile"] = "tiny"

@@ -26,7 +26,6 @@ def _part(work, part, limit):
                           capture_output=True, text=True, timeout=limit + 120)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"part {part} done in" in proc.stdout
-    return proc.stdout
 
 
 def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):

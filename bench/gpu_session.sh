@@ -5,7 +5,8 @@
 # (git-ignored) and carried a part or two per call; the fetch stage reads the .tar.gz parts directly.
 #
 #   part 1  carry .gpu/cifar10/{SHA256SUMS,cifar10-test.tar.gz,cifar10-train-0.tar.gz}
-#           machine facts; ResNet-50 training at the paper's batch (128), ours eager and compiled vs
+#           machine facts; per-operation times of eager ResNet-50 and ResNet-18 steps against their
+#           roofline bounds (bench/op_times.py); ResNet-50 training at the paper's batch (128), ours eager and compiled vs
 #           the reference (2026-11-26 measured batch 512 only, where launch overhead hides)
 #   part 2  carry .gpu/cifar10/cifar10-train-1.tar.gz
 #           what `compile: true` buys the fast profile's construction (ResNet-18, batch 2500)
@@ -30,7 +31,8 @@
 #
 # A session's device time (15 minutes, start-up included) does not hold three full parts. Part 3 is
 # the one that matters (issue 4's accuracy and time target): give it its 590 s and parts 1 and 2
-# only the staging, `1 40` and `2 20` (their benches are then skipped, with a line in skipped.txt).
+# only the staging, `1 60` and `2 20` (their benches are then skipped, with a line in skipped.txt; part 1
+# keeps its per-operation times, about 20 s).
 # On 2026-11-27 (second session) start-up and parts 1-2 held the machine 54 s and part 3 (a 419 s
 # run) 441 s; the rest, about 300 s, goes to part 4 with its limit, e.g. `4 290`.
 set -uo pipefail
@@ -65,6 +67,12 @@ case $part in
   { nvidia-smi; $PY -c "import torch, torchvision, sys; print(sys.version); print('torch', torch.__version__,
 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"; nproc; free -g
     ls -la .gpu/cifar10; } 2>&1 | tee "$OUT/machine.txt"
+  # Where an eager step loses its time against the roofline, per operation (bench/op_times.py): ResNet-50
+  # (the paper profile's) and ResNet-18 (fast's), attack and training steps, a few seconds each
+  for arch in resnet50 resnet18; do
+    fits 20 "the per-operation times of $arch" && timeout "$(left)" $PY bench/op_times.py --arch $arch \
+      --batch 512 --stages match,train --json "$OUT/op_times_$arch.json" 2>&1 | tee "$OUT/op_times_$arch.log"
+  done
   fits 60 "the eager batch-128 bench" && timeout "$(left)" $PY bench/bench.py --arch resnet50 --batch 128 \
     --steps 20 --warmup 3 --stages train \
     --json "$OUT/bench_resnet50_b128.json" 2>&1 | tee "$OUT/bench_resnet50_b128.log"

@@ -1,0 +1,405 @@
+"""Roofline bounds: how fast can one step of each costly stage run on a card, at best?
+
+Issue 4 asks for 35% of the card's bf16 peak on the attack steps and 20,000 images/s of ResNet-50
+training on an H100; bench/bench.py measured 14.8% and 12,839 images/s. Both depend on how much of
+a step is bound by memory rather than by the tensor cores: a CIFAR network at 32x32 runs many
+convolutions with few channels over large activations (ResNet-50's 1x1 convolutions of 64 channels
+do about 51 FLOPs per byte moved, where an H100 needs about 295 to be compute-bound), and every
+BatchNorm, ReLU and residual add moves a whole activation for no tensor-core work.
+
+This script runs one step of a stage on the `meta` device (shapes only, no arithmetic, so it runs
+anywhere in seconds), records every ATen operation the step dispatches with its FLOPs (convolutions
+and matrix products; elementwise work is negligible next to them) and the bytes it must read and
+write at least, and gives two bounds per card:
+
+- `eager`: one kernel per operation, as eager PyTorch runs the step: the sum over operations of
+  max(FLOPs / peak, bytes / bandwidth), plus autocast's per-forward cast of the fp32 weights to
+  bf16 and, for training, the SGD update (fp32 weights, gradients and momentum).
+- `ideal`: perfect fusion: only the convolutions and matrix products, each reading its inputs and
+  weights and writing its output once; every BatchNorm, activation, add and loss is free, folded
+  into their prologues and epilogues, and the weights are already bf16. No implementation that
+  keeps activations in device memory between convolutions can beat it.
+
+Both are bounds, not predictions: they assume every kernel runs at the card's peak FLOP rate or at
+its full memory bandwidth, whichever binds, with no launch overhead. A measured rate divided by a
+bound is the share of that bound reached.
+
+The step is the pipeline's (notbugs.attacks, notbugs.train), rebuilt from the same operations with
+the network in bf16 (autocast's compute dtype; autocast itself has no meta backend):
+- `match`: representation matching, one forward of the backbone to the representation, the l2
+  distance to the target, one backward to the image (eval mode, frozen weights), the step.
+- `pgd`: l2 PGD, one forward to the logits, cross-entropy, one backward to the image, the step.
+- `train`: one SGD step, train-mode forward and cross-entropy, backward to every weight. The GPU
+  augmentation (crop and flip) is not counted.
+
+    python bench/roofline.py                                    # ResNet-50 and ResNet-18, batch 512, H100 and H200
+    python bench/roofline.py --archs resnet50 --batch 128 --cards h100-sxm
+    python bench/roofline.py --measured bench/measured/h100-2026-11-26/*.json   # measured rates against the bounds
+    python bench/roofline.py --layers --archs resnet50 --stages match         # where the time goes, per operation kind
+    python bench/roofline.py --profile paper                                  # a profile's whole run at the bounds
+
+`--profile` adds up a profile's work from params.yaml (needs pyyaml): the two source trainings (the
+adversarial one as its attack steps plus the training step), the four constructions, the four
+trainings on them and the robust evaluation of the six models, each at the bound of its stage and
+batch size. Left out: Figure 3, data loading, checkpoints, compilation, use_best's extra forward:
+the time is a floor, not an estimate.
+
+It needs torch only (and notbugs's models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+try:  # notbugs.config imports yaml at module level; a GPU machine may lack pyyaml
+    import yaml  # noqa: F401
+except ImportError:
+    sys.modules["yaml"] = types.ModuleType("yaml")
+
+from notbugs.models import make_model  # noqa: E402
+
+# Dense bf16 tensor-core peak (FLOP/s) and memory bandwidth (bytes/s), from the vendors' data sheets.
+CARDS = {
+    "h100-sxm": (989e12, 3.35e12),   # H100 80GB HBM3 (SXM5): the card bench.py ran on
+    "h200": (989e12, 4.8e12),        # same tensor cores as the H100 SXM, HBM3e
+    "h100-pcie": (756e12, 2.0e12),
+    "a100-80gb": (312e12, 2.039e12),
+}
+DEVICE_NAMES = {"NVIDIA H100 80GB HBM3": "h100-sxm", "NVIDIA H200": "h200"}  # bench.py JSON "device" -> card
+STAGES = ("match", "pgd", "train")
+FLOP_OPS = ("convolution", "convolution_backward", "mm", "addmm")
+BF16, FP32 = 2, 4  # bytes per element
+
+
+@dataclasses.dataclass
+class Op:
+    name: str      # the ATen overload packet, e.g. "convolution_backward"
+    flops: float
+    bytes: float
+
+
+def tensor_bytes(t: torch.Tensor) -> float:
+    """Bytes a kernel must touch to read or write `t` once: a broadcast (stride 0) dimension counts once."""
+    n = 1
+    for size, stride in zip(t.shape, t.stride()):
+        if stride != 0:
+            n *= size
+    return float(n * t.element_size())
+
+
+def conv_flops(out_shape, weight: torch.Tensor) -> float:
+    """2 x multiply-adds of a convolution producing `out_shape` (N, C_out, H, W) with `weight`."""
+    return 2.0 * math.prod(out_shape) * math.prod(weight.shape[1:])
+
+
+def op_cost(func, args: tuple, kwargs: dict, out) -> Op | None:
+    """FLOPs and the least bytes one operation moves; None for views and allocations, which move none."""
+    name = func._overloadpacket.__name__
+    schema = func._schema
+    if schema.returns and all(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns):
+        return None  # a view: no data moves
+    if name.startswith("empty") or name in ("detach", "alias", "lift_fresh"):
+        return None
+    outs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+    written = sum(tensor_bytes(t) for t in outs)
+    if name == "convolution_backward":
+        # args: grad_out, input, weight, ..., output_mask. grad_input reads grad_out and the weight;
+        # grad_weight reads grad_out and the input. Each costs the forward's FLOPs.
+        grad_out, inp, weight, mask = args[0], args[1], args[2], args[-1]
+        flops = conv_flops(grad_out.shape, weight) * (int(mask[0]) + int(mask[1]))
+        read = tensor_bytes(grad_out) + (tensor_bytes(weight) if mask[0] else 0.0)
+        read += tensor_bytes(inp) if mask[1] else 0.0
+        return Op(name, flops, read + written)
+    if name == "native_batch_norm_backward" and not args[7]:
+        # eval mode: grad_input = grad_out * weight * invstd; the input is not read
+        grad_out, weight = args[0], args[2]
+        return Op(name, 0.0, tensor_bytes(grad_out) + tensor_bytes(weight) * 2 + written)
+    inputs = {id(t): t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor)}
+    read = sum(tensor_bytes(t) for t in inputs.values())
+    flops = 0.0
+    if name == "convolution":
+        flops = conv_flops(outs[0].shape, args[1])
+    elif name == "mm":
+        (m, k), n = args[0].shape, args[1].shape[1]
+        flops = 2.0 * m * k * n
+    elif name == "addmm":
+        (m, k), n = args[1].shape, args[2].shape[1]
+        flops = 2.0 * m * k * n
+    return Op(name, flops, read + written)
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the cost of every operation dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[Op] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        op = op_cost(func, args, kwargs, out)
+        if op is not None:
+            self.ops.append(op)
+        return out
+
+
+def bf16_model(arch: str, width: float, device: str = "meta") -> torch.nn.Module:
+    """The network with its backbone and head in bf16 and the input normalisation in fp32 (as under
+    autocast, which casts the normalised image to bf16 at the first convolution); on `meta` by default."""
+    with torch.device(device):
+        model = make_model(arch, width=width)
+    model.backbone.to(torch.bfloat16)
+    model.head.to(torch.bfloat16)
+    return model.to(memory_format=torch.channels_last)
+
+
+def run_step(model, stage: str, batch: int, recorder=None) -> list[Op]:
+    """One step of `stage` at `batch` images (see the module docstring) on the model's device, inside
+    `recorder` (a new OpRecorder by default; contextlib.nullcontext() runs it plain); returns the
+    operations recorded."""
+    device = next(model.parameters()).device
+    x = torch.rand(batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    target = torch.rand(batch, model.repr_dim, device=device)
+    train = stage == "train"
+    model.train(train)
+    for p in model.parameters():
+        p.requires_grad_(train)
+        p.grad = None  # as the optimizer's zero_grad(set_to_none=True): no accumulation into old gradients
+    rec = recorder or OpRecorder()
+    with rec:
+        if train:
+            logits = model.head(model.backbone(model.normalize(x).to(torch.bfloat16)))
+            F.cross_entropy(logits.float(), y).backward()
+        else:
+            z = x.clone().requires_grad_(True)
+            feats = model.backbone(model.normalize(z).to(torch.bfloat16))
+            if stage == "match":
+                loss = (feats.float() - target).flatten(1).norm(dim=1)
+            else:
+                loss = F.cross_entropy(model.head(feats).float(), y, reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+            step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+            (z.detach() - 0.1 * step).clamp(0, 1)
+    return rec.ops if isinstance(rec, OpRecorder) else []
+
+
+def weight_traffic(model, stage: str) -> float:
+    """Bytes per step the recorded ops leave out: autocast's fp32 -> bf16 weight casts (read 4, write 2
+    per weight), and in training the SGD update with weight decay and momentum (fp32: read weight,
+    gradient, momentum, write weight, momentum) and the zeroing of the gradients."""
+    n = sum(p.numel() for p in model.parameters())
+    cast = n * (FP32 + BF16)
+    return cast + (n * FP32 * 6 if stage == "train" else 0.0)
+
+
+def bound_seconds(ops: list[Op], peak: float, bandwidth: float, extra_bytes: float, ideal: bool) -> float:
+    kept = [op for op in ops if op.name in FLOP_OPS] if ideal else ops
+    seconds = sum(max(op.flops / peak, op.bytes / bandwidth) for op in kept)
+    return seconds + (0.0 if ideal else extra_bytes / bandwidth)
+
+
+def analyse(arch: str, width: float, stage: str, batch: int, cards: list[str]) -> dict:
+    model = bf16_model(arch, width)
+    ops = run_step(model, stage, batch)
+    extra = weight_traffic(model, stage)
+    flops = sum(op.flops for op in ops)
+    row = {
+        "arch": arch, "width": width, "stage": stage, "batch": batch,
+        "unit": "images/s" if stage == "train" else "image-steps/s",
+        "gflop_per_image": flops / batch / 1e9,
+        "eager_mb_per_image": (sum(op.bytes for op in ops) + extra) / batch / 1e6,
+        "ideal_mb_per_image": sum(op.bytes for op in ops if op.name in FLOP_OPS) / batch / 1e6,
+        "kernels": len(ops), "cards": {},
+    }
+    for card in cards:
+        peak, bandwidth = CARDS[card]
+        entry = {}
+        for kind in ("eager", "ideal"):
+            seconds = bound_seconds(ops, peak, bandwidth, extra, ideal=kind == "ideal")
+            entry[kind] = {"rate": batch / seconds, "pct_peak": 100.0 * flops / seconds / peak}
+        row["cards"][card] = entry
+    return row
+
+
+def by_kind(arch: str, width: float, stage: str, batch: int, card: str) -> list[tuple[str, int, float, float]]:
+    """(operation, count, eager-bound ms per step, share of the step's FLOPs), largest time first."""
+    peak, bandwidth = CARDS[card]
+    ops = run_step(bf16_model(arch, width), stage, batch)
+    total = sum(op.flops for op in ops) or 1.0
+    groups: dict[str, list[Op]] = collections.defaultdict(list)
+    for op in ops:
+        groups[op.name].append(op)
+    rows = [(name, len(g), 1e3 * sum(max(o.flops / peak, o.bytes / bandwidth) for o in g),
+             sum(o.flops for o in g) / total) for name, g in groups.items()]
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def profile_work(params) -> list[tuple[str, str, int, float]]:
+    """(what, stage, batch, images or image-steps) of a profile's run without Figure 3 (see the docstring)."""
+    p = params.profile
+    n_train = p.subset.train or 50_000
+    n_test = p.subset.test or 10_000
+    work = []
+    for name, cfg in p.source_on.items():
+        work.append((f"source {name}: training", "train", cfg.batch_size, cfg.epochs * n_train))
+        if name == "robust":
+            work.append((f"source {name}: {p.adversarial.steps}-step attack", "pgd", cfg.batch_size,
+                         cfg.epochs * n_train * p.adversarial.steps))
+    c = p.construct
+    for name, stage, steps in (("d_r", "match", c.match.steps), ("d_nr", "match", c.match.steps),
+                               ("d_rand", "pgd", c.pgd.steps), ("d_det", "pgd", c.pgd.steps)):
+        work.append((f"construct {name}", stage, c.batch_size, n_train * steps))
+    for name, cfg in p.train_on.items():
+        work.append((f"train on {name}", "train", cfg.batch_size, cfg.epochs * n_train))
+    n_models = len(p.source_on) + len(p.train_on)
+    e = p.evaluate
+    work.append((f"evaluate {n_models} models", "pgd", e.batch_size, n_models * n_test * (e.steps * len(e.eps) + 1)))
+    return work
+
+
+def project_profile(params, cards: list[str]) -> dict:
+    """Seconds of each piece of a profile's work at the eager and ideal bounds of each card."""
+    p = params.profile
+    rows, bounds = [], {}
+    for what, stage, batch, amount in profile_work(params):
+        if (stage, batch) not in bounds:
+            bounds[stage, batch] = analyse(p.arch, p.width, stage, batch, cards)["cards"]
+        rows.append({"what": what, "stage": stage, "batch": batch, "amount": amount,
+                     "seconds": {card: {kind: amount / bounds[stage, batch][card][kind]["rate"]
+                                        for kind in ("eager", "ideal")} for card in cards}})
+    total = {card: {kind: sum(r["seconds"][card][kind] for r in rows) for kind in ("eager", "ideal")}
+             for card in cards}
+    return {"profile": p.name, "arch": p.arch, "width": p.width, "rows": rows, "total_seconds": total}
+
+
+def print_projection(proj: dict, cards: list[str]) -> None:
+    print(f"\nprofile {proj['profile']} ({proj['arch']}, width {proj['width']}) at the bounds, without Figure 3 "
+          "(a floor: see the docstring)")
+    head = f"  {'work':<34} {'stage':<6} {'batch':>5} {'amount':>13}"
+    for card in cards:
+        head += f" {card + ' eager':>16} {card + ' ideal':>16}"
+    print(head)
+    # minutes for a real profile, seconds where the whole run is shorter than a minute (tiny, cpu)
+    unit, scale = ("min", 60.0) if proj["total_seconds"][cards[0]]["eager"] >= 60 else ("s", 1.0)
+    for r in proj["rows"] + [{"what": "total", "stage": "", "batch": "", "amount": "",
+                              "seconds": proj["total_seconds"]}]:
+        amount = f"{r['amount']:,}" if r["amount"] != "" else ""
+        line = f"  {r['what']:<34} {r['stage']:<6} {r['batch']:>5} {amount:>13}"
+        for card in cards:
+            line += "".join(f" {r['seconds'][card][kind] / scale:>12.1f} {unit:<3}" for kind in ("eager", "ideal"))
+        print(line)
+
+
+def measured_rates(paths: list[str]) -> list[dict]:
+    """(card, arch, batch, stage, rate, compiled) of bench.py JSON files, for cards this script knows."""
+    found = []
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        card = DEVICE_NAMES.get(d.get("device", ""))
+        if card is None:
+            continue
+        for stage, s in d["stages"].items():
+            if stage in STAGES:
+                found.append({"card": card, "arch": d["arch"], "width": d["width"], "batch": d["batch"],
+                              "stage": stage, "rate": s["ours"], "compiled": bool(d.get("compiled")),
+                              "file": path})
+    return found
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", default="resnet50,resnet18", help="comma-separated notbugs architectures")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--cards", default="h100-sxm,h200", help=f"comma-separated, of: {', '.join(CARDS)}")
+    p.add_argument("--measured", nargs="*", default=[], help="bench.py JSON files to set against the bounds")
+    p.add_argument("--layers", action="store_true", help="also the eager bound per operation kind (first card)")
+    p.add_argument("--profile", default=None, help="also a profile's whole run at the bounds (reads --params)")
+    p.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    p.add_argument("--json", default=None, help="write the rows here")
+    args = p.parse_args(argv)
+    args.archs, args.stages, args.cards = (s.split(",") for s in (args.archs, args.stages, args.cards))
+    for card in args.cards:
+        if card not in CARDS:
+            p.error(f"unknown card {card!r}; known: {', '.join(CARDS)}")
+    for stage in args.stages:
+        if stage not in STAGES:
+            p.error(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    if args.batch < 1:
+        p.error("--batch must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    rows = [analyse(arch, args.width, stage, args.batch, args.cards) for arch in args.archs for stage in args.stages]
+    print(f"roofline bounds, batch {args.batch}, width {args.width}, bf16; cards: "
+          + "; ".join(f"{c} {CARDS[c][0] / 1e12:.0f} TFLOP/s, {CARDS[c][1] / 1e12:.2f} TB/s" for c in args.cards))
+    head = f"{'arch':<9} {'stage':<6} {'GFLOP/img':>9} {'MB/img eager':>12} {'MB/img ideal':>12} {'kernels':>7}"
+    for card in args.cards:
+        head += f" {card + ' eager':>22} {card + ' ideal':>22}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        line = (f"{r['arch']:<9} {r['stage']:<6} {r['gflop_per_image']:>9.2f} {r['eager_mb_per_image']:>12.2f} "
+                f"{r['ideal_mb_per_image']:>12.2f} {r['kernels']:>7}")
+        for card in args.cards:
+            for kind in ("eager", "ideal"):
+                b = r["cards"][card][kind]
+                line += f" {b['rate']:>14,.0f} ({b['pct_peak']:>4.1f}%)"
+        print(line)
+    print("rates: images/s for train, image-steps/s for match and pgd; (% of the bf16 peak at that bound)")
+
+    compared = []
+    for m in measured_rates(args.measured):  # each at its own network and batch size
+        bounds = analyse(m["arch"], m["width"], m["stage"], m["batch"], [m["card"]])["cards"][m["card"]]
+        m["of_eager"] = m["rate"] / bounds["eager"]["rate"]
+        m["of_ideal"] = m["rate"] / bounds["ideal"]["rate"]
+        compared.append(m)
+    if compared:
+        print("\nmeasured (bench.py) against the bounds:")
+        for m in compared:
+            print(f"  {m['card']:<9} {m['arch']:<9} {m['stage']:<6} batch {m['batch']:<4} "
+                  f"{'compiled' if m['compiled'] else 'eager':<8} "
+                  f"{m['rate']:>9,.0f}  = {100 * m['of_eager']:5.1f}% of the eager bound, "
+                  f"{100 * m['of_ideal']:5.1f}% of the ideal  ({m['file']})")
+
+    if args.layers:
+        card = args.cards[0]
+        for arch in args.archs:
+            for stage in args.stages:
+                print(f"\n{arch} {stage}, batch {args.batch}, {card}: eager bound per operation kind")
+                kinds = by_kind(arch, args.width, stage, args.batch, card)
+                step_ms = sum(k[2] for k in kinds)
+                for name, count, ms, share in kinds:
+                    print(f"  {name:<34} {count:>5} ops {ms:8.3f} ms ({100 * ms / step_ms:4.1f}% of the step) "
+                          f"{100 * share:5.1f}% of FLOPs")
+    out = {"batch": args.batch, "width": args.width, "cards": {c: CARDS[c] for c in args.cards},
+           "rows": rows, "measured": compared}
+    if args.profile:
+        from notbugs.config import load_params  # here: pyyaml is needed for this option only
+        out["projection"] = project_profile(load_params(args.params, args.profile), args.cards)
+        print_projection(out["projection"], args.cards)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""bench/roofline.py: the operation counts it records, the bounds it derives, and that the rates
+bench.py measured on GPUs stay below them (a rate above a bound would mean the model of the step
+leaves out work)."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import ROOT, bench_script
+
+
+@pytest.fixture
+def rl(monkeypatch):
+    return bench_script("roofline", monkeypatch)
+
+
+def meta(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, device="meta", dtype=dtype)
+
+
+def test_a_convolution_moves_its_input_weights_and_output(rl):
+    x, w = meta(2, 3, 8, 8), meta(4, 3, 3, 3)
+    with rl.OpRecorder() as rec:
+        F.conv2d(x, w, padding=1)
+    (op,) = rec.ops
+    assert op.name == "convolution"
+    assert op.flops == 2 * (2 * 4 * 8 * 8) * (3 * 3 * 3)
+    assert op.bytes == 2 * (2 * 3 * 64 + 4 * 27 + 2 * 4 * 64)  # bf16: input + weight + output
+
+
+def test_views_move_nothing_and_an_inplace_op_reads_and_writes(rl):
+    x = meta(4, 8)
+    with rl.OpRecorder() as rec:
+        x.view(8, 4).t()
+        x.relu_()
+    assert [op.name for op in rec.ops] == ["relu_"]
+    assert rec.ops[0].bytes == 2 * 4 * 8 * 2 and rec.ops[0].flops == 0
+
+
+def test_a_broadcast_operand_is_read_once(rl):
+    x, bias = meta(16, 8), meta(8)
+    with rl.OpRecorder() as rec:
+        x + bias.expand(16, 8)
+    assert rec.ops[-1].bytes == 2 * (16 * 8 + 8 + 16 * 8)
+
+
+def test_input_gradient_only_costs_one_forward_and_reads_no_activation(rl):
+    x = meta(2, 3, 8, 8).requires_grad_(True)
+    w = meta(4, 3, 3, 3)  # frozen, as in an attack
+    with rl.OpRecorder() as rec:
+        y = F.conv2d(x, w, padding=1)
+        torch.autograd.grad(y.float().sum(), x)
+    fwd = next(op for op in rec.ops if op.name == "convolution")
+    bwd = next(op for op in rec.ops if op.name == "convolution_backward")
+    assert bwd.flops == fwd.flops
+    assert bwd.bytes == 2 * (2 * 4 * 64 + 4 * 27 + 2 * 3 * 64)  # grad_out + weight -> grad_input
+
+
+@pytest.mark.parametrize("arch", ["resnet9", "resnet50"])
+def test_step_flops_agree_with_bench_hook_counter(rl, monkeypatch, arch):
+    bench = bench_script("bench", monkeypatch)
+    model = bench.make_model(arch, width=0.25)
+    fwd = bench.forward_flops_per_image(model, torch.device("cpu"))  # hooks on Conv2d / Linear, one image
+    rows = {s: rl.analyse(arch, 0.25, s, 4, ["h100-sxm"]) for s in rl.STAGES}
+    # An attack step: forward and a backward to the image (one forward's FLOPs); bench credits 2.
+    # Matching stops at the representation: no head (2 x 10 x repr_dim FLOPs) either way.
+    head = 2 * 10 * model.repr_dim
+    assert rows["match"]["gflop_per_image"] * 1e9 == pytest.approx(2 * fwd - 2 * head, rel=1e-9)
+    assert rows["pgd"]["gflop_per_image"] * 1e9 == pytest.approx(2 * fwd, rel=1e-9)
+    # Training: forward, input and weight gradients (3 forwards), less the stem's input gradient.
+    assert 2.95 * fwd < rows["train"]["gflop_per_image"] * 1e9 < 3 * fwd
+
+
+def test_bounds_are_ordered_and_below_the_peak(rl):
+    for stage in rl.STAGES:
+        small, large = (rl.analyse("resnet18", 0.5, stage, b, ["h100-sxm", "h200"]) for b in (8, 64))
+        assert small["gflop_per_image"] == pytest.approx(large["gflop_per_image"])
+        assert large["ideal_mb_per_image"] < large["eager_mb_per_image"]
+        for card in ("h100-sxm", "h200"):
+            eager, ideal = large["cards"][card]["eager"], large["cards"][card]["ideal"]
+            assert 0 < eager["rate"] < ideal["rate"]
+            assert 0 < eager["pct_peak"] < ideal["pct_peak"] <= 100
+        # more bandwidth, same tensor cores: the H200's eager bound is higher
+        assert large["cards"]["h200"]["eager"]["rate"] > large["cards"]["h100-sxm"]["eager"]["rate"]
+        # weights and optimizer state are paid per step: a larger batch moves fewer bytes per image
+        assert large["eager_mb_per_image"] < small["eager_mb_per_image"]
+
+
+def test_measured_gpu_rates_stay_below_their_bounds(rl):
+    files = sorted(str(p) for p in (ROOT / "bench" / "measured").glob("h*/bench_*.json"))
+    measured = rl.measured_rates(files)
+    assert len(measured) >= 8  # the H100 and H200 runs of 2026-11-26/27
+    for m in measured:
+        bounds = rl.analyse(m["arch"], m["width"], m["stage"], m["batch"], [m["card"]])["cards"][m["card"]]
+        assert m["rate"] < bounds["ideal"]["rate"], m
+        if not m["compiled"]:  # eager runs one kernel per operation: the eager bound holds
+            assert m["rate"] < bounds["eager"]["rate"], m
+
+
+def test_cli_projects_a_profile(rl, tmp_path):
+    out = tmp_path / "roofline.json"
+    res = rl.main(["--archs", "resnet9", "--width", "0.125", "--batch", "4", "--cards", "h100-sxm",
+                   "--profile", "tiny", "--layers", "--stages", "match", "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(res["rows"]))
+    proj = res["projection"]
+    assert proj["profile"] == "tiny" and proj["arch"] == "resnet9"
+    names = [r["what"] for r in proj["rows"]]
+    assert {"construct d_r", "construct d_det", "train on d_rand", "source robust: training"} <= set(names)
+    total = proj["total_seconds"]["h100-sxm"]
+    assert math.isclose(total["eager"], sum(r["seconds"]["h100-sxm"]["eager"] for r in proj["rows"]))
+    assert 0 < total["ideal"] < total["eager"]
+
+
+def test_cli_refuses_an_unknown_card(rl):
+    with pytest.raises(SystemExit):
+        rl.main(["--cards", "tpu"])
+
+
+def test_op_times_times_the_step_the_roofline_counts(monkeypatch, tmp_path):
+    ot = bench_script("op_times", monkeypatch)
+    rl = ot.roofline
+    out = tmp_path / "op_times.json"
+    res = ot.main(["--arch", "resnet9", "--width", "0.125", "--batch", "4", "--steps", "1", "--warmup", "0",
+                   "--device", "cpu", "--threads", "1", "--card", "h100-sxm", "--stages", "match,train",
+                   "--json", str(out)])
+    assert json.loads(out.read_text())["stages"].keys() == {"match", "train"}
+    for stage, r in res["stages"].items():
+        assert r["step_s"] > 0 and r["ops_s"] > 0 and r["rate"] > 0
+        assert math.isclose(r["ops_s"], sum(k["measured_s"] for k in r["kinds"].values()))
+        # the same convolutions as the meta-device step roofline.py bounds, with the same bound each
+        meta_kinds = {name: (count, ms) for name, count, ms, _ in rl.by_kind("resnet9", 0.125, stage, 4, "h100-sxm")}
+        for kind in ("convolution", "convolution_backward"):
+            count, ms = meta_kinds[kind]
+            assert r["kinds"][kind]["calls"] == count, (stage, kind)
+            assert r["kinds"][kind]["bound_s"] * 1e3 == pytest.approx(ms), (stage, kind)

@@ -40,9 +40,10 @@ the network in bf16 (autocast's compute dtype; autocast itself has no meta backe
 
 `--profile` adds up a profile's work from params.yaml (needs pyyaml): the two source trainings (the
 adversarial one as its attack steps plus the training step), the four constructions, the four
-trainings on them and the robust evaluation of the six models, each at the bound of its stage and
-batch size. Left out: Figure 3, data loading, checkpoints, compilation, use_best's extra forward:
-the time is a floor, not an estimate.
+trainings on them and the robust evaluation of the six models, each at the bound of its network,
+stage and batch size; then, apart, Figure 3's trainings (each architecture on D and on D_det) and
+its transfer examples. Left out: data loading, checkpoints, compilation, clean evaluations,
+use_best's extra forward: the time is a floor, not an estimate.
 
 It needs torch only (and notbugs's models).
 """
@@ -249,57 +250,78 @@ def by_kind(arch: str, width: float, stage: str, batch: int, card: str) -> list[
     return sorted(rows, key=lambda r: -r[2])
 
 
-def profile_work(params) -> list[tuple[str, str, int, float]]:
-    """(what, stage, batch, images or image-steps) of a profile's run without Figure 3 (see the docstring)."""
+def profile_work(params) -> list[dict]:
+    """A profile's work, piece by piece: what, arch, width, stage, batch, amount (images or image-steps),
+    and whether it is Figure 3's (see the docstring)."""
     p = params.profile
     n_train = p.subset.train or 50_000
     n_test = p.subset.test or 10_000
     work = []
+
+    def add(what, stage, batch, amount, arch=p.arch, width=p.width, figure3=False):
+        work.append({"what": what, "arch": arch, "width": width, "stage": stage, "batch": batch,
+                     "amount": amount, "figure3": figure3})
+
     for name, cfg in p.source_on.items():
-        work.append((f"source {name}: training", "train", cfg.batch_size, cfg.epochs * n_train))
+        add(f"source {name}: training", "train", cfg.batch_size, cfg.epochs * n_train)
         if name == "robust":
-            work.append((f"source {name}: {p.adversarial.steps}-step attack", "pgd", cfg.batch_size,
-                         cfg.epochs * n_train * p.adversarial.steps))
+            add(f"source {name}: {p.adversarial.steps}-step attack", "pgd", cfg.batch_size,
+                cfg.epochs * n_train * p.adversarial.steps)
     c = p.construct
     for name, stage, steps in (("d_r", "match", c.match.steps), ("d_nr", "match", c.match.steps),
                                ("d_rand", "pgd", c.pgd.steps), ("d_det", "pgd", c.pgd.steps)):
-        work.append((f"construct {name}", stage, c.batch_size, n_train * steps))
+        add(f"construct {name}", stage, c.batch_size, n_train * steps)
     for name, cfg in p.train_on.items():
-        work.append((f"train on {name}", "train", cfg.batch_size, cfg.epochs * n_train))
+        add(f"train on {name}", "train", cfg.batch_size, cfg.epochs * n_train)
     n_models = len(p.source_on) + len(p.train_on)
     e = p.evaluate
-    work.append((f"evaluate {n_models} models", "pgd", e.batch_size, n_models * n_test * (e.steps * len(e.eps) + 1)))
+    add(f"evaluate {n_models} models", "pgd", e.batch_size, n_models * n_test * (e.steps * len(e.eps) + 1))
+    # Figure 3 (notbugs.stages.transfer_specs): every architecture trained on D and on D_det (the
+    # profile's own D_det model is reused), then targeted PGD on the standard source model
+    t = p.transfer
+    for arch in t.archs:
+        std, det = p.source_on["standard"], p.train_on["d_det"]
+        add(f"figure 3: {arch} on D", "train", std.batch_size, std.epochs * n_train, arch, t.width, True)
+        if not (arch == p.arch and t.width == p.width):
+            add(f"figure 3: {arch} on D_det", "train", det.batch_size, det.epochs * n_train, arch, t.width, True)
+    add("figure 3: transfer examples", "pgd", e.batch_size, min(t.n, n_test) * c.pgd.steps, figure3=True)
     return work
 
 
 def project_profile(params, cards: list[str]) -> dict:
-    """Seconds of each piece of a profile's work at the eager and ideal bounds of each card."""
+    """Seconds of each piece of a profile's work at the eager and ideal bounds of each card; totals
+    without Figure 3 (`total_seconds`, issue 4's target) and of Figure 3 alone (`figure3_seconds`)."""
     p = params.profile
     rows, bounds = [], {}
-    for what, stage, batch, amount in profile_work(params):
-        if (stage, batch) not in bounds:
-            bounds[stage, batch] = analyse(p.arch, p.width, stage, batch, cards)["cards"]
-        rows.append({"what": what, "stage": stage, "batch": batch, "amount": amount,
-                     "seconds": {card: {kind: amount / bounds[stage, batch][card][kind]["rate"]
-                                        for kind in ("eager", "ideal")} for card in cards}})
-    total = {card: {kind: sum(r["seconds"][card][kind] for r in rows) for kind in ("eager", "ideal")}
-             for card in cards}
-    return {"profile": p.name, "arch": p.arch, "width": p.width, "rows": rows, "total_seconds": total}
+    for w in profile_work(params):
+        key = (w["arch"], w["width"], w["stage"], w["batch"])
+        if key not in bounds:
+            bounds[key] = analyse(*key[:3], w["batch"], cards)["cards"]
+        rows.append({**w, "seconds": {card: {kind: w["amount"] / bounds[key][card][kind]["rate"]
+                                             for kind in ("eager", "ideal")} for card in cards}})
+
+    def total(figure3: bool) -> dict:
+        return {card: {kind: sum(r["seconds"][card][kind] for r in rows if r["figure3"] == figure3)
+                       for kind in ("eager", "ideal")} for card in cards}
+
+    return {"profile": p.name, "arch": p.arch, "width": p.width, "rows": rows,
+            "total_seconds": total(False), "figure3_seconds": total(True)}
 
 
 def print_projection(proj: dict, cards: list[str]) -> None:
-    print(f"\nprofile {proj['profile']} ({proj['arch']}, width {proj['width']}) at the bounds, without Figure 3 "
-          "(a floor: see the docstring)")
-    head = f"  {'work':<34} {'stage':<6} {'batch':>5} {'amount':>13}"
+    print(f"\nprofile {proj['profile']} ({proj['arch']}, width {proj['width']}) at the bounds (a floor: see "
+          "the docstring)")
+    head = f"  {'work':<38} {'stage':<6} {'batch':>5} {'amount':>13}"
     for card in cards:
         head += f" {card + ' eager':>16} {card + ' ideal':>16}"
     print(head)
     # minutes for a real profile, seconds where the whole run is shorter than a minute (tiny, cpu)
     unit, scale = ("min", 60.0) if proj["total_seconds"][cards[0]]["eager"] >= 60 else ("s", 1.0)
-    for r in proj["rows"] + [{"what": "total", "stage": "", "batch": "", "amount": "",
-                              "seconds": proj["total_seconds"]}]:
-        amount = f"{r['amount']:,}" if r["amount"] != "" else ""
-        line = f"  {r['what']:<34} {r['stage']:<6} {r['batch']:>5} {amount:>13}"
+    totals = [{"what": "total, Figure 2 and Table 1", "seconds": proj["total_seconds"]},
+              {"what": "Figure 3", "seconds": proj["figure3_seconds"]}]
+    for r in proj["rows"] + totals:
+        amount = f"{r['amount']:,}" if "amount" in r else ""
+        line = f"  {r['what']:<38} {r.get('stage', ''):<6} {r.get('batch', ''):>5} {amount:>13}"
         for card in cards:
             line += "".join(f" {r['seconds'][card][kind] / scale:>12.1f} {unit:<3}" for kind in ("eager", "ideal"))
         print(line)

@@ -109,9 +109,12 @@ def test_cli_projects_a_profile(rl, tmp_path):
     assert proj["profile"] == "tiny" and proj["arch"] == "resnet9"
     names = [r["what"] for r in proj["rows"]]
     assert {"construct d_r", "construct d_det", "train on d_rand", "source robust: training"} <= set(names)
-    total = proj["total_seconds"]["h100-sxm"]
-    assert math.isclose(total["eager"], sum(r["seconds"]["h100-sxm"]["eager"] for r in proj["rows"]))
-    assert 0 < total["ideal"] < total["eager"]
+    assert "figure 3: resnet18 on D_det" in names and "figure 3: resnet9 on D_det" not in names  # reused
+    for key, figure3 in (("total_seconds", False), ("figure3_seconds", True)):
+        total = proj[key]["h100-sxm"]
+        rows = [r for r in proj["rows"] if r["figure3"] == figure3]
+        assert math.isclose(total["eager"], sum(r["seconds"]["h100-sxm"]["eager"] for r in rows))
+        assert 0 < total["ideal"] < total["eager"]
 
 
 def test_cli_refuses_an_unknown_card(rl):

@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -114,7 +115,7 @@ def op_cost(func, args: tuple, kwargs: dict, out) -> Op | None:
         return None  # a view: no data moves
     if name.startswith("empty") or name in ("detach", "alias", "lift_fresh"):
         return None
-    outs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
     written = sum(tensor_bytes(t) for t in outs)
     if name == "convolution_backward":
         # args: grad_out, input, weight, ..., output_mask. grad_input reads grad_out and the weight;
@@ -125,10 +126,12 @@ def op_cost(func, args: tuple, kwargs: dict, out) -> Op | None:
         read += tensor_bytes(inp) if mask[1] else 0.0
         return Op(name, flops, read + written)
     if name == "native_batch_norm_backward" and not args[7]:
-        # eval mode: grad_input = grad_out * weight * invstd; the input is not read
+        # eval mode: grad_input = grad_out * weight * invstd; the input is not read (weight and the
+        # running variance are per channel)
         grad_out, weight = args[0], args[2]
         return Op(name, 0.0, tensor_bytes(grad_out) + tensor_bytes(weight) * 2 + written)
-    inputs = {id(t): t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor)}
+    leaves, _ = tree_flatten((args, kwargs))  # tensors inside lists too (torch.cat's, DenseNet's)
+    inputs = {id(t): t for t in leaves if isinstance(t, torch.Tensor)}
     read = sum(tensor_bytes(t) for t in inputs.values())
     flops = 0.0
     if name == "convolution":

@@ -47,6 +47,13 @@ def test_a_broadcast_operand_is_read_once(rl):
     assert rec.ops[-1].bytes == 2 * (16 * 8 + 8 + 16 * 8)
 
 
+def test_a_concatenation_reads_every_tensor_of_its_list(rl):
+    a, b = meta(2, 3, 4, 4), meta(2, 5, 4, 4)
+    with rl.OpRecorder() as rec:
+        torch.cat([a, b], dim=1)
+    assert rec.ops[-1].name == "cat" and rec.ops[-1].bytes == 2 * 2 * (2 * 8 * 16)  # read a and b, write both
+
+
 def test_input_gradient_only_costs_one_forward_and_reads_no_activation(rl):
     x = meta(2, 3, 8, 8).requires_grad_(True)
     w = meta(4, 3, 3, 3)  # frozen, as in an attack

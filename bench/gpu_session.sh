@@ -6,8 +6,9 @@
 #
 #   part 1  carry .gpu/cifar10/{SHA256SUMS,cifar10-test.tar.gz,cifar10-train-0.tar.gz}
 #           machine facts; per-operation times of eager ResNet-50 and ResNet-18 steps against their
-#           roofline bounds (bench/op_times.py); ResNet-50 training at the paper's batch (128), ours eager and compiled vs
-#           the reference (2026-11-26 measured batch 512 only, where launch overhead hides)
+#           roofline bounds (bench/op_times.py); ResNet-50 training at the paper's batch (128), ours
+#           eager and compiled vs the reference (2026-11-26 measured batch 512 only, where launch
+#           overhead hides)
 #   part 2  carry .gpu/cifar10/cifar10-train-1.tar.gz
 #           what `compile: true` buys the fast profile's construction (ResNet-18, batch 2500)
 #   part 3  carry .gpu/cifar10/cifar10-train-2.tar.gz
@@ -31,8 +32,8 @@
 #
 # A session's device time (15 minutes, start-up included) does not hold three full parts. Part 3 is
 # the one that matters (issue 4's accuracy and time target): give it its 590 s and parts 1 and 2
-# only the staging, `1 60` and `2 20` (their benches are then skipped, with a line in skipped.txt; part 1
-# keeps its per-operation times, about 20 s).
+# only the staging, `1 60` and `2 20` (their benches are then skipped, with a line in skipped.txt;
+# part 1 keeps its per-operation times, about 20 s).
 # On 2026-11-27 (second session) start-up and parts 1-2 held the machine 54 s and part 3 (a 419 s
 # run) 441 s; the rest, about 300 s, goes to part 4 with its limit, e.g. `4 290`.
 set -uo pipefail

@@ -335,6 +335,9 @@ def measured_rates(paths: list[str]) -> list[dict]:
     found = []
     for path in paths:
         d = json.loads(Path(path).read_text())
+        if not isinstance(d, dict) or not {"stages", "arch", "width", "batch"} <= d.keys():
+            print(f"roofline: {path} is not a bench.py result; skipped")
+            continue
         card = DEVICE_NAMES.get(d.get("device", ""))
         if card is None:
             continue

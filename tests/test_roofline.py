@@ -124,6 +124,14 @@ def test_cli_projects_a_profile(rl, tmp_path):
         assert 0 < total["ideal"] < total["eager"]
 
 
+def test_measured_skips_files_that_are_not_bench_results(rl, tmp_path, capsys):
+    other = tmp_path / "sweep.json"
+    other.write_text(json.dumps([{"variant": {}, "clean": 0.5}]))
+    bench = ROOT / "bench" / "measured" / "h100-2026-11-26" / "bench_resnet18.json"
+    assert [m["arch"] for m in rl.measured_rates([str(other), str(bench)])] == ["resnet18"] * 3
+    assert "sweep.json is not a bench.py result" in capsys.readouterr().out
+
+
 def test_cli_refuses_an_unknown_card(rl):
     with pytest.raises(SystemExit):
         rl.main(["--cards", "tpu"])

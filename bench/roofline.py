@@ -20,8 +20,15 @@ write at least, and gives two bounds per card:
   into their prologues and epilogues, and the weights are already bf16. No implementation that
   keeps activations in device memory between convolutions can beat it.
 
-Both are bounds, not predictions: they assume every kernel runs at the card's peak FLOP rate or at
-its full memory bandwidth, whichever binds, with no launch overhead. A measured rate divided by a
+- `compiled` (with `--inductor`): the convolutions as in `ideal`, plus every byte the kernels that
+  torch.compile's Inductor fuses around them move, as Inductor counts them (`inductor_bytes`), plus
+  the weight traffic of `eager`. Inductor compiles the network here, on the CPU backend: its fusion
+  is decided by the same scheduler as on a GPU, but not always identically, so this is an
+  indication for a GPU, not a measurement. Training's BatchNorm, for one, takes more passes there
+  (statistics, then normalisation; two reductions in the backward) than `eager`'s one per operation.
+
+All three are bounds, not predictions: they assume every kernel runs at the card's peak FLOP rate or
+at its full memory bandwidth, whichever binds, with no launch overhead. A measured rate divided by a
 bound is the share of that bound reached.
 
 The step is the pipeline's (notbugs.attacks, notbugs.train), rebuilt from the same operations with
@@ -37,6 +44,7 @@ the network in bf16 (autocast's compute dtype; autocast itself has no meta backe
     python bench/roofline.py --measured bench/measured/h100-2026-11-26/*.json   # measured rates against the bounds
     python bench/roofline.py --layers --archs resnet50 --stages match         # where the time goes, per operation kind
     python bench/roofline.py --profile paper                                  # a profile's whole run at the bounds
+    python bench/roofline.py --inductor --measured bench/measured/h*/bench_*.json   # and the compiled bound (minutes)
 
 `--profile` adds up a profile's work from params.yaml (needs pyyaml): the two source trainings (the
 adversarial one as its attack steps plus the training step), the four constructions, the four
@@ -45,7 +53,7 @@ stage and batch size; then, apart, Figure 3's trainings (each architecture on D 
 its transfer examples. Left out: data loading, checkpoints, compilation, clean evaluations,
 use_best's extra forward: the time is a floor, not an estimate.
 
-It needs torch only (and notbugs's models).
+It needs torch only (and notbugs's models; `--inductor` a C++ compiler, as torch.compile on a CPU does).
 """
 
 from __future__ import annotations
@@ -53,7 +61,9 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import json
+import logging
 import math
 import sys
 import types
@@ -91,6 +101,7 @@ class Op:
     name: str      # the ATen overload packet, e.g. "convolution_backward"
     flops: float
     bytes: float
+    unread: float = 0.0  # bytes of tensor arguments the operation is passed but need not read
 
 
 def tensor_bytes(t: torch.Tensor) -> float:
@@ -124,7 +135,8 @@ def op_cost(func, args: tuple, kwargs: dict, out) -> Op | None:
         flops = conv_flops(grad_out.shape, weight) * (int(mask[0]) + int(mask[1]))
         read = tensor_bytes(grad_out) + (tensor_bytes(weight) if mask[0] else 0.0)
         read += tensor_bytes(inp) if mask[1] else 0.0
-        return Op(name, flops, read + written)
+        unread = (0.0 if mask[0] else tensor_bytes(weight)) + (0.0 if mask[1] else tensor_bytes(inp))
+        return Op(name, flops, read + written, unread)
     if name == "native_batch_norm_backward" and not args[7]:
         # eval mode: grad_input = grad_out * weight * invstd; the input is not read (weight and the
         # running variance are per channel)
@@ -202,6 +214,54 @@ def run_step(model, stage: str, batch: int, recorder=None) -> list[Op]:
     return rec.ops if isinstance(rec, OpRecorder) else []
 
 
+@functools.cache  # a compile takes tens of seconds; the same network is asked for again
+def inductor_bytes(arch: str, width: float, stage: str, batch: int) -> float:
+    """Bytes a step's network (backbone, and the head for `pgd` and `train`) moves forward and backward
+    when torch.compile's Inductor fuses it, as Inductor itself counts them for the graphs it compiles
+    (torch._inductor.metrics, which it fills only while its metrics logger is on). Compiled here for
+    the CPU backend, whose fusion decisions are Inductor's scheduler's, as on a GPU, but not always the
+    same: an indication of what compiling removes, not a measurement of the GPU's kernels."""
+    import torch._dynamo
+    import torch._functorch.config
+    import torch._inductor.config
+    import torch._inductor.metrics as metrics
+
+    model = bf16_model(arch, width, device="cpu")
+    train = stage == "train"
+    model.train(train)
+    for p in model.parameters():
+        p.requires_grad_(train)
+    net = model.backbone if stage == "match" else torch.nn.Sequential(model.backbone, model.head)
+    x = model.normalize(torch.rand(batch, 3, 32, 32)).to(torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    metrics_log = logging.getLogger("torch._inductor.compile_fx.__inductor_metrics")
+    level, propagate = metrics_log.level, metrics_log.propagate
+    metrics_log.setLevel(logging.INFO)
+    metrics_log.propagate = False  # counted, not printed
+    metrics_log.addHandler(null := logging.NullHandler())
+    try:
+        # no cache: a graph loaded from Inductor's caches is not counted
+        with torch._inductor.config.patch(fx_graph_cache=False), \
+                torch._functorch.config.patch(enable_autograd_cache=False):
+            torch._dynamo.reset()
+            metrics.reset()
+            compiled = torch.compile(net)
+            if train:
+                compiled(x).float().sum().backward()
+            else:
+                z = x.detach().requires_grad_(True)
+                torch.autograd.grad(compiled(z).float().sum(), z)
+            counted = metrics.num_bytes_accessed
+    finally:
+        metrics_log.removeHandler(null)
+        metrics_log.setLevel(level)
+        metrics_log.propagate = propagate
+        torch._dynamo.reset()
+    if counted <= 0:
+        raise RuntimeError("Inductor counted no bytes: this torch does not fill torch._inductor.metrics")
+    return counted / batch
+
+
 def weight_traffic(model, stage: str) -> float:
     """Bytes per step the recorded ops leave out: autocast's fp32 -> bf16 weight casts (read 4, write 2
     per weight), and in training the SGD update with weight decay and momentum (fp32: read weight,
@@ -217,24 +277,47 @@ def bound_seconds(ops: list[Op], peak: float, bandwidth: float, extra_bytes: flo
     return seconds + (0.0 if ideal else extra_bytes / bandwidth)
 
 
-def analyse(arch: str, width: float, stage: str, batch: int, cards: list[str]) -> dict:
+def compiled_bytes(arch: str, width: float, stage: str, batch: int, ops: list[Op]) -> float:
+    """Bytes of the compiled step's network at `batch` (see `inductor_bytes`), from Inductor's counts at
+    batches 4 and 8 (exactly linear in the batch: a fixed part, the weights, and a part per image; a CPU
+    runs a small batch in seconds), less what Inductor charges a convolution's backward for arguments
+    it need not read (its input, where only the input gradient is computed), counted on `ops`."""
+    at4, at8 = (inductor_bytes(arch, width, stage, b) * b for b in (4, 8))
+    per_image = (at8 - at4) / 4
+    return (at4 - 4 * per_image) + per_image * batch - sum(op.unread for op in ops)
+
+
+def analyse(arch: str, width: float, stage: str, batch: int, cards: list[str], inductor: bool = False) -> dict:
+    """FLOPs, bytes and the bounds of one step per card; with `inductor`, also the `compiled` bound:
+    the convolutions as in `ideal`, and everything else Inductor's fused kernels move (compiled on the
+    CPU, tens of seconds), plus the weight traffic of `eager`."""
     model = bf16_model(arch, width)
     ops = run_step(model, stage, batch)
     extra = weight_traffic(model, stage)
     flops = sum(op.flops for op in ops)
+    conv_bytes = sum(op.bytes for op in ops if op.name in FLOP_OPS)
     row = {
         "arch": arch, "width": width, "stage": stage, "batch": batch,
         "unit": "images/s" if stage == "train" else "image-steps/s",
         "gflop_per_image": flops / batch / 1e9,
         "eager_mb_per_image": (sum(op.bytes for op in ops) + extra) / batch / 1e6,
-        "ideal_mb_per_image": sum(op.bytes for op in ops if op.name in FLOP_OPS) / batch / 1e6,
+        "ideal_mb_per_image": conv_bytes / batch / 1e6,
         "kernels": len(ops), "cards": {},
     }
+    kinds = ["eager", "ideal"]
+    if inductor:
+        compiled = compiled_bytes(arch, width, stage, batch, ops)
+        row["compiled_mb_per_image"] = (compiled + extra) / batch / 1e6
+        kinds.append("compiled")
     for card in cards:
         peak, bandwidth = CARDS[card]
         entry = {}
-        for kind in ("eager", "ideal"):
-            seconds = bound_seconds(ops, peak, bandwidth, extra, ideal=kind == "ideal")
+        for kind in kinds:
+            if kind == "compiled":
+                seconds = (bound_seconds(ops, peak, bandwidth, 0.0, ideal=True)
+                           + (max(compiled - conv_bytes, 0.0) + extra) / bandwidth)
+            else:
+                seconds = bound_seconds(ops, peak, bandwidth, extra, ideal=kind == "ideal")
             entry[kind] = {"rate": batch / seconds, "pct_peak": 100.0 * flops / seconds / peak}
         row["cards"][card] = entry
     return row
@@ -291,21 +374,23 @@ def profile_work(params) -> list[dict]:
     return work
 
 
-def project_profile(params, cards: list[str]) -> dict:
-    """Seconds of each piece of a profile's work at the eager and ideal bounds of each card; totals
-    without Figure 3 (`total_seconds`, issue 4's target) and of Figure 3 alone (`figure3_seconds`)."""
+def project_profile(params, cards: list[str], inductor: bool = False) -> dict:
+    """Seconds of each piece of a profile's work at the eager and ideal bounds of each card (and the
+    compiled one with `inductor`); totals without Figure 3 (`total_seconds`, issue 4's target) and of
+    Figure 3 alone (`figure3_seconds`)."""
     p = params.profile
+    kinds = ("eager", "ideal", "compiled") if inductor else ("eager", "ideal")
     rows, bounds = [], {}
     for w in profile_work(params):
         key = (w["arch"], w["width"], w["stage"], w["batch"])
         if key not in bounds:
-            bounds[key] = analyse(*key[:3], w["batch"], cards)["cards"]
+            bounds[key] = analyse(*key, cards, inductor)["cards"]
         rows.append({**w, "seconds": {card: {kind: w["amount"] / bounds[key][card][kind]["rate"]
-                                             for kind in ("eager", "ideal")} for card in cards}})
+                                             for kind in kinds} for card in cards}})
 
     def total(figure3: bool) -> dict:
         return {card: {kind: sum(r["seconds"][card][kind] for r in rows if r["figure3"] == figure3)
-                       for kind in ("eager", "ideal")} for card in cards}
+                       for kind in kinds} for card in cards}
 
     return {"profile": p.name, "arch": p.arch, "width": p.width, "rows": rows,
             "total_seconds": total(False), "figure3_seconds": total(True)}
@@ -314,9 +399,9 @@ def project_profile(params, cards: list[str]) -> dict:
 def print_projection(proj: dict, cards: list[str]) -> None:
     print(f"\nprofile {proj['profile']} ({proj['arch']}, width {proj['width']}) at the bounds (a floor: see "
           "the docstring)")
+    kinds = list(proj["total_seconds"][cards[0]])
     head = f"  {'work':<38} {'stage':<6} {'batch':>5} {'amount':>13}"
-    for card in cards:
-        head += f" {card + ' eager':>16} {card + ' ideal':>16}"
+    head += "".join(f" {card + ' ' + kind:>19}" for card in cards for kind in kinds)
     print(head)
     # minutes for a real profile, seconds where the whole run is shorter than a minute (tiny, cpu)
     unit, scale = ("min", 60.0) if proj["total_seconds"][cards[0]]["eager"] >= 60 else ("s", 1.0)
@@ -326,7 +411,7 @@ def print_projection(proj: dict, cards: list[str]) -> None:
         amount = f"{r['amount']:,}" if "amount" in r else ""
         line = f"  {r['what']:<38} {r.get('stage', ''):<6} {r.get('batch', ''):>5} {amount:>13}"
         for card in cards:
-            line += "".join(f" {r['seconds'][card][kind] / scale:>12.1f} {unit:<3}" for kind in ("eager", "ideal"))
+            line += "".join(f" {r['seconds'][card][kind] / scale:>15.1f} {unit:<3}" for kind in kinds)
         print(line)
 
 
@@ -358,6 +443,9 @@ def parse_args(argv=None):
     p.add_argument("--cards", default="h100-sxm,h200", help=f"comma-separated, of: {', '.join(CARDS)}")
     p.add_argument("--measured", nargs="*", default=[], help="bench.py JSON files to set against the bounds")
     p.add_argument("--layers", action="store_true", help="also the eager bound per operation kind (first card)")
+    p.add_argument("--inductor", action="store_true",
+                   help="also the `compiled` bound: Inductor's fused kernels, compiled on this CPU (tens of seconds "
+                        "per network and stage)")
     p.add_argument("--profile", default=None, help="also a profile's whole run at the bounds (reads --params)")
     p.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
     p.add_argument("--json", default=None, help="write the rows here")
@@ -376,37 +464,42 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rows = [analyse(arch, args.width, stage, args.batch, args.cards) for arch in args.archs for stage in args.stages]
+    rows = [analyse(arch, args.width, stage, args.batch, args.cards, args.inductor)
+            for arch in args.archs for stage in args.stages]
+    kinds = ("eager", "ideal", "compiled") if args.inductor else ("eager", "ideal")
     print(f"roofline bounds, batch {args.batch}, width {args.width}, bf16; cards: "
           + "; ".join(f"{c} {CARDS[c][0] / 1e12:.0f} TFLOP/s, {CARDS[c][1] / 1e12:.2f} TB/s" for c in args.cards))
-    head = f"{'arch':<9} {'stage':<6} {'GFLOP/img':>9} {'MB/img eager':>12} {'MB/img ideal':>12} {'kernels':>7}"
-    for card in args.cards:
-        head += f" {card + ' eager':>22} {card + ' ideal':>22}"
+    head = f"{'arch':<9} {'stage':<6} {'GFLOP/img':>9}" + "".join(f" {'MB/img ' + k:>15}" for k in kinds)
+    head += f" {'kernels':>7}" + "".join(f" {card + ' ' + k:>22}" for card in args.cards for k in kinds)
     print(head)
     print("-" * len(head))
     for r in rows:
-        line = (f"{r['arch']:<9} {r['stage']:<6} {r['gflop_per_image']:>9.2f} {r['eager_mb_per_image']:>12.2f} "
-                f"{r['ideal_mb_per_image']:>12.2f} {r['kernels']:>7}")
+        line = f"{r['arch']:<9} {r['stage']:<6} {r['gflop_per_image']:>9.2f}"
+        line += "".join(f" {r[k + '_mb_per_image']:>15.2f}" for k in kinds) + f" {r['kernels']:>7}"
         for card in args.cards:
-            for kind in ("eager", "ideal"):
+            for kind in kinds:
                 b = r["cards"][card][kind]
                 line += f" {b['rate']:>14,.0f} ({b['pct_peak']:>4.1f}%)"
         print(line)
     print("rates: images/s for train, image-steps/s for match and pgd; (% of the bf16 peak at that bound)")
+    if args.inductor:
+        print("compiled: Inductor's fused kernels as its CPU backend makes them (an indication for a GPU)")
 
     compared = []
     for m in measured_rates(args.measured):  # each at its own network and batch size
-        bounds = analyse(m["arch"], m["width"], m["stage"], m["batch"], [m["card"]])["cards"][m["card"]]
-        m["of_eager"] = m["rate"] / bounds["eager"]["rate"]
-        m["of_ideal"] = m["rate"] / bounds["ideal"]["rate"]
+        bounds = analyse(m["arch"], m["width"], m["stage"], m["batch"], [m["card"]],
+                         args.inductor and m["compiled"])["cards"][m["card"]]
+        for kind in bounds:
+            m[f"of_{kind}"] = m["rate"] / bounds[kind]["rate"]
         compared.append(m)
     if compared:
         print("\nmeasured (bench.py) against the bounds:")
         for m in compared:
+            of_compiled = f", {100 * m['of_compiled']:5.1f}% of the compiled" if "of_compiled" in m else ""
             print(f"  {m['card']:<9} {m['arch']:<9} {m['stage']:<6} batch {m['batch']:<4} "
                   f"{'compiled' if m['compiled'] else 'eager':<8} "
                   f"{m['rate']:>9,.0f}  = {100 * m['of_eager']:5.1f}% of the eager bound, "
-                  f"{100 * m['of_ideal']:5.1f}% of the ideal  ({m['file']})")
+                  f"{100 * m['of_ideal']:5.1f}% of the ideal{of_compiled}  ({m['file']})")
 
     if args.layers:
         card = args.cards[0]
@@ -422,7 +515,7 @@ def main(argv=None) -> dict:
            "rows": rows, "measured": compared}
     if args.profile:
         from notbugs.config import load_params  # here: pyyaml is needed for this option only
-        out["projection"] = project_profile(load_params(args.params, args.profile), args.cards)
+        out["projection"] = project_profile(load_params(args.params, args.profile), args.cards, args.inductor)
         print_projection(out["projection"], args.cards)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

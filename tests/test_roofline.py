@@ -154,3 +154,20 @@ def test_op_times_times_the_step_the_roofline_counts(monkeypatch, tmp_path):
             count, ms = meta_kinds[kind]
             assert r["kinds"][kind]["calls"] == count, (stage, kind)
             assert r["kinds"][kind]["bound_s"] * 1e3 == pytest.approx(ms), (stage, kind)
+
+
+def test_the_compiled_bound_lies_between_eager_and_ideal(rl):
+    # Inductor (compiled on this CPU) fuses BatchNorm and ReLU into fewer kernels than one per
+    # operation, and cannot move less than the convolutions do.
+    row = rl.analyse("resnet9", 0.125, "match", 16, ["h100-sxm"], inductor=True)
+    assert row["ideal_mb_per_image"] < row["compiled_mb_per_image"] < row["eager_mb_per_image"]
+    bounds = row["cards"]["h100-sxm"]
+    assert bounds["eager"]["rate"] < bounds["compiled"]["rate"] < bounds["ideal"]["rate"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["match", "train"])
+def test_inductor_counts_bytes_linear_in_the_batch(rl, stage):
+    # compiled_bytes extrapolates from batches 4 and 8 to the batch asked for
+    at = {b: rl.inductor_bytes("resnet9", 0.125, stage, b) * b for b in (4, 8, 12)}
+    assert at[12] - at[8] == pytest.approx(at[8] - at[4], rel=1e-9)

@@ -459,6 +459,8 @@ def parse_args(argv=None):
             p.error(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     if args.batch < 1:
         p.error("--batch must be >= 1")
+    if args.profile and not hasattr(sys.modules["yaml"], "safe_load"):
+        p.error("--profile reads params.yaml and needs pyyaml, which this Python lacks")
     return args
 
 

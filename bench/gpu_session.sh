@@ -33,7 +33,7 @@
 # A session's device time (15 minutes, start-up included) does not hold three full parts. Part 3 is
 # the one that matters (issue 4's accuracy and time target): give it its 590 s and parts 1 and 2
 # only the staging, `1 60` and `2 20` (their benches are then skipped, with a line in skipped.txt;
-# part 1 keeps its per-operation times, about 20 s).
+# part 1 keeps its per-operation times, an estimated 20 s, not yet timed on a GPU).
 # On 2026-11-27 (second session) start-up and parts 1-2 held the machine 54 s and part 3 (a 419 s
 # run) 441 s; the rest, about 300 s, goes to part 4 with its limit, e.g. `4 290`.
 set -uo pipefail

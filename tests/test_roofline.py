@@ -4,6 +4,8 @@ leaves out work)."""
 
 import json
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -171,3 +173,10 @@ def test_inductor_counts_bytes_linear_in_the_batch(rl, stage):
     # compiled_bytes extrapolates from batches 4 and 8 to the batch asked for
     at = {b: rl.inductor_bytes("resnet9", 0.125, stage, b) * b for b in (4, 8, 12)}
     assert at[12] - at[8] == pytest.approx(at[8] - at[4], rel=1e-9)
+
+
+def test_profile_without_pyyaml_is_a_usage_error(rl, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "yaml", types.ModuleType("yaml"))  # as on a GPU machine without pyyaml
+    with pytest.raises(SystemExit):
+        rl.main(["--profile", "paper"])
+    assert "needs pyyaml" in capsys.readouterr().err

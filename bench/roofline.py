@@ -24,8 +24,9 @@ write at least, and gives two bounds per card:
   torch.compile's Inductor fuses around them move, as Inductor counts them (`inductor_bytes`), plus
   the weight traffic of `eager`. Inductor compiles the network here, on the CPU backend: its fusion
   is decided by the same scheduler as on a GPU, but not always identically, so this is an
-  indication for a GPU, not a measurement. Training's BatchNorm, for one, takes more passes there
-  (statistics, then normalisation; two reductions in the backward) than `eager`'s one per operation.
+  indication for a GPU, not a measurement. `eager` charges each operation one pass; Inductor's counts
+  are of its real kernels, so where a fused kernel must pass over an activation more than once (a
+  train-mode BatchNorm's statistics before its normalisation) `compiled` can come near `eager`.
 
 All three are bounds, not predictions: they assume every kernel runs at the card's peak FLOP rate or
 at its full memory bandwidth, whichever binds, with no launch overhead. A measured rate divided by a
@@ -199,7 +200,7 @@ def run_step(model, stage: str, batch: int, recorder=None) -> list[Op]:
     rec = recorder or OpRecorder()
     with rec:
         if train:
-            logits = model.head(model.backbone(model.normalize(x).to(torch.bfloat16)))
+            logits = model.head(model.backbone(model.normalize(x).to(torch.bfloat16))) * model.logit_scale
             F.cross_entropy(logits.float(), y).backward()
         else:
             z = x.clone().requires_grad_(True)
@@ -207,7 +208,7 @@ def run_step(model, stage: str, batch: int, recorder=None) -> list[Op]:
             if stage == "match":
                 loss = (feats.float() - target).flatten(1).norm(dim=1)
             else:
-                loss = F.cross_entropy(model.head(feats).float(), y, reduction="none")
+                loss = F.cross_entropy((model.head(feats) * model.logit_scale).float(), y, reduction="none")
             (grad,) = torch.autograd.grad(loss.sum(), z)
             step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
             (z.detach() - 0.1 * step).clamp(0, 1)

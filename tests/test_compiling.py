@@ -132,6 +132,41 @@ def test_a_compiled_model_with_wrong_gradients_is_not_used(monkeypatch):
         assert model.backbone is eager
 
 
+def test_in_bf16_a_compiled_model_is_judged_against_the_exact_gradient(monkeypatch):
+    """In bf16 the eager input gradient is itself some way from the fp32 one (about 21% for this
+    untrained net). A compiled model that is nearer the fp32 gradient is kept, although it is more than
+    the tolerance away from eager bf16's; one whose gradient is 50% off is still refused."""
+    x = torch.rand(4, 3, 32, 32)
+
+    class Exact(torch.nn.Module):  # a "compiled" backbone that computes in fp32 under bf16 autocast
+        def __init__(self, inner, factor):
+            super().__init__()
+            self.inner, self.factor = inner, factor
+
+        def forward(self, x):
+            with torch.autocast("cpu", enabled=False):
+                return self.inner(x.float()) * self.factor
+
+    model = _model()
+    exact, rounded = compiling._input_gradient(model, x, False), compiling._input_gradient(model, x, True)
+    assert compiling._gap(rounded, exact) > compiling.GRADIENT_TOLERANCE  # else this test shows nothing
+    for factor, kept in ((1.0, True), (1.5, False)):
+        model = _model()
+        eager = model.backbone
+        monkeypatch.setattr(torch, "compile", lambda fn, f=factor, **kw: Exact(fn, f))
+        reason = compiling.try_compile(model, x, bf16=True)
+        assert (reason is None) == kept, reason
+        assert (model.backbone is eager) != kept
+        if not kept:
+            assert "away from eager fp32's" in reason
+
+
+def test_the_exact_gradient_in_chunks_equals_the_whole_batch():
+    model, x = _model(), torch.rand(10, 3, 32, 32)
+    whole = compiling._input_gradient(model, x, False)
+    assert torch.allclose(compiling._input_gradient(model, x, False, chunk=3), whole, atol=1e-6)
+
+
 def test_really_compiled_bf16_matching_is_finite():
     """bf16 on the CPU: torch 2.14.1's inductor gave NaN input gradients for this network. Either the
     compiled model is right, or the probe catches it and the eager model stays; matching is finite."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
 from notbugs.deadline import EXIT_STOPPED, Deadline, Stopped, expired
-from notbugs.storage import ArtefactError, read_json, write_json
+from notbugs.storage import ArtefactError, read_json, sha256_bytes, write_json
 
 STAGES = [
     ("fetch", "get CIFAR-10 (official archive or offline mirror), verify it, write the canonical arrays"),
@@ -86,13 +86,64 @@ def _minutes(text: str) -> float:
     return minutes
 
 
+# What each step of `notbugs all` reads, as dvc.yaml declares it for `dvc repro` (tests/test_cli.py
+# checks that the two agree): the profile's parameters (dotted keys under the profile) and the steps
+# whose outputs it reads. A step reruns when either changes, so editing one recipe reruns that
+# recipe's steps and their dependents, not every step (which would score every model again).
+STEP_PARAMS = {
+    "fetch": (),
+    "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "adversarial", "evaluate"),
+    "construct": ("subset", "precision", "construct.seed", "construct.shard_size", "construct.batch_size",
+                  "construct.{recipe}"),
+    "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate"),
+    "transfer": ("subset", "precision", "transfer", "train", "source_on.standard", "train_on.d_det", "construct.pgd",
+                 "evaluate"),
+}
+
+
+def upstream_steps(step: str) -> tuple[str, ...]:
+    """The steps whose outputs `step` reads (dvc.yaml's deps on data/ folders)."""
+    from notbugs.stages import construct_source
+
+    stage, _, item = step.partition("@")
+    if stage == "source":
+        return ("fetch",)
+    if stage == "construct":
+        return ("fetch", f"source@{construct_source(item)}")
+    if stage == "train":
+        return ("fetch", f"construct@{item}")
+    if stage == "transfer":
+        return ("fetch", "source@standard", "construct@d_det", "train@d_det")
+    return ()
+
+
+def step_params(step: str) -> tuple[str, ...]:
+    """The dotted profile keys `step` (e.g. "construct@d_r") reads."""
+    from notbugs.construct import MATCHING
+
+    stage, _, item = step.partition("@")
+    recipe = "match" if item in MATCHING else "pgd"
+    return tuple(k.format(item=item, recipe=recipe) for k in STEP_PARAMS[stage])
+
+
+def step_hash(params, step: str) -> str:
+    """Hash of what `step` reads: its parameters, the data's layout (fetch) and its upstream steps' hashes."""
+    keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
+    body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None}
+    if step == "fetch":  # where the arrays go and how many per class; not the source, which is verified
+        body["data"] = [params.data.root, params.data.train_per_class, params.data.test_per_class]
+    body["upstream"] = [step_hash(params, up) for up in upstream_steps(step)]
+    return sha256_bytes(json.dumps(body, sort_keys=True).encode())[:16]
+
+
 def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo: bool = False,
             deadline: Deadline | None = None) -> None:
     """Every stage in one process (CUDA and the data are set up once), in pipeline order.
 
-    Each finished step leaves a marker (data/work/done/<step>.json, with the profile's hash), so a
-    rerun, e.g. the next job on a cluster that caps job length, skips what is done and resumes the
-    step that was cut (from its last checkpoint, shard or batch) without appending its rows twice.
+    Each finished step leaves a marker (data/work/done/<step>.json, with the hash of what it reads:
+    `step_hash`), so a rerun, e.g. the next job on a cluster that caps job length, skips what is done
+    and resumes the step that was cut (from its last checkpoint, shard or batch) without appending its
+    rows twice; after a parameter changes, only the steps that read it, and their dependents, rerun.
     Out of time (`deadline`), the step under way stops at its next safe point; no step starts after
     the time is up, once one has run.
     """
@@ -123,15 +174,15 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         if step == "report":  # always rendered again: seconds, and it must show every row appended since
             run()
             continue
-        marker = Path(data_dir) / "work" / "done" / f"{step}.json"
-        if not redo and _marker_hash(marker) == params.hash():
+        marker, expected = Path(data_dir) / "work" / "done" / f"{step}.json", step_hash(params, step)
+        if not redo and _marker_hash(marker) == expected:
             log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step, marker)
             continue
         if ran and expired(deadline):
             raise Stopped(f"{deadline.reason} before step {step}")
         run()
         ran = True
-        write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": params.hash()})
+        write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": expected})
 
 
 def _marker_hash(path: Path) -> str | None:

@@ -105,6 +105,82 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     assert results.summary(data / "results")["models"] == second["models"] + 2
 
 
+def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror):
+    """As `dvc repro` does: a new transfer recipe reruns transfer alone; a new PGD recipe for the
+    constructed sets reruns D_rand and D_det, what is trained on them, and transfer; the steps left
+    alone score no model again."""
+    import yaml
+
+    from notbugs import results
+    from tests.conftest import write_params
+
+    def tiny(d):
+        d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"])
+
+    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10", edit=tiny)
+    data = tmp_path / "data"
+    common = ["--params", str(path), "--data-dir", str(data), "--device", "cpu", "--skip", "report"]
+
+    def ran_after(edit) -> list[str]:
+        before = set(results.load("runs", data / "results")["run_id"])
+        doc = yaml.safe_load(path.read_text())
+        edit(doc["profiles"]["tiny"])
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        assert main(["all", *common]) == 0
+        runs = results.load("runs", data / "results")  # rows in part-file order, not in time order
+        return sorted(runs["stage"][~runs["run_id"].isin(before)])
+
+    def scored() -> list[str]:  # the models of Figure 2 and Table 1 (transfer scores its own)
+        ids = results.load("evaluations", data / "results")["model_id"]
+        return sorted(i for i in ids if "/transfer/" not in i)
+
+    assert main(["all", *common]) == 0
+    first = scored()
+    assert ran_after(lambda prof: prof["transfer"].update(n=50)) == ["transfer"]
+    assert scored() == first  # none scored twice
+    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == [
+        "construct@d_det", "construct@d_rand", "train@d_det", "train@d_rand", "transfer"]
+    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == []  # nothing changed
+
+
+def test_the_steps_of_all_read_what_dvc_yaml_declares():
+    """cli.STEP_PARAMS and upstream_steps against dvc.yaml's params and data deps, stage by stage."""
+    import yaml
+
+    from notbugs.cli import step_params, upstream_steps
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = {}
+    for stage, body in stages.items():
+        if stage == "report":
+            continue
+        items = body.get("foreach") or {None: None}
+        for key, item in (items.items() if isinstance(items, dict) else ((i, i) for i in items)):
+            spec, step = body.get("do", body), stage if key is None else f"{stage}@{key}"
+
+            def subst(text, key=key, item=item):
+                text = text.replace("${key}", str(key))
+                if isinstance(item, dict):
+                    for k, v in item.items():
+                        text = text.replace("${item." + k + "}", v)
+                return text.replace("${item}", str(item))
+
+            keys = [subst(k).removeprefix("profiles.${profile}.") for k in spec.get("params", [])]
+            ups = set()
+            for dep in map(subst, spec.get("deps", [])):
+                if dep == "data/cifar10":
+                    ups.add("fetch")
+                elif dep.startswith("data/models/"):
+                    name = dep.removeprefix("data/models/")
+                    ups.add(f"source@{name}" if name in ("standard", "robust") else f"train@{name}")
+                elif dep.startswith("data/datasets/"):
+                    ups.add(f"construct@{dep.removeprefix('data/datasets/')}")
+            declared[step] = (sorted(k for k in keys if k not in ("profile", "data")), ups)
+    assert len(declared) == 1 + 2 + 4 + 4 + 1
+    ours = {step: (sorted(step_params(step)), set(upstream_steps(step))) for step in declared}
+    assert ours == declared
+
+
 def _artefacts(data) -> dict:
     """Checksums of every model and every constructed shard under a data folder."""
     from notbugs.storage import sha256_file

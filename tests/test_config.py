@@ -89,6 +89,8 @@ def test_hash_changes_with_the_recipe(tmp_path, mirror):
     a = load_params(_edited(tmp_path, mirror, None))
     b = load_params(_edited(tmp_path, mirror, lambda d: d["profiles"]["tiny"]["train"].update(lr=0.07)))
     assert a.hash("construct") == b.hash("construct") and a.hash("train") != b.hash("train")
+    assert a.hash("train.momentum") == b.hash("train.momentum") and a.hash("train.lr") != b.hash("train.lr")
+    assert a.hash("train_on.d_x") == b.hash("train_on.d_x")  # a path the profile lacks hashes as None
 
 
 def test_missing_file(tmp_path):

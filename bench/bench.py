@@ -95,6 +95,9 @@ from notbugs.evaluate import robust_correct  # noqa: E402
 from notbugs.models import make_model  # noqa: E402
 from notbugs.train import train  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import roofline  # noqa: E402  (bench/roofline.py, a sibling script: the cards' peaks)
+
 STAGES = ("match", "pgd", "train", "adv_train", "eval")
 UNITS = {"match": "image-steps/s", "pgd": "image-steps/s", "train": "images/s", "adv_train": "images/s",
          "eval": "images/s"}
@@ -108,17 +111,11 @@ PAPER_TRAIN = TrainConfig(epochs=1, batch_size=0, lr=0.1, momentum=0.9, nesterov
 
 
 def peak_bf16_tflops(device: torch.device) -> float | None:
-    """Dense bf16 tensor-core peak of the card, from its name; None where unknown (or CPU)."""
+    """Dense bf16 tensor-core peak of the card (roofline.CARDS), from its name; None where unknown (or CPU)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    if "H100" in name and "PCIe" in name:
-        return 756.0
-    if "H100" in name or "H200" in name or "GH200" in name:
-        return 989.0
-    if "A100" in name:
-        return 312.0
-    return None
+    card = roofline.card_of(torch.cuda.get_device_name(device))
+    return roofline.CARDS[card][0] / 1e12 if card else None
 
 
 def sync(device: torch.device) -> None:

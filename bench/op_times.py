@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     card = args.card
     if card is None and device.type == "cuda":
-        card = roofline.DEVICE_NAMES.get(torch.cuda.get_device_name(device))
+        card = roofline.card_of(torch.cuda.get_device_name(device))
     torch.backends.cudnn.benchmark = True  # as the library's training does
     model = roofline.bf16_model(args.arch, args.width, device=str(device))
     out = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

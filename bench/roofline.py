@@ -85,13 +85,35 @@ except ImportError:
 from notbugs.models import make_model  # noqa: E402
 
 # Dense bf16 tensor-core peak (FLOP/s) and memory bandwidth (bytes/s), from the vendors' data sheets.
+# bench.py reads its peaks from here too, so that the two scripts cannot disagree about a card.
 CARDS = {
     "h100-sxm": (989e12, 3.35e12),   # H100 80GB HBM3 (SXM5): the card bench.py ran on
     "h200": (989e12, 4.8e12),        # same tensor cores as the H100 SXM, HBM3e
+    "gh200": (989e12, 4.0e12),       # GH200 480GB (96 GB HBM3)
+    "gh200-144gb": (989e12, 4.9e12),  # GH200 with 144 GB HBM3e
+    "h100-nvl": (835e12, 3.9e12),
     "h100-pcie": (756e12, 2.0e12),
     "a100-80gb": (312e12, 2.039e12),
+    "a100-40gb": (312e12, 1.555e12),
 }
-DEVICE_NAMES = {"NVIDIA H100 80GB HBM3": "h100-sxm", "NVIDIA H200": "h200"}  # bench.py JSON "device" -> card
+
+
+def card_of(device_name: str) -> str | None:
+    """The CARDS key for a CUDA device name (torch.cuda.get_device_name, bench.py's JSON "device");
+    None for a CPU or a card not listed, which then gets no bound rather than a wrong one."""
+    if "GH200" in device_name:
+        return "gh200-144gb" if "144" in device_name else "gh200"
+    if "H200" in device_name:
+        return "h200"
+    if "H100" in device_name:
+        if "NVL" in device_name:
+            return "h100-nvl"
+        return "h100-pcie" if "PCIe" in device_name else "h100-sxm"
+    if "A100" in device_name:
+        return "a100-40gb" if "40GB" in device_name else "a100-80gb"
+    return None
+
+
 STAGES = ("match", "pgd", "train")
 FLOP_OPS = ("convolution", "convolution_backward", "mm", "addmm")
 BF16, FP32 = 2, 4  # bytes per element
@@ -424,7 +446,7 @@ def measured_rates(paths: list[str]) -> list[dict]:
         if not isinstance(d, dict) or not {"stages", "arch", "width", "batch"} <= d.keys():
             print(f"roofline: {path} is not a bench.py result; skipped")
             continue
-        card = DEVICE_NAMES.get(d.get("device", ""))
+        card = card_of(d.get("device", ""))
         if card is None:
             continue
         for stage, s in d["stages"].items():

@@ -109,6 +109,19 @@ def test_measured_gpu_rates_stay_below_their_bounds(rl):
             assert m["rate"] < bounds["eager"]["rate"], m
 
 
+def test_device_names_map_to_their_cards_and_unknown_ones_to_none(rl):
+    """bench.py's peaks and roofline's bounds come from this one mapping; a card it does not know
+    gets no bound rather than another card's."""
+    names = {"NVIDIA H100 80GB HBM3": "h100-sxm", "NVIDIA H200": "h200", "NVIDIA H100 PCIe": "h100-pcie",
+             "NVIDIA H100 NVL": "h100-nvl", "NVIDIA GH200 480GB": "gh200", "NVIDIA A100-SXM4-80GB": "a100-80gb",
+             "NVIDIA A100-SXM4-40GB": "a100-40gb", "NVIDIA L4": None, "Tesla V100-SXM2-16GB": None, "cpu": None}
+    assert {name: rl.card_of(name) for name in names} == names
+    assert {c for c in names.values() if c} <= set(rl.CARDS)
+    measured = ROOT / "bench" / "measured"
+    recorded = {json.loads(f.read_text())["device"] for f in measured.glob("h*/bench_*.json")}
+    assert {rl.card_of(d) for d in recorded} == {"h100-sxm", "h200"}
+
+
 def test_cli_projects_a_profile(rl, tmp_path):
     out = tmp_path / "roofline.json"
     res = rl.main(["--archs", "resnet9", "--width", "0.125", "--batch", "4", "--cards", "h100-sxm",

@@ -120,12 +120,12 @@ def test_matching_with_momentum_takes_steps_of_the_same_length_and_lowers_the_di
     with frozen(model):
         plain, _ = match_representation(model, start, x, steps=1, step_size=0.3)
         first, _ = match_representation(model, start, x, steps=1, step_size=0.3, momentum=0.9)
-        z, stats = match_representation(model, start, x, steps=40, step_size=0.3, momentum=0.9)
-        no_momentum, _ = match_representation(model, start, x, steps=40, step_size=0.3)
-        before, _ = match_representation(model, start, x, steps=39, step_size=0.3, momentum=0.9)
-        last, _ = match_representation(model, start, x, steps=40, step_size=0.3, momentum=0.9)
+        z, stats = match_representation(model, start, x, steps=20, step_size=0.3, momentum=0.9)
+        no_momentum, _ = match_representation(model, start, x, steps=20, step_size=0.3)
+        before, _ = match_representation(model, start, x, steps=19, step_size=0.3, momentum=0.9)
+        last, _ = match_representation(model, start, x, steps=20, step_size=0.3, momentum=0.9)
     assert torch.allclose(plain, first, atol=1e-6)
-    assert stats["final_distance"] < 0.5 * stats["start_distance"]
+    assert stats["final_distance"] < 0.7 * stats["start_distance"]  # 0.62 measured; 0.44 after 40 steps
     assert not torch.equal(z, no_momentum) and torch.equal(z, last)
     assert (z - before).flatten(1).norm(dim=1).max().item() <= 0.3 + 1e-5  # clipping only shortens a step
     assert z.min().item() >= 0 and z.max().item() <= 1

@@ -6,8 +6,8 @@ compile modes, schedules, augmentation, attacks, transfer architectures) on a sm
 real data, at a fraction of the width, with epochs and attack steps capped. What it checks is that
 every stage runs and writes its rows; the accuracies it prints are noise.
 
-    python bench/preflight.py --profile fast                   # about 3 min on 2 cores, transfer included
-    python bench/preflight.py --profile paper --skip transfer  # about 4 min (18 with transfer: compiling)
+    python bench/preflight.py --profile fast                   # 2 min 15 s on 2 cores, transfer included
+    python bench/preflight.py --profile paper --skip transfer  # 3-4 min (18 with transfer: compiling)
 
 The shrunken parameter file is written to <data-dir>/params.yaml, so a failing stage can be rerun
 alone with `python -m notbugs STAGE --params <data-dir>/params.yaml --data-dir <data-dir>`.

@@ -173,7 +173,7 @@ class Params:
     def hash(self, *sections: str) -> str:
         """Short hash of the named profile sections (all when none), each a key or a dotted path such
         as "construct.pgd" (None where the profile lacks it): provenance of a stage's recipe."""
-        body = self.raw if not sections else {s: _lookup(self.raw, s) for s in sections}
+        body = self.raw if not sections else {s: _get(self.raw, s) for s in sections}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -198,16 +198,10 @@ def adversarial_for(params: Params, override: dict | None = None) -> Adversarial
     return cfg
 
 
-def _lookup(tree: dict, dotted: str):
-    """`_get`, with None for a path the tree lacks."""
+def _get(tree: dict, dotted: str):
+    """The value at a dotted path such as "construct.pgd"; None for a path the tree lacks."""
     for key in dotted.split("."):
         tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
-
-def _get(tree: dict, dotted: str):
-    for key in dotted.split("."):
-        tree = tree[key]
     return tree
 
 

@@ -7,7 +7,9 @@ ours / reference.
 
   match (image-steps/s; how D_R and D_NR are built)
     ours  notbugs.attacks.match_representation: 1 forward + 1 backward per step, channels_last, bf16
-          autocast where the device has it natively (--precision). Every "ours" attack keeps the
+          autocast where the device has it natively (--precision); both sides differentiate
+          through the fake ReLU (models.FakeReLU) where the architecture has one, as the `paper`
+          profile and the reference's inversion loss do. Every "ours" attack keeps the
           best iterate (use_best, as the `paper` profile does; since 2026-12-06: earlier figures
           ran without it, one forward fewer per attack in pgd, adv_train and eval).
     ref   robustness Attacker.forward with the authors' custom inversion loss, fp32: per step the model
@@ -92,7 +94,7 @@ from notbugs.compiling import try_compile  # noqa: E402
 from notbugs.attacks import PRECISIONS, frozen, match_representation, pgd_l2, use_bf16  # noqa: E402
 from notbugs.config import AdversarialConfig, AugmentConfig, TrainConfig  # noqa: E402
 from notbugs.evaluate import robust_correct  # noqa: E402
-from notbugs.models import make_model  # noqa: E402
+from notbugs.models import FAKE_RELU_ARCHS, make_model  # noqa: E402
 from notbugs.train import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -209,8 +211,9 @@ def ref_attack(model, x, target, *, constraint, eps, step_size, iterations, targ
 
 
 def inversion_loss(model, inp, targ):
-    """The custom loss of the authors' D_R construction: relative distance of representations."""
-    rep = model.features(inp)
+    """The custom loss of the authors' D_R construction: relative distance of representations,
+    through the fake ReLU (`model(inp, with_latent=True, fake_relu=True)` in the library's docs)."""
+    rep = model.features(inp, fake_relu=model.arch in FAKE_RELU_ARCHS)
     return torch.div(torch.norm(rep - targ, dim=1), torch.norm(targ, dim=1)), None
 
 
@@ -391,10 +394,11 @@ def stage_match(b: Bench, check: dict):
     B, S, a = b.args.batch, b.args.attack_steps, b.args
     x, start = b.images[:B], b.images[B:2 * B]  # another image as the start, as for D_R
     xo, so = x.contiguous(memory_format=b.fmt), start.contiguous(memory_format=b.fmt)
+    fake = b.ours.arch in FAKE_RELU_ARCHS
     b.ours_mode()
     with frozen(b.ours):
         s_ours, (z_ours, _) = timed(lambda: match_representation(b.ours, so, xo, S, MATCH_STEP, bf16=b.bf16,
-                                                                          use_best=True),
+                                                                          use_best=True, fake_relu=fake),
                                     a.warmup, a.steps, b.dev)
     b.ref_mode()
     b.ref.eval()
@@ -405,7 +409,7 @@ def stage_match(b: Bench, check: dict):
         tnorm = target.norm(dim=1)
         d0, d_o, d_r = ((b.ref.features(z.float().contiguous()) - target).norm(dim=1) for z in (start, z_ours, z_ref))
     check.update({
-        "steps": S, "step_size": MATCH_STEP, "batch": B, "measured_with": "reference model, fp32",
+        "steps": S, "step_size": MATCH_STEP, "batch": B, "fake_relu": fake, "measured_with": "reference model, fp32",
         "start_distance": d0.mean().item(), "ours_final_distance": d_o.mean().item(),
         "reference_final_distance": d_r.mean().item(), "start_relative": (d0 / tnorm).mean().item(),
         "ours_final_relative": (d_o / tnorm).mean().item(), "reference_final_relative": (d_r / tnorm).mean().item(),

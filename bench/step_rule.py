@@ -17,8 +17,9 @@ script measures both, in one run, for any list of rules:
      profile's real test set.
 
 It reads a data directory of the pipeline (after `notbugs source robust` / `source standard`) and
-writes nothing there. A rule is STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM] (momentum: see
-`match_representation`; 0 by default, the paper's plain normalised steps). Every rule keeps the
+writes nothing there. A rule is STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM][+fake] (momentum: see
+`match_representation`; 0 by default, the paper's plain normalised steps; `+fake`: differentiated
+through the reference's fake ReLU, `models.FakeReLU`; without it, through the true one). Every rule keeps the
 last iterate or the best one as the profile's construction does (`use_best`); with `use_best` a
 constant rule prints no trajectory.
 
@@ -58,12 +59,14 @@ from notbugs.attacks import autocast, frozen, match_representation, pgd_l2  # no
 from notbugs.train import load_model  # noqa: E402
 
 
-def parse_rule(text: str) -> tuple[int, float, float, float]:
-    """STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM] -> (steps, step size, final step size, momentum)."""
+def parse_rule(text: str) -> tuple[int, float, float, float, bool]:
+    """STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM][+fake] -> (steps, step size, final step size,
+    momentum, fake ReLU)."""
+    text, fake = (text[:-5], True) if text.endswith("+fake") else (text, False)
     body, _, mom = text.partition("@")
     parts = body.split(":")
     if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"rule {text!r}: expected STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM]")
+        raise argparse.ArgumentTypeError(f"rule {text!r}: expected STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM][+fake]")
     steps, size = int(parts[0]), float(parts[1])
     final = float(parts[2]) if len(parts) == 3 else size
     momentum = float(mom) if mom else 0.0
@@ -71,13 +74,14 @@ def parse_rule(text: str) -> tuple[int, float, float, float]:
         raise argparse.ArgumentTypeError(f"rule {text!r}: steps and step sizes must be positive")
     if not 0 <= momentum < 1:
         raise argparse.ArgumentTypeError(f"rule {text!r}: momentum must be in [0, 1)")
-    return steps, size, final, momentum
+    return steps, size, final, momentum, fake
 
 
-def rule_name(rule: tuple[int, float, float, float]) -> str:
-    steps, size, final, momentum = rule
+def rule_name(rule: tuple[int, float, float, float, bool]) -> str:
+    steps, size, final, momentum, fake = rule
     name = f"{steps} x {size:g}" if size == final else f"{steps} x {size:g}->{final:g}"
-    return f"{name} m{momentum:g}" if momentum else name
+    name = f"{name} m{momentum:g}" if momentum else name
+    return f"{name} fake" if fake else name
 
 
 def match_set(model, images, starts, rule, batch_size: int, device, checkpoints: list[int], bf16: bool,
@@ -85,7 +89,7 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
     """Matched images for every position, the mean relative distance reached, (constant rules)
     the mean relative distance after each checkpoint step count, and the mean l2 distance each image
     moved from its start image."""
-    steps, size, final, momentum = rule
+    steps, size, final, momentum, fake = rule
     # A constant rule without momentum run in segments is the same computation as one run: record its
     # trajectory (momentum would restart from zero at each segment, and use_best would restart from
     # each segment's best iterate instead of its last).
@@ -99,7 +103,7 @@ def match_set(model, images, starts, rule, batch_size: int, device, checkpoints:
         start = z
         for m in marks:  # several segments only for a constant rule, where size == final
             z, st = match_representation(model, z, x, m - done, size, final, bf16=bf16, momentum=momentum,
-                                         use_best=use_best)
+                                         use_best=use_best, fake_relu=fake)
             if done == 0:
                 start_rel += st["start_relative"] * len(x)
             curve[m] += st["final_relative"] * len(x)
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
     if args.rules is None:
         args.rules = [parse_rule(r) for r in ("100:0.1,30:0.1,15:0.1" if targeted else
                                               "1000:0.1,100:0.3:0.02,25:0.5:0.02").split(",")]
-    if targeted and any(size != final or momentum for _, size, final, momentum in args.rules):
+    if targeted and any(size != final or momentum or fake for _, size, final, momentum, fake in args.rules):
         print("--rules: PGD (d_rand, d_det) takes a constant step without momentum, STEPS:STEP_SIZE", file=sys.stderr)
         return 2
     params, dev = params_and_device(args)
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
     rows = []
     for rule in args.rules:
         row = {"rule": rule_name(rule), "steps": rule[0], "step_size": rule[1], "final_step_size": rule[2],
-               "momentum": rule[3]}
+               "momentum": rule[3], "fake_relu": rule[4]}
         t0 = time.perf_counter()
         with frozen(model):
             if targeted:

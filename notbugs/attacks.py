@@ -177,36 +177,41 @@ def pgd_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step
     return (x + delta).detach()
 
 
-def representation_distance(model, z: torch.Tensor, target: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
-    """Per-example ||g(z) - target||_2."""
+def representation_distance(model, z: torch.Tensor, target: torch.Tensor, bf16: bool | None = None,
+                            fake_relu: bool = False) -> torch.Tensor:
+    """Per-example ||g(z) - target||_2 (`fake_relu`: differentiated as the reference does, see
+    `models.FakeReLU`; the value is the same)."""
     with autocast(z.device, bf16):
-        rep = model.features(z)
+        rep = model.features(z, fake_relu=fake_relu)
     return (rep.float() - target).flatten(1).norm(dim=1)
 
 
 def match_representation(model, start: torch.Tensor, target_images: torch.Tensor, steps: int,
                          step_size: float, final_step_size: float | None = None,
                          bf16: bool | None = None, momentum: float = 0.0,
-                         use_best: bool = False) -> tuple[torch.Tensor, dict]:
+                         use_best: bool = False, fake_relu: bool = False) -> tuple[torch.Tensor, dict]:
     """Move `start` so that the model's representation matches that of `target_images`.
 
     Normalised gradient descent on ||g(z) - g(x)||_2, z clipped to [0, 1], no distance bound. The
     step size decays linearly from `step_size` to `final_step_size` (equal: constant, the paper).
     With `momentum` m > 0 (not the paper's rule) each step goes along the normalised velocity
     v = m v + g / ||g|| instead of g / ||g||: the same step length, a smoother direction.
+    `fake_relu`: the gradient passes the representation's last ReLU unchanged, as in the reference's
+    representation-inversion loss (`models.FakeReLU`).
     `use_best`: return, per example, the iterate (the start and the last included) nearest the target
     representation, as the reference's `use_best`: no extra forward or backward (each step computes its
     distance anyway), one per-image select over the batch per step.
     Returns z and statistics: mean start / final distance, absolute and relative to ||g(x)||.
-    The target and the two distances go through the steps' own forward (`as_in_the_steps`). A NaN
+    The target and the two distances go through the steps' own forward (`as_in_the_steps`, with
+    their `fake_relu`: the same values, and the one graph a compiled backbone has for them). A NaN
     or inf gradient is a `NonFiniteError`, checked once on z (as in `pgd_l2`).
     """
     final_step_size = step_size if final_step_size is None else final_step_size
     with autocast(start.device, bf16):
-        target = as_in_the_steps(model.features, target_images).float()
+        target = as_in_the_steps(lambda z: model.features(z, fake_relu=fake_relu), target_images).float()
 
     def distance(z: torch.Tensor) -> torch.Tensor:
-        return representation_distance(model, z, target, bf16)
+        return representation_distance(model, z, target, bf16, fake_relu)
 
     target_norm = target.flatten(1).norm(dim=1).clamp_min(1e-12)
     z = start.detach().clone()
@@ -216,7 +221,7 @@ def match_representation(model, start: torch.Tensor, target_images: torch.Tensor
     for i in range(steps):
         lr = step_size + (final_step_size - step_size) * (i / max(steps - 1, 1))
         z.requires_grad_(True)
-        dist = representation_distance(model, z, target, bf16)
+        dist = distance(z)
         (grad,) = torch.autograd.grad(dist.sum(), z)
         if use_best:
             kept = keep_best(kept, dist, z, torch.lt)

@@ -41,15 +41,17 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 GRADIENT_TOLERANCE = 0.1
 
 
-def _input_gradient(model, example: torch.Tensor, bf16: bool | None, chunk: int | None = None) -> torch.Tensor:
-    """What the attacks differentiate: d sum(features) / d input, in eval mode; `chunk` images at a
-    time where given (an eager model only: each image's gradient is its own, and fp32 on a whole
-    attack batch could need twice the memory the bf16 attack does)."""
+def _input_gradient(model, example: torch.Tensor, bf16: bool | None, chunk: int | None = None,
+                    fake_relu: bool = False) -> torch.Tensor:
+    """What the attacks differentiate: d sum(features) / d input, in eval mode (through the fake
+    ReLU where matching uses it); `chunk` images at a time where given (an eager model only: each
+    image's gradient is its own, and fp32 on a whole attack batch could need twice the memory the
+    bf16 attack does)."""
     if chunk is not None and len(example) > chunk:
-        return torch.cat([_input_gradient(model, part, bf16) for part in example.split(chunk)])
+        return torch.cat([_input_gradient(model, part, bf16, fake_relu=fake_relu) for part in example.split(chunk)])
     x = example.detach().clone().requires_grad_(True)
     with frozen(model), autocast(x.device, bf16):
-        (grad,) = torch.autograd.grad(model.features(x).float().sum(), x)
+        (grad,) = torch.autograd.grad(model.features(x, fake_relu=fake_relu).float().sum(), x)
     return grad
 
 
@@ -80,7 +82,7 @@ def _torch_default_cache() -> str | None:
 
 
 def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | None = None,
-                mode: str | None = None) -> str | None:
+                mode: str | None = None, fake_relu: bool = False) -> str | None:
     """Replace `model.backbone` by its compiled version and run it once at the example's shape and
     memory format and precision (`bf16`, as for `autocast`): an input gradient in eval mode (what
     attacks do) and, with `train`, a training backward in train mode. Returns None when it works and
@@ -88,7 +90,9 @@ def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | 
     precision, within GRADIENT_TOLERANCE; else the reason, with the eager backbone back in place.
     `features()` and `forward()` both go through the backbone. `mode` is torch.compile's
     (None: torch's default): "reduce-overhead" adds CUDA graphs on a GPU, for steps that are bound by
-    kernel launches (ResNet-50 training at batch 128); on a CPU it is an ordinary compile."""
+    kernel launches (ResNet-50 training at batch 128); on a CPU it is an ordinary compile. `fake_relu`:
+    the gradient probed goes through the fake ReLU, as representation matching with it does (the
+    graph the steps then run is the one compiled and checked here)."""
     if not hasattr(torch, "compile"):
         return "torch.compile is not available in this torch"
     eager = model.backbone
@@ -96,11 +100,12 @@ def try_compile(model, example: torch.Tensor, train: bool = False, bf16: bool | 
     # The train-mode probe moves the BatchNorm running statistics (all in the backbone). Saved from and
     # restored into the eager module: a compiled wrapper shares its tensors but names them `_orig_mod.*`.
     saved = {k: v.detach().clone() for k, v in eager.state_dict().items()} if train else None
-    exact = _input_gradient(model, example, False, chunk=256)
-    rounding = _gap(_input_gradient(model, example, bf16), exact) if bf16_or_default(bf16, example.device) else 0.0
+    exact = _input_gradient(model, example, False, chunk=256, fake_relu=fake_relu)
+    rounding = (_gap(_input_gradient(model, example, bf16, fake_relu=fake_relu), exact)
+                if bf16_or_default(bf16, example.device) else 0.0)
     try:
         model.backbone = torch.compile(eager, dynamic=False, mode=mode)
-        grad = _input_gradient(model, example, bf16)
+        grad = _input_gradient(model, example, bf16, fake_relu=fake_relu)
         if not torch.isfinite(grad).all():
             raise FloatingPointError("the compiled model's input gradient is NaN or inf")
         gap = _gap(grad, exact)

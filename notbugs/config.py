@@ -90,6 +90,8 @@ class MatchConfig:
     step_size: float
     final_step_size: float  # step size decays linearly from step_size to this; equal = constant (paper)
     use_best: bool = False  # keep each image's nearest iterate, not the last (the reference's `use_best`)
+    # differentiate through the reference's fake ReLU on the representation (models.FakeReLU)
+    fake_relu: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,7 @@ def validate(p: Profile) -> None:
     """Range checks that types alone cannot express."""
     from notbugs.attacks import PRECISIONS  # late imports: config loading must stay cheap
     from notbugs.compiling import TRAIN_COMPILE
-    from notbugs.models import ARCHS, INITS
+    from notbugs.models import ARCHS, FAKE_RELU_ARCHS, INITS
 
     where = f"profiles.{p.name}"
     for arch in (p.arch, *p.transfer.archs):
@@ -309,6 +311,8 @@ def validate(p: Profile) -> None:
     _check(c.shard_size > 0 and c.batch_size > 0, f"{where}.construct: shard_size and batch_size must be > 0")
     _check(c.match.steps > 0 and c.match.step_size > 0 and c.match.final_step_size > 0,
            f"{where}.construct.match: steps and step sizes must be > 0")
+    _check(not c.match.fake_relu or p.arch in FAKE_RELU_ARCHS,
+           f"{where}.construct.match.fake_relu: not implemented for {p.arch}; it is for {', '.join(FAKE_RELU_ARCHS)}")
     _check(c.pgd.eps > 0 and c.pgd.steps > 0 and c.pgd.step_size > 0,
            f"{where}.construct.pgd: eps, steps, step_size must be > 0")
     for name, e in (("evaluate", p.evaluate), ("reevaluate", p.reevaluate)):

@@ -124,7 +124,7 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
             m = recipe["match"]
             start = images[torch.as_tensor(assign["start"][s:e])].to(device)
             z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"], bf16=bf16,
-                                         use_best=m["use_best"])
+                                         use_best=m["use_best"], fake_relu=m["fake_relu"])
         else:
             p = recipe["pgd"]
             t = torch.as_tensor(assign["target"][s:e], device=device)

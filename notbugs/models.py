@@ -75,10 +75,31 @@ def global_avg_pool(x: Tensor) -> Tensor:
 
 
 class Backbone(nn.Module):
-    """A network body: normalised images (N, 3, H, W) -> pooled representation (N, out_dim)."""
+    """A network body: normalised images (N, 3, H, W) -> pooled representation (N, out_dim).
+    Those of FAKE_RELU_ARCHS also take `forward(x, fake_relu=True)`: see `FakeReLU`."""
 
     out_dim: int
     logit_scale: float = 1.0  # multiplies the head's logits; only ResNet-9 changes it
+
+
+class FakeReLU(torch.autograd.Function):
+    """ReLU forward, identity backward: the reference's `FakeReLU` (MadryLab `robustness`), which its
+    representation-inversion loss puts on the ReLU that produces the representation
+    (`model(x, with_latent=True, fake_relu=True)`). Matching a representation through a true ReLU
+    gets no gradient for a feature that is off (negative before the ReLU) where the target's is on;
+    through this one it does. Only the gradient changes: the representation is the same."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def last_relu(x: Tensor, fake: bool) -> Tensor:
+    return FakeReLU.apply(x) if fake else torch.relu(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,8 +123,8 @@ class BasicBlock(nn.Module):
         self.conv2 = conv_bn(planes, planes, 3, relu=False)
         self.shortcut = _shortcut(c_in, planes, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+    def forward(self, x: Tensor, fake_relu: bool = False) -> Tensor:
+        return last_relu(self.conv2(self.conv1(x)) + self.shortcut(x), fake_relu)
 
 
 class Bottleneck(nn.Module):
@@ -117,8 +138,8 @@ class Bottleneck(nn.Module):
         self.conv3 = conv_bn(planes, c_out, 1, relu=False)
         self.shortcut = _shortcut(c_in, c_out, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.conv3(self.conv2(self.conv1(x))) + self.shortcut(x))
+    def forward(self, x: Tensor, fake_relu: bool = False) -> Tensor:
+        return last_relu(self.conv3(self.conv2(self.conv1(x))) + self.shortcut(x), fake_relu)
 
 
 class ResNet(Backbone):
@@ -137,8 +158,13 @@ class ResNet(Backbone):
         self.blocks = nn.Sequential(*blocks)
         self.out_dim = c_in
 
-    def forward(self, x: Tensor) -> Tensor:
-        return global_avg_pool(self.blocks(self.stem(x)))
+    def forward(self, x: Tensor, fake_relu: bool = False) -> Tensor:
+        # fake_relu on the last block's output ReLU, as the reference's CIFAR ResNets
+        x = self.stem(x)
+        *body, last = self.blocks
+        for block in body:
+            x = block(x)
+        return global_avg_pool(last(x, fake_relu))
 
 
 def resnet18(width: float = 1.0) -> ResNet:
@@ -443,7 +469,9 @@ class ResNet9(Backbone):
         self.layer3 = nn.Sequential(conv_bn(c3, c4), nn.MaxPool2d(2), Residual(c4))
         self.out_dim = c4
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fake_relu: bool = False) -> Tensor:
+        # Its representation is a max-pool of a residual sum, with no ReLU after it: fake_relu has
+        # nothing to replace, and the gradient is the true one either way.
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return x.amax(dim=(2, 3))  # global max-pool
 
@@ -466,6 +494,10 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# The architectures whose backbone takes fake_relu (representation matching as the reference's loss does it).
+FAKE_RELU_ARCHS = ("resnet18", "resnet50", "resnet9")
+
+
 class Classifier(nn.Module):
     """Normalisation -> backbone -> linear head. Takes images in [0, 1]."""
 
@@ -485,8 +517,14 @@ class Classifier(nn.Module):
     def normalize(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std  # out of place: attacks hold on to x
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.backbone(self.normalize(x))
+    def features(self, x: Tensor, fake_relu: bool = False) -> Tensor:
+        """The penultimate representation; `fake_relu`: its last ReLU passes gradients unchanged
+        (`FakeReLU`), for the architectures that have it (`FAKE_RELU_ARCHS`)."""
+        if not fake_relu:
+            return self.backbone(self.normalize(x))
+        if self.arch not in FAKE_RELU_ARCHS:
+            raise ValueError(f"fake_relu is not implemented for {self.arch}; it is for {', '.join(FAKE_RELU_ARCHS)}")
+        return self.backbone(self.normalize(x), fake_relu=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x)) * self.logit_scale

@@ -373,7 +373,8 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
                        C.shard_ranges(len(labels), c.shard_size), out_dir, dev, deadline)
     if params.profile.compile and job.pending():  # compiled once for every shard left to build
         keep_compiled_kernels(data_dir)
-        reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev), bf16=bf16)
+        reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev), bf16=bf16,
+                             fake_relu=name in C.MATCHING and c.match.fake_relu)
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
     return job
 

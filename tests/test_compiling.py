@@ -110,6 +110,27 @@ def test_really_compiled_matching_equals_eager():
         assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_really_compiled_matching_through_the_fake_relu_equals_eager():
+    """A ResNet-18 (the `fast` source) compiled for matching through the reference's fake ReLU: the
+    same result as eager, and the probe compiled the graph the steps run (none compiled after it)."""
+    torch.manual_seed(0)
+    model = make_model("resnet18", width=0.0625).eval()  # PyTorch's init: its last ReLU has negative inputs
+    x, start = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    with frozen(model):
+        z_eager, _ = match_representation(model, start, x, 3, 0.1, fake_relu=True)
+        z_true, _ = match_representation(model, start, x, 3, 0.1)
+    assert not torch.allclose(z_eager, z_true, atol=1e-4)  # the fake ReLU does change the steps here
+    reason = compiling.try_compile(model, start, fake_relu=True)
+    if reason is not None:
+        assert "Error" in reason or "compile" in reason
+    graphs = counters["stats"]["unique_graphs"]
+    with frozen(model):
+        z, _ = match_representation(model, start, x, 3, 0.1, fake_relu=True)
+    assert torch.allclose(z, z_eager, atol=1e-4)
+    if reason is None:
+        assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_a_compiled_model_with_wrong_gradients_is_not_used(monkeypatch):
     """A compiler that runs but computes garbage (NaN, or a wrong gradient) costs the speed-up,
     never the result: the eager backbone stays."""

@@ -18,6 +18,7 @@ def test_paper_profile_is_the_protocol():
                                                                                             (50, 100))
     assert (p.adversarial.eps, p.adversarial.steps, p.adversarial.step_size) == (0.5, 7, 0.1)
     assert (p.construct.match.steps, p.construct.match.step_size) == (1000, 0.1)
+    assert p.construct.match.fake_relu is True  # the reference's inversion loss (models.FakeReLU)
     assert (p.construct.pgd.eps, p.construct.pgd.steps, p.construct.pgd.step_size) == (0.5, 100, 0.1)
     assert p.evaluate.eps == (0.25,) and p.evaluate.step_factor == 2.5
     assert p.train.augment.jitter == 0.25 and p.train.augment.rotate == 2.0
@@ -51,6 +52,8 @@ def _edited(tmp_path, mirror, edit):
      "adversarial.use_best needs method pgd"),
     (lambda d: d["profiles"]["tiny"]["evaluate"].update(use_best="yes"), "evaluate.use_best: expected true/false"),
     (lambda d: d["profiles"]["tiny"]["construct"]["match"].pop("use_best"), "missing key(s) ['use_best']"),
+    (lambda d: d["profiles"]["tiny"]["construct"]["match"].update(fake_relu=True) or d["profiles"]["tiny"].update(
+        arch="vgg16"), "construct.match.fake_relu: not implemented for vgg16; it is for resnet18, resnet50, resnet9"),
     (lambda d: d["profiles"]["tiny"]["evaluate"].update(eps=[-0.25]), "every eps must be > 0"),
     (lambda d: d["profiles"]["tiny"]["construct"]["pgd"].update(steps=0), "construct.pgd"),
     (lambda d: d["profiles"]["tiny"]["train"].update(epocs=3), "unknown key(s) ['epocs']"),

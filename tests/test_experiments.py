@@ -52,18 +52,18 @@ def test_a_constant_rule_run_in_segments_is_one_run(pipeline, monkeypatch):
     x = S.load_split(load_params(path), data).train_x[:12]
     starts = x.roll(1, dims=0)
     with frozen(model):
-        z, rel, start_rel, curve, moved = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.0), 5,
+        z, rel, start_rel, curve, moved = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.0, False), 5,
                                                               torch.device("cpu"), [3, 6], bf16=False)
         once, stats = match_representation(model, starts, x, 9, 0.1, 0.1, bf16=False)
         # with momentum a segment would restart the velocity: the rule runs in one piece
-        _, _, _, momentum_curve, _ = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.9), 5,
+        _, _, _, momentum_curve, _ = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.9, False), 5,
                                                           torch.device("cpu"), [3, 6], bf16=False)
     assert sorted(curve) == [3, 6, 9] and curve[9] == pytest.approx(rel) and list(momentum_curve) == [9]
     assert torch.allclose(z, once, atol=1e-5)
     assert rel == pytest.approx(stats["final_relative"], rel=1e-4) and start_rel > rel
     # segments would restart use_best from each segment's best iterate: one piece too
     with frozen(model):
-        z_best, rel_best, _, best_curve, _ = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.0), 5,
+        z_best, rel_best, _, best_curve, _ = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.0, False), 5,
                                                                  torch.device("cpu"), [3, 6], bf16=False,
                                                                  use_best=True)
         once_best, stats_best = match_representation(model, starts, x, 9, 0.1, 0.1, bf16=False, use_best=True)
@@ -82,11 +82,12 @@ def test_step_rule_reports_distance_and_downstream_accuracy(pipeline, tmp_path, 
     out = tmp_path / "rules.json"
     step_rule = bench_script("step_rule", monkeypatch)
     rc = step_rule.main(["--params", str(last), "--data-dir", str(data), "--set", "d_r", "--n", "40",
-                         "--rules", "6:0.1,3:0.3:0.02@0.5", "--checkpoints", "2,4", "--seeds", "1,2",
+                         "--rules", "6:0.1,3:0.3:0.02@0.5+fake", "--checkpoints", "2,4", "--seeds", "1,2",
                          "--device", "cpu", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02 m0.5"] and res["n"] == 40
+    assert [r["rule"] for r in res["rules"]] == ["6 x 0.1", "3 x 0.3->0.02 m0.5 fake"] and res["n"] == 40
+    assert [r["fake_relu"] for r in res["rules"]] == [False, True]
     assert res["use_best"] is False
     assert res["class_counts"] == [4] * 10  # not the split's first 40 positions, which are 2 classes
     paper, short = res["rules"]
@@ -141,6 +142,8 @@ def test_step_rule_for_pgd_sets_reports_success_and_downstream_accuracy(pipeline
                            "--rules", "6:0.3:0.02", "--no-train", "--device", "cpu"]) == 2
     assert step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand",
                            "--rules", "6:0.1@0.9", "--no-train", "--device", "cpu"]) == 2
+    assert step_rule.main(["--params", str(path), "--data-dir", str(data), "--set", "d_rand",
+                           "--rules", "6:0.1+fake", "--no-train", "--device", "cpu"]) == 2
 
 
 def test_step_rule_refuses_a_count_that_is_not_balanced(pipeline, capsys, monkeypatch):

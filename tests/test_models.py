@@ -217,3 +217,44 @@ def test_the_trained_init_is_pytorch_s_default_and_he_is_he(arch):
 def test_unknown_init_is_rejected_with_the_accepted_names():
     with pytest.raises(ValueError, match="torch, he"):
         make_model("resnet18", init="xavier")
+
+
+def _feature_gradient(model, x, weights, fake_relu):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((model.features(x, fake_relu=fake_relu) * weights).sum(), x)
+    return grad
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_fake_relu_changes_the_gradient_not_the_representation(arch):
+    """The reference's FakeReLU on the last block's output: the same representation, and the gradient
+    of the pre-ReLU sum, as if that ReLU were not there (its true gradient drops the features that are off).
+    PyTorch's init: He's starts each residual branch at zero, so the last sum is a ReLU output, never negative."""
+    model = small_model(arch, init="torch").eval()
+    x = images(4)
+    weights = torch.randn(model.repr_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(model.features(x, fake_relu=True), model.features(x))
+    fake, true = _feature_gradient(model, x, weights, True), _feature_gradient(model, x, weights, False)
+    assert not torch.allclose(fake, true)
+
+    def pre_relu_pooled(z):  # the backbone with its last ReLU taken out
+        h = model.backbone.stem(model.normalize(z))
+        *body, last = model.backbone.blocks
+        for block in body:
+            h = block(h)
+        inner = last.conv3(last.conv2(last.conv1(h))) if arch == "resnet50" else last.conv2(last.conv1(h))
+        return (inner + last.shortcut(h)).mean(dim=(2, 3))
+
+    z = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((pre_relu_pooled(z) * weights).sum(), z)
+    assert torch.allclose(fake, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_fake_relu_is_the_true_gradient_for_resnet9_and_refused_elsewhere():
+    model = small_model("resnet9").eval()
+    x, weights = images(4), torch.randn(model.repr_dim)
+    assert torch.equal(_feature_gradient(model, x, weights, True), _feature_gradient(model, x, weights, False))
+    for arch in ("vgg16", "densenet121", "inception_v3"):
+        with pytest.raises(ValueError, match=f"fake_relu is not implemented for {arch}"):
+            small_model(arch).features(images(), fake_relu=True)

@@ -174,7 +174,8 @@ def main(argv=None) -> int:
         args.rules = [parse_rule(r) for r in ("100:0.1,30:0.1,15:0.1" if targeted else
                                               "1000:0.1,100:0.3:0.02,25:0.5:0.02").split(",")]
     if targeted and any(size != final or momentum or fake for _, size, final, momentum, fake in args.rules):
-        print("--rules: PGD (d_rand, d_det) takes a constant step without momentum, STEPS:STEP_SIZE", file=sys.stderr)
+        print("--rules: PGD (d_rand, d_det) takes a constant step without momentum or +fake, STEPS:STEP_SIZE",
+              file=sys.stderr)
         return 2
     params, dev = params_and_device(args)
     p = params.profile

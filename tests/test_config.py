@@ -42,6 +42,11 @@ def _edited(tmp_path, mirror, edit):
     return write_params(tmp_path / "p.yaml", mirror, tmp_path / "c", edit=edit)
 
 
+def _fake_relu_on_vgg16(doc):
+    doc["profiles"]["tiny"]["construct"]["match"]["fake_relu"] = True
+    doc["profiles"]["tiny"]["arch"] = "vgg16"
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d["profiles"]["tiny"].update(arch="resnet1000"), "unknown architecture 'resnet1000'"),
     (lambda d: d["profiles"]["tiny"]["adversarial"].update(eps=-0.5), "adversarial"),
@@ -52,8 +57,7 @@ def _edited(tmp_path, mirror, edit):
      "adversarial.use_best needs method pgd"),
     (lambda d: d["profiles"]["tiny"]["evaluate"].update(use_best="yes"), "evaluate.use_best: expected true/false"),
     (lambda d: d["profiles"]["tiny"]["construct"]["match"].pop("use_best"), "missing key(s) ['use_best']"),
-    (lambda d: d["profiles"]["tiny"]["construct"]["match"].update(fake_relu=True) or d["profiles"]["tiny"].update(
-        arch="vgg16"), "construct.match.fake_relu: not implemented for vgg16; it is for resnet18, resnet50, resnet9"),
+    (_fake_relu_on_vgg16, "match.fake_relu: not implemented for vgg16; it is for resnet18, resnet50, resnet9"),
     (lambda d: d["profiles"]["tiny"]["evaluate"].update(eps=[-0.25]), "every eps must be > 0"),
     (lambda d: d["profiles"]["tiny"]["construct"]["pgd"].update(steps=0), "construct.pgd"),
     (lambda d: d["profiles"]["tiny"]["train"].update(epocs=3), "unknown key(s) ['epocs']"),

@@ -8,7 +8,7 @@
 #           machine facts; per-operation times of eager ResNet-50 and ResNet-18 steps against their
 #           roofline bounds (bench/op_times.py); ResNet-50 training at the paper's batch (128), ours
 #           eager and compiled vs the reference (2026-11-26 measured batch 512 only, where launch
-#           overhead hides)
+#           overhead hides); what the paper's augmentation costs next to its training step
 #   part 2  carry .gpu/cifar10/cifar10-train-1.tar.gz
 #           what `compile: true` buys the fast profile's construction (ResNet-18, batch 2500)
 #   part 3  carry .gpu/cifar10/cifar10-train-2.tar.gz
@@ -72,15 +72,18 @@ case $part in
   # (the paper profile's) and ResNet-18 (fast's), attack and training steps, a few seconds each
   for arch in resnet50 resnet18; do
     fits 20 "the per-operation times of $arch" && timeout "$(left)" $PY bench/op_times.py --arch $arch \
-      --batch 512 --stages match,train --json "$OUT/op_times_$arch.json" 2>&1 | tee "$OUT/op_times_$arch.log"
+      --batch 512 --stages match,train --json "$OUT/op_times_$arch.json" 2>&1 | tee -a "$OUT/part1.log"
   done
+  # the paper's augmentation (jitter in a per-image order since 2026-12-06) against the step it feeds
+  fits 15 "the augmentation's cost" && timeout "$(left)" $PY bench/augment_cost.py --profile paper \
+    2>&1 | tee -a "$OUT/part1.log"
   fits 60 "the eager batch-128 bench" && timeout "$(left)" $PY bench/bench.py --arch resnet50 --batch 128 \
     --steps 20 --warmup 3 --stages train \
-    --json "$OUT/bench_resnet50_b128.json" 2>&1 | tee "$OUT/bench_resnet50_b128.log"
+    --json "$OUT/bench_resnet50_b128.json" 2>&1 | tee -a "$OUT/part1.log"
   # compiling ResNet-50 (eval and train graphs) takes minutes
   fits 180 "the compiled batch-128 bench" && timeout "$(left)" $PY bench/bench.py --arch resnet50 --batch 128 \
     --steps 20 --warmup 3 --stages train --compile \
-    --json "$OUT/bench_resnet50_b128_compiled.json" 2>&1 | tee "$OUT/bench_resnet50_b128_compiled.log"
+    --json "$OUT/bench_resnet50_b128_compiled.json" 2>&1 | tee -a "$OUT/part1.log"
   ;;
 2)
   fits 90 "the compiled ResNet-18 construction bench" && timeout "$(left)" $PY bench/bench.py --arch resnet18 \

@@ -49,3 +49,11 @@ def test_first_shard_bench_builds_its_shards(tmp_path):
     res = json.loads(out.read_text())
     assert len(res["shard_s"]) == 3 and all(s > 0 for s in res["shard_s"])
     assert res["compile_reason"].startswith("not asked") and "first shard:" in proc.stdout
+
+
+def test_augment_cost_times_the_papers_augmentation_and_a_step():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "augment_cost.py"), "--profile", "paper",
+                           "--width", "0.0625", "--batch", "8", "--steps", "1", "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resnet50 width 0.0625, batch 8" in proc.stdout and "augmentation" in proc.stdout

@@ -27,17 +27,15 @@ Deviations from the reference implementations, all deliberate:
   DenseNet-121 (6,956,298) match kuangliu exactly at 10 classes.
 - ResNet-9 keeps a bias in its linear head (Page / airbench use none); the head is shared by all
   archs. Its logits are multiplied by 0.125 as in the original.
-- Inception-v3 (CIFAR adaptation), compared with torchvision's ImageNet Inception-v3:
-  * stem is five conv-BN-ReLU layers (32, 32, 64, 1x1 80, 192) all at stride 1 with 'same' padding,
-    and both stem max-pools are removed, so the Inception blocks start on the 32x32 grid
-    (ImageNet: 35x35 after a stride-2 conv and two max-pools);
-  * the two grid reductions (torchvision Mixed_6a / Mixed_7a) pad their stride-2 convs and pools,
-    so the grid goes 32 -> 16 -> 8 instead of 35 -> 17 -> 8;
-  * no auxiliary classifier and no dropout before the head (dropout would make the representation
-    that the robust / non-robust dataset constructions match stochastic);
-  * block layout is otherwise the same: 3x InceptionA (torchvision Mixed_5b-d), ReductionA (Mixed_6a),
-    4x InceptionB with 1x7/7x1 factorised convs (Mixed_6b-e), ReductionB (Mixed_7a), 2x InceptionC
-    with split 1x3/3x1 branches (Mixed_7b-c); 2048-d representation at width 1.
+- Inception-v3 is the `robustness` library's CIFAR Inception-v3 (`cifar_models/inception.py`), layer
+  for layer (22,133,738 parameters at 10 classes): a stride-1 stem of five conv-BN-ReLU layers (32,
+  32, 64, 1x1 80, then an unpadded 3x3 to 192: 32 -> 30), 3x InceptionA (their pooled branch a 3x3
+  conv), a reduction by unpadded stride-2 convs and a max-pool (30 -> 14), 4x InceptionB (1x7 / 7x1
+  factorised), a reduction by unpadded stride-2 convs and an average pool (14 -> 6), 2x InceptionC,
+  global average pooling and dropout (p 0.5, training only; the reference's Dropout2d on the pooled
+  1x1 map drops the same units), a 2048-d representation. No auxiliary head. Until 2026-12-06 ours
+  followed torchvision's ImageNet block layout with 'same' padding (a 32 -> 16 -> 8 grid, a 1x1
+  pooled branch in InceptionA, max-pooling in the second reduction, no dropout).
 """
 
 import math
@@ -54,16 +52,19 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def conv2d(c_in: int, c_out: int, kernel_size: int | tuple[int, int] = 3, stride: int = 1) -> nn.Conv2d:
-    """Bias-free conv (every conv here sits next to a BatchNorm) with 'same'-style padding."""
+def conv2d(c_in: int, c_out: int, kernel_size: int | tuple[int, int] = 3, stride: int = 1,
+           pad: bool = True) -> nn.Conv2d:
+    """Bias-free conv (every conv here sits next to a BatchNorm) with 'same'-style padding, or none."""
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    return nn.Conv2d(c_in, c_out, (kh, kw), stride=stride, padding=(kh // 2, kw // 2), bias=False)
+    padding = (kh // 2, kw // 2) if pad else 0
+    return nn.Conv2d(c_in, c_out, (kh, kw), stride=stride, padding=padding, bias=False)
 
 
 def conv_bn(
-    c_in: int, c_out: int, kernel_size: int | tuple[int, int] = 3, stride: int = 1, relu: bool = True
+    c_in: int, c_out: int, kernel_size: int | tuple[int, int] = 3, stride: int = 1, relu: bool = True,
+    pad: bool = True,
 ) -> nn.Sequential:
-    layers = [conv2d(c_in, c_out, kernel_size, stride), nn.BatchNorm2d(c_out)]
+    layers = [conv2d(c_in, c_out, kernel_size, stride, pad), nn.BatchNorm2d(c_out)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -275,12 +276,13 @@ def densenet121(width: float = 1.0) -> DenseNet:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pool_branch(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), conv_bn(c_in, c_out, 1))
+def _pool_branch(c_in: int, c_out: int, kernel_size: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), conv_bn(c_in, c_out, kernel_size))
 
 
 class InceptionA(nn.Module):
-    """Full-grid block (torchvision Mixed_5b-d): 1x1, 5x5, double-3x3 and pooled branches."""
+    """Full-grid block (the reference's InceptionA): 1x1, 5x5, double-3x3 and pooled branches; the
+    pooled branch's conv is a 3x3, as the reference's (torchvision's ImageNet block has a 1x1)."""
 
     def __init__(self, c_in: int, pool_features: int, width: float):
         super().__init__()
@@ -291,7 +293,7 @@ class InceptionA(nn.Module):
         self.b1x1 = conv_bn(c_in, s(64), 1)
         self.b5x5 = nn.Sequential(conv_bn(c_in, s(48), 1), conv_bn(s(48), s(64), 5))
         self.b3x3dbl = nn.Sequential(conv_bn(c_in, s(64), 1), conv_bn(s(64), s(96)), conv_bn(s(96), s(96)))
-        self.bpool = _pool_branch(c_in, s(pool_features))
+        self.bpool = _pool_branch(c_in, s(pool_features), 3)
         self.out_channels = s(64) + s(64) + s(96) + s(pool_features)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -299,7 +301,8 @@ class InceptionA(nn.Module):
 
 
 class ReductionA(nn.Module):
-    """First grid reduction (torchvision Mixed_6a): strided convs in parallel with a max-pool."""
+    """First grid reduction (the reference's InceptionB): unpadded stride-2 convs in parallel with an
+    unpadded max-pool, 30x30 -> 14x14."""
 
     def __init__(self, c_in: int, width: float):
         super().__init__()
@@ -307,9 +310,10 @@ class ReductionA(nn.Module):
         def s(c: int) -> int:
             return _scaled(c, width)
 
-        self.b3x3 = conv_bn(c_in, s(384), 3, stride=2)
-        self.b3x3dbl = nn.Sequential(conv_bn(c_in, s(64), 1), conv_bn(s(64), s(96)), conv_bn(s(96), s(96), 3, stride=2))
-        self.bpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.b3x3 = conv_bn(c_in, s(384), 3, stride=2, pad=False)
+        self.b3x3dbl = nn.Sequential(conv_bn(c_in, s(64), 1), conv_bn(s(64), s(96)),
+                                     conv_bn(s(96), s(96), 3, stride=2, pad=False))
+        self.bpool = nn.MaxPool2d(3, stride=2)
         self.out_channels = s(384) + s(96) + c_in
 
     def forward(self, x: Tensor) -> Tensor:
@@ -317,7 +321,7 @@ class ReductionA(nn.Module):
 
 
 class InceptionB(nn.Module):
-    """Half-grid block (torchvision Mixed_6b-e): 7x7 convs factorised into 1x7 and 7x1."""
+    """Half-grid block (the reference's InceptionC): 7x7 convs factorised into 7x1 and 1x7."""
 
     def __init__(self, c_in: int, c7: int, width: float):
         super().__init__()
@@ -327,7 +331,7 @@ class InceptionB(nn.Module):
 
         c7 = s(c7)
         self.b1x1 = conv_bn(c_in, s(192), 1)
-        self.b7x7 = nn.Sequential(conv_bn(c_in, c7, 1), conv_bn(c7, c7, (1, 7)), conv_bn(c7, s(192), (7, 1)))
+        self.b7x7 = nn.Sequential(conv_bn(c_in, c7, 1), conv_bn(c7, c7, (7, 1)), conv_bn(c7, s(192), (1, 7)))
         self.b7x7dbl = nn.Sequential(
             conv_bn(c_in, c7, 1),
             conv_bn(c7, c7, (7, 1)),
@@ -343,7 +347,8 @@ class InceptionB(nn.Module):
 
 
 class ReductionB(nn.Module):
-    """Second grid reduction (torchvision Mixed_7a)."""
+    """Second grid reduction (the reference's InceptionD): unpadded stride-2 convs in parallel with an
+    unpadded average pool, 14x14 -> 6x6."""
 
     def __init__(self, c_in: int, width: float):
         super().__init__()
@@ -351,14 +356,14 @@ class ReductionB(nn.Module):
         def s(c: int) -> int:
             return _scaled(c, width)
 
-        self.b3x3 = nn.Sequential(conv_bn(c_in, s(192), 1), conv_bn(s(192), s(320), 3, stride=2))
+        self.b3x3 = nn.Sequential(conv_bn(c_in, s(192), 1), conv_bn(s(192), s(320), 3, stride=2, pad=False))
         self.b7x7x3 = nn.Sequential(
             conv_bn(c_in, s(192), 1),
             conv_bn(s(192), s(192), (1, 7)),
             conv_bn(s(192), s(192), (7, 1)),
-            conv_bn(s(192), s(192), 3, stride=2),
+            conv_bn(s(192), s(192), 3, stride=2, pad=False),
         )
-        self.bpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.bpool = nn.AvgPool2d(3, stride=2)
         self.out_channels = s(320) + s(192) + c_in
 
     def forward(self, x: Tensor) -> Tensor:
@@ -366,8 +371,8 @@ class ReductionB(nn.Module):
 
 
 class InceptionC(nn.Module):
-    """Quarter-grid block (torchvision Mixed_7b-c): 3x3 convs split into parallel 1x3 and 3x1 outputs,
-    widening the representation rather than deepening it."""
+    """Quarter-grid block (the reference's InceptionE): 3x3 convs split into parallel 1x3 and 3x1
+    outputs, widening the representation rather than deepening it."""
 
     def __init__(self, c_in: int, width: float):
         super().__init__()
@@ -408,13 +413,14 @@ class InceptionV3(Backbone):
         def s(c: int) -> int:
             return _scaled(c, width)
 
-        # ImageNet's stride-2 conv and two max-pools are dropped: CIFAR images are already small.
+        # ImageNet's stride-2 conv and two max-pools are dropped: CIFAR images are already small. The
+        # last stem conv is unpadded, as the reference's (32 -> 30).
         self.stem = nn.Sequential(
             conv_bn(3, s(32)),
             conv_bn(s(32), s(32)),
             conv_bn(s(32), s(64)),
             conv_bn(s(64), s(80), 1),
-            conv_bn(s(80), s(192)),
+            conv_bn(s(80), s(192), pad=False),
         )
         blocks: list[nn.Module] = []
         c = s(192)
@@ -432,10 +438,12 @@ class InceptionV3(Backbone):
             blocks.append(InceptionC(c, width))
             c = blocks[-1].out_channels
         self.blocks = nn.Sequential(*blocks)
+        # the reference's Dropout2d on the pooled (N, C, 1, 1) map drops whole channels, i.e. single units
+        self.dropout = nn.Dropout(0.5)
         self.out_dim = c
 
     def forward(self, x: Tensor) -> Tensor:
-        return global_avg_pool(self.blocks(self.stem(x)))
+        return self.dropout(global_avg_pool(self.blocks(self.stem(x))))
 
 
 def inception_v3(width: float = 1.0) -> InceptionV3:

@@ -258,3 +258,21 @@ def test_fake_relu_is_the_true_gradient_for_resnet9_and_refused_elsewhere():
     for arch in ("vgg16", "densenet121", "inception_v3"):
         with pytest.raises(ValueError, match=f"fake_relu is not implemented for {arch}"):
             small_model(arch).features(images(), fake_relu=True)
+
+
+def test_inception_is_the_references_cifar_inception():
+    """The `robustness` library's cifar_models/inception.py: its parameter count at 10 classes, its
+    unpadded reductions (a 32 -> 30 -> 14 -> 6 grid) and dropout on the representation in training only."""
+    model = make_model("inception_v3")
+    assert sum(p.numel() for p in model.parameters()) == 22_133_738
+    grids = []
+    for block in [model.backbone.stem, *model.backbone.blocks]:
+        block.register_forward_hook(lambda module, args, out: grids.append(out.shape[-1]))
+    x = torch.rand(4, 3, 32, 32)
+    model.eval()
+    rep = model.features(x)
+    assert grids == [30, 30, 30, 30, 14, 14, 14, 14, 14, 6, 6, 6]
+    assert torch.equal(model.features(x), rep)  # eval: no dropout, the same representation
+    model.train()
+    dropped = model.features(x)
+    assert (dropped == 0).float().mean() > 0.4  # about half the units, the others doubled

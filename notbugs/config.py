@@ -22,6 +22,7 @@ SOURCE_MODELS = ("standard", "robust")  # the two source models trained on D
 PROFILES = ("tiny", "cpu", "fast", "paper")
 SOURCES = ("official", "mirror")
 ADVERSARIAL_METHODS = ("pgd", "free")  # how adversarial training attacks its batches (AdversarialConfig.method)
+DECAY = ("weights", "all")  # the parameters weight decay applies to (TrainConfig.decay)
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,9 @@ class TrainConfig:
     # torch (PyTorch's defaults, the reference's) | he (notbugs.models.he_init); params.yaml must name it,
     # the default is for recipes built in code
     init: str = "torch"
+    # which parameters weight decay applies to: weights (convolution and linear weights; not BatchNorm's
+    # scales and shifts nor biases) | all (the reference's SGD over model.parameters()); params.yaml must name it
+    decay: str = "weights"
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,7 @@ def validate(p: Profile) -> None:
         _check(t.augment.crop_pad >= 0 and t.augment.jitter >= 0 and t.augment.rotate >= 0,
                f"{w}.augment: values must be >= 0")
         _check(t.init in INITS, f"{w}.init must be one of {'|'.join(INITS)}, got {t.init!r}")
+        _check(t.decay in DECAY, f"{w}.decay must be one of {'|'.join(DECAY)}, got {t.decay!r}")
     a = p.adversarial
     _check(a.eps > 0 and a.steps > 0 and a.step_size > 0, f"{where}.adversarial: eps, steps, step_size must be > 0")
     _check(a.method in ADVERSARIAL_METHODS,

@@ -67,6 +67,18 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> floa
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))  # onecycle: warm-up then cosine down
 
 
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The optimizer's parameter groups: weight decay on every parameter (`decay: all`, the reference's
+    SGD) or on the convolution and linear weights only (`weights`: not on BatchNorm's scales and shifts
+    nor on biases, the 1-d tensors, as usual for CIFAR ResNets)."""
+    if cfg.decay == "all":
+        return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor,
                bf16: bool) -> str:
     """What a checkpoint must match to be resumed: recipe, seed, precision, architecture and data."""
@@ -96,12 +108,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     model.to(memory_format=torch.channels_last)
     images = images.to(device)
     labels = labels.to(device)
-    decay, no_decay = [], []
-    for p in model.parameters():  # no weight decay on BatchNorm and biases, as usual for CIFAR ResNets
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     n = len(labels)
     steps_per_epoch = max(n // cfg.batch_size, 1)  # batches; drop the last partial one: same count per epoch
     free = adversarial is not None and adversarial.method == "free"

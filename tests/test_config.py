@@ -25,6 +25,7 @@ def test_paper_profile_is_the_protocol():
     assert p.train_on["d_rand"].lr == 0.01 and p.train_on["d_r"].lr == 0.1  # per-set override merged
     assert p.train_on["d_det"].augment.flip is False
     assert {t.init for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {"torch"}  # the reference's
+    assert {t.decay for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {"all"}  # the reference's SGD
 
 
 def test_speed_switches_are_not_deviations_from_the_paper():
@@ -73,6 +74,7 @@ def _fake_relu_on_vgg16(doc):
     (lambda d: d["profiles"]["tiny"].update(compile_train=False), "compile_train"),  # YAML reads `off` as false
     (lambda d: d["profiles"]["tiny"]["source_on"].update(standard={"init": "xavier"}),
      "source_on.standard.init must be one of torch|he, got 'xavier'"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(decay="bn"), "train.decay must be one of weights|all, got 'bn'"),
     (lambda d: d.update(profile="huge"), "unknown profile 'huge'"),
     (lambda d: d["data"].update(source="ftp"), "data.source"),
     (lambda d: d.update(extra=1), "unknown top-level key"),

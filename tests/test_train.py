@@ -13,7 +13,7 @@ from notbugs.config import AdversarialConfig
 from notbugs.deadline import Deadline, Stopped
 from notbugs.models import make_model
 from notbugs.storage import ArtefactError, load_tensors, save_tensors
-from notbugs.train import load_model, lr_at, save_model, train
+from notbugs.train import load_model, lr_at, param_groups, save_model, train
 from tests.conftest import CompiledStandIn
 from tests.test_attacks import RECIPE, synthetic_batch
 
@@ -287,3 +287,17 @@ def test_tensor_checkpoint_round_trip(tmp_path):
     sha = save_tensors(tmp_path / "c.pt", {"w": torch.ones(3), "epoch": 4, "history": [{"a": 1.0}]})
     out = load_tensors(tmp_path / "c.pt", sha)
     assert out["epoch"] == 4 and torch.equal(out["w"], torch.ones(3))
+
+
+def test_weight_decay_applies_to_the_parameters_the_recipe_names():
+    """`decay: all` (the reference's SGD) decays every parameter; `weights` leaves BatchNorm's scales and
+    shifts and the biases (the 1-d tensors) undecayed."""
+    model = make_model("resnet9", width=0.125)
+    everything = {id(p) for p in model.parameters()}
+    (group,) = param_groups(model, dataclasses.replace(RECIPE, decay="all"))
+    assert {id(p) for p in group["params"]} == everything and group["weight_decay"] == RECIPE.weight_decay
+    decayed, spared = param_groups(model, dataclasses.replace(RECIPE, decay="weights"))
+    assert {id(p) for p in decayed["params"]} | {id(p) for p in spared["params"]} == everything
+    assert decayed["weight_decay"] == RECIPE.weight_decay and spared["weight_decay"] == 0.0
+    assert all(p.ndim == 4 or p is model.head.weight for p in decayed["params"])
+    assert {id(p) for p in spared["params"]} == {id(p) for p in model.parameters() if p.ndim == 1}

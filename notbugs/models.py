@@ -21,7 +21,7 @@ learning rate of those weights by about 6; a ResNet-18 at 1/4 width lost 3.3 poi
 accuracy to it at `cpu` scale, 5.6 trained adversarially (docs/measurements.md, "Recipe experiments"). The
 pipeline trained that way until 2026-12-02; a recipe may still ask for it (`init: he`).
 
-Deviations from the reference implementations, all deliberate:
+Against the reference implementations (deliberate deviations, and what matches):
 - Convs have no bias (every one sits next to a BatchNorm). This removes 4,224 parameters from VGG-16
   relative to kuangliu's version; ResNet-18 (11,173,962 params), ResNet-50 (23,520,842) and
   DenseNet-121 (6,956,298) match kuangliu exactly at 10 classes.

@@ -81,9 +81,14 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
 
 def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor,
                bf16: bool) -> str:
-    """What a checkpoint must match to be resumed: recipe, seed, precision, architecture and data."""
+    """What a checkpoint must match to be resumed: recipe, seed, precision, architecture and data. The
+    architecture includes its tensors' names and shapes: a checkpoint of an architecture whose code has
+    changed since (Inception-v3 became the reference's on 2026-12-06) is ignored, not loaded into the wrong
+    shapes."""
+    with eager_view(model):
+        layout = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
     body = json.dumps({"cfg": repr(cfg), "adv": repr(adversarial), "seed": seed, "bf16": bf16, "arch": model.arch,
-                       "width": model.width, "n": len(labels),
+                       "width": model.width, "layout": sha256_bytes(repr(layout).encode()), "n": len(labels),
                        "labels": sha256_bytes(labels.cpu().numpy().tobytes()),
                        "images": float(images[:64].double().sum())}, sort_keys=True)
     return sha256_bytes(body.encode())[:16]

@@ -210,6 +210,17 @@ def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
     assert [r["epoch"] for r in h] == [1, 2, 3]  # nor precisions
 
 
+def test_checkpoint_of_an_architecture_whose_code_changed_is_not_resumed(tmp_path):
+    """Same architecture name and width, other tensors (as Inception-v3's became the reference's): the
+    checkpoint is ignored and training starts over, where loading it would fail on its shapes."""
+    x, y = synthetic_batch(4)
+    train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path, stop_after_epoch=1)
+    changed = _fresh()
+    changed.head = torch.nn.Linear(changed.repr_dim, 10, bias=False)
+    h = train(changed, x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
+    assert [r["epoch"] for r in h] == [1, 2, 3]
+
+
 def test_bf16_training_learns_and_differs_from_fp32():
     x, y = synthetic_batch(8)
     fp32, bf16 = _fresh(), _fresh()

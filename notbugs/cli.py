@@ -87,9 +87,10 @@ def _minutes(text: str) -> float:
 
 
 # What each step of `notbugs all` reads, as dvc.yaml declares it for `dvc repro` (tests/test_cli.py
-# checks that the two agree): the profile's parameters (dotted keys under the profile) and the steps
-# whose outputs it reads. A step reruns when either changes, so editing one recipe reruns that
-# recipe's steps and their dependents, not every step (which would score every model again).
+# checks that the two agree): the profile's parameters (dotted keys under the profile), the library files
+# whose code it runs, and the steps whose outputs it reads. A step reruns when any of them changes, so
+# editing one recipe reruns that recipe's steps and their dependents, not every step (which would score
+# every model again), and updated code reruns what it computes.
 STEP_PARAMS = {
     "fetch": (),
     "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "adversarial", "evaluate"),
@@ -99,6 +100,21 @@ STEP_PARAMS = {
     "transfer": ("subset", "precision", "transfer", "train", "source_on.standard", "train_on.d_det", "construct.pgd",
                  "evaluate"),
 }
+
+
+STEP_CODE = {
+    "fetch": ("data.py", "storage.py"),
+    "source": ("models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "construct": ("construct.py", "attacks.py", "models.py"),
+    "train": ("models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "transfer": ("models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+}
+
+
+def code_digest(stage: str) -> str:
+    """SHA-256 (16 hex digits) of the library files `stage` runs (STEP_CODE), as this process has them."""
+    package = Path(__file__).resolve().parent
+    return sha256_bytes(b"".join((package / name).read_bytes() for name in STEP_CODE[stage]))[:16]
 
 
 def upstream_steps(step: str) -> tuple[str, ...]:
@@ -127,9 +143,11 @@ def step_params(step: str) -> tuple[str, ...]:
 
 
 def step_hash(params, step: str) -> str:
-    """Hash of what `step` reads: its parameters, the data's layout (fetch) and its upstream steps' hashes."""
+    """Hash of what `step` reads: its parameters, its code, the data's layout (fetch) and its upstream
+    steps' hashes."""
     keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
-    body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None}
+    body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
+                  "code": code_digest(step.partition("@")[0])}
     if step == "fetch":  # where the arrays go and how many per class; not the source, which is verified
         body["data"] = [params.data.root, params.data.train_per_class, params.data.test_per_class]
     body["upstream"] = [step_hash(params, up) for up in upstream_steps(step)]

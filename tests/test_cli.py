@@ -105,13 +105,13 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     assert results.summary(data / "results")["models"] == second["models"] + 2
 
 
-def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror):
+def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror, monkeypatch):
     """As `dvc repro` does: a new transfer recipe reruns transfer alone; a new PGD recipe for the
     constructed sets reruns D_rand and D_det, what is trained on them, and transfer; the steps left
-    alone score no model again."""
+    alone score no model again. New construction code reruns every construction and what follows."""
     import yaml
 
-    from notbugs import results
+    from notbugs import cli, results
     from tests.conftest import write_params
 
     def tiny(d):
@@ -141,13 +141,18 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror)
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == [
         "construct@d_det", "construct@d_rand", "train@d_det", "train@d_rand", "transfer"]
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == []  # nothing changed
+    digest = cli.code_digest
+    monkeypatch.setattr(cli, "code_digest", lambda stage: "updated" if stage == "construct" else digest(stage))
+    assert ran_after(lambda prof: None) == [*(f"construct@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")),
+                                            *(f"train@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")), "transfer"]
 
 
 def test_the_steps_of_all_read_what_dvc_yaml_declares():
-    """cli.STEP_PARAMS and upstream_steps against dvc.yaml's params and data deps, stage by stage."""
+    """cli.STEP_PARAMS, STEP_CODE and upstream_steps against dvc.yaml's params, code and data deps, stage
+    by stage."""
     import yaml
 
-    from notbugs.cli import step_params, upstream_steps
+    from notbugs.cli import STEP_CODE, step_params, upstream_steps
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {}
@@ -166,6 +171,7 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
                 return text.replace("${item}", str(item))
 
             keys = [subst(k).removeprefix("profiles.${profile}.") for k in spec.get("params", [])]
+            code = sorted(d.removeprefix("notbugs/") for d in spec.get("deps", []) if d.startswith("notbugs/"))
             ups = set()
             for dep in map(subst, spec.get("deps", [])):
                 if dep == "data/cifar10":
@@ -175,9 +181,10 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
                     ups.add(f"source@{name}" if name in ("standard", "robust") else f"train@{name}")
                 elif dep.startswith("data/datasets/"):
                     ups.add(f"construct@{dep.removeprefix('data/datasets/')}")
-            declared[step] = (sorted(k for k in keys if k not in ("profile", "data")), ups)
+            declared[step] = (sorted(k for k in keys if k not in ("profile", "data")), ups, code)
     assert len(declared) == 1 + 2 + 4 + 4 + 1
-    ours = {step: (sorted(step_params(step)), set(upstream_steps(step))) for step in declared}
+    ours = {step: (sorted(step_params(step)), set(upstream_steps(step)), sorted(STEP_CODE[step.partition("@")[0]]))
+            for step in declared}
     assert ours == declared
 
 

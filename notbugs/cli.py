@@ -111,8 +111,9 @@ STEP_CODE = {
 }
 
 
+@functools.cache  # read once: the code this process runs (step_hash asks again for every upstream step)
 def code_digest(stage: str) -> str:
-    """SHA-256 (16 hex digits) of the library files `stage` runs (STEP_CODE), as this process has them."""
+    """SHA-256 (16 hex digits) of the library files `stage` runs (STEP_CODE)."""
     package = Path(__file__).resolve().parent
     return sha256_bytes(b"".join((package / name).read_bytes() for name in STEP_CODE[stage]))[:16]
 

@@ -7,7 +7,8 @@ an epoch's augmentation is reproducible (resuming a run replays the same draws),
 what torchvision's does for one image: the jitter in an order drawn per image, the rotation with
 nearest-neighbour sampling (RandomRotation's default; equal to PIL's rotation, tests/test_augment.py).
 The one difference: PIL truncates the jittered image to 8 bits after each adjustment, we keep
-floats (PIL's result is 1.4 grey levels darker on average, 3.6 at most, on 200 test images).
+floats (PIL's result is 1.4 grey levels darker on average, 3.6 at most, on 200 synthetic and
+random-pixel images).
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ from notbugs.train import load_model  # noqa: E402
 def parse_rule(text: str) -> tuple[int, float, float, float, bool]:
     """STEPS:STEP_SIZE[:FINAL_STEP_SIZE][@MOMENTUM][+fake] -> (steps, step size, final step size,
     momentum, fake ReLU)."""
-    text, fake = (text[:-5], True) if text.endswith("+fake") else (text, False)
+    fake = text.endswith("+fake")
+    text = text.removesuffix("+fake")
     body, _, mom = text.partition("@")
     parts = body.split(":")
     if len(parts) not in (2, 3):

@@ -33,7 +33,7 @@ Against the reference implementations (deliberate deviations, and what matches):
   conv), a reduction by unpadded stride-2 convs and a max-pool (30 -> 14), 4x InceptionB (1x7 / 7x1
   factorised), a reduction by unpadded stride-2 convs and an average pool (14 -> 6), 2x InceptionC,
   global average pooling and dropout (p 0.5, training only; the reference's Dropout2d on the pooled
-  1x1 map drops the same units), a 2048-d representation. No auxiliary head. Until 2026-12-06 ours
+  1x1 map zeroes single units, as plain dropout does), a 2048-d representation. No auxiliary head. Until 2026-12-06 ours
   followed torchvision's ImageNet block layout with 'same' padding (a 32 -> 16 -> 8 grid, a 1x1
   pooled branch in InceptionA, max-pooling in the second reduction, no dropout).
 """

@@ -73,6 +73,9 @@ class TrainConfig:
     # which parameters weight decay applies to: weights (convolution and linear weights; not BatchNorm's
     # scales and shifts nor biases) | all (the reference's SGD over model.parameters()); params.yaml must name it
     decay: str = "weights"
+    # decay of an exponential moving average of the weights (parameters and BatchNorm statistics), taken after
+    # every SGD step; the trained model is the average. 0: the last weights, the paper's. params.yaml must name it
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,7 @@ def validate(p: Profile) -> None:
                f"{w}.augment: values must be >= 0")
         _check(t.init in INITS, f"{w}.init must be one of {'|'.join(INITS)}, got {t.init!r}")
         _check(t.decay in DECAY, f"{w}.decay must be one of {'|'.join(DECAY)}, got {t.decay!r}")
+        _check(0 <= t.ema < 1, f"{w}.ema must be in [0, 1) (0: no average), got {t.ema}")
     a = p.adversarial
     _check(a.eps > 0 and a.steps > 0 and a.step_size > 0, f"{where}.adversarial: eps, steps, step_size must be > 0")
     _check(a.method in ADVERSARIAL_METHODS,

@@ -79,6 +79,13 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def ema_decay(step: int, decay: float) -> float:
+    """The average's decay after SGD step `step` (0-based): the plain mean of the weights of every step so
+    far until there have been 1 / (1 - decay) of them, then `decay`; so the initial weights never weigh in,
+    and a short run averages over the window asked for, not a shorter one."""
+    return min(decay, step / (step + 1))
+
+
 def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor,
                bf16: bool) -> str:
     """What a checkpoint must match to be resumed: recipe, seed, precision, architecture and data. The
@@ -120,6 +127,11 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     replays = adversarial.steps if free else 1  # SGD steps per batch
     total = steps_per_epoch * cfg.epochs * replays  # SGD steps, which the learning rate follows
     signature = _signature(model, cfg, adversarial, seed, labels, images, bf16)
+    # `ema`: the running average of every float tensor of the model's state (BatchNorm statistics too);
+    # `live` holds the model's own tensors (views that SGD and BatchNorm update in place)
+    with eager_view(model):
+        live = [t for t in model.state_dict().values() if t.is_floating_point()]
+    average = [t.clone() for t in live] if cfg.ema > 0 else None
 
     ckpt = Path(workdir) / "checkpoint.pt" if workdir else None
     history: list[dict] = []
@@ -130,6 +142,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             with eager_view(model):
                 model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
+            if average is not None:
+                for a, saved in zip(average, state["average"]):
+                    a.copy_(saved)
             start_epoch, history = int(state["epoch"]), list(state["history"])
             within = state.get("within")
             at = f", batch {within['batch']}/{steps_per_epoch}" if within else ""
@@ -141,7 +156,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         with eager_view(model):  # the same checkpoint whether the backbone is compiled or not
             weights = model.state_dict()
         save_tensors(ckpt, {"model": weights, "optimizer": opt.state_dict(), "epoch": done_epochs,
-                            "history": history, "signature": signature, "within": within_epoch})
+                            "history": history, "signature": signature, "within": within_epoch,
+                            "average": average})
 
     def check_finite(loss_sum: torch.Tensor, seen: int, epoch: int, i: int) -> float:
         mean_loss = loss_sum.item() / seen
@@ -166,6 +182,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(average, live, 1 - ema_decay(step, cfg.ema))
         return loss.detach(), logits.detach()
 
     last_save = time.perf_counter()
@@ -240,6 +259,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             if ckpt is not None and not saved:
                 save(done)
             raise stop(epoch, steps_per_epoch)
+    if average is not None and len(history) == cfg.epochs:  # finished (now or in the run resumed): the average
+        with torch.no_grad():
+            torch._foreach_copy_(live, average)
     return history
 
 

@@ -26,6 +26,7 @@ def test_paper_profile_is_the_protocol():
     assert p.train_on["d_det"].augment.flip is False
     assert {t.init for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {"torch"}  # the reference's
     assert {t.decay for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {"all"}  # the reference's SGD
+    assert {t.ema for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {0.0}  # its last weights
 
 
 def test_speed_switches_are_not_deviations_from_the_paper():
@@ -75,6 +76,8 @@ def _fake_relu_on_vgg16(doc):
     (lambda d: d["profiles"]["tiny"]["source_on"].update(standard={"init": "xavier"}),
      "source_on.standard.init must be one of torch|he, got 'xavier'"),
     (lambda d: d["profiles"]["tiny"]["train"].update(decay="bn"), "train.decay must be one of weights|all, got 'bn'"),
+    (lambda d: d["profiles"]["tiny"]["train_on"].update(d_r={"ema": 1.0}),
+     "train_on.d_r.ema must be in [0, 1) (0: no average), got 1.0"),
     (lambda d: d.update(profile="huge"), "unknown profile 'huge'"),
     (lambda d: d["data"].update(source="ftp"), "data.source"),
     (lambda d: d.update(extra=1), "unknown top-level key"),

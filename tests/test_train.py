@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from notbugs.attacks import NonFiniteError
 from notbugs.compiling import uncompiled
@@ -13,12 +14,13 @@ from notbugs.config import AdversarialConfig
 from notbugs.deadline import Deadline, Stopped
 from notbugs.models import make_model
 from notbugs.storage import ArtefactError, load_tensors, save_tensors
-from notbugs.train import load_model, lr_at, param_groups, save_model, train
+from notbugs.train import ema_decay, load_model, lr_at, param_groups, save_model, train
 from tests.conftest import CompiledStandIn
 from tests.test_attacks import RECIPE, synthetic_batch
 
 CPU = torch.device("cpu")
 SHORT = dataclasses.replace(RECIPE, epochs=3, augment=dataclasses.replace(RECIPE.augment, crop_pad=4, flip=True))
+AVERAGED = dataclasses.replace(SHORT, ema=0.9)
 
 
 PGD = AdversarialConfig(eps=0.5, steps=2, step_size=0.25, random_start=True)
@@ -30,16 +32,17 @@ def _fresh(seed=0):
     return make_model("resnet9", width=0.125)
 
 
-@pytest.mark.parametrize("adversarial", [None, PGD, FREE], ids=["standard", "pgd", "free"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, adversarial):
+@pytest.mark.parametrize("adversarial,recipe", [(None, SHORT), (PGD, SHORT), (FREE, SHORT), (None, AVERAGED)],
+                         ids=["standard", "pgd", "free", "standard-ema"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, adversarial, recipe):
     x, y = synthetic_batch(8)
     full = _fresh()
-    h_full = train(full, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "a")
+    h_full = train(full, x, y, recipe, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "a")
 
     first = _fresh()
-    train(first, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b", stop_after_epoch=1)
+    train(first, x, y, recipe, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b", stop_after_epoch=1)
     resumed = _fresh(seed=99)  # a restarted process starts from other random weights
-    h_res = train(resumed, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b")
+    h_res = train(resumed, x, y, recipe, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b")
 
     assert [h["train_loss"] for h in h_res] == [h["train_loss"] for h in h_full]
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
@@ -52,21 +55,22 @@ def ticks():
     return lambda: float(next(t))
 
 
-@pytest.mark.parametrize("adversarial,bf16", [(None, False), (PGD, False), (PGD, True), (FREE, False), (FREE, True)],
-                         ids=["standard", "pgd", "pgd-bf16", "free", "free-bf16"])
-def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_path, adversarial, bf16):
+@pytest.mark.parametrize("adversarial,bf16,recipe", [(None, False, SHORT), (PGD, False, SHORT), (PGD, True, SHORT),
+                                                     (FREE, False, SHORT), (FREE, True, SHORT), (PGD, True, AVERAGED)],
+                         ids=["standard", "pgd", "pgd-bf16", "free", "free-bf16", "pgd-bf16-ema"])
+def test_run_stopped_mid_epoch_by_its_deadline_resumes_to_the_same_model(tmp_path, adversarial, bf16, recipe):
     """Jobs cut every few batches (mid-epoch included) chain up to exactly the uninterrupted run,
-    in fp32 and in bf16 autocast."""
+    in fp32 and in bf16 autocast, with a weight average too."""
     x, y = synthetic_batch(8)  # 80 images, batch 32: 2 batches per epoch, 6 in all
     full = _fresh()
-    h_full = train(full, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "a", bf16=bf16)
+    h_full = train(full, x, y, recipe, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "a", bf16=bf16)
 
     jobs, stops = 0, []
     while True:
         jobs += 1
         model = _fresh(seed=0 if jobs == 1 else jobs)  # a resumed job starts from other random weights
         try:
-            h_res = train(model, x, y, SHORT, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b",
+            h_res = train(model, x, y, recipe, seed=3, device=CPU, adversarial=adversarial, workdir=tmp_path / "b",
                           deadline=Deadline(3, clock=ticks()), bf16=bf16)  # expires at each job's third batch
             break
         except Stopped as e:
@@ -312,3 +316,32 @@ def test_weight_decay_applies_to_the_parameters_the_recipe_names():
     assert decayed["weight_decay"] == RECIPE.weight_decay and spared["weight_decay"] == 0.0
     assert all(p.ndim == 4 or p is model.head.weight for p in decayed["params"])
     assert {id(p) for p in spared["params"]} == {id(p) for p in model.parameters() if p.ndim == 1}
+
+
+def test_a_trained_model_with_ema_is_the_average_of_the_weights_after_every_step():
+    """`ema`: the model returned is the exponential average (decay as `ema_decay` says) of the parameters and
+    BatchNorm statistics after each SGD step, computed here by hand from the weights each step left."""
+    x, y = synthetic_batch(8)  # 2 SGD steps an epoch, 6 in all
+    model = _fresh()
+    floats = [k for k, t in model.state_dict().items() if t.is_floating_point()]
+    after_step = []
+
+    def snapshot(*_):
+        after_step.append({k: model.state_dict()[k].clone() for k in floats})
+
+    handle = register_optimizer_step_post_hook(snapshot)
+    try:
+        train(model, x, y, AVERAGED, seed=3, device=CPU)
+    finally:
+        handle.remove()
+    assert len(after_step) == 6
+    expected = {k: torch.zeros_like(t) for k, t in model.state_dict().items() if k in floats}  # step 0 replaces it
+    for step, weights in enumerate(after_step):
+        d = ema_decay(step, AVERAGED.ema)
+        for k in floats:
+            expected[k] = d * expected[k] + (1 - d) * weights[k]
+    assert ema_decay(0, 0.9) == 0.0 and ema_decay(3, 0.9) == 0.75 and ema_decay(1000, 0.9) == 0.9
+    state = model.state_dict()
+    for k in floats:
+        torch.testing.assert_close(state[k], expected[k], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(state["head.weight"], after_step[-1]["head.weight"])  # not the last weights

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -147,3 +148,11 @@ def _isolated_env(monkeypatch):
     # process (notbugs.compiling.keep_compiled_kernels); each test starts without it
     for var in ("NOTBUGS_PROFILE", "NOTBUGS_DATA_SOURCE", "NOTBUGS_MIRROR", "TORCHINDUCTOR_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (scripts/test.sh runs a worker per core), one thread per worker and per process it
+    starts: on CI's 2 cores, two workers of two threads each would oversubscribe them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)

@@ -14,6 +14,7 @@ the others. Set TORCHINDUCTOR_CACHE_DIR to a new folder for a cold start (a fres
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -23,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from notbugs import construct as C  # noqa: E402
 from notbugs.attacks import PRECISIONS, use_bf16  # noqa: E402
 from notbugs.compiling import try_compile  # noqa: E402
+from notbugs.config import load_params  # noqa: E402
 from notbugs.models import make_model  # noqa: E402
 
 
@@ -41,6 +44,7 @@ def graphs_compiled() -> int | None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", default="d_r", choices=("d_r", "d_nr", "d_rand", "d_det"))
+    ap.add_argument("--profile", default="fast", help="the params.yaml profile whose step rules to use")
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--steps", type=int, default=5, help="matching or PGD steps per image")
@@ -59,15 +63,19 @@ def main(argv=None) -> dict:
     n = args.shards * args.batch
     images = torch.rand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = np.random.default_rng(0).integers(0, 10, n)
+    # The profile's step rules (as the construct stage passes them), with this run's number of steps.
+    c = load_params(ROOT / "params.yaml", args.profile).profile.construct
+    match = dataclasses.replace(c.match, steps=args.steps)
+    pgd = dataclasses.replace(c.pgd, steps=args.steps)
     recipe = {"name": args.set, "precision": "bf16" if bf16 else "fp32", "batch_size": args.batch,
-              "match": {"steps": args.steps, "step_size": 0.3, "final_step_size": 0.02, "use_best": True},
-              "pgd": {"eps": 0.5, "steps": args.steps, "step_size": 0.1, "use_best": True}}  # `fast`'s rules
+              "match": dataclasses.asdict(match), "pgd": dataclasses.asdict(pgd)}
+    fake_relu = args.set in C.MATCHING and match.fake_relu
     out = {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "torch": torch.__version__, "set": args.set, "arch": args.arch, "width": args.width,
-           "steps": args.steps, "batch": args.batch, "precision": recipe["precision"]}
+           "profile": args.profile, "steps": args.steps, "batch": args.batch, "precision": recipe["precision"]}
     t = time.perf_counter()
     out["compile_reason"] = "not asked (--no-compile)" if args.no_compile else try_compile(
-        model, images[:args.batch].to(dev), bf16=bf16)
+        model, images[:args.batch].to(dev), bf16=bf16, fake_relu=fake_relu)
     out["compile_s"] = time.perf_counter() - t
     out["graphs_after_probe"] = graphs_compiled()
     assign = C.assignments(args.set, labels, 0)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("match", "pgd", "train", "adv_train", "eval")
 
@@ -38,10 +40,11 @@ def test_bench_tiny_runs_every_stage(tmp_path):
     assert "--tiny" in res["command"]
 
 
-def test_first_shard_bench_builds_its_shards(tmp_path):
+@pytest.mark.parametrize("name", ["d_r", "d_rand"])  # a matching set and a PGD one: each has its own rules
+def test_first_shard_bench_builds_its_shards(tmp_path, name):
     """bench/first_shard.py, eager at tiny sizes: every shard timed, a JSON with its figures."""
     out = tmp_path / "first.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "first_shard.py"), "--no-compile", "--set", "d_rand",
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "first_shard.py"), "--no-compile", "--set", name,
                            "--arch", "resnet9", "--width", "0.0625", "--steps", "2", "--batch", "8", "--shards", "3",
                            "--device", "cpu", "--precision", "fp32", "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

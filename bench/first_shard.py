@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     model = make_model(args.arch, 10, args.width, init="he").to(dev).eval().to(memory_format=torch.channels_last)
     n = args.shards * args.batch
-    images = torch.rand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    images = torch.rand(n, 3, 32, 32)  # contiguous NCHW, as the construct stage's images (the model is channels_last)
     labels = np.random.default_rng(0).integers(0, 10, n)
     # The profile's step rules (as the construct stage passes them), with this run's number of steps.
     c = load_params(ROOT / "params.yaml", args.profile).profile.construct

@@ -12,7 +12,8 @@
 #   part 2  carry .gpu/cifar10/cifar10-train-1.tar.gz
 #           what `compile: true` buys the fast profile's construction (ResNet-18, batch 2500)
 #   part 3  carry .gpu/cifar10/cifar10-train-2.tar.gz
-#           fetch (verified) + the fast profile, Figure 2 and Table 1 (no transfer), one process;
+#           fetch (verified) + the fast profile, Figure 2 and Table 1 (no transfer), one process
+#           (construction's compile ahead, beside the source models: fast.log's "compile ahead" line);
 #           then, with the time left, D_NR trained 30 epochs against the profile's 18
 #   part 4  nothing to carry (the machine still warm after part 3, its data in .gpu/data)
 #           first finishes part 3's run if that was cut short (from its checkpoints), then
@@ -51,8 +52,8 @@ fits() {  # fits SECONDS NAME: is there time for a step that needs at least SECO
   if [ "$(left)" -lt "$1" ]; then echo "skipped $2: $(left) s left of this part's $limit s" | tee -a "$OUT/skipped.txt"; return 1; fi
 }
 
-pack() {  # the small outputs of the fast run, in one file (atomically replaced)
-  tar czf "$OUT/.results.tgz" -C .gpu/data results metrics report 2>/dev/null
+pack() {  # the small outputs of the fast run, in one file (atomically replaced); the compile-ahead log where there is one
+  tar czf "$OUT/.results.tgz" -C .gpu/data results metrics report $(cd .gpu/data && ls work/compile-ahead.log 2>/dev/null) 2>/dev/null
   mv -f "$OUT/.results.tgz" "$OUT/results.tgz"
 }
 

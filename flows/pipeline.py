@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from notbugs import stages as S
+from notbugs import warmup
 from notbugs.config import DATASETS, load_params
 from notbugs.storage import read_json
 from tasks import build_shard, evaluate_model, fetch_data, publish_table, render_report, train_model
@@ -142,8 +143,18 @@ def reproduce(params_path: str = "params.yaml", profile: str | None = None, data
     """The whole DAG from Prefect alone (for users who drive everything from the UI)."""
     kw = {"params_path": params_path, "profile": profile, "data_dir": data_dir, "device": device}
     fetch_flow(**kw)
-    for kind in ("standard", "robust"):
-        source_flow(kind, **kw, gpu_tag=gpu_tag)
+    # construction's compile in a second process beside the source models, as `notbugs all` does
+    params = load_params(params_path, profile)
+    todo = {"source@standard", "source@robust", *(f"construct@{n}" for n in DATASETS)}  # this flow reruns them all
+    dev = S.pick_device(device)
+    ahead = warmup.sets_to_warm(params, todo, dev)
+    warming = warmup.start(params, ahead, data_dir, dev) if ahead else None
+    try:
+        for kind in ("standard", "robust"):
+            source_flow(kind, **kw, gpu_tag=gpu_tag)
+        warmup.finish(warming)
+    finally:
+        warmup.stop(warming)
     for name in DATASETS:
         construct_flow(name, **kw, gpu_tag=gpu_tag)
     for name in DATASETS:

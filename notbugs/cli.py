@@ -164,9 +164,11 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     and resumes the step that was cut (from its last checkpoint, shard or batch) without appending its
     rows twice; after a parameter changes, only the steps that read it, and their dependents, rerun.
     Out of time (`deadline`), the step under way stops at its next safe point; no step starts after
-    the time is up, once one has run.
+    the time is up, once one has run. With the profile's `compile_ahead`, construction's compile runs
+    in a second process while the source models train (`notbugs.warmup`).
     """
     from notbugs import stages as S
+    from notbugs import warmup
 
     @functools.cache
     def split():  # the data, read once (after fetch, and only if a stage needs it) for every stage
@@ -186,22 +188,34 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
                lambda: S.stage_transfer(params, data_dir, device, deadline=deadline, split=split())),
               ("report", "report", lambda: S.stage_report(params, data_dir, None, device))]
     log = logging.getLogger("notbugs")
+    done_dir = Path(data_dir) / "work" / "done"
+    todo = {step for step, stage, _ in steps if stage not in skip and step != "report"  # report: always
+            and (redo or _marker_hash(done_dir / f"{step}.json") != step_hash(params, step))}
+    ahead = warmup.sets_to_warm(params, todo, S.pick_device(device))
+    warming = None
     ran = False
-    for step, stage, run in steps:
-        if stage in skip:
-            continue
-        if step == "report":  # always rendered again: seconds, and it must show every row appended since
+    try:
+        for step, stage, run in steps:
+            if stage in skip:
+                continue
+            if step == "report":  # always rendered again: seconds, and it must show every row appended since
+                run()
+                continue
+            marker = done_dir / f"{step}.json"
+            if step not in todo:
+                log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step, marker)
+                continue
+            if ran and expired(deadline):
+                raise Stopped(f"{deadline.reason} before step {step}")
+            if stage == "source" and ahead and warming is None:
+                warming = warmup.start(params, ahead, data_dir, S.pick_device(device))
+            if stage == "construct" and warming is not None and warming.returncode is None:  # not waited for yet
+                warmup.finish(warming)
             run()
-            continue
-        marker, expected = Path(data_dir) / "work" / "done" / f"{step}.json", step_hash(params, step)
-        if not redo and _marker_hash(marker) == expected:
-            log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step, marker)
-            continue
-        if ran and expired(deadline):
-            raise Stopped(f"{deadline.reason} before step {step}")
-        run()
-        ran = True
-        write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": expected})
+            ran = True
+            write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": step_hash(params, step)})
+    finally:
+        warmup.stop(warming)
 
 
 def _marker_hash(path: Path) -> str | None:

@@ -150,6 +150,8 @@ class Profile:
     transfer: TransferConfig
     compile: bool  # torch.compile the model for construction (D_R, D_NR, D_rand, D_det): speed only
     compile_train: str  # eager | default | reduce-overhead (CUDA graphs): torch.compile for training; speed only
+    # `notbugs all`: compile construction's graphs in a second process while the source models train; speed only
+    compile_ahead: bool
     checkpoint_minutes: float  # a training checkpoint at the first epoch end this long after the last (0: every epoch)
     precision: str  # auto (bf16 where the device has it natively, else fp32) | bf16 | fp32
     name: str = ""
@@ -167,7 +169,8 @@ class Params:
         if self.paper is None:
             return []
         ours, theirs = dataclasses.asdict(self.profile), dataclasses.asdict(self.paper)
-        for key in ("name", "compile", "compile_train", "checkpoint_minutes"):  # a label, and switches of speed only
+        speed_only = ("compile", "compile_train", "compile_ahead", "checkpoint_minutes")
+        for key in ("name", *speed_only):  # a label, and switches of speed only
             ours.pop(key), theirs.pop(key)
         out = []
         for key, a, b in _diff(ours, theirs):

@@ -139,6 +139,12 @@ def to_float(images_nhwc: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float().div_(255).contiguous()
 
 
+def training_images(params: Params) -> int:
+    """How many training images `load_split` gives this profile, without reading them."""
+    everything = 10 * params.data.train_per_class  # fetch verified that many per class
+    return everything if params.profile.subset.train == 0 else min(params.profile.subset.train, everything)
+
+
 def load_split(params: Params, data_dir) -> Split:
     """The profile's training and test images as float tensors. Stages take a loaded one (`split=`)
     so that a process running several of them (`notbugs all`, 11 stages that read it) reads and converts

@@ -1,0 +1,103 @@
+"""Compiling construction ahead (notbugs.warmup): what it compiles, when `notbugs all` starts it, and
+that the construct stage then finds every graph it needs in the cache instead of compiling it."""
+
+import dataclasses
+import sys
+
+import pytest
+import torch
+
+from notbugs import stages as S
+from notbugs import warmup
+from notbugs.cli import main
+from notbugs.config import DATASETS, load_params
+from tests.conftest import write_params
+
+
+def _with(params, **profile_changes):
+    return dataclasses.replace(params, profile=dataclasses.replace(params.profile, **profile_changes))
+
+
+def _with_match(params, **match_changes):
+    c = params.profile.construct
+    return _with(params, construct=dataclasses.replace(c, match=dataclasses.replace(c.match, **match_changes)))
+
+
+def test_one_graph_per_fake_relu_flag_the_sets_use(params_file):
+    params = load_params(params_file)  # tiny: matching through the fake ReLU
+    assert warmup.graphs(params, DATASETS) == [True, False]
+    assert warmup.graphs(params, ["d_rand", "d_det"]) == [False]
+    assert warmup.graphs(params, ["d_nr"]) == [True]
+    assert warmup.graphs(_with_match(params, fake_relu=False), DATASETS) == [False]
+
+
+@pytest.mark.parametrize("subset", [0, 100, 1000])
+def test_training_images_is_what_load_split_reads(tmp_path, mirror, subset):
+    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10",
+                        edit=lambda d: d["profiles"]["tiny"]["subset"].update(train=subset))
+    params = load_params(path)
+    S.stage_fetch(params, tmp_path / "data", "cpu")
+    assert S.training_images(params) == len(S.load_split(params, tmp_path / "data").train_y)
+
+
+def test_the_command_compiles_the_construction_batch(params_file):
+    params = load_params(params_file)  # 200 training images in the test mirror, batches of 100
+    cmd = warmup.command(_with(params, compile=True), ["d_r", "d_det"], torch.device("cpu"))
+    assert cmd[:3] == [sys.executable, "-m", "notbugs.warmup"]
+    args = dict(zip(cmd[3::2], cmd[4::2]))
+    assert args == {"--arch": "resnet9", "--width": "0.125", "--batch": "100", "--precision": "fp32",
+                    "--fake-relu": "1,0", "--device": "cpu"}
+    small = _with(params, construct=dataclasses.replace(params.profile.construct, batch_size=500))
+    assert dict(zip(*[iter(warmup.command(small, ["d_r"], torch.device("cpu"))[3:])] * 2))["--batch"] == "200"
+
+
+def test_all_compiles_ahead_only_beside_source_models_still_to_train_on_a_gpu(params_file):
+    params = load_params(params_file)
+    on, gpu = _with(params, compile=True, compile_ahead=True), torch.device("cuda")
+    everything = {"fetch", "source@standard", "source@robust", *(f"construct@{n}" for n in DATASETS)}
+    assert warmup.sets_to_warm(on, everything, gpu) == list(DATASETS)
+    assert warmup.sets_to_warm(on, {"source@robust", "construct@d_r", "train@d_r"}, gpu) == ["d_r"]
+    assert warmup.sets_to_warm(on, everything - {"source@standard", "source@robust"}, gpu) == []  # no overlap
+    assert warmup.sets_to_warm(on, {"source@standard", "train@d_r"}, gpu) == []  # nothing to build
+    assert warmup.sets_to_warm(_with(on, compile_ahead=False), everything, gpu) == []
+    assert warmup.sets_to_warm(_with(on, compile=False), everything, gpu) == []  # construction runs eager
+    assert warmup.sets_to_warm(on, everything, torch.device("cpu")) == []  # the training uses every core
+
+
+def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, monkeypatch):
+    """`notbugs all` with compile_ahead: the warm-up runs beside the source models, and then every
+    construct stage loads its compiled graphs (fake ReLU or not) from the cache: no miss. (On the CPU
+    as if it ran beside training on a GPU: the same processes and cache, with the CPU as the device.)"""
+    from torch._dynamo.utils import counters  # not public API; the cache's own hit and miss counts
+
+    monkeypatch.setattr(warmup, "beside_training", lambda device: True)
+
+    def compile_ahead(doc):  # a ResNet-18: its representation ends in a ReLU, so the fake one is another graph
+        doc["profiles"]["tiny"].update(compile=True, compile_ahead=True, arch="resnet18", width=0.0625)
+
+    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10", edit=compile_ahead)
+    data = tmp_path / "data"
+    counters.clear()
+    assert main(["all", "--params", str(path), "--data-dir", str(data), "--device", "cpu",
+                 "--skip", "train", "--skip", "transfer", "--skip", "report"]) == 0
+    log = (data / "work" / "compile-ahead.log").read_text()
+    assert log.count(": compiled in ") == 2, log  # with the fake ReLU (D_R, D_NR) and without (D_rand, D_det)
+    # Each graph's forward and backward kernels come from the cache. (The fake ReLU's graph, with its
+    # autograd.Function, bypasses the cache of whole traced graphs, so it is traced again but not compiled.)
+    assert counters["inductor"]["fxgraph_cache_hit"] == 2 * 2, dict(counters["inductor"])
+    assert counters["inductor"]["fxgraph_cache_miss"] == 0, dict(counters["inductor"])
+    assert counters["aot_autograd"]["autograd_cache_miss"] == 0, dict(counters["aot_autograd"])
+
+
+def test_a_failing_warm_up_costs_nothing_but_its_time(tmp_path, params_file):
+    """A warm-up that cannot compile (here: an architecture it does not know) exits non-zero; the
+    stage is told and goes on. One still running when the job ends is stopped."""
+    params = load_params(params_file)
+    broken = _with(params, arch="no-such-net")
+    proc = warmup.start(broken, ["d_r"], tmp_path / "data", torch.device("cpu"))
+    assert warmup.finish(proc) not in (0, None)
+    assert "no-such-net" in (tmp_path / "data" / "work" / "compile-ahead.log").read_text()
+    slow = warmup.start(params, ["d_r"], tmp_path / "data", torch.device("cpu"))
+    warmup.stop(slow)
+    assert slow.poll() is not None
+    assert warmup.finish(None) is None

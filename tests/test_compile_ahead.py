@@ -2,6 +2,7 @@
 that the construct stage then finds every graph it needs in the cache instead of compiling it."""
 
 import dataclasses
+import os
 import sys
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from notbugs import stages as S
 from notbugs import warmup
 from notbugs.cli import main
+from notbugs.compiling import CACHE_ENV
 from notbugs.config import DATASETS, load_params
 from tests.conftest import write_params
 
@@ -67,10 +69,16 @@ def test_all_compiles_ahead_only_beside_source_models_still_to_train_on_a_gpu(pa
 def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, monkeypatch):
     """`notbugs all` with compile_ahead: the warm-up runs beside the source models, and then every
     construct stage loads its compiled graphs (fake ReLU or not) from the cache: no miss. (On the CPU
-    as if it ran beside training on a GPU: the same processes and cache, with the CPU as the device.)"""
+    as if it ran beside training on a GPU: the same processes and cache, with the CPU as the device.)
+    The warm-up has a /tmp of its own, as a capped job on another node would: the kernels reach the
+    stage through the data folder (`keep_compiled_kernels`), so a later job finds them the same way."""
     from torch._dynamo.utils import counters  # not public API; the cache's own hit and miss counts
 
     monkeypatch.setattr(warmup, "beside_training", lambda device: True)
+    other_node = tmp_path / "other-node-tmp"  # torch's default cache would be here: not used
+    other_node.mkdir()
+    monkeypatch.setenv("TMPDIR", str(other_node))  # the child's; this process's tempfile folder is set already
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
 
     def compile_ahead(doc):  # a ResNet-18: its representation ends in a ReLU, so the fake one is another graph
         doc["profiles"]["tiny"].update(compile=True, compile_ahead=True, arch="resnet18", width=0.0625)
@@ -87,6 +95,9 @@ def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, m
     assert counters["inductor"]["fxgraph_cache_hit"] == 2 * 2, dict(counters["inductor"])
     assert counters["inductor"]["fxgraph_cache_miss"] == 0, dict(counters["inductor"])
     assert counters["aot_autograd"]["autograd_cache_miss"] == 0, dict(counters["aot_autograd"])
+    cache = (data / "work" / "compile-cache").resolve()
+    assert os.environ[CACHE_ENV] == str(cache) and any((cache / "fxgraph").iterdir())
+    assert not any(other_node.rglob("fxgraph"))  # (torch keeps its precompiled C++ headers there regardless)
 
 
 def test_a_failing_warm_up_costs_nothing_but_its_time(tmp_path, params_file):

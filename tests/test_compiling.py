@@ -261,35 +261,22 @@ def test_compile_cache_lives_with_the_data_unless_the_user_chose_one(monkeypatch
 
 _JOB = """
 import sys, torch
-from torch._dynamo.utils import counters
-from notbugs.compiling import keep_compiled_kernels, try_compile
-from tests.conftest import small_model
+from notbugs.compiling import keep_compiled_kernels
 
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # as a job's earlier training does
 print(keep_compiled_kernels(sys.argv[1]))
-model = small_model()
-reason = try_compile(model, torch.rand(4, 3, 32, 32), bf16=False)
-print(reason, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
 """
 
 
-def test_a_later_job_finds_the_kernels_an_earlier_job_compiled(tmp_path):
-    """Capped jobs: the second process (a fresh /tmp, as on another node) compiles nothing that the
-    first compiled into the data folder; inductor's own counters say so."""
+def test_a_job_that_trained_first_still_keeps_its_kernels_with_the_data(tmp_path):
+    """Capped jobs: in a fresh process (a fresh /tmp, as on another node) that has created an optimizer,
+    which makes torch write its default folder into the variable, the kernels still go to the data
+    folder. (That a later process then compiles nothing the earlier one compiled there, inductor's
+    counters say in tests/test_compile_ahead.py.)"""
     env = {k: v for k, v in os.environ.items() if k not in (compiling.CACHE_ENV, "TRITON_CACHE_DIR")}
-    env["PYTHONPATH"] = str(ROOT)
-    runs = []
-    for job in ("first", "second"):
-        env["TMPDIR"] = str(tmp_path / f"tmp-{job}")  # torch's default cache would be here: not used
-        (tmp_path / f"tmp-{job}").mkdir()
-        proc = subprocess.run([sys.executable, "-c", _JOB, str(tmp_path / "data")], env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        folder, result = proc.stdout.strip().splitlines()[-2:]
-        runs.append(result.split())
-    assert folder == str((tmp_path / "data" / "work" / "compile-cache").resolve())
-    (reason1, hits1, misses1), (reason2, hits2, misses2) = runs
-    if reason1 != "None":
-        pytest.skip(f"torch.compile does not work on this machine: {reason1}")
-    assert int(misses1) > 0 and int(hits2) == int(misses1) and int(misses2) == 0
-    assert any((tmp_path / "data" / "work" / "compile-cache").rglob("*"))
+    env.update(PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _JOB, str(tmp_path / "data")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str((tmp_path / "data" / "work" / "compile-cache").resolve())

@@ -3,6 +3,7 @@ that the construct stage then finds every graph it needs in the cache instead of
 
 import dataclasses
 import os
+import shutil
 import sys
 
 import pytest
@@ -13,6 +14,7 @@ from notbugs import warmup
 from notbugs.cli import main
 from notbugs.compiling import CACHE_ENV
 from notbugs.config import DATASETS, load_params
+from notbugs.storage import read_json
 from tests.conftest import write_params
 
 
@@ -71,7 +73,9 @@ def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, m
     construct stage loads its compiled graphs (fake ReLU or not) from the cache: no miss. (On the CPU
     as if it ran beside training on a GPU: the same processes and cache, with the CPU as the device.)
     The warm-up has a /tmp of its own, as a capped job on another node would: the kernels reach the
-    stage through the data folder (`keep_compiled_kernels`), so a later job finds them the same way."""
+    stage through the data folder (`keep_compiled_kernels`), so a later job finds them the same way.
+    And `compile: true` changes speed, not the sets: the recipe hash and, up to rounding, the
+    matching and the PGD success of an eager build from the same source models."""
     from torch._dynamo.utils import counters  # not public API; the cache's own hit and miss counts
 
     monkeypatch.setattr(warmup, "beside_training", lambda device: True)
@@ -98,6 +102,16 @@ def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, m
     cache = (data / "work" / "compile-cache").resolve()
     assert os.environ[CACHE_ENV] == str(cache) and any((cache / "fxgraph").iterdir())
     assert not any(other_node.rglob("fxgraph"))  # (torch keeps its precompiled C++ headers there regardless)
+
+    eager, eager_data = _with(load_params(path), compile=False), tmp_path / "eager"
+    for folder in ("cifar10", "models"):
+        shutil.copytree(data / folder, eager_data / folder)
+    for name, stat, tolerance in (("d_r", "final_distance", 1e-3), ("d_rand", "success_rate", 0.02)):
+        compiled = read_json(S.dataset_dir(data, name) / "manifest.json")
+        S.stage_construct(eager, name, eager_data, "cpu")
+        built = read_json(S.dataset_dir(eager_data, name) / "manifest.json")
+        assert compiled["recipe_hash"] == built["recipe_hash"]
+        assert abs(compiled["stats"][stat] - built["stats"][stat]) <= tolerance * max(1.0, built["stats"][stat])
 
 
 def test_a_failing_warm_up_costs_nothing_but_its_time(tmp_path, params_file):

@@ -290,21 +290,6 @@ def test_training_set_is_the_constructed_one(sources, tmp_path):
     assert x.dtype == torch.float32 and x.shape[0] == len(y) == 200
 
 
-def test_compiled_construction_builds_the_same_set(sources, tmp_path):
-    """`compile: true` changes speed, not the set: the same recipe hash, and the same matching up to
-    rounding (or, where this machine cannot compile, the eager fallback). What it compiles is cached
-    with the data (a later job, on another node, finds it there)."""
-    params, data = _copy(sources, tmp_path)
-    eager = S.stage_construct(params, "d_r", data, "cpu")
-    shutil.rmtree(S.dataset_dir(data, "d_r"))
-    compiled = _with(params, compile=True)
-    job = S.prepare_construct(compiled, "d_r", data, "cpu")
-    assert job.recipe_hash == S.prepare_construct(params, "d_r", data, "cpu").recipe_hash
-    stats = S.stage_construct(compiled, "d_r", data, "cpu")
-    assert abs(stats["final_distance"] - eager["final_distance"]) < 1e-3 * max(1.0, eager["final_distance"])
-    assert os.environ[CACHE_ENV] == str(data.resolve() / "work" / "compile-cache")
-
-
 def _weights(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -3,7 +3,7 @@
 #   bash scripts/test.sh            default suite (under 10 minutes on 2 cores)
 #   bash scripts/test.sh -m slow    the long tests (kill-point sweeps)
 #   bash scripts/test.sh -n 0       in one process (the default: one pytest-xdist worker per core, a test
-#                                   module per worker, one thread each; on 2 cores about 6 min against 8 min 15 s)
+#                                   module per worker, one thread each; on 2 cores pytest takes about 7 min, set-up 2 more)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh

@@ -207,8 +207,8 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
                 continue
             if ran and expired(deadline):
                 raise Stopped(f"{deadline.reason} before step {step}")
-            if stage == "source" and ahead and warming is None:
-                warming = warmup.start(params, ahead, data_dir, S.pick_device(device))
+            if stage == "source" and ahead:  # started once, before the first source model to train
+                warming, ahead = warmup.start(params, ahead, data_dir, S.pick_device(device)), []
             if stage == "construct" and warming is not None and warming.returncode is None:  # not waited for yet
                 warmup.finish(warming)
             run()

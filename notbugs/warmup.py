@@ -34,8 +34,8 @@ def beside_training(device: torch.device) -> bool:
     """Whether compiling beside the source models' training can save time on `device`: only where the
     training runs on an accelerator, so that the compile's CPU work uses cores the training leaves idle.
     On a CPU the training already uses every core. The `fast` profile in miniature on the 2-core CPU
-    (bench/preflight.py, 2,000 images, 4 epochs, up to the constructed sets) took 141.9 s with the
-    warm-up beside it and 117.8 s without (docs/measurements.md, 2026-12-06)."""
+    (bench/preflight.py, 2,000 images, 4 epochs, up to the constructed sets) took 141.9-142.5 s with
+    the warm-up beside it and 117.8-122.7 s without (docs/measurements.md, 2026-12-06)."""
     return device.type != "cpu"
 
 
@@ -78,8 +78,10 @@ def command(params, names, device: torch.device) -> list[str]:
             "--fake-relu", ",".join(str(int(f)) for f in graphs(params, names)), "--device", str(device)]
 
 
-def start(params, names, data_dir, device: torch.device) -> subprocess.Popen:
-    """Start the warm-up for the sets `names`; its output goes to <data_dir>/work/compile-ahead.log."""
+def start(params, names, data_dir, device: torch.device) -> subprocess.Popen | None:
+    """Start the warm-up for the sets `names`; its output goes to <data_dir>/work/compile-ahead.log.
+    None, with a warning, where it cannot start (the log not writable, no process to spare): the job
+    goes on without it."""
     import notbugs
     from notbugs.compiling import CACHE_ENV, keep_compiled_kernels
 
@@ -90,11 +92,15 @@ def start(params, names, data_dir, device: torch.device) -> subprocess.Popen:
     # Leave cores to the training it runs beside (the setting is not part of the cache's key)
     env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
     path = Path(data_dir) / "work" / "compile-ahead.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
     cmd = command(params, names, device)
     log.info("compiling construction ahead, beside the source models: %s (log: %s)", " ".join(cmd[1:]), path)
-    with open(path, "w") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as out:  # the child keeps its own descriptor
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    except OSError as e:
+        log.warning("compile ahead: cannot start (%s); construction compiles itself", e)
+        return None
 
 
 def finish(proc: subprocess.Popen | None, wait_s: float = WAIT_S) -> int | None:

@@ -116,7 +116,8 @@ def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, m
 
 def test_a_failing_warm_up_costs_nothing_but_its_time(tmp_path, params_file):
     """A warm-up that cannot compile (here: an architecture it does not know) exits non-zero; the
-    stage is told and goes on. One still running when the job ends is stopped."""
+    stage is told and goes on. One still running when the job ends is stopped. One that cannot start
+    is not started."""
     params = load_params(params_file)
     broken = _with(params, arch="no-such-net")
     proc = warmup.start(broken, ["d_r"], tmp_path / "data", torch.device("cpu"))
@@ -126,3 +127,5 @@ def test_a_failing_warm_up_costs_nothing_but_its_time(tmp_path, params_file):
     warmup.stop(slow)
     assert slow.poll() is not None
     assert warmup.finish(None) is None
+    (tmp_path / "file").write_text("not a folder")  # nowhere to write its log: not started, no error
+    assert warmup.start(params, ["d_r"], tmp_path / "file", torch.device("cpu")) is None

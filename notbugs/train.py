@@ -293,6 +293,10 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     except RuntimeError as e:
         raise ArtefactError(f"{model_dir}/model.pt does not fit architecture {meta['arch']} "
                             f"(width {meta['width']}): {str(e).splitlines()[0]}") from e
+    return ready_to_attack(model, device), meta
+
+
+def ready_to_attack(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """A trained model as construction and evaluation use it: on `device`, in eval mode, channels_last."""
     # attacks and evaluation run faster in NHWC: on tensor cores, and in oneDNN on the CPU
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
-    return model, meta
+    return model.to(device).eval().to(memory_format=torch.channels_last)

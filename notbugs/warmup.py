@@ -139,10 +139,10 @@ def warm(arch: str, width: float, batch: int, bf16: bool, fake_relus: list[bool]
     None or the reason it runs eager) for each."""
     from notbugs.compiling import try_compile, uncompiled
     from notbugs.models import make_model
+    from notbugs.train import ready_to_attack
 
     torch.manual_seed(0)
-    # as `load_model` hands the source model to construction
-    model = make_model(arch, 10, width).to(device).eval().to(memory_format=torch.channels_last)
+    model = ready_to_attack(make_model(arch, 10, width), device)  # as `load_model` hands it to construction
     example = torch.rand(batch, 3, 32, 32, device=device)  # as the stage's images: contiguous NCHW
     out = []
     for fake_relu in fake_relus:

@@ -93,6 +93,8 @@ def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, m
     assert main(["all", "--params", str(path), "--data-dir", str(data), "--device", "cpu",
                  "--skip", "train", "--skip", "transfer", "--skip", "report"]) == 0
     log = (data / "work" / "compile-ahead.log").read_text()
+    if ": eager (" in log:  # as the tests that compile for real: a machine without a working compiler
+        pytest.skip(f"torch.compile does not work on this machine: {log.strip().splitlines()[-1]}")
     assert log.count(": compiled in ") == 2, log  # with the fake ReLU (D_R, D_NR) and without (D_rand, D_det)
     # Each graph's forward and backward kernels come from the cache. (The fake ReLU's graph, with its
     # autograd.Function, bypasses the cache of whole traced graphs, so it is traced again but not compiled.)

@@ -189,9 +189,10 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
               ("report", "report", lambda: S.stage_report(params, data_dir, None, device))]
     log = logging.getLogger("notbugs")
     done_dir = Path(data_dir) / "work" / "done"
-    todo = {step for step, stage, _ in steps if stage not in skip and step != "report"  # report: always
-            and (redo or _marker_hash(done_dir / f"{step}.json") != step_hash(params, step))}
-    ahead = warmup.sets_to_warm(params, todo, S.pick_device(device))
+    expected = {step: step_hash(params, step) for step, stage, _ in steps if stage not in skip and step != "report"}
+    todo = {step for step, h in expected.items() if redo or _marker_hash(done_dir / f"{step}.json") != h}
+    dev = S.pick_device(device)
+    ahead = warmup.sets_to_warm(params, todo, dev)
     warming = None
     ran = False
     try:
@@ -208,12 +209,12 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
             if ran and expired(deadline):
                 raise Stopped(f"{deadline.reason} before step {step}")
             if stage == "source" and ahead:  # started once, before the first source model to train
-                warming, ahead = warmup.start(params, ahead, data_dir, S.pick_device(device)), []
+                warming, ahead = warmup.start(params, ahead, data_dir, dev), []
             if stage == "construct" and warming is not None and warming.returncode is None:  # not waited for yet
                 warmup.finish(warming)
             run()
             ran = True
-            write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": step_hash(params, step)})
+            write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": expected[step]})
     finally:
         warmup.stop(warming)
 

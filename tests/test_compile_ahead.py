@@ -46,13 +46,15 @@ def test_training_images_is_what_load_split_reads(tmp_path, mirror, subset):
 
 def test_the_command_compiles_the_construction_batch(params_file):
     params = load_params(params_file)  # 200 training images in the test mirror, batches of 100
+    def options(cmd):  # --name value pairs after `python -m notbugs.warmup`
+        return dict(zip(cmd[3::2], cmd[4::2]))
+
     cmd = warmup.command(_with(params, compile=True), ["d_r", "d_det"], torch.device("cpu"))
     assert cmd[:3] == [sys.executable, "-m", "notbugs.warmup"]
-    args = dict(zip(cmd[3::2], cmd[4::2]))
-    assert args == {"--arch": "resnet9", "--width": "0.125", "--batch": "100", "--precision": "fp32",
-                    "--fake-relu": "1,0", "--device": "cpu"}
+    assert options(cmd) == {"--arch": "resnet9", "--width": "0.125", "--batch": "100", "--precision": "fp32",
+                            "--fake-relu": "1,0", "--device": "cpu"}
     small = _with(params, construct=dataclasses.replace(params.profile.construct, batch_size=500))
-    assert dict(zip(*[iter(warmup.command(small, ["d_r"], torch.device("cpu"))[3:])] * 2))["--batch"] == "200"
+    assert options(warmup.command(small, ["d_r"], torch.device("cpu")))["--batch"] == "200"
 
 
 def test_all_compiles_ahead_only_beside_source_models_still_to_train_on_a_gpu(params_file):

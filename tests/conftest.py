@@ -40,9 +40,14 @@ def copy_working_tree(dest: Path) -> Path:
 
 
 def bench_script(name: str, monkeypatch: pytest.MonkeyPatch):
-    """bench/<name>.py as a module (bench/ holds scripts, not a package). Registered in sys.modules
-    while the test runs, where a dataclass defined in the script looks its module up."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    """bench/<name>.py as a module (bench/ holds scripts, not a package)."""
+    return repo_script(f"bench/{name}.py", monkeypatch)
+
+
+def repo_script(path: str, monkeypatch: pytest.MonkeyPatch):
+    """The repository's script at `path` (e.g. "scripts/check_official_order.py") as a module. Registered in
+    sys.modules while the test runs, where a dataclass defined in the script looks its module up."""
+    spec = importlib.util.spec_from_file_location(Path(path).with_suffix("").as_posix().replace("/", "_"), ROOT / path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)

@@ -1,20 +1,15 @@
 """Fetching: two sources, one path; every malformed input refused with nothing written."""
 
-import functools
 import hashlib
-import http.server
 import io
-import pickle
 import shutil
 import tarfile
-import threading
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from notbugs import data as D
-from tests.conftest import SHARED_MIRROR, make_mirror, png_bytes, synthetic_image
+from tests.conftest import SHARED_MIRROR, make_mirror, png_bytes, repo_script, synthetic_image
 
 
 def _fetch(mirror, root):
@@ -180,67 +175,25 @@ def test_real_mirror_matches_its_published_checksums(tmp_path):
 
 # ---------------------------------------------------------------- the official archive, offline
 
-def _official_archive(mirror, out, seed=0):
-    """The official python archive's layout (`cifar-10-batches-py/`: five training batches, a test batch,
-    batches.meta), holding `mirror`'s images under their file names, in a shuffled order as the official
-    batches are not sorted; returns (archive path, {file name: MD5}) for torchvision's checks."""
-    rng = np.random.default_rng(seed)
-    folder = out / "src" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
-        paths = sorted(mirror.glob(f"{split}/*/*.png"))
-        paths = [paths[i] for i in rng.permutation(len(paths))]
-        for name, part in zip(names, np.array_split(np.arange(len(paths)), len(names))):
-            images = [np.asarray(Image.open(paths[i])) for i in part]
-            batch = {"batch_label": name, "labels": [D.CLASSES.index(paths[i].parent.name) for i in part],
-                     "data": np.stack(images).transpose(0, 3, 1, 2).reshape(len(part), -1),
-                     "filenames": [paths[i].name for i in part]}
-            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(D.CLASSES)}, protocol=2))
-    archive = out / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name)
-    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in [*folder.iterdir(), archive]}
-    return archive, md5
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # no request lines in the test output
-        pass
-
-
 @pytest.fixture
-def serve_official(monkeypatch):
-    """Serve an archive over HTTP on this machine, and point torchvision's CIFAR10 (URL, MD5s) at it."""
-    from torchvision.datasets import CIFAR10
-
-    servers = []
-
-    def serve(archive, md5):
-        handler = functools.partial(QuietHandler, directory=str(archive.parent))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        monkeypatch.setenv("no_proxy", "127.0.0.1")
-        monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{archive.name}")
-        monkeypatch.setattr(CIFAR10, "tgz_md5", md5[archive.name])
-        monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
-        monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-        monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
-
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def kit(monkeypatch):
+    """scripts/check_official_order.py's helpers: an official-format archive of a mirror's images, served
+    over HTTP on localhost to torchvision's downloader."""
+    return repo_script("scripts/check_official_order.py", monkeypatch)
 
 
-def test_official_archive_gives_the_same_arrays_as_the_mirror(tmp_path, mirror, serve_official):
+def _official_archive(kit, mirror, out):
+    kit.write_batches(kit.mirror_items(sorted(mirror.glob("*/*/*.png"))), out / "src" / "cifar-10-batches-py")
+    return kit.pack(out / "src" / "cifar-10-batches-py", out / "serve")
+
+
+def test_official_archive_gives_the_same_arrays_as_the_mirror(tmp_path, mirror, kit):
     """Downloaded, MD5-checked, extracted and decoded as a user's fetch does: the arrays (and so every
     seeded draw downstream) are the mirror's, byte for byte, although the batches are in another order."""
-    archive, md5 = _official_archive(mirror, tmp_path / "server")
-    serve_official(archive, md5)
-    official = D.fetch("official", tmp_path / "unused", tmp_path / "a" / "cifar10", train_per_class=20,
-                       test_per_class=10)
+    archive, md5 = _official_archive(kit, mirror, tmp_path)
+    with kit.serving(archive, md5):
+        official = D.fetch("official", tmp_path / "unused", tmp_path / "a" / "cifar10", train_per_class=20,
+                           test_per_class=10)
     from_mirror = _fetch(mirror, tmp_path / "b" / "cifar10")
     assert official["source"] == "official" and official["origin"] == D.OFFICIAL_URL
     assert official["array_sha256"] == from_mirror["array_sha256"]
@@ -248,34 +201,27 @@ def test_official_archive_gives_the_same_arrays_as_the_mirror(tmp_path, mirror, 
     assert (tmp_path / "a" / "cifar10-official" / archive.name).exists()  # the download is kept for reruns
 
 
-def test_official_batch_that_fails_its_md5_is_downloaded_again_never_read(tmp_path, mirror, serve_official):
-    archive, md5 = _official_archive(mirror, tmp_path / "server")
-    serve_official(archive, md5)
+def test_official_batch_that_fails_its_md5_is_downloaded_again_never_read(tmp_path, mirror, kit):
+    archive, md5 = _official_archive(kit, mirror, tmp_path)
     root = tmp_path / "a" / "cifar10"
-    D.fetch("official", tmp_path / "unused", root, train_per_class=20, test_per_class=10)
-    batch = tmp_path / "a" / "cifar10-official" / "cifar-10-batches-py" / "data_batch_3"
-    batch.write_bytes(batch.read_bytes()[:-10])  # truncated on disk
-    archive.unlink()  # and the server is gone
-    (tmp_path / "a" / "cifar10-official" / archive.name).unlink()
-    shutil.rmtree(root)
-    with pytest.raises(D.DataError, match="cannot download CIFAR-10 from http://127.0.0.1.*NOTBUGS_DATA_SOURCE=mirror"):
+    with kit.serving(archive, md5):
         D.fetch("official", tmp_path / "unused", root, train_per_class=20, test_per_class=10)
+        batch = tmp_path / "a" / "cifar10-official" / "cifar-10-batches-py" / "data_batch_3"
+        batch.write_bytes(batch.read_bytes()[:-10])  # truncated on disk
+        archive.unlink()  # and the server has it no more
+        (tmp_path / "a" / "cifar10-official" / archive.name).unlink()
+        shutil.rmtree(root)
+        with pytest.raises(D.DataError, match="cannot download CIFAR-10 from http://127.0.0.1.*NOTBUGS_DATA_SOURCE=mirror"):
+            D.fetch("official", tmp_path / "unused", root, train_per_class=20, test_per_class=10)
     assert not root.exists()
 
 
 @pytest.mark.skipif(not SHARED_MIRROR.exists(), reason="the shared CIFAR-10 mirror is not beside the checkout")
-def test_real_test_images_in_the_official_layout_sort_to_the_published_checksum(tmp_path):
+def test_real_test_images_in_the_official_layout_sort_to_the_published_checksum(tmp_path, kit):
     """The real 10,000 test images and their original file names, batched in a shuffled order as the
     official test batch is: read back, they hash as the mirror's README publishes (the official archive
-    itself is not reachable from CI)."""
-    with tarfile.open(SHARED_MIRROR / "cifar10-test.tar.gz") as tar:
-        members = [m for m in tar if m.isfile()]
-        images = [np.asarray(Image.open(tar.extractfile(m))) for m in members]
-    order = np.random.default_rng(0).permutation(len(members))
-    batch = {"labels": [D.CLASSES.index(members[i].name.split("/")[1]) for i in order],
-             "data": np.stack([images[i] for i in order]).transpose(0, 3, 1, 2).reshape(len(order), -1),
-             "filenames": [members[i].name.split("/")[2] for i in order]}
-    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    itself is not reachable from CI; scripts/check_official_order.py does both splits, fetched)."""
+    kit.write_batches(kit.mirror_items([SHARED_MIRROR / "cifar10-test.tar.gz"]), tmp_path)
     x, y = D.read_official_batches([tmp_path / "test_batch"])
-    assert hashlib.sha256(x.tobytes()).hexdigest() == "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"
+    assert hashlib.sha256(x.tobytes()).hexdigest() == kit.PUBLISHED["test"]
     assert np.bincount(y).tolist() == [1000] * 10

@@ -143,16 +143,30 @@ def step_params(step: str) -> tuple[str, ...]:
     return tuple(k.format(item=item, recipe=recipe) for k in STEP_PARAMS[stage])
 
 
-def step_hash(params, step: str) -> str:
-    """Hash of what `step` reads: its parameters, its code, the data's layout (fetch) and its upstream
-    steps' hashes."""
+def step_hash(params, step: str, arrays: str | None = None) -> str:
+    """Hash of what `step` reads: its parameters, its code, and what comes to it from the steps before.
+    For fetch, where the arrays go and how many per class (not the source, which is verified); for every
+    other step, the fetched arrays themselves (`arrays`: `arrays_digest`), as `dvc repro` sees them, so
+    that new fetch code that writes the same arrays reruns fetch alone, and the other upstream steps' hashes."""
     keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
     body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
                   "code": code_digest(step.partition("@")[0])}
-    if step == "fetch":  # where the arrays go and how many per class; not the source, which is verified
+    if step == "fetch":
         body["data"] = [params.data.root, params.data.train_per_class, params.data.test_per_class]
-    body["upstream"] = [step_hash(params, up) for up in upstream_steps(step)]
+    else:
+        body["arrays"] = arrays
+        body["upstream"] = [step_hash(params, up, arrays) for up in upstream_steps(step) if up != "fetch"]
     return sha256_bytes(json.dumps(body, sort_keys=True).encode())[:16]
+
+
+def arrays_digest(data_dir) -> str | None:
+    """What the fetched CIFAR-10 arrays are: a digest of their SHA-256s (the fetch manifest's), or None
+    where nothing readable is fetched (then no step after fetch counts as done)."""
+    try:
+        files = read_json(Path(data_dir) / "cifar10" / "manifest.json")["files"]
+    except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+        return None
+    return sha256_bytes(json.dumps(files, sort_keys=True).encode())[:16]
 
 
 def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo: bool = False,
@@ -162,7 +176,9 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     Each finished step leaves a marker (data/work/done/<step>.json, with the hash of what it reads:
     `step_hash`), so a rerun, e.g. the next job on a cluster that caps job length, skips what is done
     and resumes the step that was cut (from its last checkpoint, shard or batch) without appending its
-    rows twice; after a parameter changes, only the steps that read it, and their dependents, rerun.
+    rows twice; after a parameter changes, only the steps that read it, and their dependents, rerun. The
+    steps after fetch read the arrays it wrote (by their SHA-256s), as under `dvc repro`: a fetch rerun
+    that writes the same arrays reruns nothing else.
     Out of time (`deadline`), the step under way stops at its next safe point; no step starts after
     the time is up, once one has run. With the profile's `compile_ahead`, construction's compile runs
     in a second process while the source models train (`notbugs.warmup`).
@@ -174,8 +190,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     def split():  # the data, read once (after fetch, and only if a stage needs it) for every stage
         return S.load_split(params, data_dir)
 
-    steps = [("fetch", "fetch", lambda: S.stage_fetch(params, data_dir, device))]
-    steps += [(f"source@{k}", "source",
+    steps = [(f"source@{k}", "source",
                lambda k=k: S.stage_source(params, k, data_dir, device, deadline=deadline, split=split()))
               for k in ("standard", "robust")]
     steps += [(f"construct@{n}", "construct",
@@ -189,12 +204,32 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
               ("report", "report", lambda: S.stage_report(params, data_dir, None, device))]
     log = logging.getLogger("notbugs")
     done_dir = Path(data_dir) / "work" / "done"
-    expected = {step: step_hash(params, step) for step, stage, _ in steps if stage not in skip and step != "report"}
-    todo = {step for step, h in expected.items() if redo or _marker_hash(done_dir / f"{step}.json") != h}
+
+    def to_do(step: str, h: str) -> bool:
+        if redo or _marker_hash(done_dir / f"{step}.json") != h:
+            return True
+        log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step,
+                 done_dir / f"{step}.json")
+        return False
+
+    def mark_done(step: str, h: str) -> None:
+        write_json(done_dir / f"{step}.json", {"step": step, "profile": params.profile.name, "params_hash": h})
+
+    # fetch first: the steps after it depend on the arrays it writes (their SHA-256s), not on its code
+    ran = False
+    if "fetch" not in skip:
+        h = step_hash(params, "fetch")
+        if to_do("fetch", h):
+            S.stage_fetch(params, data_dir, device)
+            ran = True
+            mark_done("fetch", h)
+    arrays = arrays_digest(data_dir)
+    expected = {step: step_hash(params, step, arrays) for step, stage, _ in steps
+                if stage not in skip and step != "report"}
+    todo = {step for step, h in expected.items() if to_do(step, h)}
     dev = S.pick_device(device)
     ahead = warmup.sets_to_warm(params, todo, dev)
     warming = None
-    ran = False
     try:
         for step, stage, run in steps:
             if stage in skip:
@@ -202,9 +237,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
             if step == "report":  # always rendered again: seconds, and it must show every row appended since
                 run()
                 continue
-            marker = done_dir / f"{step}.json"
             if step not in todo:
-                log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step, marker)
                 continue
             if ran and expired(deadline):
                 raise Stopped(f"{deadline.reason} before step {step}")
@@ -214,7 +247,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
                 warmup.finish(warming)
             run()
             ran = True
-            write_json(marker, {"step": step, "profile": params.profile.name, "params_hash": expected[step]})
+            mark_done(step, expected[step])
     finally:
         warmup.stop(warming)
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from notbugs.cli import STAGES, build_parser, main
+from notbugs.config import DATASETS
 from tests.conftest import ROOT
 
 
@@ -108,7 +109,8 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
 def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror, monkeypatch):
     """As `dvc repro` does: a new transfer recipe reruns transfer alone; a new PGD recipe for the
     constructed sets reruns D_rand and D_det, what is trained on them, and transfer; the steps left
-    alone score no model again. New construction code reruns every construction and what follows."""
+    alone score no model again. New construction code reruns every construction and what follows. New
+    fetch code reruns fetch, and what follows only where the arrays it writes change."""
     import yaml
 
     from notbugs import cli, results
@@ -141,10 +143,23 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == [
         "construct@d_det", "construct@d_rand", "train@d_det", "train@d_rand", "transfer"]
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == []  # nothing changed
-    digest = cli.code_digest
-    monkeypatch.setattr(cli, "code_digest", lambda stage: "updated" if stage == "construct" else digest(stage))
+    digest, updated = cli.code_digest, {}  # updated: a stand-in code digest per stage whose code changed
+    monkeypatch.setattr(cli, "code_digest", lambda stage: updated.get(stage) or digest(stage))
+    updated["construct"] = "new"
     assert ran_after(lambda prof: None) == [*(f"construct@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")),
                                             *(f"train@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")), "transfer"]
+    # new fetch code that writes the same arrays reruns fetch alone (the steps after it read the arrays)
+    updated["fetch"] = "new"
+    assert ran_after(lambda prof: None) == ["fetch"]
+    # fetch code that writes other arrays (here: the training images in reverse order) reruns every step
+    from notbugs import data as D
+
+    decode = D.decode_mirror
+    monkeypatch.setattr(D, "decode_mirror", lambda m: {k: (x[::-1], y[::-1]) if k == "train" else (x, y)
+                                                       for k, (x, y) in decode(m).items()})
+    updated["fetch"] = "newer"
+    assert ran_after(lambda prof: None) == sorted(["fetch", "source@standard", "source@robust", "transfer",
+                                                   *(f"{s}@{d}" for s in ("construct", "train") for d in DATASETS)])
 
 
 def test_the_steps_of_all_read_what_dvc_yaml_declares():

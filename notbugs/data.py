@@ -13,6 +13,7 @@ batch order) picks the same images whichever a user fetched from.
 
 from __future__ import annotations
 
+import errno
 import io
 import pickle
 import shutil
@@ -167,6 +168,10 @@ def decode_official(download_dir: str | Path) -> dict:
         try:
             ds = CIFAR10(str(download_dir), train=(split == "train"), download=True)
         except Exception as e:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM):
+                raise DataError(f"cannot write the official CIFAR-10 archive into {download_dir} ({e.strerror}): it "
+                                f"needs about 350 MB (the archive and its extracted batches); nothing was fetched: "
+                                f"free space or make the folder writable, and re-run") from e
             raise DataError(
                 f"cannot download CIFAR-10 from {CIFAR10.url} ({type(e).__name__}: {e}). Offline? Point at a "
                 f"mirror instead: set data.source: mirror in params.yaml (or NOTBUGS_DATA_SOURCE=mirror) and "

@@ -1,5 +1,6 @@
 """Fetching: two sources, one path; every malformed input refused with nothing written."""
 
+import errno
 import hashlib
 import io
 import shutil
@@ -213,6 +214,22 @@ def test_official_batch_that_fails_its_md5_is_downloaded_again_never_read(tmp_pa
         shutil.rmtree(root)
         with pytest.raises(D.DataError, match="cannot download CIFAR-10 from http://127.0.0.1.*NOTBUGS_DATA_SOURCE=mirror"):
             D.fetch("official", tmp_path / "unused", root, train_per_class=20, test_per_class=10)
+    assert not root.exists()
+
+
+def test_full_disk_while_extracting_the_official_archive_says_so(tmp_path, mirror, kit, monkeypatch):
+    """Not the network's fault, so not the offline message: the folder, the space it needs, nothing written."""
+    archive, md5 = _official_archive(kit, mirror, tmp_path)
+
+    def full(self, *args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full)
+    root = tmp_path / "a" / "cifar10"
+    with kit.serving(archive, md5), pytest.raises(D.DataError, match=(
+            f"cannot write the official CIFAR-10 archive into {tmp_path / 'a' / 'cifar10-official'} "
+            r"\(No space left on device\): it needs about 350 MB.*free space")):
+        D.fetch("official", tmp_path / "unused", root, train_per_class=20, test_per_class=10)
     assert not root.exists()
 
 

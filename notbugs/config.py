@@ -20,7 +20,7 @@ import yaml
 DATASETS = ("d_r", "d_nr", "d_rand", "d_det")  # the paper's four constructed training sets
 SOURCE_MODELS = ("standard", "robust")  # the two source models trained on D
 PROFILES = ("tiny", "cpu", "fast", "paper")
-SOURCES = ("official", "mirror")
+SOURCES = ("auto", "official", "mirror")
 ADVERSARIAL_METHODS = ("pgd", "free")  # how adversarial training attacks its batches (AdversarialConfig.method)
 DECAY = ("weights", "all")  # the parameters weight decay applies to (TrainConfig.decay)
 
@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str  # official | mirror
+    source: str  # auto (the mirror where its folder exists, else official) | official | mirror
     mirror: str
     root: str
     train_per_class: int

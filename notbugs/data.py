@@ -129,7 +129,9 @@ def decode_mirror(mirror: str | Path) -> dict:
     """Decode a mirror into {split: (images uint8 NHWC, labels int64)}, ordered by (class, file name)."""
     mirror = Path(mirror)
     if not mirror.is_dir():
-        raise DataError(f"CIFAR-10 mirror folder {mirror} does not exist")
+        raise DataError(f"CIFAR-10 mirror folder {mirror} does not exist: point data.mirror (or NOTBUGS_MIRROR) at "
+                        f"one, or download the official archive with data.source: official or auto (or "
+                        f"NOTBUGS_DATA_SOURCE)")
     entries = _read_mirror_files(mirror)
     out = {}
     for split in SPLITS:
@@ -222,21 +224,33 @@ def verify(split: str, images: np.ndarray, labels: np.ndarray, per_class: int) -
                         f"({expected} in all, found {len(labels)})")
 
 
+def resolve_source(source: str, mirror: str | Path) -> str:
+    """'auto' is the mirror where its folder exists, else the official archive; other sources as given."""
+    if source == "auto":
+        return "mirror" if Path(mirror).is_dir() else "official"
+    return source
+
+
 def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: int = 5000,
           test_per_class: int = 1000) -> dict:
-    """Fetch CIFAR-10 from `source` ('official' | 'mirror'), verify it, write the canonical format.
-
-    Returns the manifest. Nothing under `root` changes unless every check passed.
-    """
+    """Fetch CIFAR-10 from `source` ('auto' | 'official' | 'mirror'), verify it, write the canonical
+    format. Returns the manifest, whose `source` is the one used. Nothing under `root` changes unless
+    every check passed."""
     root = Path(root)
-    if source == "mirror":
+    used = resolve_source(source, mirror)
+    if used == "mirror":
         splits = decode_mirror(mirror)
         origin = str(Path(mirror).resolve())
-    elif source == "official":
-        splits = decode_official(root.parent / "cifar10-official")
+    elif used == "official":
+        try:
+            splits = decode_official(root.parent / "cifar10-official")
+        except DataError as e:
+            if source == "auto":  # the user asked for neither: say that both were tried
+                raise DataError(f"no CIFAR-10 mirror folder at {mirror}, and {e}") from e
+            raise
         origin = OFFICIAL_URL
     else:
-        raise DataError(f"unknown data source {source!r}; accepted: official, mirror")
+        raise DataError(f"unknown data source {source!r}; accepted: auto, official, mirror")
     per_class = {"train": train_per_class, "test": test_per_class}
     for split, (images, labels) in splits.items():
         verify(split, images, labels, per_class[split])
@@ -249,7 +263,7 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
             files[f"{split}_images.npy"] = save_npy(tmp / f"{split}_images.npy", images)
             files[f"{split}_labels.npy"] = save_npy(tmp / f"{split}_labels.npy", labels)
         manifest = {
-            "dataset": "cifar10", "source": source, "origin": origin, "classes": list(CLASSES),
+            "dataset": "cifar10", "source": used, "origin": origin, "classes": list(CLASSES),
             "counts": {s: int(len(splits[s][1])) for s in SPLITS}, "files": files,
             # SHA-256 of the raw (N,32,32,3) uint8 bytes: comparable with the mirror README's figures
             "array_sha256": {s: _array_sha(splits[s][0]) for s in SPLITS},

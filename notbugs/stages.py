@@ -318,8 +318,9 @@ def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
     d = params.data
     root = Path(data_dir) / "cifar10"
     with recorded_run("fetch", params, data_dir, pick_device(device)):
-        log.info("fetching CIFAR-10 from the %s source (%s)", d.source,
-                 d.mirror if d.source == "mirror" else D.OFFICIAL_URL)
+        used = D.resolve_source(d.source, d.mirror)
+        log.info("fetching CIFAR-10 from the %s source (%s)%s", used, d.mirror if used == "mirror" else D.OFFICIAL_URL,
+                 ", data.source auto" if d.source == "auto" else "")
         manifest = D.fetch(d.source, d.mirror, root, d.train_per_class, d.test_per_class)
     _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
     return manifest

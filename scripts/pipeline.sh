@@ -2,7 +2,8 @@
 # The main job: set up, pick a profile for this machine, start a local Prefect server, `dvc repro`.
 #   NOTBUGS_PROFILE=tiny|cpu|fast|paper  choose the profile (default: fast with a GPU, cpu without)
 #   PREFECT_API_URL=...                  use your own Prefect server instead of a local one
-#   NOTBUGS_MIRROR=/path/to/cifar10      offline mirror (see README); NOTBUGS_DATA_SOURCE=official to download
+#   NOTBUGS_MIRROR=/path/to/cifar10      offline mirror (see README); without one, CIFAR-10 is downloaded
+#   NOTBUGS_DATA_SOURCE=auto|official|mirror  insist on a source (default auto: the mirror if its folder exists)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh

@@ -95,6 +95,9 @@ def test_environment_overrides_source_and_mirror(tmp_path, mirror, monkeypatch):
     monkeypatch.setenv("NOTBUGS_PROFILE", "cpu")
     p = load_params(path)
     assert p.data.mirror == "/somewhere/else" and p.profile.name == "cpu"
+    for source in ("auto", "official", "mirror"):
+        monkeypatch.setenv("NOTBUGS_DATA_SOURCE", source)
+        assert load_params(path).data.source == source
 
 
 def test_hash_changes_with_the_recipe(tmp_path, mirror):

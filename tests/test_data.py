@@ -143,7 +143,7 @@ def test_archive_with_foreign_entry_is_refused(tmp_path):
 
 
 def test_missing_mirror_folder_names_the_options(tmp_path):
-    with pytest.raises(D.DataError, match="does not exist"):
+    with pytest.raises(D.DataError, match="nowhere does not exist: point data.mirror .* data.source: official or auto"):
         _fetch(tmp_path / "nowhere", tmp_path / "out")
 
 
@@ -242,3 +242,28 @@ def test_real_test_images_in_the_official_layout_sort_to_the_published_checksum(
     x, y = D.read_official_batches([tmp_path / "test_batch"])
     assert hashlib.sha256(x.tobytes()).hexdigest() == kit.PUBLISHED["test"]
     assert np.bincount(y).tolist() == [1000] * 10
+
+
+def test_auto_takes_the_mirror_where_its_folder_exists(tmp_path, mirror):
+    manifest = D.fetch("auto", mirror, tmp_path / "cifar10", train_per_class=20, test_per_class=10)
+    assert manifest["source"] == "mirror" and not (tmp_path / "cifar10-official").exists()
+
+
+def test_auto_downloads_the_official_archive_where_there_is_no_mirror(tmp_path, mirror, kit):
+    """A user's machine: no mirror folder, so the official archive; the same arrays as ours."""
+    archive, md5 = _official_archive(kit, mirror, tmp_path)
+    with kit.serving(archive, md5):
+        manifest = D.fetch("auto", tmp_path / "no-mirror", tmp_path / "a" / "cifar10", train_per_class=20,
+                           test_per_class=10)
+    assert manifest["source"] == "official"
+    assert manifest["array_sha256"] == _fetch(mirror, tmp_path / "b" / "cifar10")["array_sha256"]
+
+
+def test_auto_with_neither_source_names_both(tmp_path, mirror, kit):
+    archive, md5 = _official_archive(kit, mirror, tmp_path)
+    archive.unlink()  # the server has nothing to give
+    root = tmp_path / "a" / "cifar10"
+    with kit.serving(archive, md5), pytest.raises(
+            D.DataError, match="no CIFAR-10 mirror folder at .*no-mirror, and cannot download CIFAR-10 from http"):
+        D.fetch("auto", tmp_path / "no-mirror", root, train_per_class=20, test_per_class=10)
+    assert not root.exists()

@@ -31,6 +31,12 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 SPLITS = ("train", "test")
+# SHA-256 of the whole (N, 32, 32, 3) uint8 arrays in our order, (class index, file name): the figures our
+# mirror's README publishes, and what a correct fetch from either source writes. Checked at every full
+# fetch, so that a user's official download confirms what our machines cannot reach to check.
+CANONICAL_COUNTS = {"train": 50000, "test": 10000}
+CANONICAL_SHA256 = {"train": "61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b",
+                    "test": "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"}
 
 
 class DataError(ValueError):
@@ -268,6 +274,9 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
             # SHA-256 of the raw (N,32,32,3) uint8 bytes: comparable with the mirror README's figures
             "array_sha256": {s: _array_sha(splits[s][0]) for s in SPLITS},
         }
+        # the canonical CIFAR-10 or not; None for other counts (tests, a cut-down mirror)
+        manifest["canonical"] = (manifest["array_sha256"] == CANONICAL_SHA256
+                                 if manifest["counts"] == CANONICAL_COUNTS else None)
         write_json(tmp / "manifest.json", manifest)
         _swap_in(tmp, root)
     finally:

@@ -604,6 +604,24 @@ def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame)
     return blocks
 
 
+def _data_blocks(data_dir: Path) -> list:
+    """Which CIFAR-10 the results come from: the fetch manifest's source, and whether its arrays are the
+    canonical ones (notbugs.data.CANONICAL_SHA256), which every run that compares with ours must share."""
+    try:
+        m = json.loads((data_dir / "cifar10" / "manifest.json").read_text())
+        counts, source, origin, sha = m["counts"], m["source"], m["origin"], m["array_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # not fetched yet: the sample grid says so
+    text = (f"Data: CIFAR-10, {counts['train']:,} training / {counts['test']:,} test images, from the {source} "
+            f"source ({origin}); array SHA-256 {sha['train'][:12]}… / {sha['test'][:12]}…")
+    canonical = m.get("canonical")
+    if canonical is False:
+        return [Bullets((Flag(f"{text}: not the canonical CIFAR-10 arrays; results do not compare with runs on "
+                              f"them", "warn"),))]
+    return [Para(text + (": the canonical arrays, as published." if canonical else
+                         " (not the full sets: not compared with the canonical arrays)."))]
+
+
 def _flag_lines(fig2: list[Measured], tab1: list[Measured]) -> list[Flag]:
     """Every result further than FLAG_PTS from the paper, once each (Table 1's D is Figure 2's model)."""
     lines, seen = [], set()
@@ -923,7 +941,8 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     flags = _flag_lines(fig2, tab1)
     figure3, r = _figure3_blocks(points)
 
-    blocks = (_header_blocks(profile, profiles, tables["runs"]) + _deviation_blocks(flags, deviations)
+    blocks = (_header_blocks(profile, profiles, tables["runs"]) + _data_blocks(Path(data_dir))
+              + _deviation_blocks(flags, deviations)
               + _figure2_blocks(fig2) + _table1_blocks(tab1) + figure3 + _sample_blocks(grid, sample_notes)
               + _construction_blocks(construction) + _curves_blocks(_epoch_curves(tables["epochs"]))
               + _evaluations_blocks(evals))

@@ -322,6 +322,10 @@ def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
         log.info("fetching CIFAR-10 from the %s source (%s)%s", used, d.mirror if used == "mirror" else D.OFFICIAL_URL,
                  ", data.source auto" if d.source == "auto" else "")
         manifest = D.fetch(d.source, d.mirror, root, d.train_per_class, d.test_per_class)
+        if manifest["canonical"] is False:  # verified counts and shapes, yet other images or another order
+            log.warning("the fetched arrays are not the canonical CIFAR-10: SHA-256 %s, expected %s (notbugs.data."
+                        "CANONICAL_SHA256); results will not compare with runs on the canonical arrays",
+                        manifest["array_sha256"], D.CANONICAL_SHA256)
     _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
     return manifest
 

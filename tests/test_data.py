@@ -173,6 +173,7 @@ def test_real_mirror_matches_its_published_checksums(tmp_path):
     assert manifest["counts"] == {"train": 50000, "test": 10000}
     assert manifest["array_sha256"]["train"] == "61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b"
     assert manifest["array_sha256"]["test"] == "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"
+    assert manifest["canonical"] is True and D.CANONICAL_SHA256 == manifest["array_sha256"]
 
 
 # ---------------------------------------------------------------- the official archive, offline
@@ -241,7 +242,7 @@ def test_real_test_images_in_the_official_layout_sort_to_the_published_checksum(
     itself is not reachable from CI; scripts/check_official_order.py does both splits, fetched)."""
     kit.write_batches(kit.mirror_items([SHARED_MIRROR / "cifar10-test.tar.gz"]), tmp_path)
     x, y = D.read_official_batches([tmp_path / "test_batch"])
-    assert hashlib.sha256(x.tobytes()).hexdigest() == kit.PUBLISHED["test"]
+    assert hashlib.sha256(x.tobytes()).hexdigest() == "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"
     assert np.bincount(y).tolist() == [1000] * 10
 
 
@@ -268,3 +269,18 @@ def test_auto_with_neither_source_names_both(tmp_path, mirror, kit):
             D.DataError, match="no CIFAR-10 mirror folder at .*no-mirror, and cannot download CIFAR-10 from http"):
         D.fetch("auto", tmp_path / "no-mirror", root, train_per_class=20, test_per_class=10)
     assert not root.exists()
+
+
+def test_a_full_fetch_says_whether_its_arrays_are_the_canonical_ones(tmp_path, mirror, monkeypatch, caplog):
+    """Counts other than CIFAR-10's are not compared (None); the full counts with other images (here: the
+    synthetic mirror taken for full size) are flagged, and the fetch stage warns."""
+    from notbugs import stages as S
+    from notbugs.config import load_params
+    from tests.conftest import write_params
+
+    assert _fetch(mirror, tmp_path / "a" / "cifar10")["canonical"] is None
+    monkeypatch.setattr(D, "CANONICAL_COUNTS", {"train": 200, "test": 100})
+    params = load_params(write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10"))
+    with caplog.at_level("WARNING", logger="notbugs"):
+        manifest = S.stage_fetch(params, tmp_path / "data", "cpu")
+    assert manifest["canonical"] is False and "not the canonical CIFAR-10" in caplog.text

@@ -240,6 +240,21 @@ def test_construction_and_provenance(built):
     assert "source training" in page and "abc1234" in page and "1 min 25 s" in page
 
 
+def test_provenance_names_the_data_and_flags_arrays_that_are_not_canonical(tmp_path):
+    write_cifar(tmp_path / "data")
+    manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(counts={"train": 50000, "test": 10000}, source="official", origin="https://example/cifar",
+                    array_sha256={"train": "a" * 64, "test": "b" * 64})
+    for canonical, expected in ((True, "the canonical arrays, as published"),
+                                (False, "not the canonical CIFAR-10 arrays"), (None, "not the full sets")):
+        manifest_path.write_text(json.dumps({**manifest, "canonical": canonical}))
+        paths = report.build_report(tmp_path / "no-results", tmp_path / "data", tmp_path / "out")
+        page, md = paths["html"].read_text(), paths["markdown"].read_text()
+        assert "Data: CIFAR-10, 50,000 training / 10,000 test images, from the official source" in md
+        assert expected in page and expected in md and "aaaaaaaaaaaa" in md
+
+
 # ---------------------------------------------------------------- missing and partial inputs
 
 

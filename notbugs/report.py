@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from notbugs import results, tempfiles
+from notbugs.storage import ArtefactError, read_json
 
 PAPER_CLAIM = (
     "Ilyas et al. (2019) argue that adversarial examples are not bugs but features: a dataset's "
@@ -608,10 +609,10 @@ def _data_blocks(data_dir: Path) -> list:
     """Which CIFAR-10 the results come from: the fetch manifest's source, and whether its arrays are the
     canonical ones (notbugs.data.CANONICAL_SHA256), which every run that compares with ours must share."""
     try:
-        m = json.loads((data_dir / "cifar10" / "manifest.json").read_text())
+        m = read_json(data_dir / "cifar10" / "manifest.json")
         counts, source, origin, sha = m["counts"], m["source"], m["origin"], m["array_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # not fetched yet: the sample grid says so
+    except (OSError, ArtefactError, KeyError, TypeError):
+        return []  # not fetched yet (the sample grid says so), or a manifest from before these fields
     text = (f"Data: CIFAR-10, {counts['train']:,} training / {counts['test']:,} test images, from the {source} "
             f"source ({origin}); array SHA-256 {sha['train'][:12]}… / {sha['test'][:12]}…")
     canonical = m.get("canonical")

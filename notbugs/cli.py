@@ -29,7 +29,7 @@ from pathlib import Path
 
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
 from notbugs.deadline import EXIT_STOPPED, Deadline, Stopped, expired
-from notbugs.storage import ArtefactError, read_json, sha256_bytes, write_json
+from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
 
 STAGES = [
     ("fetch", "get CIFAR-10 (official archive or offline mirror), verify it, write the canonical arrays"),
@@ -102,6 +102,8 @@ STEP_PARAMS = {
 }
 
 
+# A rerun step's checkpoints and shards made by other code are not reused (train.TRAIN_CODE,
+# construct.CONSTRUCT_CODE: parts of these lists).
 STEP_CODE = {
     "fetch": ("data.py", "storage.py"),
     "source": ("models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
@@ -111,11 +113,9 @@ STEP_CODE = {
 }
 
 
-@functools.cache  # read once: the code this process runs (step_hash asks again for every upstream step)
 def code_digest(stage: str) -> str:
     """SHA-256 (16 hex digits) of the library files `stage` runs (STEP_CODE)."""
-    package = Path(__file__).resolve().parent
-    return sha256_bytes(b"".join((package / name).read_bytes() for name in STEP_CODE[stage]))[:16]
+    return package_digest(*STEP_CODE[stage])
 
 
 def upstream_steps(step: str) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ code from it.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -34,6 +35,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@functools.cache  # read once: the code this process runs
+def package_digest(*names: str) -> str:
+    """SHA-256 (16 hex digits) of these files of the notbugs package: the code a result is computed by."""
+    package = Path(__file__).resolve().parent
+    return sha256_bytes(b"".join((package / name).read_bytes() for name in names))[:16]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

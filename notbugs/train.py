@@ -37,7 +37,7 @@ from notbugs.compiling import eager_view
 from notbugs.config import AdversarialConfig, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.progress import Progress
-from notbugs.storage import ArtefactError, load_tensors, save_tensors, sha256_bytes
+from notbugs.storage import ArtefactError, load_tensors, package_digest, save_tensors, sha256_bytes
 
 log = logging.getLogger("notbugs.train")
 
@@ -86,19 +86,40 @@ def ema_decay(step: int, decay: float) -> float:
     return min(decay, step / (step + 1))
 
 
+# The library files a trained model depends on: a checkpoint made by other code is not resumed, as DVC and
+# `notbugs all` rerun a stage whose code changed (cli.STEP_CODE lists these and evaluate.py, which scores it)
+TRAIN_CODE = ("models.py", "train.py", "attacks.py", "augment.py")
+
+
 def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor,
                bf16: bool) -> str:
-    """What a checkpoint must match to be resumed: recipe, seed, precision, architecture and data. The
-    architecture includes its tensors' names and shapes: a checkpoint of an architecture whose code has
-    changed since (Inception-v3 became the reference's on 2026-12-06) is ignored, not loaded into the wrong
-    shapes."""
+    """What a checkpoint must match to be resumed: recipe, seed, precision, architecture, data and code.
+    Without the code, a finished checkpoint would stand in for the retraining that a fix to the
+    augmentation or the training loop asks for. The architecture includes its tensors' names and shapes
+    (a model changed in memory, not in its file, is not loaded into the wrong shapes)."""
     with eager_view(model):
         layout = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
     body = json.dumps({"cfg": repr(cfg), "adv": repr(adversarial), "seed": seed, "bf16": bf16, "arch": model.arch,
+                       "code": package_digest(*TRAIN_CODE),
                        "width": model.width, "layout": sha256_bytes(repr(layout).encode()), "n": len(labels),
                        "labels": sha256_bytes(labels.cpu().numpy().tobytes()),
                        "images": float(images[:64].double().sum())}, sort_keys=True)
     return sha256_bytes(body.encode())[:16]
+
+
+def global_rng(device: torch.device) -> dict:
+    """The state of torch's global generators, which dropout (Inception-v3's) draws from: a checkpoint carries
+    it, so that a resumed run draws the masks an uninterrupted one would."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_global_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, seed: int,
@@ -136,6 +157,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     ckpt = Path(workdir) / "checkpoint.pt" if workdir else None
     history: list[dict] = []
     start_epoch, within = 0, None  # within: the running state of a checkpoint taken mid-epoch
+    foreign = None  # where a checkpoint of another run goes when this run first saves
     if ckpt is not None and ckpt.exists():
         state = load_tensors(ckpt)
         if state.get("signature") == signature:
@@ -147,17 +169,24 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
                     a.copy_(saved)
             start_epoch, history = int(state["epoch"]), list(state["history"])
             within = state.get("within")
+            set_global_rng(state["global_rng"], device)
             at = f", batch {within['batch']}/{steps_per_epoch}" if within else ""
             log.info("%s: resuming from %s at epoch %d/%d%s", desc, ckpt, start_epoch, cfg.epochs, at)
-        else:
-            log.warning("%s: ignoring checkpoint %s made with another recipe or data", desc, ckpt)
+        else:  # this run's first save sets it aside, not over it: hours of GPU work, maybe wanted back
+            foreign = ckpt.with_name(f"checkpoint-{state.get('signature', 'unsigned')}.pt")
+            log.warning("%s: not resuming checkpoint %s, made with another recipe, data or code (kept as %s)",
+                        desc, ckpt, foreign.name)
 
     def save(done_epochs: int, within_epoch: dict | None = None) -> None:
+        nonlocal foreign
+        if foreign is not None:
+            ckpt.replace(foreign)
+            foreign = None
         with eager_view(model):  # the same checkpoint whether the backbone is compiled or not
             weights = model.state_dict()
         save_tensors(ckpt, {"model": weights, "optimizer": opt.state_dict(), "epoch": done_epochs,
                             "history": history, "signature": signature, "within": within_epoch,
-                            "average": average})
+                            "average": average, "global_rng": global_rng(device)})
 
     def check_finite(loss_sum: torch.Tensor, seen: int, epoch: int, i: int) -> float:
         mean_loss = loss_sum.item() / seen

@@ -17,7 +17,7 @@ from notbugs import stages as S
 from notbugs.compiling import CACHE_ENV
 from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
-from notbugs.storage import ArtefactError, load_tensors
+from notbugs.storage import ArtefactError, load_tensors, package_digest
 from notbugs.train import load_model
 from tests.conftest import CompiledStandIn, SmallBackbone, write_params
 from tests.test_train import ticks
@@ -352,6 +352,21 @@ def test_really_compiled_training_learns_like_eager(sources, tmp_path, monkeypat
     for a, b in zip(eager["history"], compiled["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
     assert not any("_orig_mod" in k for k in load_tensors(S.model_dir(data, "standard") / "model.pt"))
+
+
+def test_shards_built_by_other_code_are_rebuilt(sources, tmp_path, monkeypatch):
+    """A stage rerun for new construction code (attacks.py, say) builds every shard again rather than
+    taking the old code's shards as done: the recipe, and the `datasets` row, record the code's digest."""
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, "d_det", data, "cpu")
+    monkeypatch.setattr(S, "package_digest", lambda *names: "0123456789abcdef")
+    real, rebuilt = C.build_shard, []
+    monkeypatch.setattr(C, "build_shard", lambda *a, **k: rebuilt.append(a[6]) or real(*a, **k))
+    S.stage_construct(params, "d_det", data, "cpu")
+    assert rebuilt == [0, 1, 2, 3]
+    rows = results.load("datasets", S.results_root(data))
+    codes = [json.loads(r)["code"] for r in rows[rows["name"] == "d_det"].sort_values("created_at")["recipe"]]
+    assert codes == [package_digest(*C.CONSTRUCT_CODE), "0123456789abcdef"]
 
 
 def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):

@@ -14,6 +14,7 @@ from notbugs.config import AdversarialConfig
 from notbugs.deadline import Deadline, Stopped
 from notbugs.models import make_model
 from notbugs.storage import ArtefactError, load_tensors, save_tensors
+import notbugs.train
 from notbugs.train import ema_decay, load_model, lr_at, param_groups, save_model, train
 from tests.conftest import CompiledStandIn
 from tests.test_attacks import RECIPE, synthetic_batch
@@ -223,6 +224,44 @@ def test_checkpoint_of_an_architecture_whose_code_changed_is_not_resumed(tmp_pat
     changed.head = torch.nn.Linear(changed.repr_dim, 10, bias=False)
     h = train(changed, x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
     assert [r["epoch"] for r in h] == [1, 2, 3]
+
+
+def test_checkpoint_of_other_code_is_not_resumed_and_is_kept_aside(tmp_path, monkeypatch):
+    """A finished checkpoint does not stand in for the retraining that new training code asks for (as when
+    DVC reruns a stage because augment.py changed): the run trains from the start, as with no checkpoint,
+    and the old checkpoint is kept under its signature rather than overwritten."""
+    x, y = synthetic_batch(4)
+    train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
+    old = (tmp_path / "checkpoint.pt").read_bytes()
+    old_signature = load_tensors(tmp_path / "checkpoint.pt")["signature"]
+    monkeypatch.setattr(notbugs.train, "package_digest", lambda *names: "0123456789abcdef")  # the code changed
+    rerun, scratch = _fresh(), _fresh()
+    h = train(rerun, x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
+    train(scratch, x, y, SHORT, seed=1, device=CPU)
+    assert [r["epoch"] for r in h] == [1, 2, 3]
+    for (k, a), b in zip(rerun.state_dict().items(), scratch.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / f"checkpoint-{old_signature}.pt").read_bytes() == old
+    assert load_tensors(tmp_path / "checkpoint.pt")["signature"] != old_signature
+
+
+def test_resumed_run_with_dropout_equals_uninterrupted_run(tmp_path):
+    """Inception-v3's dropout draws from torch's global generator, not the run's seeded one: the checkpoint
+    carries that generator's state, so a resumed run draws the masks the uninterrupted run drew."""
+    x, y = synthetic_batch(4)
+    recipe = dataclasses.replace(SHORT, batch_size=20)
+
+    def inception():
+        torch.manual_seed(0)
+        return make_model("inception_v3", width=0.0625)
+
+    full = inception()
+    train(full, x, y, recipe, seed=3, device=CPU, workdir=tmp_path / "a")
+    train(inception(), x, y, recipe, seed=3, device=CPU, workdir=tmp_path / "b", stop_after_epoch=1)
+    resumed = inception()  # a new process: the global generator restarts from the model's seed
+    train(resumed, x, y, recipe, seed=3, device=CPU, workdir=tmp_path / "b")
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_bf16_training_learns_and_differs_from_fp32():

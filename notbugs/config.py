@@ -331,7 +331,9 @@ def validate(p: Profile) -> None:
         _check(all(x > 0 for x in e.eps), f"{where}.{name}.eps: every eps must be > 0, got {list(e.eps)}")
         _check(e.steps > 0 and e.restarts > 0 and e.batch_size > 0 and e.step_factor > 0,
                f"{where}.{name}: steps, restarts, batch_size, step_factor must be > 0")
-    _check(p.transfer.n > 0, f"{where}.transfer.n must be > 0")
+    _check(p.transfer.n > 0 and p.transfer.n % 10 == 0,
+           f"{where}.transfer.n must be > 0 and a multiple of the 10 classes (n / 10 test images of each), "
+           f"got {p.transfer.n}")
     _check(p.checkpoint_minutes >= 0, f"{where}.checkpoint_minutes must be >= 0, got {p.checkpoint_minutes}")
     _check(p.compile_train in TRAIN_COMPILE,
            f"{where}.compile_train must be one of {'|'.join(TRAIN_COMPILE)}, got {p.compile_train!r}")

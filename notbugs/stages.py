@@ -510,10 +510,12 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     D_det-style examples made on the standard source model, and accuracy after training on D_det."""
     p, t = params.profile, params.profile.transfer
     source, source_meta = load_model(model_dir(data_dir, "standard"), device)
-    n = min(t.n, len(split.test_y))
+    # n / 10 test images of each class (the test arrays are sorted by class: their first n would not be)
+    pick = torch.from_numpy(D.balanced_subset(split.test_y.numpy(), t.n, p.subset.seed))
+    n = len(pick)
     pgd = p.construct.pgd
     bf16 = bf16_for(params, device)
-    adv, targets = make_transfer_examples(source, split.test_x[:n], split.test_y[:n], pgd.eps, pgd.steps,
+    adv, targets = make_transfer_examples(source, split.test_x[pick], split.test_y[pick], pgd.eps, pgd.steps,
                                           pgd.step_size, p.evaluate.batch_size, device, bf16=bf16,
                                           use_best=pgd.use_best)
     metrics, rows = {}, []

@@ -262,6 +262,27 @@ def test_nan_in_a_constructed_set_is_refused(sources, tmp_path):
         C.load_constructed(out)
 
 
+def test_transfer_attacks_test_images_of_every_class(sources, monkeypatch):
+    """Figure 3's n examples are made from n / 10 test images of each class: the test arrays are sorted
+    by class, and their first n (the `cpu` profile's 500 of 1,000) were of five classes only."""
+    params, data = sources
+    params = _with(params, transfer=dataclasses.replace(params.profile.transfer, n=50))
+    split = S.load_split(params, data)
+    attacked = []
+
+    class Enough(Exception):
+        pass
+
+    def attack(source, x, y, *args, **kwargs):
+        attacked.append(y)
+        raise Enough
+
+    monkeypatch.setattr(S, "make_transfer_examples", attack)
+    with pytest.raises(Enough):
+        S.measure_transfer(params, {}, split, data, torch.device("cpu"), "run")
+    assert torch.bincount(attacked[0], minlength=10).tolist() == [5] * 10
+
+
 def test_whole_pipeline_fills_every_table(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     trained = {}

@@ -318,7 +318,7 @@ def stage_devices(device: str, parallel: bool) -> list[torch.device]:
 def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
     d = params.data
     root = Path(data_dir) / "cifar10"
-    with recorded_run("fetch", params, data_dir, pick_device(device)):
+    with recorded_run("fetch", params, data_dir, pick_device(device)) as run_id:
         used = D.resolve_source(d.source, d.mirror)
         log.info("fetching CIFAR-10 from the %s source (%s)%s", used, d.mirror if used == "mirror" else D.OFFICIAL_URL,
                  ", data.source auto" if d.source == "auto" else "")
@@ -327,6 +327,16 @@ def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
             log.warning("the fetched arrays are not the canonical CIFAR-10: SHA-256 %s, expected %s (notbugs.data."
                         "CANONICAL_SHA256); results will not compare with runs on the canonical arrays",
                         manifest["array_sha256"], D.CANONICAL_SHA256)
+        # D itself: which arrays every model and set of this data folder comes from (its `name` is "d")
+        results.append("datasets", [{
+            "dataset_id": f"{params.profile.name}/d", "profile": params.profile.name, "name": "d",
+            "recipe": results.to_json({"source": manifest["source"], "requested": d.source,
+                                       "origin": manifest["origin"], "train_per_class": d.train_per_class,
+                                       "test_per_class": d.test_per_class}),
+            "source_model_id": None, "source_model_sha256": None, "n_images": manifest["counts"]["train"],
+            "stats": results.to_json({"counts": manifest["counts"], "array_sha256": manifest["array_sha256"],
+                                      "canonical": manifest["canonical"]}),
+            "path": str(root), "run_id": run_id, "created_at": results.now_utc()}], results_root(data_dir))
     _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
     return manifest
 
@@ -583,7 +593,8 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
             earlier = read_json(progress_path)
             if isinstance(earlier, dict) and earlier.get("suite") == suite:
                 progress = earlier
-    with recorded_run("reevaluate", params, data_dir, dev, bf16=bf16_for(params, dev)) as run_id:
+    inputs = [Path(data_dir) / "cifar10/manifest.json", *(path / "meta.json" for path in trained_models(data_dir))]
+    with recorded_run("reevaluate", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
         split = load_split(params, data_dir)
         metas = [(path, read_json(path / "meta.json")) for path in trained_models(data_dir)]
         # models of other profiles were trained on other data subsets

@@ -93,7 +93,7 @@ def test_repro_fills_the_result_tables(repo):
     # sources, one per constructed set, then Figure 3: resnet9 and resnet18 on D, resnet18 on D_det
     # (resnet9 is the profile's architecture: its D_det point is the train@d_det model, reused)
     n_models = 2 + 4 + 3
-    assert counts["models"] == n_models and counts["datasets"] == 4 and counts["transfer"] == 2
+    assert counts["models"] == n_models and counts["datasets"] == 1 + 4 and counts["transfer"] == 2
     ev = results.load("evaluations", root)
     assert len(ev) == n_models * 2 and set(ev["attack"]) == {"none", "pgd_l2"}
     assert (ev["profile"] == "tiny").all() and (ev["n"] == 100).all()

@@ -41,6 +41,6 @@ def test_preflight_runs_the_profile_end_to_end(tmp_path, mirror, monkeypatch):
     assert pf.main(["--profile", "tiny", "--params", str(params), "--data-dir", str(data), "--train", "100",
                     "--test", "50", "--epochs", "1", "--attack-steps", "2", "--skip", "transfer"]) == 0
     summary = results.summary(data / "results")
-    assert summary["models"] == 6 and summary["datasets"] == 4 and summary["evaluations"] == 12
+    assert summary["models"] == 6 and summary["datasets"] == 1 + 4 and summary["evaluations"] == 12
     assert (data / "report" / "report.html").exists()
     assert load_params(data / "params.yaml").profile.subset.train == 100

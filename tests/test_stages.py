@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,13 @@ def test_source_stage_records_models_epochs_evaluations_and_runs(sources):
     assert set(runs["stage"]) == {"fetch", "source@standard", "source@robust"} and (runs["status"] == "ok").all()
     metrics = json.loads((data / "metrics" / "source_robust.json").read_text())
     assert set(metrics) == {"clean", "pgd_l2_eps0.25"}
+    d = results.load("datasets", root)  # fetch's row for D: the arrays every model here was trained on
+    assert list(d["name"]) == ["d"] and d["source_model_id"].isna().all()
+    manifest = json.loads((data / "cifar10" / "manifest.json").read_text())
+    assert d["run_id"][0] == runs[runs["stage"] == "fetch"]["run_id"].iloc[0]
+    assert d["n_images"][0] == manifest["counts"]["train"]
+    assert json.loads(d["stats"][0])["array_sha256"] == manifest["array_sha256"]
+    assert json.loads(d["recipe"][0])["source"] == manifest["source"]
 
 
 @pytest.mark.parametrize("name", ["d_r", "d_rand"])
@@ -174,6 +182,8 @@ def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path
     assert first.equals(again)
     assert not (data / "work" / "reevaluate.json").exists()  # the pass is over: the next one scores all
     assert len(S.stage_reevaluate(params, data, "cpu")) == 2
+    inputs = json.loads(runs[runs["run_id"] == ended]["input_hashes"].iloc[0])  # what it scored, by checksum
+    assert sorted(Path(p).parent.name for p in inputs) == ["cifar10", "robust", "standard"]
 
 
 def test_constructed_sets_follow_the_recipe(sources, tmp_path):
@@ -198,7 +208,7 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
             dist = np.linalg.norm((arrays["images"].astype(np.float32) - x).reshape(200, -1), axis=1)
             assert dist.max() <= params.profile.construct.pgd.eps + 0.01
     ds = results.load("datasets", S.results_root(data))
-    assert sorted(ds["name"]) == ["d_det", "d_nr", "d_r", "d_rand"]
+    assert sorted(ds["name"]) == ["d", "d_det", "d_nr", "d_r", "d_rand"]
 
 
 def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):
@@ -299,7 +309,7 @@ def test_whole_pipeline_fills_every_table(sources, tmp_path):
     assert "report.html" in paths["html"]
     counts = results.summary(S.results_root(data))
     # 2 source + 4 train + 1 transfer target (on D) models, each clean + 1 eps, then re-evaluated at 2 eps
-    assert counts["models"] == 7 and counts["transfer"] == 1 and counts["datasets"] == 4
+    assert counts["models"] == 7 and counts["transfer"] == 1 and counts["datasets"] == 1 + 4  # D, then the four
     assert counts["evaluations"] == 7 * 2 + 7 * 3
     assert counts["runs"] == 3 + 4 + 4 + 1 + 1 + 1
 

@@ -47,10 +47,11 @@ def l2_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, step_size:
 
 
 def random_in_ball(shape, eps: float, g: torch.Generator | None, device) -> torch.Tensor:
-    """Uniform random direction with a radius uniform in [0, eps] (the `robustness` library's l2 start)."""
-    direction = torch.randn(shape, generator=g, device=device)
-    radius = eps * torch.rand(shape[0], generator=g, device=device)[:, None, None, None]
-    return normalised(direction) * radius
+    """The `robustness` library's l2 random start: noise uniform in [-1/2, 1/2] per pixel, each image's
+    scaled down to norm eps if longer. On a CIFAR image such noise has norm about 16, so the start lies on
+    the sphere of radius eps for any eps used here. (Until 2026-12-07 ours drew the radius uniform in
+    [0, eps]. No profile uses it: every `random_start` is off and every `restarts` is 1.)"""
+    return (torch.rand(shape, generator=g, device=device) - 0.5).renorm(p=2, dim=0, maxnorm=eps)
 
 
 @contextlib.contextmanager

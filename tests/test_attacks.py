@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from notbugs.attacks import NonFiniteError, frozen, match_representation, pgd_l2, project_l2
+from notbugs.attacks import NonFiniteError, frozen, match_representation, pgd_l2, project_l2, random_in_ball
 from notbugs.augment import augment
 from notbugs.config import AugmentConfig, TrainConfig
 from notbugs.models import make_model
@@ -77,6 +77,14 @@ def test_random_start_stays_in_the_ball_and_is_reproducible(trained):
         b = pgd_l2(model, x, y, 0.25, 2, 0.1, random_start=True, g=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert (a - x).flatten(1).norm(dim=1).max().item() <= 0.25 + 1e-5
+
+
+def test_random_start_is_the_references_uniform_noise_scaled_to_the_sphere():
+    g = torch.Generator().manual_seed(0)
+    on_sphere = random_in_ball((8, 3, 32, 32), 0.5, g, CPU)
+    assert torch.allclose(on_sphere.flatten(1).norm(dim=1), torch.full((8,), 0.5))
+    unscaled = random_in_ball((8, 3, 32, 32), 100.0, g, CPU)  # longer than the noise: kept as drawn
+    assert unscaled.abs().max().item() <= 0.5 and unscaled.flatten(1).norm(dim=1).max().item() < 20
 
 
 def test_frozen_restores_training_mode_and_grad_flags(trained):

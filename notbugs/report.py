@@ -177,13 +177,14 @@ def _latest_evaluations(evaluations: pd.DataFrame) -> pd.DataFrame:
 
 
 def _main_arch(models: pd.DataFrame) -> str | None:
-    """The architecture of the main experiment (the source models), as opposed to transfer targets."""
+    """The architecture of the main experiment (the source models), as opposed to transfer targets: that of
+    the latest such model, since the tables keep the models of a profile's earlier `arch` too."""
     if models.empty:
         return None
-    for mask in (models["training"] == "adversarial", models["train_set"].isin(CONSTRUCTED)):
+    for mask in (models["training"] == "adversarial", models["train_set"].isin(CONSTRUCTED), models["arch"].notna()):
         if mask.any():
-            return str(models.loc[mask, "arch"].mode().iloc[0])
-    return str(models["arch"].mode().iloc[0])
+            return str(models[mask].sort_values("created_at", kind="stable")["arch"].iloc[-1])
+    return None
 
 
 def _is_transfer(models: pd.DataFrame) -> pd.Series:
@@ -232,9 +233,15 @@ class TransferPoint:
 
 
 def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame) -> list[TransferPoint]:
-    latest = _latest(transfer, ["target_arch"], "created_at")
+    """Figure 3's points: the architectures of the latest transfer measurement (one run writes them all),
+    not every one the profile ever measured; before any, those of the D_det models."""
     d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
-    archs = sorted(set(latest["target_arch"]) | set(d_det["arch"]))
+    if transfer.empty:
+        latest, archs = transfer, sorted(set(d_det["arch"]))
+    else:
+        last_run = transfer.sort_values("created_at", kind="stable")["run_id"].iloc[-1]
+        latest = transfer[transfer["run_id"] == last_run]
+        archs = sorted(set(latest["target_arch"]))
     points = []
     for arch in archs:
         row = latest[latest["target_arch"] == arch]
@@ -274,12 +281,15 @@ def _construction_stats(datasets: pd.DataFrame) -> dict[str, dict]:
     return stats
 
 
-def _epoch_curves(epochs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per model, one row per epoch. A resumed run writes later epochs under a new run id, so
-    rows are deduplicated per epoch (the last written wins) rather than per run."""
+def _epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per model, one row per epoch: those of the run that saved its latest checkpoint, which writes every
+    epoch of the model, resumed ones included (`stages.train_unit`). So a model trained again with fewer
+    epochs does not keep the earlier run's later ones."""
+    saved_by = _latest(models, ["model_id"], "created_at").set_index("model_id")["run_id"]
     curves = {}
-    deduped = epochs.drop_duplicates(["model_id", "epoch"], keep="last")
-    for model_id, rows in deduped.groupby("model_id", sort=True):
+    for model_id, rows in epochs.groupby("model_id", sort=True):
+        own = rows[rows["run_id"] == saved_by.get(model_id)]
+        rows = own if not own.empty else rows.drop_duplicates("epoch", keep="last")  # no models row: the last written
         curves[str(model_id)] = rows.sort_values("epoch")
     return curves
 
@@ -945,7 +955,7 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     blocks = (_header_blocks(profile, profiles, tables["runs"]) + _data_blocks(Path(data_dir))
               + _deviation_blocks(flags, deviations)
               + _figure2_blocks(fig2) + _table1_blocks(tab1) + figure3 + _sample_blocks(grid, sample_notes)
-              + _construction_blocks(construction) + _curves_blocks(_epoch_curves(tables["epochs"]))
+              + _construction_blocks(construction) + _curves_blocks(_epoch_curves(tables["epochs"], tables["models"]))
               + _evaluations_blocks(evals))
 
     paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "summary": out_dir / "summary.json"}

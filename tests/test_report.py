@@ -201,6 +201,39 @@ def test_latest_evaluation_wins(tmp_path):
     assert "33.3" not in paths["html"].read_text()
 
 
+def test_history_of_the_profile_does_not_stand_in_for_its_latest_run(tmp_path):
+    """The tables are append-only: a profile's earlier architecture (resnet18), a transfer target it no longer
+    trains (densenet121) and a longer earlier training of a model stay in them. The report shows the latest:
+    the resnet9 models, the architectures of the last transfer measurement, the curve of the saving run."""
+    root = tmp_path / "results"
+    write_results(root)
+    later = T0 + timedelta(days=1)
+    models, evals = [], []
+    for (training, train_set), (clean, _) in CLEAN_ROBUST.items():
+        models.append({**model_row("cpu", training, train_set, "resnet9", minute=24 * 60), "run_id": "r9"})
+        mid = model_id("cpu", training, train_set, "resnet9")
+        evals += [eval_row("cpu", mid, "none", 0.0, clean / 2, later), eval_row("cpu", mid, "pgd_l2", 0.25, 0.0, later)]
+    results.append("models", models, root)
+    results.append("evaluations", evals, root)
+    results.append("transfer", [
+        {"source_model_id": model_id("cpu", "standard", "d"), "target_model_id": model_id("cpu", "standard", "d", a),
+         "target_arch": a, "profile": "cpu", "attack": "pgd_l2_targeted", "eps": 0.5, "steps": 20,
+         "success_rate": 0.1, "n": 500, "run_id": run, "created_at": when}
+        for a, run, when in (("densenet121", "r5", T0 + timedelta(hours=2)),
+                             ("resnet9", "r6", later), ("vgg16", "r6", later))], root)
+    results.append("epochs", [  # the standard model trained again, 2 epochs instead of the 3 of run r1
+        {"model_id": model_id("cpu", "standard", "d", "resnet9"), "profile": "cpu", "epoch": e, "train_loss": 1.0,
+         "train_acc": 0.5, "lr": 0.1, "wall_s": 10.0, "run_id": run} for run, n in (("r8", 3), ("r9", 2))
+        for e in range(n)], root)
+    paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["figure2"]["standard"]["model_id"] == "cpu/standard-d-resnet9"
+    assert summary["figure2"]["standard"]["clean"] == pytest.approx(45.65)
+    assert sorted(summary["figure3"]["points"]) == ["resnet9", "vgg16"]
+    curves = report._epoch_curves(results.load("epochs", root), results.load("models", root))
+    assert list(curves["cpu/standard-d-resnet9"]["run_id"]) == ["r9", "r9"]
+
+
 def test_markdown_has_the_tables_and_links_the_figures(built):
     md, out = built["md"], built["paths"]["html"].parent
     assert "| training | model | clean, ours | clean, paper |" in md

@@ -90,7 +90,8 @@ def _minutes(text: str) -> float:
 # checks that the two agree): the profile's parameters (dotted keys under the profile), the library files
 # whose code it runs, and the steps whose outputs it reads. A step reruns when any of them changes, so
 # editing one recipe reruns that recipe's steps and their dependents, not every step (which would score
-# every model again), and updated code reruns what it computes.
+# every model again), and updated science code (STEP_CODE; not stages.py, config.py or data.py's subset draw)
+# reruns what it computes.
 STEP_PARAMS = {
     "fetch": (),
     "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "adversarial", "evaluate"),

@@ -169,6 +169,8 @@ def test_reevaluate_once_appends_rows(repo):
     # tiny's reevaluate suite: clean + PGD at eps 0.25 and 0.5, for each of the 9 models
     assert len(ev) == before + 9 * 3
     assert set(ev["eps"]) == {0.0, 0.25, 0.5}
+    out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])  # the report shows the new rows once rerun
+    assert {line.rstrip(":") for line in out.splitlines() if line and not line.startswith(("\t", " "))} == {"report"}
 
 
 def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):

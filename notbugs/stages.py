@@ -593,10 +593,11 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
             earlier = read_json(progress_path)
             if isinstance(earlier, dict) and earlier.get("suite") == suite:
                 progress = earlier
-    inputs = [Path(data_dir) / "cifar10/manifest.json", *(path / "meta.json" for path in trained_models(data_dir))]
+    folders = trained_models(data_dir)
+    inputs = [Path(data_dir) / "cifar10/manifest.json", *(path / "meta.json" for path in folders)]
     with recorded_run("reevaluate", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
         split = load_split(params, data_dir)
-        metas = [(path, read_json(path / "meta.json")) for path in trained_models(data_dir)]
+        metas = [(path, read_json(path / "meta.json")) for path in folders]
         # models of other profiles were trained on other data subsets
         metas = [(path, meta) for path, meta in metas if meta.get("profile") == params.profile.name]
         carried = []  # (model_id, run id) of the models an earlier, cut job of this pass scored

@@ -221,7 +221,7 @@ def test_history_of_the_profile_does_not_stand_in_for_its_latest_run(tmp_path):
          "success_rate": 0.1, "n": 500, "run_id": run, "created_at": when}
         for a, run, when in (("densenet121", "r5", T0 + timedelta(hours=2)),
                              ("resnet9", "r6", later), ("vgg16", "r6", later))], root)
-    results.append("epochs", [  # the standard model trained again, 2 epochs instead of the 3 of run r1
+    results.append("epochs", [  # the standard model trained by run r8 for 3 epochs, then again by r9 for 2
         {"model_id": model_id("cpu", "standard", "d", "resnet9"), "profile": "cpu", "epoch": e, "train_loss": 1.0,
          "train_acc": 0.5, "lr": 0.1, "wall_s": 10.0, "run_id": run} for run, n in (("r8", 3), ("r9", 2))
         for e in range(n)], root)

@@ -647,14 +647,18 @@ def stage_report(params: Params, data_dir="data", out_dir: str | None = None, de
 def write_plot_tables(summary_path: Path, out: Path) -> dict:
     """Figure 2 and Figure 3 as CSV files, for `dvc plots` (ours and the paper's side by side)."""
     summary = read_json(summary_path)
+
+    def cell(value) -> str:  # a value not measured (yet) is an empty cell, which dvc plots skips
+        return "" if value is None else str(value)
+
     fig2 = ["label,set,source,clean,robust"]
     for key, row in list(summary["figure2"].items()) + list(summary["table1"].items()):
         for source, clean, robust in (("ours", row.get("clean"), row.get("robust")),
                                       ("paper", row.get("paper_clean"), row.get("paper_robust"))):
-            fig2.append(f"{key} ({source}),{key},{source},{'' if clean is None else clean},"
-                        f"{'' if robust is None else robust}")
+            fig2.append(f"{key} ({source}),{key},{source},{cell(clean)},{cell(robust)}")
     fig3 = ["arch,transfer_success,d_det_acc"]
-    fig3 += [f"{arch},{p['transfer_success']},{p['d_det_acc']}" for arch, p in summary["figure3"]["points"].items()]
+    fig3 += [f"{arch},{cell(p['transfer_success'])},{cell(p['d_det_acc'])}"
+             for arch, p in summary["figure3"]["points"].items()]
     paths = {"figure2_csv": out / "figure2.csv", "figure3_csv": out / "figure3.csv"}
     atomic_write_bytes(paths["figure2_csv"], ("\n".join(fig2) + "\n").encode())
     atomic_write_bytes(paths["figure3_csv"], ("\n".join(fig3) + "\n").encode())

@@ -478,3 +478,21 @@ def test_stages_route_every_unit_through_the_runner_they_are_given(sources, tmp_
     calls.clear()
     S.stage_reevaluate(params, data, "cpu", units)
     assert calls == ["evaluate"] * 4  # standard, robust, d_det, transfer target
+
+
+def test_plot_tables_leave_what_is_not_measured_empty(tmp_path):
+    """figure2.csv and figure3.csv for `dvc plots`: numbers where measured, empty cells (not the text None)
+    where not, e.g. a Figure 3 target trained but not yet attacked."""
+    import pandas as pd
+
+    summary = {"figure2": {"standard": {"clean": 91.3, "robust": None, "paper_clean": 95.3, "paper_robust": 4.5}},
+               "table1": {"d_det": {"clean": 30.1, "paper_clean": 43.7}},
+               "figure3": {"points": {"vgg16": {"transfer_success": None, "d_det_acc": 20.5}}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    paths = S.write_plot_tables(tmp_path / "summary.json", tmp_path)
+    fig2, fig3 = pd.read_csv(paths["figure2_csv"]), pd.read_csv(paths["figure3_csv"])
+    assert "None" not in paths["figure2_csv"].read_text() + paths["figure3_csv"].read_text()
+    assert list(fig2["label"]) == ["standard (ours)", "standard (paper)", "d_det (ours)", "d_det (paper)"]
+    assert fig2["clean"].tolist() == [91.3, 95.3, 30.1, 43.7]
+    assert fig2["robust"].isna().tolist() == [True, False, True, True]
+    assert fig3["transfer_success"].isna().all() and fig3["d_det_acc"].tolist() == [20.5]

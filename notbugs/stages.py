@@ -315,6 +315,18 @@ def stage_devices(device: str, parallel: bool) -> list[torch.device]:
 
 # ---------------------------------------------------------------- stages
 
+def _record_dataset(params: Params, data_dir, run_id: str, name: str, path: Path, n_images: int,
+                    source_meta: dict | None, recipe: dict, stats: dict) -> None:
+    """Append the `datasets` row of D ("d", no source model) or of a constructed set."""
+    results.append("datasets", [{
+        "dataset_id": f"{params.profile.name}/{name}", "profile": params.profile.name, "name": name,
+        "recipe": results.to_json(recipe),
+        "source_model_id": None if source_meta is None else source_meta["model_id"],
+        "source_model_sha256": None if source_meta is None else source_meta["checkpoint_sha256"], "n_images": n_images,
+        "stats": results.to_json(stats), "path": str(path), "run_id": run_id, "created_at": results.now_utc()}],
+        results_root(data_dir))
+
+
 def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
     d = params.data
     root = Path(data_dir) / "cifar10"
@@ -327,16 +339,12 @@ def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
             log.warning("the fetched arrays are not the canonical CIFAR-10: SHA-256 %s, expected %s (notbugs.data."
                         "CANONICAL_SHA256); results will not compare with runs on the canonical arrays",
                         manifest["array_sha256"], D.CANONICAL_SHA256)
-        # D itself: which arrays every model and set of this data folder comes from (its `name` is "d")
-        results.append("datasets", [{
-            "dataset_id": f"{params.profile.name}/d", "profile": params.profile.name, "name": "d",
-            "recipe": results.to_json({"source": manifest["source"], "requested": d.source,
-                                       "origin": manifest["origin"], "train_per_class": d.train_per_class,
-                                       "test_per_class": d.test_per_class}),
-            "source_model_id": None, "source_model_sha256": None, "n_images": manifest["counts"]["train"],
-            "stats": results.to_json({"counts": manifest["counts"], "array_sha256": manifest["array_sha256"],
-                                      "canonical": manifest["canonical"]}),
-            "path": str(root), "run_id": run_id, "created_at": results.now_utc()}], results_root(data_dir))
+        # D itself: which arrays every model and set of this data folder comes from
+        _record_dataset(params, data_dir, run_id, "d", root, manifest["counts"]["train"], None,
+                        {"source": manifest["source"], "requested": d.source, "origin": manifest["origin"],
+                         "train_per_class": d.train_per_class, "test_per_class": d.test_per_class},
+                        {"counts": manifest["counts"], "array_sha256": manifest["array_sha256"],
+                         "canonical": manifest["canonical"]})
     _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
     return manifest
 
@@ -421,12 +429,7 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
     manifest = {"name": job.name, "recipe": job.recipe, "recipe_hash": job.recipe_hash, "n": n,
                 "shards": shards, "stats": stats, "dtype": "float16", "run_id": run_id}
     write_json(job.out_dir / "manifest.json", manifest)
-    results.append("datasets", [{
-        "dataset_id": f"{params.profile.name}/{job.name}", "profile": params.profile.name, "name": job.name,
-        "recipe": results.to_json(job.recipe), "source_model_id": job.source_meta["model_id"],
-        "source_model_sha256": job.source_meta["checkpoint_sha256"], "n_images": n,
-        "stats": results.to_json(stats), "path": str(job.out_dir), "run_id": run_id,
-        "created_at": results.now_utc()}], results_root(data_dir))
+    _record_dataset(params, data_dir, run_id, job.name, job.out_dir, n, job.source_meta, job.recipe, stats)
     return stats
 
 

@@ -176,9 +176,30 @@ def _latest(df: pd.DataFrame, keys: list[str], time_column: str) -> pd.DataFrame
     return df.sort_values(time_column, kind="stable").drop_duplicates(keys, keep="last")
 
 
-def _latest_evaluations(evaluations: pd.DataFrame) -> pd.DataFrame:
-    ev = evaluations.assign(eps_key=evaluations["eps"].round(6))
-    return _latest(ev, ["model_id", "attack", "eps_key"], "evaluated_at").reset_index(drop=True)
+def _weights_since(models: pd.DataFrame) -> dict[str, pd.Timestamp]:
+    """Per model id, when its current weights were first recorded: the oldest of the latest unbroken run of
+    models rows with the current checkpoint's SHA-256 (a retrained model changes it; a rerun that restores
+    a finished checkpoint does not)."""
+    since = {}
+    for model_id, rows in models.sort_values("created_at", kind="stable").groupby("model_id", sort=False):
+        shas, times = list(rows["checkpoint_sha256"]), list(rows["created_at"])
+        i = len(shas) - 1
+        while i > 0 and shas[i - 1] == shas[-1]:
+            i -= 1
+        since[model_id] = times[i]
+    return since
+
+
+def _latest_evaluations(evaluations: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """The latest row of every attack setting of every model, leaving out those made on earlier weights of
+    the model (before it was retrained), which no longer describe it."""
+    since = _weights_since(models)
+    current = np.array([since.get(m) is None or t >= since[m]
+                        for m, t in zip(evaluations["model_id"], evaluations["evaluated_at"], strict=True)], dtype=bool)
+    ev = evaluations.loc[current]
+    ev = ev.assign(eps_key=ev["eps"].round(6))
+    keys = ["model_id", "test_set", "attack", "eps_key", "steps", "restarts"]
+    return _latest(ev, keys, "evaluated_at").reset_index(drop=True)
 
 
 def _main_arch(models: pd.DataFrame) -> str | None:
@@ -208,12 +229,15 @@ def _pick_model(models: pd.DataFrame, training: str, train_set: str, arch: str |
 
 
 def _evaluation(evals: pd.DataFrame, model_id: str, attack: str, eps: float | None = None) -> pd.Series | None:
+    """The strongest attack setting evaluated (most steps x restarts; a quick weaker re-check does not
+    replace it), the latest among equals."""
     found = evals[(evals["model_id"] == model_id) & (evals["attack"] == attack)]
     if eps is not None:
         found = found[np.isclose(found["eps"].astype(float), eps)]
     if found.empty:
         return None
-    return found.sort_values("evaluated_at", kind="stable").iloc[-1]
+    found = found.assign(strength=found["steps"].astype(int) * found["restarts"].astype(int))
+    return found.sort_values(["strength", "evaluated_at"], kind="stable").iloc[-1]
 
 
 def _measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None) -> Measured:
@@ -795,14 +819,16 @@ def _curves_blocks(curves: dict[str, pd.DataFrame]) -> list:
 
 def _evaluations_blocks(evals: pd.DataFrame) -> list:
     blocks = [Heading("All evaluations"),
-              Para("The latest evaluation of every model under every attack setting (a re-evaluation "
-                   "supersedes an older row).")]
+              Para("The latest evaluation of every model under every attack setting (a re-evaluation with the "
+                   "same setting supersedes an older row; rows made before a model was retrained are left "
+                   "out). Figure 2 and Table 1 use the strongest setting at eps 0.25.")]
     if evals.empty:
         return blocks + [Note("No evaluation yet: not run yet.")]
-    rows = tuple((e["model_id"], e["test_set"], e["attack"], f"{e['eps']:g}", str(e["steps"]),
+    rows = tuple((e["model_id"], e["test_set"], e["attack"], f"{e['eps']:g}", str(e["steps"]), str(e["restarts"]),
                   _pct(100.0 * e["accuracy"]), str(e["n"]), _when(e["evaluated_at"]))
-                 for _, e in evals.sort_values(["model_id", "attack", "eps"]).iterrows())
-    return blocks + [Table(("model", "test set", "attack", "eps", "steps", "accuracy (%)", "n", "evaluated"), rows)]
+                 for _, e in evals.sort_values(["model_id", "attack", "eps", "steps", "restarts"]).iterrows())
+    return blocks + [Table(("model", "test set", "attack", "eps", "steps", "restarts", "accuracy (%)", "n",
+                            "evaluated"), rows)]
 
 
 def _summary(profile, fig2, tab1, points, r, construction, flags, deviations) -> dict:
@@ -947,7 +973,7 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables, profile, profiles = _load_tables(results_root, profile)
-    evals = _latest_evaluations(tables["evaluations"])
+    evals = _latest_evaluations(tables["evaluations"], tables["models"])
     arch = _main_arch(tables["models"])
     fig2 = [_measure(ref, tables["models"], evals, arch) for ref in FIGURE2]
     tab1 = [_measure(ref, tables["models"], evals, arch) for ref in TABLE1]

@@ -203,6 +203,43 @@ def test_latest_evaluation_wins(tmp_path):
     assert "33.3" not in paths["html"].read_text()
 
 
+def test_every_attack_setting_is_listed_and_figure2_takes_the_strongest(tmp_path):
+    """A re-evaluation with another step count adds a row beside the first instead of replacing it; Figure 2
+    scores robustness with the strongest attack, so a later quick 3-step check does not replace 20 steps."""
+    root = tmp_path / "results"
+    write_results(root)
+    mid = model_id("cpu", "standard", "d_r")
+    results.append("evaluations", [{**eval_row("cpu", mid, "pgd_l2", 0.25, 0.611, T0 + timedelta(days=1)),
+                                    "steps": 3}], root)
+    paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["figure2"]["d_r"]["robust"] == pytest.approx(56.9)  # the 20-step row, not the later 3-step one
+    md = paths["markdown"].read_text()
+    listed = [line for line in md.splitlines() if line.startswith(f"| {mid} |") and "pgd_l2" in line]
+    assert len(listed) == 2
+    assert any("| 61.1 |" in line for line in listed) and any("| 56.9 |" in line for line in listed)
+
+
+def test_evaluations_of_earlier_weights_are_left_out(tmp_path):
+    """A retrained model (new checkpoint hash) is described only by evaluations made since; a rerun that
+    restored the same checkpoint (same hash) keeps the evaluations it had."""
+    root = tmp_path / "results"
+    write_results(root)
+    retrained = model_id("cpu", "standard", "d_r")
+    later = T0 + timedelta(days=1)
+    results.append("models", [{**model_row("cpu", "standard", "d_r"), "checkpoint_sha256": "1" * 64,
+                               "created_at": later},
+                              {**model_row("cpu", "standard", "d_nr"), "created_at": later}], root)
+    results.append("evaluations", [{**eval_row("cpu", retrained, "none", 0.0, 0.777, later + timedelta(hours=1)),
+                                    "steps": 0}], root)
+    paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["figure2"]["d_r"]["clean"] == pytest.approx(77.7)
+    assert summary["figure2"]["d_r"]["robust"] is None  # 56.9 was measured on the old weights
+    assert summary["figure2"]["d_nr"]["clean"] == pytest.approx(74.4)
+    assert summary["figure2"]["d_nr"]["robust"] == pytest.approx(0.4)
+
+
 def test_history_of_the_profile_does_not_stand_in_for_its_latest_run(tmp_path):
     """The tables are append-only: a profile's earlier architecture (resnet18), a transfer target it no longer
     trains (densenet121) and a longer earlier training of a model stay in them. The report shows the latest:

@@ -153,7 +153,7 @@ def step_hash(params, step: str, arrays: str | None = None) -> str:
     body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
                   "code": code_digest(step.partition("@")[0])}
     if step == "fetch":
-        body["data"] = [params.data.root, params.data.train_per_class, params.data.test_per_class]
+        body["data"] = [params.data.train_per_class, params.data.test_per_class]
     else:
         body["arrays"] = arrays
         body["upstream"] = [step_hash(params, up, arrays) for up in upstream_steps(step) if up != "fetch"]

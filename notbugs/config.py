@@ -33,7 +33,6 @@ class ConfigError(ValueError):
 class DataConfig:
     source: str  # auto (the mirror where its folder exists, else official) | official | mirror
     mirror: str
-    root: str
     train_per_class: int
     test_per_class: int
 

@@ -124,13 +124,13 @@ def make_mirror(root: Path, train_per_class: int = 20, test_per_class: int = 10,
     return root
 
 
-def write_params(path: Path, mirror: Path, data_root: Path, train_per_class=20, test_per_class=10,
+def write_params(path: Path, mirror: Path, train_per_class=20, test_per_class=10,
                  profile: str = "tiny", edit=None) -> Path:
     """A copy of the project's params.yaml, pointed at `mirror`, optionally edited by `edit(doc)`."""
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     doc["profile"] = profile
-    doc["data"].update(source="mirror", mirror=str(mirror), root=str(data_root),
-                       train_per_class=train_per_class, test_per_class=test_per_class)
+    doc["data"].update(source="mirror", mirror=str(mirror), train_per_class=train_per_class,
+                       test_per_class=test_per_class)
     if edit:
         edit(doc)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -144,7 +144,7 @@ def mirror(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def params_file(tmp_path, mirror) -> Path:
-    return write_params(tmp_path / "params.yaml", mirror, tmp_path / "data" / "cifar10")
+    return write_params(tmp_path / "params.yaml", mirror)
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ def test_wrong_argument_says_what_is_accepted(capsys):
 def test_bad_parameters_exit_2_before_any_work(tmp_path, mirror, capsys):
     from tests.conftest import write_params
 
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10",
+    path = write_params(tmp_path / "p.yaml", mirror,
                         edit=lambda d: d["profiles"]["tiny"]["evaluate"].update(stepz=3))
     assert main(["fetch", "--params", str(path), "--data-dir", str(tmp_path / "data")]) == 2
     assert "unknown key(s) ['stepz']" in capsys.readouterr().err
@@ -81,7 +81,7 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     real_load_split = S.load_split
     monkeypatch.setattr(S, "load_split", lambda *a: loads.append(1) or real_load_split(*a))
 
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10",
+    path = write_params(tmp_path / "p.yaml", mirror,
                         edit=lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"]))
     data = tmp_path / "data"
     common = ["--params", str(path), "--data-dir", str(data), "--device", "cpu"]
@@ -119,7 +119,7 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
     def tiny(d):
         d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"])
 
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10", edit=tiny)
+    path = write_params(tmp_path / "p.yaml", mirror, edit=tiny)
     data = tmp_path / "data"
     common = ["--params", str(path), "--data-dir", str(data), "--device", "cpu", "--skip", "report"]
 
@@ -226,7 +226,7 @@ def test_a_profile_run_as_jobs_cut_after_every_batch_equals_one_run(tmp_path, mi
         d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"])
         d["profiles"]["tiny"]["train"].update(epochs=1)
 
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "cifar10", edit=edit)
+    path = write_params(tmp_path / "p.yaml", mirror, edit=edit)
     one = tmp_path / "one"
     assert main(["all", "--params", str(path), "--data-dir", str(one), "--device", "cpu"]) == 0
 
@@ -256,7 +256,7 @@ def test_sigterm_stops_training_at_the_next_batch_and_the_rerun_finishes_it(tmp_
         doc["profiles"]["tiny"]["train"].update(epochs=40)
         doc["profiles"]["tiny"]["checkpoint_minutes"] = 60
 
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "cifar10", edit=forty_epochs_no_checkpoint_due)
+    path = write_params(tmp_path / "p.yaml", mirror, edit=forty_epochs_no_checkpoint_due)
     data = tmp_path / "data"
     assert main(["fetch", "--params", str(path), "--data-dir", str(data)]) == 0
     cmd = stage_command(["source", "standard"], path, data)

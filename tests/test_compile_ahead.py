@@ -37,7 +37,7 @@ def test_one_graph_per_fake_relu_flag_the_sets_use(params_file):
 
 @pytest.mark.parametrize("subset", [0, 100, 1000])
 def test_training_images_is_what_load_split_reads(tmp_path, mirror, subset):
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10",
+    path = write_params(tmp_path / "p.yaml", mirror,
                         edit=lambda d: d["profiles"]["tiny"]["subset"].update(train=subset))
     params = load_params(path)
     S.stage_fetch(params, tmp_path / "data", "cpu")
@@ -89,7 +89,7 @@ def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, m
     def compile_ahead(doc):  # a ResNet-18: its representation ends in a ReLU, so the fake one is another graph
         doc["profiles"]["tiny"].update(compile=True, compile_ahead=True, arch="resnet18", width=0.0625)
 
-    path = write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10", edit=compile_ahead)
+    path = write_params(tmp_path / "p.yaml", mirror, edit=compile_ahead)
     data = tmp_path / "data"
     counters.clear()
     assert main(["all", "--params", str(path), "--data-dir", str(data), "--device", "cpu",

@@ -41,7 +41,7 @@ def test_speed_switches_are_not_deviations_from_the_paper():
 
 
 def _edited(tmp_path, mirror, edit):
-    return write_params(tmp_path / "p.yaml", mirror, tmp_path / "c", edit=edit)
+    return write_params(tmp_path / "p.yaml", mirror, edit=edit)
 
 
 def _fake_relu_on_vgg16(doc):

@@ -280,7 +280,7 @@ def test_a_full_fetch_says_whether_its_arrays_are_the_canonical_ones(tmp_path, m
 
     assert _fetch(mirror, tmp_path / "a" / "cifar10")["canonical"] is None
     monkeypatch.setattr(D, "CANONICAL_COUNTS", {"train": 200, "test": 100})
-    params = load_params(write_params(tmp_path / "p.yaml", mirror, tmp_path / "data" / "cifar10"))
+    params = load_params(write_params(tmp_path / "p.yaml", mirror))
     with caplog.at_level("WARNING", logger="notbugs"):
         manifest = S.stage_fetch(params, tmp_path / "data", "cpu")
     assert manifest["canonical"] is False and "not the canonical CIFAR-10" in caplog.text

@@ -33,7 +33,7 @@ def test_script_runs_from_any_folder(name, tmp_path):
 def pipeline(tmp_path_factory, mirror):
     """fetch, both source models and D_rand, tiny profile."""
     root = tmp_path_factory.mktemp("experiments")
-    path = write_params(root / "params.yaml", mirror, root / "data" / "cifar10")
+    path = write_params(root / "params.yaml", mirror)
     params = load_params(path)
     data = root / "data"
     S.stage_fetch(params, data, "cpu")

@@ -63,7 +63,7 @@ def _profile(doc):
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory, mirror):
     root = tmp_path_factory.mktemp("faults")
-    params = write_params(root / "params.yaml", mirror, root / "fetched" / "cifar10", edit=_profile)
+    params = write_params(root / "params.yaml", mirror, edit=_profile)
     S.stage_fetch(load_params(params), root / "fetched", "cpu")
     return Ladder(root, params, root / "fetched", STEPS)
 

@@ -38,7 +38,7 @@ def _tiny(doc):
 def built(tmp_path_factory, mirror):
     """Canonical arrays, the standard model, D_det (2 shards) and a model trained on it."""
     root = tmp_path_factory.mktemp("inputs")
-    params_path = write_params(root / "params.yaml", mirror, root / "data" / "cifar10", edit=_tiny)
+    params_path = write_params(root / "params.yaml", mirror, edit=_tiny)
     params, data = load_params(params_path), root / "data"
     S.stage_fetch(params, data, "cpu")
     S.stage_source(params, "standard", data, "cpu")

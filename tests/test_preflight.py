@@ -36,7 +36,7 @@ def test_shrunken_profiles_keep_their_code_paths_and_cap_their_cost(tmp_path, mo
 
 def test_preflight_runs_the_profile_end_to_end(tmp_path, mirror, monkeypatch):
     pf = bench_script("preflight", monkeypatch)
-    params = write_params(tmp_path / "p.yaml", mirror, tmp_path / "unused")
+    params = write_params(tmp_path / "p.yaml", mirror)
     data = tmp_path / "pre"
     assert pf.main(["--profile", "tiny", "--params", str(params), "--data-dir", str(data), "--train", "100",
                     "--test", "50", "--epochs", "1", "--attack-steps", "2", "--skip", "transfer"]) == 0

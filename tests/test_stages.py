@@ -35,7 +35,7 @@ def _fast(doc):
 def sources(tmp_path_factory, mirror):
     """fetch + both source models, shared by the tests of this module (copied before mutation)."""
     root = tmp_path_factory.mktemp("pipeline")
-    path = write_params(root / "params.yaml", mirror, root / "data" / "cifar10", edit=_fast)
+    path = write_params(root / "params.yaml", mirror, edit=_fast)
     params = load_params(path)
     data = root / "data"
     S.stage_fetch(params, data, "cpu")

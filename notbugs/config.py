@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import types
 import typing
@@ -23,6 +24,8 @@ PROFILES = ("tiny", "cpu", "fast", "paper")
 SOURCES = ("auto", "official", "mirror")
 ADVERSARIAL_METHODS = ("pgd", "free")  # how adversarial training attacks its batches (AdversarialConfig.method)
 DECAY = ("weights", "all")  # the parameters weight decay applies to (TrainConfig.decay)
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -262,7 +265,9 @@ def _convert(hint, value, where: str):
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            # YAML 1.1 reads 5e-4 (no dot) as a string
+            hint_text = f"; write it as {float(value)!r} (YAML reads {value} as text)" if _numeric(value) else ""
+            raise ConfigError(f"{where}: expected a number, got {value!r}{hint_text}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -271,12 +276,25 @@ def _convert(hint, value, where: str):
     raise ConfigError(f"{where}: unsupported type {hint}")
 
 
+def _numeric(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _merge(base: dict, override: dict, where: str) -> dict:
+    if not isinstance(override, dict):
+        raise ConfigError(f"{where}: expected a mapping of overrides (e.g. {{epochs: 24}}), got {override!r}")
     out = dict(base)
     for key, value in override.items():
         if key not in base:
             raise ConfigError(f"{where}: unknown key {key!r}; accepted: {sorted(base)}")
-        out[key] = _merge(base[key], value, f"{where}.{key}") if isinstance(value, dict) else value
+        both_mappings = isinstance(value, dict) and isinstance(base[key], dict)
+        out[key] = _merge(base[key], value, f"{where}.{key}") if both_mappings else value
     return out
 
 
@@ -349,24 +367,39 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     if not path.exists():
         raise ConfigError(f"{path}: parameter file not found")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+        message = " ".join(str(e).replace('"<unicode string>"', str(path)).split())
+        raise ConfigError(f"{path}: not valid YAML ({message})") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     unknown = sorted(set(doc) - {"profile", "data", "profiles"})
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; accepted: data, profile, profiles")
-    name = profile or os.environ.get("NOTBUGS_PROFILE") or doc.get("profile")
+    env = os.environ.get("NOTBUGS_PROFILE")
+    name, chosen_by = ((profile, "the profile argument") if profile else (env, "NOTBUGS_PROFILE") if env
+                       else (doc.get("profile"), f"{path}'s `profile:`"))
     profiles = doc.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: `profiles` must be a mapping of profile names to profiles")
     if name not in profiles:
-        raise ConfigError(f"{path}: unknown profile {name!r}; defined: {sorted(profiles)}")
+        raise ConfigError(f"{path}: unknown profile {name!r} (chosen by {chosen_by}); defined: {sorted(profiles)}")
+    if not profile and env and env != doc.get("profile"):
+        # dvc.lock records params.yaml's profile: a stage run under another one records the wrong inputs
+        log.warning("profile %r from NOTBUGS_PROFILE, not %r from %s: `dvc repro` would record the wrong profile "
+                    "(scripts/pipeline.sh writes the choice into params.yaml instead)", env, doc.get("profile"), path)
 
-    data = dict(doc.get("data") or {})
-    data["source"] = os.environ.get("NOTBUGS_DATA_SOURCE", data.get("source"))
-    data["mirror"] = os.environ.get("NOTBUGS_MIRROR", data.get("mirror"))
+    data = doc.get("data") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"data: expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    for key, var in (("source", "NOTBUGS_DATA_SOURCE"), ("mirror", "NOTBUGS_MIRROR")):
+        if var in os.environ:
+            data[key] = os.environ[var]
     data_cfg = _build(DataConfig, data, "data")
-    _check(data_cfg.source in SOURCES, f"data.source must be one of {list(SOURCES)}, got {data_cfg.source!r}")
+    from_env = " (from NOTBUGS_DATA_SOURCE)" if "NOTBUGS_DATA_SOURCE" in os.environ else ""
+    _check(data_cfg.source in SOURCES,
+           f"data.source must be one of {list(SOURCES)}, got {data_cfg.source!r}{from_env}")
 
     prof = _profile(name, profiles[name])
     paper = _profile("paper", profiles["paper"]) if "paper" in profiles else None
@@ -377,6 +410,8 @@ def _profile(name: str, raw: dict) -> Profile:
     where = f"profiles.{name}"
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), dict) for k in ("train", "source_on", "train_on")):
         raise ConfigError(f"{where}: needs mappings 'train', 'source_on' and 'train_on'")
+    # The shared recipe first, so that its errors name `train`, not the first per-model copy of it.
+    _build(TrainConfig, raw["train"], f"{where}.train")
     per_model = {section: {k: _build(TrainConfig, _merge(raw["train"], v or {}, f"{where}.{section}.{k}"),
                                      f"{where}.{section}.{k}") for k, v in raw[section].items()}
                  for section in ("source_on", "train_on")}
@@ -384,3 +419,19 @@ def _profile(name: str, raw: dict) -> Profile:
     prof = dataclasses.replace(_build(Profile, fields, where), name=name, **per_model)
     validate(prof)
     return prof
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: by default the
+    last one silently wins, so an override added without removing the old line would be half-applied."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found the key {key!r} twice",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)

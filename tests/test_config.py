@@ -64,7 +64,17 @@ def _fake_relu_on_vgg16(doc):
     (lambda d: d["profiles"]["tiny"]["construct"]["pgd"].update(steps=0), "construct.pgd"),
     (lambda d: d["profiles"]["tiny"]["train"].update(epocs=3), "unknown key(s) ['epocs']"),
     (lambda d: d["profiles"]["tiny"]["train"].pop("lr"), "missing key(s) ['lr']"),
-    (lambda d: d["profiles"]["tiny"]["train"].update(epochs="ten"), "expected an integer"),
+    # the shared recipe's errors name `train`, not the first per-model copy of it
+    (lambda d: d["profiles"]["tiny"]["train"].update(epochs="ten"), "profiles.tiny.train.epochs: expected an integer"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(lr=None), "profiles.tiny.train.lr: expected a number, got None"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(weight_decay="5e-4"),  # how YAML reads 5e-4
+     "profiles.tiny.train.weight_decay: expected a number, got '5e-4'; write it as 0.0005"),
+    (lambda d: d["profiles"]["tiny"]["train_on"].update(d_nr=24),
+     "profiles.tiny.train_on.d_nr: expected a mapping of overrides (e.g. {epochs: 24}), got 24"),
+    (lambda d: d["profiles"]["tiny"]["train_on"].update(d_rand={"lr": {"x": 1}}),
+     "profiles.tiny.train_on.d_rand.lr: expected a number"),
+    (lambda d: d.update(data=["x"]), "data: expected a mapping, got list"),
+    (lambda d: d.update(profiles=["tiny"]), "`profiles` must be a mapping"),
     (lambda d: d["profiles"]["tiny"]["train_on"]["d_rand"].update(lrr=0.1), "unknown key 'lrr'"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["vgg16", "alexnet"]), "alexnet"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(n=55), "transfer.n must be > 0 and a multiple of the 10"),
@@ -107,6 +117,35 @@ def test_hash_changes_with_the_recipe(tmp_path, mirror):
     assert a.hash("construct") == b.hash("construct") and a.hash("train") != b.hash("train")
     assert a.hash("train.momentum") == b.hash("train.momentum") and a.hash("train.lr") != b.hash("train.lr")
     assert a.hash("train_on.d_x") == b.hash("train_on.d_x")  # a path the profile lacks hashes as None
+
+
+def test_a_key_given_twice_is_refused(tmp_path, mirror):
+    """PyYAML keeps the last of two equal keys: an override added without deleting the old line
+    would be half-applied, silently."""
+    path = _edited(tmp_path, mirror, None)
+    text = path.read_text()
+    assert "  train_on:\n" in text
+    path.write_text(text.replace("  train_on:\n", "  train_on:\n      d_det:\n        epochs: 5\n", 1))
+    with pytest.raises(ConfigError, match=r"found the key 'd_det' twice in .*p\.yaml, line \d+"):
+        load_params(path)
+
+
+def test_a_profile_from_the_environment_says_so(tmp_path, mirror, monkeypatch, caplog):
+    path = _edited(tmp_path, mirror, None)
+    monkeypatch.setenv("NOTBUGS_PROFILE", "gpu")
+    with pytest.raises(ConfigError, match=r"unknown profile 'gpu' \(chosen by NOTBUGS_PROFILE\)"):
+        load_params(path)
+    monkeypatch.setenv("NOTBUGS_PROFILE", "cpu")  # params.yaml says tiny: dvc.lock would record tiny
+    with caplog.at_level("WARNING", logger="notbugs.config"):
+        assert load_params(path).profile.name == "cpu"
+    assert "profile 'cpu' from NOTBUGS_PROFILE, not 'tiny'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="notbugs.config"):
+        assert load_params(path, "fast").profile.name == "fast"  # an explicit argument is no surprise
+    assert caplog.text == ""
+    monkeypatch.setenv("NOTBUGS_DATA_SOURCE", "ftp")
+    with pytest.raises(ConfigError, match=r"got 'ftp' \(from NOTBUGS_DATA_SOURCE\)"):
+        load_params(path)
 
 
 def test_missing_file(tmp_path):

@@ -108,11 +108,18 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
         status = "stopped"  # out of time: progress saved, the next job continues
         raise
     finally:
-        results.append("runs", [{
-            "run_id": run_id, "stage": stage, "profile": params.profile.name, "params_hash": params.hash(),
-            "code_version": code_version(), "input_hashes": _input_hashes(list(inputs)),
-            "device": device_name(device, bf16), "started_at": started, "ended_at": results.now_utc(),
-            "wall_s": time.perf_counter() - t0, "status": status}], results_root(data_dir))
+        try:
+            results.append("runs", [{
+                "run_id": run_id, "stage": stage, "profile": params.profile.name, "params_hash": params.hash(),
+                "code_version": code_version(), "input_hashes": _input_hashes(list(inputs)),
+                "device": device_name(device, bf16), "started_at": started, "ended_at": results.now_utc(),
+                "wall_s": time.perf_counter() - t0, "status": status}], results_root(data_dir))
+        except Exception:
+            if status == "ok":
+                raise
+            # The stage's own error (often the same cause, e.g. a full disk) names what it was writing;
+            # an error raised here would replace it.
+            log.exception("%s: could not record this %s run in the runs table either", stage, status)
 
 
 def _seed(params: Params, name: str) -> int:

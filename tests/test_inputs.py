@@ -315,3 +315,23 @@ def test_results_append_on_a_full_disk(tmp_path, monkeypatch):
     assert e.value.errno == errno.ENOSPC
     assert sorted(part.parent.iterdir()) == [part] and part.read_bytes() == good
     assert list(results.load("evaluations", tmp_path)["run_id"]) == ["run0000"]
+
+
+def test_a_stage_s_own_error_survives_a_runs_row_that_cannot_be_written(tmp_path, monkeypatch, caplog):
+    """On a full disk the stage fails writing its model and then the `runs` row fails too: the error
+    shown must be the stage's, which names the model file, not the runs table's."""
+    params = load_params(write_params(tmp_path / "p.yaml", tmp_path / "no-mirror"))
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "cannot append to result table 'runs' (No space left on device)")
+
+    monkeypatch.setattr(results, "append", full)
+    model_error = ArtefactError(f"disk full while writing {tmp_path}/models/standard/model.pt; nothing was written")
+    with pytest.raises(ArtefactError, match="model.pt"), caplog.at_level("ERROR", logger="notbugs"):
+        with S.recorded_run("source@standard", params, tmp_path, S.pick_device("cpu")):
+            raise model_error
+    assert "could not record this failed run in the runs table either" in caplog.text
+    # a stage that succeeded but cannot record its run fails with the runs table's error
+    with pytest.raises(OSError, match="result table 'runs'"):
+        with S.recorded_run("source@standard", params, tmp_path, S.pick_device("cpu")):
+            pass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import io
 import pickle
+import re
 import shutil
 import tarfile
 import tempfile
@@ -88,6 +89,11 @@ def _read_mirror_files(mirror: Path) -> dict:
             entries[key] = path.read_bytes()
     archives = sorted(p for p in mirror.iterdir() if p.name.endswith((".tar", ".tar.gz", ".tgz")))
     sums = _read_sha256sums(mirror / "SHA256SUMS")
+    listed = [name for name in sums if name.endswith((".tar", ".tar.gz", ".tgz"))]
+    absent = [name for name in listed if not (mirror / name).exists()]
+    if absent and len(absent) < len(listed):  # none there: an extracted tree instead of the parts, which is fine
+        raise DataError(f"{mirror}: {', '.join(absent)} listed in SHA256SUMS but absent (an incomplete copy of "
+                        f"the mirror?)")
     for archive in archives:
         if archive.name in sums and sha256_file(archive) != sums[archive.name]:
             raise DataError(f"{archive}: SHA-256 does not match {mirror / 'SHA256SUMS'} (corrupt or truncated copy)")
@@ -98,14 +104,23 @@ def _read_mirror_files(mirror: Path) -> dict:
     return entries
 
 
+_GNU_SUM = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>.+)$")  # sha256sum's format
+_BSD_SUM = re.compile(r"^SHA256 \((?P<name>.+)\) = (?P<digest>[0-9a-fA-F]{64})$")  # BSD sha256's / shasum --tag
+
+
 def _read_sha256sums(path: Path) -> dict:
+    """{file name: lower-case hex digest} from a SHA256SUMS file in either common format."""
     if not path.exists():
         return {}
     sums = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            sums[name.strip().lstrip("*")] = digest
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _GNU_SUM.match(line.rstrip()) or _BSD_SUM.match(line.rstrip())
+        if m is None:
+            raise DataError(f"{path}, line {number}: not a SHA-256 line ('<64 hex digits>  <file>' or "
+                            f"'SHA256 (<file>) = <64 hex digits>'): {line[:80]!r}")
+        sums[m["name"].strip()] = m["digest"].lower()
     return sums
 
 

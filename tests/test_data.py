@@ -133,6 +133,40 @@ def test_wrong_checksum_is_refused(tmp_path):
         _fetch(m, tmp_path / "out")
 
 
+def _sums(m, style: str, wrong: str | None = None) -> str:
+    """A SHA256SUMS text for the mirror's parts; `wrong`: a part given a wrong digest."""
+    digests = {p.name: "0" * 64 if p.name == wrong else hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(m.glob("*.tar.gz"))}
+    if style == "bsd":  # BSD sha256 / shasum --tag
+        return "".join(f"SHA256 ({name}) = {digest}\n" for name, digest in digests.items())
+    return "".join(f"{digest.upper()} *{name}\n" for name, digest in digests.items())  # binary mode, upper case
+
+
+@pytest.mark.parametrize("style", ["bsd", "gnu"])
+def test_checksums_in_either_format_are_checked(tmp_path, style):
+    m = _tar_mirror(tmp_path)
+    (m / "SHA256SUMS").write_text(_sums(m, style))
+    _fetch(m, tmp_path / "out")  # right sums: accepted
+    (m / "SHA256SUMS").write_text(_sums(m, style, wrong="part-1.tar.gz"))
+    with pytest.raises(D.DataError, match="part-1.tar.gz: SHA-256 does not match"):
+        _fetch(m, tmp_path / "out2")
+
+
+def test_a_checksum_line_it_cannot_read_is_refused_with_its_number(tmp_path):
+    m = _tar_mirror(tmp_path)
+    (m / "SHA256SUMS").write_text(_sums(m, "bsd") + "part-1.tar.gz\n")
+    with pytest.raises(D.DataError, match=r"SHA256SUMS, line 3: not a SHA-256 line"):
+        _fetch(m, tmp_path / "out")
+
+
+def test_a_part_listed_but_absent_is_named(tmp_path):
+    m = _tar_mirror(tmp_path)
+    (m / "SHA256SUMS").write_text(_sums(m, "gnu"))
+    (m / "part-1.tar.gz").unlink()
+    with pytest.raises(D.DataError, match="part-1.tar.gz listed in SHA256SUMS but absent"):
+        _fetch(m, tmp_path / "out")
+
+
 def test_archive_with_foreign_entry_is_refused(tmp_path):
     m = _tar_mirror(tmp_path)
     with tarfile.open(m / "evil.tar", "w") as tar:

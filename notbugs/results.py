@@ -26,6 +26,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -217,10 +218,11 @@ def _check_value(table: str, field: pa.Field, i: int, value) -> None:
         if not field.nullable:
             raise ValueError(f"{where}: value is required (got None)")
         return
-    if isinstance(value, bool) and (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
+    numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+    if isinstance(value, (bool, np.bool_)) and numeric:
         raise ValueError(f"{where}: expected {field.type}, got bool {value!r}")
-    if pa.types.is_integer(field.type) and isinstance(value, float):
-        # numpy.float64 is a float subclass, so this covers it too.
+    if pa.types.is_integer(field.type) and isinstance(value, (float, np.floating)):
+        # np.float64 is a float subclass; np.float32 and np.float16 are not.
         raise ValueError(f"{where}: expected an integer, got float {value!r}")
     if pa.types.is_timestamp(field.type):
         if not isinstance(value, datetime):

@@ -221,6 +221,10 @@ BAD_ROWS = {
     "int given a string": ("evaluations", _with("evaluations", steps="7"), "steps"),
     "int given a fractional float": ("evaluations", _with("evaluations", correct=1.5), "correct"),
     "float given a bool": ("epochs", _with("epochs", lr=True), "lr"),
+    # numpy scalars that are not Python float / bool subclasses, which pyarrow truncates or converts silently
+    "int given a numpy float32": ("evaluations", _with("evaluations", correct=np.float32(1.5)), "correct"),
+    "int given a numpy bool": ("evaluations", _with("evaluations", n=np.bool_(True)), "n"),
+    "float given a numpy bool": ("epochs", _with("epochs", lr=np.bool_(True)), "lr"),
     "list given a scalar": (
         "evaluations",
         _with("evaluations", per_class_accuracy=0.5),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from notbugs import tempfiles
 from notbugs.storage import ArtefactError, load_npy, read_json, save_npy, sha256_file, write_json
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -276,7 +277,9 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
         verify(split, images, labels, per_class[split])
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{root.name}-", dir=root.parent))
+    for name in (root.name, f"{root.name}.old"):  # left by a fetch that was killed (180 MB for CIFAR-10)
+        tempfiles.remove_dead(root.parent, name)
+    tmp = Path(tempfile.mkdtemp(prefix=tempfiles.prefix(root.name), dir=root.parent))
     try:
         files = {}
         for split, (images, labels) in splits.items():
@@ -307,7 +310,8 @@ def _swap_in(new: Path, root: Path) -> None:
     """Replace folder `root` by `new` so that a reader sees the old or the new, never a mix."""
     old = None
     if root.exists():
-        old = root.with_name(f".old-{root.name}-{new.name}")
+        # named as a temporary folder of this process, so that a later fetch removes it if this one is killed
+        old = root.with_name(tempfiles.prefix(f"{root.name}.old") + new.name.rsplit("-", 1)[-1])
         root.rename(old)
     new.rename(root)
     if old is not None:

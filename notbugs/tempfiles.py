@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -46,7 +47,8 @@ def _running(pid: int) -> bool:
 
 def remove_dead(folder: str | Path, name: str | None = None) -> list[Path]:
     """Delete the temporary files in `folder` (those of target `name`, or all) whose writer ran on
-    this host and is gone; returns what was deleted."""
+    this host and is gone; returns what was deleted. A temporary folder (a fetch writes its arrays into
+    one, then renames it into place) goes with everything in it."""
     host, removed = socket.gethostname(), []
     try:
         entries = list(os.scandir(folder))
@@ -56,10 +58,15 @@ def remove_dead(folder: str | Path, name: str | None = None) -> list[Path]:
         if not entry.name.startswith(PREFIX if name is None else f"{PREFIX}{name}@"):
             continue
         m = _OWNER.search(entry.name)
-        if m is None or m["host"] != host or _running(int(m["pid"])) or not entry.is_file(follow_symlinks=False):
+        if m is None or m["host"] != host or _running(int(m["pid"])):
             continue
         try:
-            os.unlink(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+            else:
+                continue
             removed.append(Path(entry.path))
         except FileNotFoundError:  # another writer cleaned it up first
             pass

@@ -105,6 +105,31 @@ def test_malformed_mirror_is_refused_and_nothing_is_written(tmp_path, mirror, da
     assert [p.name for p in root.parent.iterdir()] == ["cifar10"]  # no temporary leftovers
 
 
+def test_a_killed_fetch_s_folders_are_removed_by_the_next(tmp_path, mirror):
+    """SIGKILL while writing the arrays leaves the temporary folder (180 MB for CIFAR-10), and between
+    the two renames the previous arrays' folder too; the next fetch removes those of dead processes
+    on this host, and leaves a live fetch's alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from notbugs import tempfiles
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    out = tmp_path / "out"
+    left = [out / f".tmp-cifar10@{socket.gethostname()}.{dead}-k1ll3d00",
+            out / f".tmp-cifar10.old@{socket.gethostname()}.{dead}-k1ll3d00"]
+    live = out / f".tmp-cifar10{tempfiles.owner()}-l1ve0000"
+    for folder in (*left, live):
+        folder.mkdir(parents=True)
+        (folder / "train_images.npy").write_bytes(b"\0" * 1000)
+    _fetch(mirror, out / "cifar10")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["cifar10", live.name])
+    _fetch(mirror, out / "cifar10")  # a fetch over an earlier one leaves nothing of either behind
+    assert sorted(p.name for p in out.iterdir()) == sorted(["cifar10", live.name])
+
+
 def _tar_mirror(tmp_path):
     return make_mirror(tmp_path / "tm", as_tar=True)
 

@@ -184,6 +184,11 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             foreign = None
         with eager_view(model):  # the same checkpoint whether the backbone is compiled or not
             weights = model.state_dict()
+        # the loss is checked before each step, not after the last one: a step can still leave inf weights
+        if not all_finite([*weights.values(), *(average or ())]):
+            raise NonFiniteError(f"{desc}: weights are not finite after {done_epochs} epoch(s) and "
+                                 f"{0 if within_epoch is None else within_epoch['batch']} batch(es); not saved, "
+                                 f"the last good checkpoint kept at {ckpt}; lower the learning rate")
         save_tensors(ckpt, {"model": weights, "optimizer": opt.state_dict(), "epoch": done_epochs,
                             "history": history, "signature": signature, "within": within_epoch,
                             "average": average, "global_rng": global_rng(device)})
@@ -291,7 +296,15 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     if average is not None and len(history) == cfg.epochs:  # finished (now or in the run resumed): the average
         with torch.no_grad():
             torch._foreach_copy_(live, average)
+    if not all_finite(list(model.state_dict().values())):  # also where no checkpoint is kept
+        raise NonFiniteError(f"{desc}: weights are not finite at the end of training; lower the learning rate")
     return history
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every floating-point tensor holds only finite values (one device sync for all)."""
+    floats = [t for t in tensors if t.is_floating_point()]
+    return not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())
 
 
 def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict) -> dict:

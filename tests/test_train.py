@@ -285,6 +285,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
 
 
+def test_inf_weights_from_the_last_step_are_never_saved(tmp_path, monkeypatch):
+    """The loss is checked before each step; a last step of an epoch that leaves inf weights must not
+    be saved as the checkpoint a later NaN message calls good, nor returned as a trained model."""
+    x, y = synthetic_batch(4)
+    train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path, stop_after_epoch=1)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    real_step, calls = torch.optim.SGD.step, []
+
+    def step_then_blow_up(self, *a, **kw):
+        out = real_step(self, *a, **kw)
+        calls.append(1)
+        if len(calls) == 1:  # the resumed run's last (and only) step of epoch 2: 40 images, batches of 32
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_blow_up)
+    with pytest.raises(NonFiniteError, match="weights are not finite after 2 epoch"):
+        train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    calls.clear()
+    with pytest.raises(NonFiniteError, match="weights are not finite at the end of training"):
+        train(_fresh(), x, y, dataclasses.replace(SHORT, epochs=1), seed=1, device=CPU)  # no checkpoint kept
+
+
 def test_schedules():
     cfg = dataclasses.replace(SHORT, schedule="step", milestones=(50, 100), lr=0.1, gamma=0.1)
     assert lr_at(0, 1500, 10, cfg) == 0.1

@@ -314,6 +314,9 @@ def validate(p: Profile) -> None:
         _check(arch in ARCHS, f"{where}: unknown architecture {arch!r}; accepted: {sorted(ARCHS)}")
     _check(p.width > 0 and p.transfer.width > 0, f"{where}: width must be > 0")
     _check(p.subset.train >= 0 and p.subset.test >= 0, f"{where}.subset: sizes must be >= 0 (0 = all)")
+    _check(p.subset.train % 10 == 0 and p.subset.test % 10 == 0,
+           f"{where}.subset: sizes must be multiples of the 10 classes (class-balanced), got train "
+           f"{p.subset.train}, test {p.subset.test}")
     _check(set(p.train_on) == set(DATASETS), f"{where}.train_on: needs exactly {list(DATASETS)}")
     _check(set(p.source_on) == set(SOURCE_MODELS), f"{where}.source_on: needs exactly {list(SOURCE_MODELS)}")
     per_model = [(f"{section}.{k}", v) for section in ("source_on", "train_on") for k, v in getattr(p, section).items()]

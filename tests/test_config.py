@@ -78,6 +78,8 @@ def _fake_relu_on_vgg16(doc):
     (lambda d: d["profiles"]["tiny"]["train_on"]["d_rand"].update(lrr=0.1), "unknown key 'lrr'"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["vgg16", "alexnet"]), "alexnet"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(n=55), "transfer.n must be > 0 and a multiple of the 10"),
+    (lambda d: d["profiles"]["tiny"]["subset"].update(train=5005),
+     "profiles.tiny.subset: sizes must be multiples of the 10 classes (class-balanced), got train 5005"),
     (lambda d: d["profiles"]["tiny"].update(precision="fp16"), "precision must be one of auto|bf16|fp32"),
     (lambda d: d["profiles"]["tiny"].update(checkpoint_minutes=-1), "checkpoint_minutes must be >= 0, got -1"),
     (lambda d: d["profiles"]["tiny"]["train"].update(checkpoint_every=4), "unknown key(s) ['checkpoint_every']"),

@@ -9,13 +9,28 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from notbugs import stages as S
+from notbugs.attacks import NonFiniteError
+from notbugs.config import ConfigError
+from notbugs.data import DataError
+from notbugs.deadline import Stopped
+from notbugs.storage import ArtefactError
 
 log = logging.getLogger("notbugs")
+
+# Errors that a second try would meet again: damaged or missing data and artefacts (their message
+# names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time.
+REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped)
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry anything but the errors that would repeat."""
+    return not isinstance(state.data, REPEATS)
+
 
 # Transient failures (a preempted GPU, a flaky filesystem) get retried; the units resume from their
 # checkpoints and finished shards, so a retry costs at most one checkpoint interval. Tensors flow
 # between tasks in-process, so results are not cached or persisted by Prefect (cache_policy=NONE).
-RETRY = {"retries": 2, "retry_delay_seconds": 10, "cache_policy": NONE}
+RETRY = {"retries": 2, "retry_delay_seconds": 10, "cache_policy": NONE, "retry_condition_fn": worth_retrying}
 
 
 @task(name="fetch CIFAR-10", **RETRY)

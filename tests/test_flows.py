@@ -68,3 +68,21 @@ def test_serve_reads_the_gpu_tag_from_the_environment(monkeypatch):
     monkeypatch.delenv("NOTBUGS_GPU_TAG")
     serve.main(["--once"])
     assert [kw["gpu_tag"] for kw in runs] == ["gpu", "other", None]
+
+
+def test_errors_that_would_repeat_are_not_retried():
+    """A NaN loss or a corrupt set fails the same way on a retry, after reloading and retraining from the
+    checkpoint; a transient error (a lost device, a flaky filesystem) gets its retries."""
+    from prefect.states import Failed
+
+    from notbugs.attacks import NonFiniteError
+    from notbugs.data import DataError
+    from notbugs.storage import ArtefactError
+    from tasks import units as U
+
+    for repeats in (NonFiniteError("loss is nan"), ArtefactError("shard-00003.npz: checksum"), DataError("x")):
+        assert not U.worth_retrying(None, None, Failed(data=repeats))
+    for transient in (OSError("stale file handle"), RuntimeError("CUDA error: an illegal memory access")):
+        assert U.worth_retrying(None, None, Failed(data=transient))
+    for unit in (U.fetch_data, U.train_model, U.evaluate_model, U.build_shard, U.render_report):
+        assert unit.retries == 2 and unit.retry_condition_fn is U.worth_retrying

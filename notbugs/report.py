@@ -384,7 +384,8 @@ def _sample_grid(data_dir: Path, n: int, load_samples, load_cifar) -> tuple[Samp
         cifar = load_cifar(data_dir / "cifar10")
     except errors as e:
         cifar = None
-        notes.append(f"CIFAR-10 is not fetched yet, so the D row is empty ({e}).")
+        state = "could not be read" if (data_dir / "cifar10").exists() else "is not fetched yet"
+        notes.append(f"CIFAR-10 {state}, so the D row is empty ({e}).")
     classes = tuple(cifar.classes) if cifar is not None else _cifar_classes()
     chosen: list[int] = []  # the training images shown, chosen from the first set that loads
     rows = []
@@ -401,7 +402,8 @@ def _sample_grid(data_dir: Path, n: int, load_samples, load_cifar) -> tuple[Samp
         try:  # only the few sample images are read: a full set is hundreds of MB
             data = load_samples(data_dir / "datasets" / name, choose)
         except errors as e:
-            notes.append(f"{SET_LABEL[name]} is not built yet ({e}).")
+            state = "could not be read" if (data_dir / "datasets" / name).exists() else "is not built yet"
+            notes.append(f"{SET_LABEL[name]} {state} ({e}).")
             continue
         shown = {int(data["source_index"][p]): (image, int(data["labels"][p]))
                  for p, image in zip(data["positions"], data["images"])}
@@ -968,7 +970,8 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     profile: the params profile to report (default: the one written to most recently).
     deviations: this profile's known deviations from the paper's protocol, listed verbatim.
     load_samples / load_cifar: loaders for sample images (default: notbugs.construct.load_samples /
-    notbugs.data.load); a set that fails to load is reported as not built yet.
+    notbugs.data.load); a set that fails to load is reported as not built yet, or as unreadable where its
+    folder exists.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -377,6 +377,18 @@ def test_injected_loaders_and_failed_run_flag(tmp_path):
     assert "D_R is not built yet" in page and "data:image/png" not in page
 
 
+def test_a_damaged_set_is_not_reported_as_not_built(tmp_path):
+    write_results(tmp_path / "results")
+    data = tmp_path / "data"
+    write_cifar(data)
+    write_constructed(data, "d_r", np.arange(8))
+    shard = data / "datasets" / "d_r" / "shard-00000.npz"
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    page = report.build_report(tmp_path / "results", data, tmp_path / "out")["html"].read_text()
+    assert "D_R could not be read" in page and "D_R is not built yet" not in page
+    assert "D_NR is not built yet" in page  # no folder at all
+
+
 def test_svg_helpers_handle_edge_cases():
     bars = report._grouped_bars_svg(["a", "b"], [("ours", "#000", [None, 50.0])], "t")
     assert "n/a" in bars and bars.count("<rect") == 3  # background, one bar, one legend swatch

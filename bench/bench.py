@@ -46,9 +46,19 @@ FLOP/s. Forward FLOPs per image are counted with hooks (2 x multiply-adds of eve
 Linear; BatchNorm, ReLU, pooling ignored). Rule: a backward that needs only the input gradient
 (attacks) costs 1x a forward; a training backward (input + weight gradients) costs 2x, so a training
 step is 3x forward. Per image: match ours 2*S + 3 forwards per call of S steps (target, start and final
-distances), reference 3*S + 4; pgd ours 2*S, reference 2*S + 2; train 3; adv_train ours 7*2 + 3,
-reference 7*2 + 1 + 3; eval ours 20*2 + 1, reference 20*2 + 2. "% peak" is against the card's bf16
-dense peak (H100 SXM / H200: 989 TFLOP/s); n/a on CPU or an unknown card.
+distances), reference 3*S + 4; pgd ours 2*S + 2 (use_best's final loss, and the success check that
+building a shard runs), reference 2*S + 2; train 3; adv_train (A attack steps) 2*A + 1 + 3 both;
+eval (E steps) 2*E + 2 both. "% peak" is against the card's bf16 dense peak (H100 SXM / H200: 989
+TFLOP/s) whatever ours' precision (an fp32 run's share is of a peak it cannot reach); n/a on CPU or an
+unknown card. The input-gradient rule holds for the reference too: torch.autograd.grad(loss, [x])
+computes no weight gradients even where the parameters require them.
+
+PROFILES. --profile NAME runs every stage as that profile of params.yaml runs it in the pipeline: its
+architecture and width; construction's batch and `compile` (torch's default mode, the matching graph
+through the fake ReLU) for match and pgd; training's batch and `compile_train` for train and
+adv_train; evaluation's batch, eager, for eval; its `precision`; its adversarial-training attack and
+evaluation steps on both sides (the same work; the training augmentation is ours' profile's and the
+reference's own). Without it, one --batch and one --compile setting serve every stage.
 
 MEMORY FORMAT AND PRECISION. Ours uses channels_last in every stage on every device, as the library
 does (train() converts the model and its batches, load_model() returns it in channels_last for
@@ -60,8 +70,9 @@ HARDWARE. Measured on one H100 80GB HBM3 (torch 2.11) and on a 2-core CPU: bench
 "Measured", raw JSON and logs in bench/measured/.
 
 Run: python bench/bench.py --tiny            (CPU smoke, seconds)
+     python bench/bench.py --profile paper --json out.json   (GPU: the paper profile's throughput run)
      python bench/bench.py --arch resnet50 --batch 512 --compile --json out.json   (GPU)
-Needs only torch, torchvision (and its pillow), numpy.
+Needs only torch, torchvision (and its pillow), numpy; --profile also PyYAML.
 """
 
 from __future__ import annotations
@@ -91,7 +102,8 @@ except ImportError:
     sys.modules["yaml"] = types.ModuleType("yaml")
 
 from notbugs.compiling import try_compile  # noqa: E402
-from notbugs.attacks import PRECISIONS, frozen, match_representation, pgd_l2, use_bf16  # noqa: E402
+from notbugs.attacks import (PRECISIONS, as_in_the_steps, autocast, frozen, match_representation,  # noqa: E402
+                             pgd_l2, use_bf16)
 from notbugs.config import AdversarialConfig, AugmentConfig, TrainConfig  # noqa: E402
 from notbugs.evaluate import robust_correct  # noqa: E402
 from notbugs.models import FAKE_RELU_ARCHS, make_model  # noqa: E402
@@ -109,7 +121,7 @@ EVAL_EPS, EVAL_STEPS, EVAL_FACTOR = 0.25, 20, 2.5
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # "default": torch's
 PAPER_TRAIN = TrainConfig(epochs=1, batch_size=0, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                           schedule="step", milestones=(50, 100), gamma=0.1, warmup=0.0, label_smoothing=0.0,
-                          augment=AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0))
+                          augment=AugmentConfig(crop_pad=4, flip=True, jitter=0.25, rotate=2.0), decay="all")
 
 
 def peak_bf16_tflops(device: torch.device) -> float | None:
@@ -261,13 +273,14 @@ class RefDataset(torch.utils.data.Dataset):
 
 
 
-def ref_train_step(model, opt, inp, target, device, adv: bool) -> None:
-    """One iteration of robustness.train._model_loop('train')."""
+def ref_train_step(model, opt, inp, target, device, adv: AdversarialConfig | None) -> None:
+    """One iteration of robustness.train._model_loop('train'); `adv`: the attack of adversarial training
+    (the library's use_best default, whatever ours does)."""
     inp = inp.to(device, non_blocking=True)
     target = target.to(device, non_blocking=True)
-    if adv:
-        output, _ = ref_make_adv(model, inp, target, constraint="2", eps=ADV.eps, step_size=ADV.step_size,
-                                 iterations=ADV.steps, targeted=False, use_best=True)
+    if adv is not None:
+        output, _ = ref_make_adv(model, inp, target, constraint="2", eps=adv.eps, step_size=adv.step_size,
+                                 iterations=adv.steps, targeted=False, use_best=True)
     else:
         output = model(inp)
     loss = F.cross_entropy(output, target)
@@ -280,10 +293,10 @@ def ref_train_step(model, opt, inp, target, device, adv: bool) -> None:
     opt.step()
 
 
-def ref_eval_batch(model, x, y) -> int:
+def ref_eval_batch(model, x, y, steps: int, factor: float) -> int:
     """One iteration of robustness.train._model_loop('val', adv=True): attack, output, loss, accuracy."""
-    output, _ = ref_make_adv(model, x, y, constraint="2", eps=EVAL_EPS, step_size=EVAL_FACTOR * EVAL_EPS / EVAL_STEPS,
-                             iterations=EVAL_STEPS, targeted=False, use_best=True)
+    output, _ = ref_make_adv(model, x, y, constraint="2", eps=EVAL_EPS, step_size=factor * EVAL_EPS / steps,
+                             iterations=steps, targeted=False, use_best=True)
     _ = F.cross_entropy(output, y).item()  # losses.update(...)
     return (output.argmax(1) == y).sum().item()
 
@@ -309,10 +322,15 @@ def parse_args(argv=None):
                    help="torch.compile's mode with --compile; reduce-overhead adds CUDA graphs on a GPU")
     p.add_argument("--no-channels-last", action="store_true",
                    help="ours in the default memory format (train() converts anyway: that is the library)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="ours: bf16 autocast, fp32, or auto (bf16 where native; the profiles' default)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="ours: bf16 autocast, fp32, or auto (bf16 where native; the default, and the profiles')")
     p.add_argument("--strict-fp32", action="store_true", help="reference with cuDNN TF32 convolutions off")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--profile", default=None,
+                   help="run each stage as this profile of --params runs it (batch, compile, precision, attacks); "
+                        "--arch, --width, --batch, --precision given explicitly still win")
+    p.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    p.add_argument("--eager", action="store_true", help="with --profile: compile nothing (a CPU smoke test)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here")
     p.add_argument("--tiny", action="store_true",
                    help="CPU smoke preset: resnet9 width 0.0625, batch 8, steps 1, warmup 0, 3 attack steps")
@@ -322,6 +340,22 @@ def parse_args(argv=None):
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     args.device = torch.device(auto if args.device == "auto" else args.device)
     gpu = args.device.type == "cuda"
+    args.batch_given = args.batch is not None
+    args.profile_params = None
+    if args.profile is not None:
+        from notbugs.config import ConfigError, load_params
+        try:
+            prof = load_params(args.params, args.profile).profile
+        except ConfigError as e:
+            p.error(str(e))
+        args.profile_params = prof
+        if args.compile:
+            p.error("--compile with --profile: the profile says what compiles (--eager for nothing)")
+        args.arch = args.arch or prof.arch
+        args.width = args.width or prof.width
+        args.precision = args.precision or prof.precision
+    elif args.eager:
+        p.error("--eager goes with --profile (without it nothing compiles unless --compile)")
     tiny = dict(arch="resnet9", width=0.0625, batch=8, steps=1, warmup=0, attack_steps=3, workers=0)
     defaults = dict(arch="resnet50" if gpu else "resnet9", width=1.0 if gpu else 0.125, batch=512 if gpu else 16,
                     steps=20 if gpu else 2, warmup=5 if gpu else 1, attack_steps=10 if gpu else 5,
@@ -329,6 +363,7 @@ def parse_args(argv=None):
     for k, v in (tiny if args.tiny else defaults).items():
         if getattr(args, k) is None:  # explicit options win over the preset
             setattr(args, k, v)
+    args.precision = args.precision or "auto"
     if args.compile_mode != "default" and not args.compile:  # else a run meant to measure a mode measures eager
         p.error("--compile-mode needs --compile")
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -339,15 +374,39 @@ def parse_args(argv=None):
 
 
 def maybe_compile(model, device, batch: int, fmt: torch.memory_format, bf16: bool, notes: list[str],
-                  mode: str | None = None) -> bool:
-    """Compile the backbone in place with the library's helper, probed in eval mode (input gradient)
-    and train mode (weight gradients) at the benchmark's batch size and memory format (others would
-    make dynamo recompile); on any error, note it and measure eager instead."""
+                  mode: str | None = None, fake_relu: bool = False, what: str = "--compile") -> bool:
+    """Compile the backbone in place with the library's helper, probed in eval mode (input gradient,
+    through the fake ReLU where matching uses it) and train mode (weight gradients) at the stage's batch
+    size and memory format (others would make dynamo recompile); on any error, note it and measure
+    eager instead."""
     example = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    reason = try_compile(model, example, train=True, bf16=bf16, mode=mode)
+    reason = try_compile(model, example, train=True, bf16=bf16, mode=mode, fake_relu=fake_relu)
     if reason is not None:
-        notes.append(f"--compile failed ({reason}); ours runs eager")
+        notes.append(f"{what} failed ({reason}); ours runs eager")
     return reason is None
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    batch: int
+    compile_mode: str | None  # None: eager; "default": torch's default mode
+
+
+def stage_plans(args) -> dict[str, StagePlan]:
+    """Each stage's batch and compile mode: the profile's (--profile) or the command line's."""
+    prof = args.profile_params
+    if prof is None:
+        mode = args.compile_mode if args.compile else None
+        return {s: StagePlan(args.batch, mode) for s in STAGES}
+    construct = "default" if prof.compile else None
+    training = None if prof.compile_train == "eager" else prof.compile_train
+    plans = {"match": StagePlan(prof.construct.batch_size, construct), "pgd": StagePlan(prof.construct.batch_size,
+                                                                                       construct),
+             "train": StagePlan(prof.train.batch_size, training), "adv_train": StagePlan(prof.train.batch_size,
+                                                                                        training),
+             "eval": StagePlan(prof.evaluate.batch_size, None)}  # the pipeline evaluates eager
+    return {s: StagePlan(args.batch if args.batch_given else plan.batch, None if args.eager else plan.compile_mode)
+            for s, plan in plans.items()}
 
 
 def timed(fn, warmup: int, iters: int, device) -> tuple[float, object]:
@@ -378,12 +437,18 @@ class Bench:
     images: torch.Tensor  # the same images as floats on the device, what ours reads
     labels: torch.Tensor
     tf32_default: bool
+    train_cfg: TrainConfig  # ours' training recipe (the paper's, or the profile's)
+    adv: AdversarialConfig  # adversarial training's attack, both sides
+    eval_steps: int
+    eval_factor: float
 
     def ref_mode(self):
         torch.backends.cudnn.allow_tf32 = self.tf32_default and not self.args.strict_fp32
+        torch.backends.cudnn.benchmark = False  # the robustness library leaves it off
 
     def ours_mode(self):
         torch.backends.cudnn.allow_tf32 = self.tf32_default
+        torch.backends.cudnn.benchmark = True  # as notbugs.train.pick_device sets it for the pipeline
 
 
 # Each stage returns (units per iteration, s/iter ours, s/iter ref, forward passes per iteration ours,
@@ -425,19 +490,25 @@ def stage_pgd(b: Bench, check: dict):
     t = torch.from_numpy(np.random.default_rng(a.seed).integers(0, 10, B)).to(b.dev)  # D_rand's random targets
     b.ours_mode()
     with frozen(b.ours):
-        s_ours, _ = timed(lambda: pgd_l2(b.ours, xo, t, PGD_EPS, S, PGD_STEP, targeted=True, bf16=b.bf16,
-                                         use_best=True), a.warmup, a.steps, b.dev)
+        s_ours, _ = timed(lambda: pgd_with_success(b, xo, t, S), a.warmup, a.steps, b.dev)
     b.ref_mode()
     b.ref.eval()
     s_ref, _ = timed(lambda: ref_make_adv(b.ref, x, t, constraint="2", eps=PGD_EPS, step_size=PGD_STEP, iterations=S,
                                           targeted=True), a.warmup, a.steps, b.dev)
-    return B * S, s_ours, s_ref, B * (2 * S + 1), B * (2 * S + 2)
+    return B * S, s_ours, s_ref, B * (2 * S + 2), B * (2 * S + 2)
+
+
+def pgd_with_success(b: Bench, x: torch.Tensor, t: torch.Tensor, steps: int) -> float:
+    """What building a D_rand / D_det batch runs (notbugs.construct): the attack, then its success check."""
+    z = pgd_l2(b.ours, x, t, PGD_EPS, steps, PGD_STEP, targeted=True, bf16=b.bf16, use_best=True)
+    with autocast(b.dev, b.bf16):
+        return (as_in_the_steps(b.ours, z).argmax(1) == t).float().sum().item()
 
 
 def _train_stage(b: Bench, adv: bool):
     B, a = b.args.batch, b.args
-    cfg = dataclasses.replace(PAPER_TRAIN, batch_size=B)
-    adversarial = ADV if adv else None
+    cfg = dataclasses.replace(b.train_cfg, epochs=1, batch_size=B)
+    adversarial = b.adv if adv else None
     b.ours_mode()
     with quiet():
         if a.warmup:  # a separate short run: train() has no "untimed steps" option
@@ -459,17 +530,27 @@ def _train_stage(b: Bench, adv: bool):
                           weight_decay=PAPER_TRAIN.weight_decay)
     batches = iter(loader)  # worker start-up happens before the timed steps, as in a long epoch
     for _ in range(a.warmup):
-        ref_train_step(b.ref, opt, *next(batches), b.dev, adv)
+        ref_train_step(b.ref, opt, *next(batches), b.dev, adversarial)
+    # The workers prefetched up to prefetch_factor (2) batches each while the warm-up ran: take them
+    # untimed, so that the timed steps wait for the per-image transforms as in an epoch's steady state.
+    for _ in range(prefetched(a.workers)):
+        next(batches)
     sync(b.dev)
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        ref_train_step(b.ref, opt, *next(batches), b.dev, adv)
+        ref_train_step(b.ref, opt, *next(batches), b.dev, adversarial)
     sync(b.dev)
     s_ref = (time.perf_counter() - t0) / a.steps
     del batches, loader
-    if adv:  # 7 attack steps (forward + input backward), use_best's extra forward, training step
-        return B, s_ours, s_ref, B * (2 * ADV.steps + 1 + 3), B * (2 * ADV.steps + 1 + 3)
+    if adv:  # A attack steps (forward + input backward), use_best's extra forward, training step
+        ours_fwd = 2 * b.adv.steps + int(b.adv.use_best) + 3
+        return B, s_ours, s_ref, B * ours_fwd, B * (2 * b.adv.steps + 1 + 3)
     return B, s_ours, s_ref, B * 3, B * 3
+
+
+def prefetched(workers: int) -> int:
+    """Batches a DataLoader's workers hold ready at most (torch's default prefetch_factor, 2, each)."""
+    return 2 * workers
 
 
 def stage_train(b: Bench, check: dict):
@@ -486,12 +567,12 @@ def stage_eval(b: Bench, check: dict):
     xo = x.contiguous(memory_format=b.fmt)
     b.ours_mode()
     with quiet():
-        s_ours, _ = timed(lambda: robust_correct(b.ours, xo, y, EVAL_EPS, EVAL_STEPS, EVAL_FACTOR, 1, B, b.dev,
+        s_ours, _ = timed(lambda: robust_correct(b.ours, xo, y, EVAL_EPS, b.eval_steps, b.eval_factor, 1, B, b.dev,
                                                  bf16=b.bf16, use_best=True), a.warmup, a.steps, b.dev)
     b.ref_mode()
     b.ref.eval()
-    s_ref, _ = timed(lambda: ref_eval_batch(b.ref, x, y), a.warmup, a.steps, b.dev)
-    return B, s_ours, s_ref, B * (2 * EVAL_STEPS + 2), B * (2 * EVAL_STEPS + 2)
+    s_ref, _ = timed(lambda: ref_eval_batch(b.ref, x, y, b.eval_steps, b.eval_factor), a.warmup, a.steps, b.dev)
+    return B, s_ours, s_ref, B * (2 * b.eval_steps + 2), B * (2 * b.eval_steps + 2)
 
 
 STAGE_FUNCS = {"match": stage_match, "pgd": stage_pgd, "train": stage_train, "adv_train": stage_adv_train,
@@ -521,39 +602,70 @@ def main(argv=None) -> dict:
     bf16 = use_bf16(args.precision, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     ours.to(memory_format=fmt)
-    compile_mode = None if args.compile_mode == "default" else args.compile_mode
-    compiled = maybe_compile(ours, dev, args.batch, fmt, bf16, notes, compile_mode) if args.compile else False
-    if compiled and args.warmup == 0:
-        notes.append("--compile with --warmup 0: ours' timed iterations include compilation")
+    plans = {stage: plan for stage, plan in stage_plans(args).items() if stage in args.stages}
+    compiled_models: dict[tuple, tuple[nn.Module, bool]] = {}
 
-    # Random images: their content does not change the speed. Enough for warm-up + timed steps.
-    n = max((args.warmup + args.steps) * args.batch, 2 * args.batch)
+    def model_for(stage: str) -> tuple[nn.Module, bool]:
+        """Ours for this stage: the eager model, or a copy compiled at the stage's batch and mode."""
+        plan = plans[stage]
+        if plan.compile_mode is None:
+            return ours, False
+        key = (plan.compile_mode, plan.batch, stage == "match" and ours.arch in FAKE_RELU_ARCHS)
+        if key not in compiled_models:
+            model = copy.deepcopy(ours)
+            mode = None if plan.compile_mode == "default" else plan.compile_mode
+            what = "--compile" if args.profile is None else f"{stage}: compile ({plan.compile_mode})"
+            ok = maybe_compile(model, dev, plan.batch, fmt, bf16, notes, mode, fake_relu=key[2], what=what)
+            compiled_models[key] = (model, True) if ok else (ours, False)
+        return compiled_models[key]
+
+    prof = args.profile_params
+    adv = prof.adversarial if prof else ADV
+    if adv.method != "pgd":
+        notes.append(f"adversarial training method {adv.method}: the reference side runs PGD's {adv.steps} steps")
+
+    # Random images: their content does not change the speed. Enough for every stage's warm-up, prefetch
+    # drain and timed steps, and two batches for matching (target and start).
+    n = max(max((args.warmup + args.steps + (prefetched(args.workers) if s in ("train", "adv_train") else 0))
+                * plan.batch, 2 * plan.batch) for s, plan in plans.items())
     images_u8 = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels_np = rng.integers(0, 10, n).astype(np.int64)
     images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(255).contiguous().to(dev)
     b = Bench(args, dev, ours, ref, fmt, bf16, images_u8, labels_np, images, torch.from_numpy(labels_np).to(dev),
-              torch.backends.cudnn.allow_tf32)
+              torch.backends.cudnn.allow_tf32, train_cfg=prof.train if prof else PAPER_TRAIN, adv=adv,
+              eval_steps=prof.evaluate.steps if prof else EVAL_STEPS,
+              eval_factor=prof.evaluate.step_factor if prof else EVAL_FACTOR)
 
     peak = peak_bf16_tflops(dev)
     results: dict[str, dict] = {}
     check: dict = {}
     for stage in args.stages:
-        reset(ours, init)  # every stage starts from the same weights for both
+        model, compiled = model_for(stage)
+        reset(model, init)  # every stage starts from the same weights for both
         reset(ref, init)
-        units, s_ours, s_ref, fwd_ours, fwd_ref = STAGE_FUNCS[stage](b, check)
+        stage_bench = dataclasses.replace(b, ours=model, args=argparse.Namespace(**{**vars(args),
+                                                                                   "batch": plans[stage].batch}))
+        units, s_ours, s_ref, fwd_ours, fwd_ref = STAGE_FUNCS[stage](stage_bench, check)
         b.ours_mode()
         r = {"unit": UNITS[stage], "ours": units / s_ours, "reference": units / s_ref, "ratio": s_ref / s_ours,
              "ours_s_per_iter": s_ours, "reference_s_per_iter": s_ref,
-             "ours_tflops": fwd_ours * fwd / s_ours / 1e12, "reference_tflops": fwd_ref * fwd / s_ref / 1e12}
+             "ours_tflops": fwd_ours * fwd / s_ours / 1e12, "reference_tflops": fwd_ref * fwd / s_ref / 1e12,
+             "batch": plans[stage].batch, "compiled": compiled,
+             "compile_mode": plans[stage].compile_mode if compiled else None}  # a fallback ran eager
         r["ours_pct_peak"] = 100 * r["ours_tflops"] / peak if peak else None
         results[stage] = r
+    any_compiled = any(r["compiled"] for r in results.values())
+    if any_compiled and args.warmup == 0:
+        notes.append("compiled with --warmup 0: ours' timed iterations include compilation")
+    modes = {r["compile_mode"] for r in results.values() if r["compiled"]}
 
     out = {
         "command": shlex.join([sys.executable, *sys.argv] if argv is None else ["bench/bench.py", *argv]),
         "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "arch": args.arch, "width": args.width, "batch": args.batch,
+        "torch": torch.__version__, "arch": args.arch, "width": args.width, "profile": args.profile,
+        "batch": args.batch if args.profile is None else None,  # a profile's batches are per stage
         "steps": args.steps, "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
-        "compiled": compiled, "compile_mode": args.compile_mode if compiled else None,  # a fallback ran eager
+        "compiled": any_compiled, "compile_mode": modes.pop() if len(modes) == 1 else None,  # per stage in `stages`
         "channels_last": channels_last, "ours_precision": "bf16 autocast" if bf16 else "fp32",
         "reference_precision": "fp32" if not gpu else
         "fp32, TF32 convolutions off" if args.strict_fp32 or not b.tf32_default else
@@ -570,21 +682,23 @@ def main(argv=None) -> dict:
 
 def print_report(out: dict) -> None:
     print(f"command: {out['command']}")
+    setting = f"profile {out['profile']} (batch per stage)" if out.get("profile") else f"batch {out['batch']}"
     print(f"device: {out['device']} | torch {out['torch']} | {out['arch']} width {out['width']} | "
-          f"batch {out['batch']} | {out['steps']} timed + {out['warmup']} warm-up iterations per stage | "
+          f"{setting} | {out['steps']} timed + {out['warmup']} warm-up iterations per stage | "
           f"attack steps {out['attack_steps']}")
     mode = f" (mode {out['compile_mode']})" if out.get("compile_mode") else ""
     print(f"ours: {out['ours_precision']}, channels_last {out['channels_last']}, compiled {out['compiled']}{mode} | "
           f"reference: {out['reference_precision']}, DataLoader workers {out['ref_workers']} | "
           f"forward {out['forward_gflops_per_image']:.4f} GFLOP/image")
-    head = (f"{'stage':<10} {'unit':<14} {'ours':>12} {'reference':>12} {'ratio':>7} {'TFLOP/s':>9} {'% peak':>7} "
-            f"{'ref TFLOP/s':>11}")
+    head = (f"{'stage':<10} {'unit':<14} {'batch':>6} {'ours compiled':<16} {'ours':>12} {'reference':>12} "
+            f"{'ratio':>7} {'TFLOP/s':>9} {'% peak':>7} {'ref TFLOP/s':>11}")
     print(head)
     print("-" * len(head))
     for name, r in out["stages"].items():
         pct = f"{r['ours_pct_peak']:.1f}" if r["ours_pct_peak"] is not None else "n/a"
-        print(f"{name:<10} {r['unit']:<14} {r['ours']:>12,.1f} {r['reference']:>12,.1f} {r['ratio']:>6.2f}x "
-              f"{r['ours_tflops']:>9.4f} {pct:>7} {r['reference_tflops']:>11.4f}")
+        how = r["compile_mode"] if r["compiled"] else "eager"
+        print(f"{name:<10} {r['unit']:<14} {r['batch']:>6} {how:<16} {r['ours']:>12,.1f} {r['reference']:>12,.1f} "
+              f"{r['ratio']:>6.2f}x {r['ours_tflops']:>9.4f} {pct:>7} {r['reference_tflops']:>11.4f}")
     m = out["match_check"]
     if m:
         print(f"representation matching, {m['steps']} steps of {m['step_size']} from the same {m['batch']} start "

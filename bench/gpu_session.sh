@@ -27,7 +27,9 @@
 #
 # Results go to $OUT (at most 8 files come back): logs, bench JSON, and results.tgz (result tables,
 # metrics, report), refreshed every 20 s during part 3 so that a run cut short still reports.
-# Usage: bash bench/gpu_session.sh 1|2|3|4 [seconds the call may last, default 590]
+#   part 5  nothing to carry: the paper profile's throughput run (bench.py --profile paper), issue 4's
+#           second target; random images, so it needs no part before it
+# Usage: bash bench/gpu_session.sh 1|2|3|4|5 [seconds the call may last, default 590]
 # COMPILE_TRAIN=default|reduce-overhead runs part 3 with the profile's training compiled so (from a
 # copy of params.yaml in .gpu/), e.g. once part 4 has shown that CUDA graphs pay for ResNet-18.
 #
@@ -38,7 +40,7 @@
 # On 2026-11-27 (second session) start-up and parts 1-2 held the machine 54 s and part 3 (a 419 s
 # run) 441 s; the rest, about 300 s, goes to part 4 with its limit, e.g. `4 290`.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh 1|2|3|4 [limit_s]}
+part=${1:?usage: gpu_session.sh 1|2|3|4|5 [limit_s]}
 limit=${2:-590}
 profile=${PROFILE:-fast}  # PROFILE=tiny rehearses the parts on a CPU (tests/test_gpu_session.py: parts 3 and 4)
 start=$(date +%s)
@@ -195,6 +197,14 @@ yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)' "$profile" .gpu/pa
   #    measured 12,297 images/s (2026-11-27); adversarial training under CUDA graphs not yet run
   fits 150 "the CUDA-graph ResNet-50 training bench" && bench resnet50 128 resnet50_b128_cudagraphs \
     --compile --compile-mode reduce-overhead
+  ;;
+5)
+  # The paper profile's throughput run (issue 4, target 2), every stage as the pipeline runs it: ResNet-50,
+  # construction compiled at batch 500 (matching through the fake ReLU), training with CUDA graphs at batch 128,
+  # evaluation eager at 500; against the reference computation. Random images: needs no staged data, so it
+  # can be a session's only call. Compiling the three graphs is most of its time.
+  fits 120 "the paper profile's throughput bench" && TORCH_LOGS=perf_hints timeout "$(left)" $PY bench/bench.py \
+    --profile paper --steps 10 --warmup 3 --json "$OUT/bench_paper_profile.json" 2>&1 | tee "$OUT/part5.log"
   ;;
 *) echo "unknown part $part" >&2; exit 2 ;;
 esac

@@ -451,8 +451,9 @@ def measured_rates(paths: list[str]) -> list[dict]:
             continue
         for stage, s in d["stages"].items():
             if stage in STAGES:
-                found.append({"card": card, "arch": d["arch"], "width": d["width"], "batch": d["batch"],
-                              "stage": stage, "rate": s["ours"], "compiled": bool(d.get("compiled")),
+                # per stage since bench.py --profile (each stage at its profile's batch and compile setting)
+                found.append({"card": card, "arch": d["arch"], "width": d["width"], "batch": s.get("batch", d["batch"]),
+                              "stage": stage, "rate": s["ours"], "compiled": bool(s.get("compiled", d.get("compiled"))),
                               "file": path})
     return found
 

@@ -40,6 +40,43 @@ def test_bench_tiny_runs_every_stage(tmp_path):
     assert "--tiny" in res["command"]
 
 
+def test_bench_profile_runs_each_stage_as_the_profile_does(tmp_path):
+    """--profile: each stage at its profile's batch and precision, the profile's attacks on both sides."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--profile", "tiny", "--tiny",
+                           "--device", "cpu", "--threads", "1", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    # tiny: construction batch 100, training 64, evaluation 100, nothing compiled, fp32
+    assert {k: r["batch"] for k, r in res["stages"].items()} == {"match": 100, "pgd": 100, "train": 64,
+                                                                   "adv_train": 64, "eval": 100}
+    assert not any(r["compiled"] for r in res["stages"].values())
+    assert res["profile"] == "tiny" and res["arch"] == "resnet9" and res["ours_precision"] == "fp32"
+    assert "profile tiny (batch per stage)" in proc.stdout
+    # the same forward-pass count per image on both sides, so the same FLOPs per unit (A = 2 steps, no use_best
+    # for ours: 2A + 3; the reference's use_best adds 1)
+    adv = res["stages"]["adv_train"]
+    fwd = res["forward_gflops_per_image"] * 1e9
+    assert math.isclose(adv["ours_tflops"] * 1e12 / adv["ours"], 7 * fwd, rel_tol=1e-6)
+    assert math.isclose(adv["reference_tflops"] * 1e12 / adv["reference"], 8 * fwd, rel_tol=1e-6)
+
+
+def test_bench_profile_plans_the_pipeline_s_compile_settings():
+    """The paper profile compiles construction (torch's default mode), trains with CUDA graphs and
+    evaluates eager, as stages.py does; --batch and --eager override every stage."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+
+    plans = bench.stage_plans(bench.parse_args(["--profile", "paper", "--device", "cpu"]))
+    assert {k: (p.batch, p.compile_mode) for k, p in plans.items()} == {
+        "match": (500, "default"), "pgd": (500, "default"), "train": (128, "reduce-overhead"),
+        "adv_train": (128, "reduce-overhead"), "eval": (500, None)}
+    args = bench.parse_args(["--profile", "fast", "--device", "cpu", "--eager", "--batch", "16"])
+    assert {(p.batch, p.compile_mode) for p in bench.stage_plans(args).values()} == {(16, None)}
+    assert (args.arch, args.width) == ("resnet18", 1.0)
+
+
 @pytest.mark.parametrize("name", ["d_r", "d_rand"])  # a matching set and a PGD one: each has its own rules
 def test_first_shard_bench_builds_its_shards(tmp_path, name):
     """bench/first_shard.py, eager at tiny sizes: every shard timed, a JSON with its figures."""

@@ -189,6 +189,9 @@ def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path
 def test_constructed_sets_follow_the_recipe(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     split = S.load_split(params, data)
+    standard, _ = load_model(data / "models" / "standard", torch.device("cpu"))
+    with torch.no_grad():
+        before = standard(split.train_x).argmax(1)  # the standard model on the unperturbed images
     for name in ("d_r", "d_nr", "d_rand", "d_det"):
         S.stage_construct(params, name, data, "cpu")
         arrays = C.load_constructed(S.dataset_dir(data, name))
@@ -204,11 +207,21 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
         else:
             assert len(set(arrays["labels"].tolist())) > 5
         x = split.train_x.numpy()
-        if name in ("d_rand", "d_det"):  # inside the eps ball of the source image
+        if name in ("d_rand", "d_det"):  # inside the eps ball of the source image, and moved towards the target
+            eps = params.profile.construct.pgd.eps
             dist = np.linalg.norm((arrays["images"].astype(np.float32) - x).reshape(200, -1), axis=1)
-            assert dist.max() <= params.profile.construct.pgd.eps + 0.01
-    ds = results.load("datasets", S.results_root(data))
-    assert sorted(ds["name"]) == ["d", "d_det", "d_nr", "d_r", "d_rand"]
+            assert dist.max() <= eps + 0.01 and dist.mean() > eps / 2  # an attack that did nothing: 0
+            targets = torch.from_numpy(arrays["labels"])
+            with torch.no_grad():
+                after = standard(torch.from_numpy(arrays["images"].astype(np.float32))).argmax(1)
+            # the tiny model is weak (21% / 10% after against 9% / 0.5% before, measured): well above before
+            assert (after == targets).float().mean() > (before == targets).float().mean() + 0.05, name
+    ds = results.load("datasets", S.results_root(data)).set_index("name")
+    assert sorted(ds.index) == ["d", "d_det", "d_nr", "d_r", "d_rand"]
+    # D_R from the robust model; D_NR, D_rand, D_det from the standard one (the paper's C_R and C)
+    source = {name: str(ds.loc[name, "source_model_id"]).split("/")[-1] for name in ("d_r", "d_nr", "d_rand", "d_det")}
+    assert source == {"d_r": "adversarial-d-resnet9", "d_nr": "standard-d-resnet9", "d_rand": "standard-d-resnet9",
+                      "d_det": "standard-d-resnet9"}
 
 
 def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):
@@ -319,6 +332,10 @@ def test_training_set_is_the_constructed_one(sources, tmp_path):
     S.stage_construct(params, "d_det", data, "cpu")
     x, y = S.load_training_set(data, "d_det")
     assert x.dtype == torch.float32 and x.shape[0] == len(y) == 200
+    arrays = C.load_constructed(S.dataset_dir(data, "d_det"))
+    assert torch.equal(x, torch.from_numpy(arrays["images"]).float())  # the perturbed images, not the originals
+    split = S.load_split(params, data)
+    assert torch.equal(y, (split.train_y + 1) % 10)  # relabelled as their targets, t = y + 1
 
 
 def _weights(model) -> dict:

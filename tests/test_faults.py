@@ -132,7 +132,9 @@ def _checkpoint_epoch(data: Path, name: str) -> int:
     return int(load_tensors(ckpt)["epoch"]) if ckpt.exists() else 0
 
 
-def kill_and_restart(ladder: Ladder, step_name: str, at: KillAt, tmp_path: Path) -> None:
+def kill_and_restart(ladder: Ladder, step_name: str, at: KillAt, tmp_path: Path, mid_run: bool = False) -> None:
+    """Kill the step at `at`, restart it, and compare with the uninterrupted run. `mid_run`: the kill must
+    land (a sweep's random point may come after the step ended) and leave work both done and to do."""
     TALLY.tried += 1
     step = ladder[step_name]
     data = tmp_path / "data"
@@ -141,11 +143,20 @@ def kill_and_restart(ladder: Ladder, step_name: str, at: KillAt, tmp_path: Path)
 
     killed = run_and_kill(cmd, tmp_path / "killed.log", data, at)
     assert killed.killed or killed.rc == 0, killed.log[-3000:]
+    if mid_run:
+        assert killed.killed, f"the kill point was never reached: {killed.log[-2000:]}"
     TALLY.killed += killed.killed
     TALLY.temp_left += bool(temp_files(data))
     assert invalid_files(data) == [], "a kill left a torn artefact"
     after_kill = files(data)
     checkpoint = _checkpoint_epoch(data, TRAINED[step_name][0]) if step_name in TRAINED else None
+    if mid_run and checkpoint is not None:
+        assert 0 < checkpoint < EPOCHS, f"killed with {checkpoint} of {EPOCHS} epochs checkpointed"
+    if mid_run and step_name in BUILT:
+        name = BUILT[step_name]
+        whole = len(list((step.after / "datasets" / name).glob("shard-*.npz")))
+        kept = len([p for p in after_kill if re.fullmatch(rf"datasets/{name}/shard-\d+\.json", p)])
+        assert 0 < kept < whole, f"killed with {kept} of {whole} shards built"
 
     restart = run_to_end(cmd, tmp_path / "restart.log")
     assert restart.rc == 0, restart.log[-3000:]
@@ -255,11 +266,12 @@ def kill_results_writer(at: KillAt, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- default run: 4 kill points
 
 def test_training_killed_at_its_first_checkpoint_resumes_to_the_same_model(ladder, tmp_path):
-    kill_and_restart(ladder, "source standard", KillAt(pattern="work/standard/checkpoint.pt"), tmp_path)
+    kill_and_restart(ladder, "source standard", KillAt(pattern="work/standard/checkpoint.pt"), tmp_path, mid_run=True)
 
 
 def test_construction_killed_after_three_shards_keeps_them(ladder, tmp_path):
-    kill_and_restart(ladder, "construct d_det", KillAt(pattern="datasets/d_det/shard-00002.json"), tmp_path)
+    kill_and_restart(ladder, "construct d_det", KillAt(pattern="datasets/d_det/shard-00002.json"), tmp_path,
+                     mid_run=True)
 
 
 def test_kill_inside_an_atomic_write_keeps_the_old_file(tmp_path):

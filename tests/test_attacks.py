@@ -245,12 +245,32 @@ def test_augment_is_reproducible_and_keeps_shapes_and_range():
     assert a.min() >= 0 and a.max() <= 1
 
 
+def _windows(pad: int) -> list[tuple[int, int]]:
+    """Every (dy, dx) offset of a 32x32 window of an image zero-padded by `pad`."""
+    return [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+
+
 def test_crop_is_a_shifted_window():
-    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
-    off = augment(x, AugmentConfig(crop_pad=4, flip=False, jitter=0.0, rotate=0.0), torch.Generator().manual_seed(0))
-    for i in range(2):  # every output row that lies inside the image is a contiguous run of an input row
-        nz = off[i, 0][off[i, 0] != 0]
-        assert len(nz) > 0 and torch.isin(nz, x[i, 0]).all()
+    """Each output is a 32x32 window of the zero-padded image (torchvision's RandomCrop(32, padding=4)),
+    the windows are drawn independently per image, and not all of them are the centred one."""
+    x = torch.arange(16 * 3 * 32 * 32, dtype=torch.float32).reshape(16, 3, 32, 32) + 1  # no zeros in the image
+    out = augment(x, AugmentConfig(crop_pad=4, flip=False, jitter=0.0, rotate=0.0), torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    offsets = []
+    for i in range(len(x)):
+        found = [(dy, dx) for dy, dx in _windows(4) if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        assert len(found) == 1, i
+        offsets.append(found[0])
+    assert len(set(offsets)) > 4 and any(o != (4, 4) for o in offsets)
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    x = torch.rand(64, 3, 32, 32)
+    out = augment(x, AugmentConfig(crop_pad=0, flip=True, jitter=0.0, rotate=0.0), torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, xi.flip(2)) for o, xi in zip(out, x)]  # per image (C, H, W): mirror W
+    kept = [torch.equal(o, xi) for o, xi in zip(out, x)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image is either mirrored or unchanged
+    assert 16 < sum(flipped) < 48  # both happen, about half each (p = 0.5; 64 draws)
 
 
 def test_no_augmentation_is_identity():

@@ -67,3 +67,29 @@ def test_transfer_success_counts_hits_on_the_target_class():
     assert torch.equal(targets, (labels + 1) % 10)
     assert transfer_success(ReadsLabelFromPixel(), adv, targets, 8, CPU) > 0.8  # white-box: nearly all hit
     assert transfer_success(Constant(), adv, targets, 8, CPU) == 0.1  # only targets equal to 3 "hit"
+
+
+def test_an_image_counts_as_robust_only_if_every_restart_fails(monkeypatch):
+    """restarts=2: the first restart starts at the image, the second at a random point in the ball; an image
+    broken by the first restart but not the second is not robust."""
+    from notbugs import evaluate as E
+
+    calls = []
+
+    def first_restart_breaks(model, x, y, eps, steps, step_size, random_start=False, **kw):
+        calls.append(random_start)
+        if random_start:
+            return x.clone()  # this restart found nothing
+        broken = x.clone()
+        broken[:, 0, 0, 0] = ((y + 1) % 10).float() / 9  # the pixel ReadsLabelFromPixel reads: another class
+        return broken
+
+    monkeypatch.setattr(E, "pgd_l2", first_restart_breaks)
+    labels = torch.arange(10)
+    x = torch.zeros(10, 3, 32, 32)
+    x[:, 0, 0, 0] = labels.float() / 9  # read as the right class
+    rows = evaluate(ReadsLabelFromPixel(), "m", x, labels, eps=(0.5,), steps=3, step_factor=2.5, restarts=2,
+                    batch_size=5, device=CPU)
+    assert rows[0]["accuracy"] == 1.0  # clean
+    assert rows[1]["accuracy"] == 0.0 and rows[1]["restarts"] == 2
+    assert calls == [False, True] * 2  # two batches of 5, each attacked from the image, then from a random start

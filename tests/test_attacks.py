@@ -75,8 +75,12 @@ def test_random_start_stays_in_the_ball_and_is_reproducible(trained):
     with frozen(model):
         a = pgd_l2(model, x, y, 0.25, 2, 0.1, random_start=True, g=torch.Generator().manual_seed(1))
         b = pgd_l2(model, x, y, 0.25, 2, 0.1, random_start=True, g=torch.Generator().manual_seed(1))
+        other_seed = pgd_l2(model, x, y, 0.25, 2, 0.1, random_start=True, g=torch.Generator().manual_seed(2))
+        from_the_image = pgd_l2(model, x, y, 0.25, 2, 0.1, random_start=False)
     assert torch.equal(a, b)
     assert (a - x).flatten(1).norm(dim=1).max().item() <= 0.25 + 1e-5
+    # the start is random indeed: another seed, or no random start, ends elsewhere
+    assert not torch.allclose(a, other_seed) and not torch.allclose(a, from_the_image)
 
 
 def test_random_start_is_the_references_uniform_noise_scaled_to_the_sphere():

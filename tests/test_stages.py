@@ -20,7 +20,7 @@ from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError, load_tensors, package_digest
 from notbugs.train import load_model
-from tests.conftest import CompiledStandIn, SmallBackbone, write_params
+from tests.conftest import CompiledStandIn, SmallBackbone, require_compiled, write_params
 from tests.test_train import ticks
 
 
@@ -382,7 +382,7 @@ def test_compiled_training_trains_saves_and_resumes_as_eager(sources, tmp_path, 
     assert len(calls) == 1 and all(torch.equal(_weights(resumed["model"])[k], eager[k]) for k in eager)
 
 
-def test_really_compiled_training_learns_like_eager(sources, tmp_path, monkeypatch):
+def test_really_compiled_training_learns_like_eager(sources, tmp_path, monkeypatch, caplog):
     """A real compile (inductor on this CPU, fp32, torch's default mode): the training losses match
     eager's up to rounding, or, where this machine cannot compile, the run falls back to eager. The
     network is one block (what the stage does with a compiled model does not depend on its size;
@@ -395,8 +395,12 @@ def test_really_compiled_training_learns_like_eager(sources, tmp_path, monkeypat
     shutil.rmtree(data / "work", ignore_errors=True)
     eager = S.train_unit(params, spec, split.train_x, split.train_y, data, cpu, "eager")
     shutil.rmtree(data / "work")
-    compiled = S.train_unit(_with(params, compile_train="default"), spec, split.train_x, split.train_y, data, cpu,
-                            "compiled")
+    with caplog.at_level("INFO", logger="notbugs"):
+        compiled = S.train_unit(_with(params, compile_train="default"), spec, split.train_x, split.train_y, data,
+                                cpu, "compiled")
+    ran = [r.getMessage() for r in caplog.records if "training runs" in r.getMessage()]
+    assert len(ran) == 1
+    require_compiled(None if "training runs compiled" in ran[0] else ran[0])
     for a, b in zip(eager["history"], compiled["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
     assert not any("_orig_mod" in k for k in load_tensors(S.model_dir(data, "standard") / "model.pt"))

@@ -12,4 +12,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
     || echo "test: could not install chromium; the browser check of the report will be skipped"
 fi
-exec .venv/bin/python -m pytest -q -n auto --dist loadfile "$@"
+# -rs: every skipped test and its reason in the summary, so that a check that did not run is seen
+exec .venv/bin/python -m pytest -q -rs -n auto --dist loadfile "$@"

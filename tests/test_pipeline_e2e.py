@@ -127,31 +127,35 @@ def test_metrics_and_plots_show(repo):
     assert (repo["path"] / "plots-html" / "index.html").exists()
 
 
-def test_changing_one_parameter_invalidates_only_its_dependents(repo):
+def _stale_stages(out: str) -> set[str]:
+    """The stages `dvc status` lists as changed."""
+    return {line.rstrip(":") for line in out.splitlines() if line and not line.startswith(("\t", " "))}
+
+
+def _status_after(repo, edit) -> tuple[set[str], str]:
+    """`dvc status` with params.yaml edited by `edit(doc)`; the file is restored afterwards."""
     params = repo["path"] / "params.yaml"
     original = params.read_text()
     doc = yaml.safe_load(original)
-    doc["profiles"]["tiny"]["construct"]["pgd"]["steps"] = 6
+    edit(doc)
     params.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
         out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
     finally:
         params.write_text(original)
-    changed = {line.rstrip(":") for line in out.splitlines() if line and not line.startswith(("\t", " "))}
+    return _stale_stages(out), out
+
+
+def test_changing_one_parameter_invalidates_only_its_dependents(repo):
+    changed, _ = _status_after(repo, lambda doc: doc["profiles"]["tiny"]["construct"]["pgd"].update(steps=6))
     assert {"construct@d_rand", "construct@d_det", "transfer"} <= changed
     assert not changed & {"fetch", "source@standard", "source@robust", "construct@d_r", "construct@d_nr",
                           "train@d_r", "train@d_nr"}
     # a parameter of another profile changes nothing; one of `paper` only the report's list of deviations
-    for other, stale in (("fast", set()), ("paper", {"report"})):
-        doc = yaml.safe_load(original)
-        doc["profiles"][other]["train"]["epochs"] = 151
-        params.write_text(yaml.safe_dump(doc, sort_keys=False))
-        try:
-            out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
-        finally:
-            params.write_text(original)
-        changed = {line.rstrip(":") for line in out.splitlines() if line and not line.startswith(("\t", " "))}
-        assert (changed == stale) if stale else ("up to date" in out), (other, out)
+    _, out = _status_after(repo, lambda doc: doc["profiles"]["fast"]["train"].update(epochs=151))
+    assert "up to date" in out, out
+    changed, out = _status_after(repo, lambda doc: doc["profiles"]["paper"]["train"].update(epochs=151))
+    assert changed == {"report"}, out
 
 
 def test_flow_runs_are_visible_in_prefect(repo, prefect_server):
@@ -172,7 +176,7 @@ def test_reevaluate_once_appends_rows(repo):
     assert len(ev) == before + 9 * 3
     assert set(ev["eps"]) == {0.0, 0.25, 0.5}
     out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])  # the report shows the new rows once rerun
-    assert {line.rstrip(":") for line in out.splitlines() if line and not line.startswith(("\t", " "))} == {"report"}
+    assert _stale_stages(out) == {"report"}
 
 
 def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):

@@ -171,6 +171,7 @@ def test_op_times_times_the_step_the_roofline_counts(monkeypatch, tmp_path):
             assert r["kinds"][kind]["bound_s"] * 1e3 == pytest.approx(ms), (stage, kind)
 
 
+@pytest.mark.slow  # 40-45 s of compiling on 2 cores, for a bench tool: with its sibling below, out of CI's 10 minutes
 def test_the_compiled_bound_lies_between_eager_and_ideal(rl):
     # Inductor (compiled on this CPU) fuses BatchNorm and ReLU into fewer kernels than one per
     # operation, and cannot move less than the convolutions do.

@@ -17,7 +17,8 @@ ours / reference.
           2 forwards + 1 backward; use_best bookkeeping, one more loss evaluation and the output
           forward of AttackerModel at the end.
   pgd (image-steps/s; D_rand / D_det)
-    ours  notbugs.attacks.pgd_l2(targeted=True): use_best's final loss forward.
+    ours  notbugs.construct.targeted_pgd_batch, as a shard runs it: pgd_l2(targeted=True) with use_best's final
+          loss forward, then the success check.
     ref   Attacker.forward, targeted, cross-entropy: 1 forward + 1 backward per step (no custom loss,
           hence no second forward: see attacker.py calc_loss), use_best, final loss and output forward.
   train (images/s; SGD step with the paper's augmentation)
@@ -102,9 +103,9 @@ except ImportError:
     sys.modules["yaml"] = types.ModuleType("yaml")
 
 from notbugs.compiling import try_compile  # noqa: E402
-from notbugs.attacks import (PRECISIONS, as_in_the_steps, autocast, frozen, match_representation,  # noqa: E402
-                             pgd_l2, use_bf16)
+from notbugs.attacks import PRECISIONS, frozen, match_representation, use_bf16  # noqa: E402
 from notbugs.config import AdversarialConfig, AugmentConfig, TrainConfig  # noqa: E402
+from notbugs.construct import targeted_pgd_batch  # noqa: E402
 from notbugs.evaluate import robust_correct  # noqa: E402
 from notbugs.models import FAKE_RELU_ARCHS, make_model  # noqa: E402
 from notbugs.train import train  # noqa: E402
@@ -398,13 +399,10 @@ def stage_plans(args) -> dict[str, StagePlan]:
     if prof is None:
         mode = args.compile_mode if args.compile else None
         return {s: StagePlan(args.batch, mode) for s in STAGES}
-    construct = "default" if prof.compile else None
-    training = None if prof.compile_train == "eager" else prof.compile_train
-    plans = {"match": StagePlan(prof.construct.batch_size, construct), "pgd": StagePlan(prof.construct.batch_size,
-                                                                                       construct),
-             "train": StagePlan(prof.train.batch_size, training), "adv_train": StagePlan(prof.train.batch_size,
-                                                                                        training),
-             "eval": StagePlan(prof.evaluate.batch_size, None)}  # the pipeline evaluates eager
+    construct = StagePlan(prof.construct.batch_size, "default" if prof.compile else None)
+    training = StagePlan(prof.train.batch_size, None if prof.compile_train == "eager" else prof.compile_train)
+    evaluation = StagePlan(prof.evaluate.batch_size, None)  # the pipeline evaluates eager
+    plans = {"match": construct, "pgd": construct, "train": training, "adv_train": training, "eval": evaluation}
     return {s: StagePlan(args.batch if args.batch_given else plan.batch, None if args.eager else plan.compile_mode)
             for s, plan in plans.items()}
 
@@ -490,19 +488,14 @@ def stage_pgd(b: Bench, check: dict):
     t = torch.from_numpy(np.random.default_rng(a.seed).integers(0, 10, B)).to(b.dev)  # D_rand's random targets
     b.ours_mode()
     with frozen(b.ours):
-        s_ours, _ = timed(lambda: pgd_with_success(b, xo, t, S), a.warmup, a.steps, b.dev)
+        # what building a D_rand / D_det batch runs: the attack, then its success check
+        s_ours, _ = timed(lambda: targeted_pgd_batch(b.ours, xo, t, PGD_EPS, S, PGD_STEP, True, b.bf16), a.warmup,
+                          a.steps, b.dev)
     b.ref_mode()
     b.ref.eval()
     s_ref, _ = timed(lambda: ref_make_adv(b.ref, x, t, constraint="2", eps=PGD_EPS, step_size=PGD_STEP, iterations=S,
                                           targeted=True), a.warmup, a.steps, b.dev)
     return B * S, s_ours, s_ref, B * (2 * S + 2), B * (2 * S + 2)
-
-
-def pgd_with_success(b: Bench, x: torch.Tensor, t: torch.Tensor, steps: int) -> float:
-    """What building a D_rand / D_det batch runs (notbugs.construct): the attack, then its success check."""
-    z = pgd_l2(b.ours, x, t, PGD_EPS, steps, PGD_STEP, targeted=True, bf16=b.bf16, use_best=True)
-    with autocast(b.dev, b.bf16):
-        return (as_in_the_steps(b.ours, z).argmax(1) == t).float().sum().item()
 
 
 def _train_stage(b: Bench, adv: bool):

@@ -111,6 +111,14 @@ def load_partial(out_dir: Path, k: int, a: int, recipe_hash: str) -> tuple[list,
     return [torch.from_numpy(images)], list(meta["stats"]), int(meta["upto"]), float(meta["wall_s"])
 
 
+def targeted_pgd_batch(model, x: torch.Tensor, targets: torch.Tensor, eps: float, steps: int, step_size: float,
+                       use_best: bool, bf16: bool) -> tuple[torch.Tensor, float]:
+    """One D_rand / D_det batch: targeted l2 PGD, and how many of its images the model assigns to their target."""
+    z = pgd_l2(model, x, targets, eps, steps, step_size, targeted=True, bf16=bf16, use_best=use_best)
+    with autocast(x.device, bf16):
+        return z, (as_in_the_steps(model, z).argmax(1) == targets).float().sum().item()
+
+
 def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, source_index: np.ndarray,
                 assign: dict, k: int, a: int, b: int, recipe: dict, recipe_hash: str, out_dir: Path,
                 device: torch.device, deadline: Deadline | None = None) -> dict:
@@ -131,10 +139,8 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
         else:
             p = recipe["pgd"]
             t = torch.as_tensor(assign["target"][s:e], device=device)
-            z = pgd_l2(model, x, t, p["eps"], p["steps"], p["step_size"], targeted=True, bf16=bf16,
-                       use_best=p["use_best"])
-            with autocast(device, bf16):
-                st = {"success": (as_in_the_steps(model, z).argmax(1) == t).float().sum().item()}
+            z, hits = targeted_pgd_batch(model, x, t, p["eps"], p["steps"], p["step_size"], p["use_best"], bf16)
+            st = {"success": hits}
         return z.to(torch.float16).cpu(), {**st, "n": e - s}
 
     outs, stats, begin, spent = load_partial(out_dir, k, a, recipe_hash)

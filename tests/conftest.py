@@ -177,3 +177,10 @@ def require_compiled(reason: str | None) -> None:
     if can_compile_here():
         pytest.fail(f"torch.compile fell back to eager on a machine with a C++ compiler: {reason}")
     pytest.skip(f"torch.compile cannot work here (no C++ compiler): {reason}")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (a child that printed its pid and exited): a killed writer's."""
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from notbugs import data as D
-from tests.conftest import SHARED_MIRROR, make_mirror, png_bytes, repo_script, synthetic_image
+from tests.conftest import SHARED_MIRROR, dead_pid, make_mirror, png_bytes, repo_script, synthetic_image
 
 
 def _fetch(mirror, root):
@@ -110,13 +110,10 @@ def test_a_killed_fetch_s_folders_are_removed_by_the_next(tmp_path, mirror):
     the two renames the previous arrays' folder too; the next fetch removes those of dead processes
     on this host, and leaves a live fetch's alone."""
     import socket
-    import subprocess
-    import sys
 
     from notbugs import tempfiles
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = dead_pid()
     out = tmp_path / "out"
     left = [out / f".tmp-cifar10@{socket.gethostname()}.{dead}-k1ll3d00",
             out / f".tmp-cifar10.old@{socket.gethostname()}.{dead}-k1ll3d00"]

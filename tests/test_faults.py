@@ -315,12 +315,10 @@ def test_kill_inside_a_results_append_loses_only_that_write(tmp_path):
 
 def test_only_temp_files_of_dead_writers_on_this_host_are_removed(tmp_path):
     import socket
-    import subprocess
-
     from notbugs import tempfiles
+    from tests.conftest import dead_pid
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = dead_pid()
     host = socket.gethostname()
     names = {"dead": f".tmp-model.pt@{host}.{dead}-abc123", "live": f".tmp-model.pt{tempfiles.owner()}-def456",
              "other host": f".tmp-model.pt@elsewhere.{dead}-ghi789", "other file": f".tmp-meta.json@{host}.{dead}-x",

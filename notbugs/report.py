@@ -45,6 +45,13 @@ PAPER_CLAIM = (
 
 ROBUST_EPS = 0.25  # the paper's Figure 2 legend: l2 PGD at eps 0.25
 FLAG_PTS = 5.0  # a result further than this from the paper's number is flagged
+CHANCE = 10.0  # percent: ten balanced classes
+# A difference between two accuracies counts when it exceeds this many standard errors of the test-set
+# sampling: 3 is about 0.9 points at 10,000 test images, 2.8 at 1,000.
+CLEAR_SE = 3.0
+# Figure 3's relation is judged over at least this many architectures: two points always correlate
+# perfectly (the paper has five).
+MIN_ARCHS = 4
 SAMPLE_SIZE = 64  # pixels: 32x32 CIFAR images upscaled (nearest) so they are visible
 CONSTRUCTED = ("d_r", "d_nr", "d_rand", "d_det")
 SET_LABEL = {"d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
@@ -65,6 +72,7 @@ class PaperRow:
     # The paper's point for this row is that robust accuracy is near zero, so a robust accuracy well
     # above the paper's contradicts the result rather than beating it.
     robust_near_zero: bool = False
+    robust_approx: bool = False  # the paper gives the robust accuracy as "~0", not as a figure
 
 
 FIGURE2 = (
@@ -78,8 +86,10 @@ FIGURE2 = (
 )
 TABLE1 = (
     PaperRow("d", "Standard training on D", "standard", "d", 95.3, None, "paper Table 1"),
-    PaperRow("d_rand", "Standard training on D_rand", "standard", "d_rand", 63.3, None, "paper Table 1"),
-    PaperRow("d_det", "Standard training on D_det", "standard", "d_det", 43.7, None, "paper Table 1"),
+    PaperRow("d_rand", "Standard training on D_rand", "standard", "d_rand", 63.3, 0.0, "paper Table 1",
+             robust_near_zero=True, robust_approx=True),
+    PaperRow("d_det", "Standard training on D_det", "standard", "d_det", 43.7, 0.0, "paper Table 1",
+             robust_near_zero=True, robust_approx=True),
 )
 
 
@@ -143,6 +153,18 @@ class Measured:
     clean: float | None  # percent
     robust: float | None
     robust_steps: int | None
+    clean_n: int | None = None  # test images behind each accuracy
+    robust_n: int | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims and whether our numbers bear it out (holds None: cannot tell yet)."""
+
+    key: str
+    text: str
+    holds: bool | None
+    detail: str
 
 
 # ---------------------------------------------------------------- reading the tables
@@ -219,9 +241,11 @@ def _is_transfer(models: pd.DataFrame) -> pd.Series:
 
 
 def _pick_model(models: pd.DataFrame, training: str, train_set: str, arch: str | None) -> pd.Series | None:
+    """The latest such model of the main architecture: never one of another architecture, which would
+    pair, say, a ResNet-9 source model with a ResNet-18 trained on its sets."""
     main = models[~_is_transfer(models)]
     found = main[(main["training"] == training) & (main["train_set"] == train_set)]
-    if arch is not None and (found["arch"] == arch).any():
+    if arch is not None:
         found = found[found["arch"] == arch]
     if found.empty:
         return None
@@ -249,7 +273,9 @@ def _measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str
     return Measured(ref, str(model["model_id"]),
                     None if clean is None else 100.0 * float(clean["accuracy"]),
                     None if robust is None else 100.0 * float(robust["accuracy"]),
-                    None if robust is None else int(robust["steps"]))
+                    None if robust is None else int(robust["steps"]),
+                    None if clean is None else int(clean["n"]),
+                    None if robust is None else int(robust["n"]))
 
 
 @dataclass(frozen=True)
@@ -259,14 +285,18 @@ class TransferPoint:
     d_det_acc: float | None  # percent clean test accuracy after training on D_det
     source_model_id: str | None
     d_det_model_id: str | None
+    d_det_n: int | None = None  # test images behind d_det_acc
+    stale: str | None = None  # why the transfer rate is left out: a model it was measured on was retrained since
 
 
 def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame) -> list[TransferPoint]:
     """Figure 3's points: the architectures of the latest transfer measurement (one run writes them all),
-    not every one the profile ever measured; before any, those of the D_det models."""
+    not every one the profile ever measured; before any, those of the D_det models. A rate measured on a
+    source or target model that has been retrained since is left out: it no longer describes them."""
     d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
+    since = _weights_since(models)
     if transfer.empty:
-        latest, archs = transfer, sorted(set(d_det["arch"]))
+        latest, archs, last_run = transfer, sorted(set(d_det["arch"])), None
     else:
         last_run = transfer.sort_values("created_at", kind="stable")["run_id"].iloc[-1]
         latest = transfer[transfer["run_id"] == last_run]
@@ -275,24 +305,99 @@ def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.Dat
     for arch in archs:
         row = latest[latest["target_arch"] == arch]
         candidates = d_det[d_det["arch"] == arch]
-        if _is_transfer(candidates).any():  # Figure 3's own D_det model; else the main one it reuses
-            candidates = candidates[_is_transfer(candidates)]
+        # Figure 3's own D_det model, trained by the run that measured the transfer; else the main one it reuses
+        own = candidates[_is_transfer(candidates) & (candidates["run_id"] == last_run)]
+        candidates = own if not own.empty else candidates[~_is_transfer(candidates)]
         model = None if candidates.empty else candidates.sort_values("created_at", kind="stable").iloc[-1]
         clean = None if model is None else _evaluation(evals, model["model_id"], "none")
+        success, source, stale = None, None, None
+        if not row.empty:
+            row = row.iloc[0]
+            source = str(row["source_model_id"])
+            retrained = [m for m in (row["source_model_id"], row["target_model_id"])
+                         if m in since and since[m] > row["created_at"]]
+            if retrained:
+                stale = f"{', '.join(retrained)} retrained since: transfer not measured again yet"
+            else:
+                success = 100.0 * float(row["success_rate"])
         points.append(TransferPoint(
-            arch,
-            None if row.empty else 100.0 * float(row["success_rate"].iloc[0]),
+            arch, success,
             None if clean is None else 100.0 * float(clean["accuracy"]),
-            None if row.empty else str(row["source_model_id"].iloc[0]),
+            source,
             None if model is None else str(model["model_id"]),
+            None if clean is None else int(clean["n"]),
+            stale,
         ))
     return points
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 2 or np.std(xs) == 0 or np.std(ys) == 0:
+    """Pearson's r, only over MIN_ARCHS points or more (fewer always correlate almost perfectly)."""
+    if len(xs) < MIN_ARCHS or np.std(xs) == 0 or np.std(ys) == 0:
         return None
     return float(np.corrcoef(xs, ys)[0, 1])
+
+
+def _clearly_above(a: float, n_a: int, b: float, n_b: int | None = None) -> bool:
+    """Whether accuracy a (percent, over n_a test images) exceeds b by more than CLEAR_SE standard errors of
+    the sampling: b is another accuracy over n_b images (a two-proportion test), or an exact rate such as
+    chance (n_b None)."""
+    pa, pb = a / 100.0, b / 100.0
+    if n_b is None:
+        se = math.sqrt(pb * (1.0 - pb) / n_a)
+    else:
+        pooled = (pa * n_a + pb * n_b) / (n_a + n_b)
+        se = math.sqrt(pooled * (1.0 - pooled) * (1.0 / n_a + 1.0 / n_b))
+    return pa - pb > CLEAR_SE * se
+
+
+def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoint], r: float | None) -> list[Claim]:
+    """The paper's CIFAR-10 claims, judged by direction rather than by distance from its figures: a weaker
+    reproduction (a CPU profile, a smaller model) can bear every claim out while missing every number."""
+    m = {row.ref.key: row for row in fig2 + tab1}
+    standard, d_r, d_nr = m["standard"], m["d_r"], m["d_nr"]
+    claims = []
+
+    if d_r.robust is None or standard.robust is None:
+        claims.append(Claim("d_r_robust", "Robust features alone give robustness: standard training on D_R gives a "
+                            "more robust model than standard training on D", None,
+                            "needs the robust accuracy of the standard model and of D_R's"))
+    else:
+        claims.append(Claim("d_r_robust", "Robust features alone give robustness: standard training on D_R gives a "
+                            "more robust model than standard training on D",
+                            _clearly_above(d_r.robust, d_r.robust_n, standard.robust, standard.robust_n),
+                            f"robust accuracy: D_R {d_r.robust:.1f}, standard {standard.robust:.1f}"))
+
+    text = ("Non-robust features alone give accuracy but no robustness: D_NR's model is well above chance on the "
+            "test set and less robust than D_R's")
+    if d_nr.clean is None or d_nr.robust is None or d_r.robust is None:
+        claims.append(Claim("d_nr", text, None, "needs D_NR's clean and robust accuracy and D_R's robust accuracy"))
+    else:
+        holds = (_clearly_above(d_nr.clean, d_nr.clean_n, CHANCE)
+                 and _clearly_above(d_r.robust, d_r.robust_n, d_nr.robust, d_nr.robust_n))
+        claims.append(Claim("d_nr", text, holds, f"D_NR clean {d_nr.clean:.1f} (chance {CHANCE:.0f}); robust: D_NR "
+                                                 f"{d_nr.robust:.1f}, D_R {d_r.robust:.1f}"))
+
+    for key, how in (("d_rand", "towards a random class"), ("d_det", "towards the next class")):
+        row = m[key]
+        text = (f"Non-robust features suffice for generalisation: a model trained only on adversarial examples "
+                f"{how}, labelled as their target ({SET_LABEL[key]}), is above chance on the real test set")
+        if row.clean is None:
+            claims.append(Claim(key, text, None, f"needs the clean accuracy of {SET_LABEL[key]}'s model"))
+        else:
+            claims.append(Claim(key, text, _clearly_above(row.clean, row.clean_n, CHANCE),
+                                f"{row.clean:.1f} (chance {CHANCE:.0f})"))
+
+    complete = [p for p in points if p.success is not None and p.d_det_acc is not None]
+    text = ("Transferability goes with learning from non-robust features: architectures the attack transfers to "
+            "more learn more from D_det (Figure 3)")
+    if r is None:
+        claims.append(Claim("figure3", text, None, f"{len(complete)} architecture(s) with both numbers: at least "
+                                                   f"{MIN_ARCHS} with some spread are needed to judge (the paper "
+                                                   "has 5)"))
+    else:
+        claims.append(Claim("figure3", text, r > 0, f"Pearson r = {r:+.2f} over {len(complete)} architectures"))
+    return claims
 
 
 def _construction_stats(datasets: pd.DataFrame) -> dict[str, dict]:
@@ -449,6 +554,10 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _paper_robust(ref: PaperRow) -> str:
+    return f"~{ref.robust:.0f}" if ref.robust_approx and ref.robust is not None else _pct(ref.robust)
+
+
 def _compare(ours: float | None, paper: float | None, higher_is_worse: bool = False) -> Flag:
     """Ours against the paper: below is bad, above is a warning (check it) unless higher is worse."""
     if paper is None:
@@ -540,11 +649,13 @@ def _axis_range(values: list[float]) -> tuple[float, float, float]:
     return lo, hi, 10.0 if hi - lo > 40 else 5.0
 
 
-def _scatter_svg(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str) -> str:
+def _scatter_svg(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str,
+                 y_chance: float | None = None) -> str:
+    """y_chance: a dashed horizontal line at that value (the axis is stretched to show it)."""
     width, height, left, right, top, bottom = 560, 400, 60, 30, 40, 50
     pw, ph = width - left - right, height - top - bottom
     xlo, xhi, xstep = _axis_range([p[1] for p in points])
-    ylo, yhi, ystep = _axis_range([p[2] for p in points])
+    ylo, yhi, ystep = _axis_range([p[2] for p in points] + ([] if y_chance is None else [y_chance]))
 
     def sx(v):
         return left + pw * (v - xlo) / (xhi - xlo)
@@ -559,6 +670,10 @@ def _scatter_svg(points: list[tuple[str, float, float]], xlabel: str, ylabel: st
         body += [_line(left, sy(tick), left + pw, sy(tick)),
                  _text(left - 6, sy(tick) + 4, f"{tick:.0f}", anchor="end", size=11)]
     body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+    if y_chance is not None:
+        body.append(f'<line x1="{left}" y1="{sy(y_chance):.1f}" x2="{left + pw}" y2="{sy(y_chance):.1f}" '
+                    f'stroke="#c4501b" stroke-dasharray="6 4"/>')
+        body.append(_text(left + pw - 4, sy(y_chance) - 4, "chance", anchor="end", size=11, fill="#c4501b"))
     body.append(_text(left + pw / 2, height - 10, xlabel))
     body.append(_text(16, top + ph / 2, ylabel, extra=f' transform="rotate(-90 16 {top + ph / 2:.1f})"'))
     for label, x, y in points:
@@ -680,6 +795,15 @@ def _flag_lines(fig2: list[Measured], tab1: list[Measured]) -> list[Flag]:
     return lines
 
 
+def _claim_blocks(claims: list[Claim]) -> list:
+    verdict = {True: Flag("holds", "ok"), False: Flag("does not hold", "bad"), None: Flag("cannot tell yet", "missing")}
+    return [Heading("The paper's claims"),
+            Para(f"Whether each claim of the paper's CIFAR-10 experiments holds in our numbers, however far they are "
+                 f"from the paper's figures (next section). A difference counts when it exceeds {CLEAR_SE:.0f} "
+                 f"standard errors of the test-set sampling; chance is {CHANCE:.0f}%."),
+            Table(("claim", "ours", "verdict"), tuple((c.text, c.detail, verdict[c.holds]) for c in claims))]
+
+
 def _deviation_blocks(flags: list[Flag], deviations: list[str] | None) -> list:
     blocks = [Heading("Deviations from the paper")]
     if flags:
@@ -701,7 +825,8 @@ def _figure2_blocks(fig2: list[Measured]) -> list:
     steps = sorted({m.robust_steps for m in fig2 if m.robust_steps is not None})
     if steps:
         blocks.append(Para(f"Our robust accuracy: l2 PGD at eps {ROBUST_EPS} with {'/'.join(map(str, steps))} "
-                           f"steps (the paper scores with 20- and 100-step PGD)."))
+                           f"steps. The paper's figure gives only eps {ROBUST_EPS}; the authors' released "
+                           "checkpoints are scored with 20- and 100-step PGD."))
     if all(m.model_id is None for m in fig2):
         blocks.append(Note("Figure 2: no model is trained yet for this profile: not run yet."))
     series = [("clean, ours", SERIES_COLOURS[0], [m.clean for m in fig2]),
@@ -712,7 +837,7 @@ def _figure2_blocks(fig2: list[Measured]) -> list:
     blocks.append(Figure("figure2", _grouped_bars_svg(groups, series, "Figure 2: test accuracy (%)"),
                          "Figure 2: clean and robust (l2 eps 0.25) test accuracy, ours beside the paper's."))
     rows = tuple((m.ref.label, m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
-                  _compare(m.clean, m.ref.clean), _pct(m.robust), _pct(m.ref.robust),
+                  _compare(m.clean, m.ref.clean), _pct(m.robust), _paper_robust(m.ref),
                   _compare(m.robust, m.ref.robust, m.ref.robust_near_zero), m.ref.source) for m in fig2)
     blocks.append(Table(("training", "model", "clean, ours", "clean, paper", "clean vs paper", "robust, ours",
                          "robust, paper", "robust vs paper", "paper source"), rows))
@@ -728,9 +853,10 @@ def _table1_blocks(tab1: list[Measured]) -> list:
     if all(m.model_id is None for m in tab1):
         blocks.append(Note("Table 1: no model is trained yet for this profile: not run yet."))
     rows = tuple((SET_LABEL[m.ref.train_set], m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
-                  _compare(m.clean, m.ref.clean), _pct(m.robust)) for m in tab1)
+                  _compare(m.clean, m.ref.clean), _pct(m.robust), _paper_robust(m.ref),
+                  _compare(m.robust, m.ref.robust, m.ref.robust_near_zero)) for m in tab1)
     blocks.append(Table(("training set", "model", "test acc, ours", "test acc, paper", "vs paper",
-                         f"robust (eps {ROBUST_EPS}), ours"), rows))
+                         f"robust (eps {ROBUST_EPS}), ours", "robust, paper", "robust vs paper"), rows))
     return blocks
 
 
@@ -740,7 +866,8 @@ def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
                    "source model (D_det settings) when transferred to a standard model of that architecture, and "
                    "the test accuracy of that architecture after training on D_det. The paper (VGG-16, "
                    "Inception-v3, DenseNet, ResNet-18, ResNet-50) finds a positive relation: architectures the "
-                   "attack transfers to more also learn more from D_det.")]
+                   "attack transfers to more also learn more from D_det. It gives its per-architecture values only "
+                   "as a plot, so they are not quoted here.")]
     if not points:
         return blocks + [Note("Figure 3: no transfer measurement and no D_det model yet: not run yet.")], None
     complete = [(p.arch, p.success, p.d_det_acc) for p in points if p.success is not None and p.d_det_acc is not None]
@@ -748,23 +875,35 @@ def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
     if complete:
         blocks.append(Figure("figure3", _scatter_svg(complete, "transfer success rate (%)",
                                                      "test accuracy after training on D_det (%)",
-                                                     "Figure 3: transfer vs learning from D_det"),
+                                                     "Figure 3: transfer vs learning from D_det", y_chance=CHANCE),
                              "Figure 3: transfer success rate vs test accuracy after training on D_det, "
-                             "one point per architecture."))
+                             f"one point per architecture; the dashed line is chance ({CHANCE:.0f}%)."))
     else:
         blocks.append(Note("Figure 3: no architecture has both a transfer rate and a D_det accuracy yet: not run yet."))
     if r is None:
-        blocks.append(Para(f"{len(complete)} architecture(s) with both numbers: too few (or no spread) for a "
-                           "correlation."))
+        blocks.append(Para(f"{len(complete)} architecture(s) with both numbers: at least {MIN_ARCHS}, with some "
+                           "spread, are needed to judge the relation (the paper has 5)."))
     else:
         verdict = Flag("positive, as in the paper" if r > 0 else "not positive, unlike the paper",
                        "ok" if r > 0 else "bad")
         blocks.append(Bullets((f"Pearson r = {r:+.2f} over {len(complete)} architectures", verdict)))
-    rows = tuple((p.arch, _pct(p.success) if p.success is not None else "not run yet",
-                  _pct(p.d_det_acc) if p.d_det_acc is not None else "not run yet",
-                  p.source_model_id or "—", p.d_det_model_id or "—") for p in points)
-    blocks.append(Table(("architecture", "transfer success, ours", "D_det test acc, ours", "source model",
-                         "D_det model"), rows))
+
+    def success_cell(p: TransferPoint):
+        if p.stale is not None:
+            return Flag(p.stale, "warn")
+        return "not run yet" if p.success is None else _pct(p.success)
+
+    def chance_cell(p: TransferPoint):
+        if p.d_det_acc is None:
+            return Flag("not run yet", "missing")
+        if _clearly_above(p.d_det_acc, p.d_det_n, CHANCE):
+            return Flag("above chance", "ok")
+        return Flag("not above chance", "bad")
+
+    rows = tuple((p.arch, success_cell(p), _pct(p.d_det_acc) if p.d_det_acc is not None else "not run yet",
+                  chance_cell(p), p.source_model_id or "—", p.d_det_model_id or "—") for p in points)
+    blocks.append(Table(("architecture", "transfer success (%), ours", "D_det test acc (%), ours",
+                         f"D_det vs chance ({CHANCE:.0f}%)", "source model", "D_det model"), rows))
     return blocks, r
 
 
@@ -833,7 +972,7 @@ def _evaluations_blocks(evals: pd.DataFrame) -> list:
                             "evaluated"), rows)]
 
 
-def _summary(profile, fig2, tab1, points, r, construction, flags, deviations) -> dict:
+def _summary(profile, fig2, tab1, points, r, claims, construction, flags, deviations) -> dict:
     def rounded(v):
         return None if v is None else round(v, 2)
 
@@ -841,11 +980,12 @@ def _summary(profile, fig2, tab1, points, r, construction, flags, deviations) ->
         "profile": profile,
         "figure2": {m.ref.key: {"model_id": m.model_id, "clean": rounded(m.clean), "robust": rounded(m.robust),
                                 "paper_clean": m.ref.clean, "paper_robust": m.ref.robust} for m in fig2},
-        "table1": {m.ref.key: {"model_id": m.model_id, "clean": rounded(m.clean), "paper_clean": m.ref.clean}
-                   for m in tab1},
+        "table1": {m.ref.key: {"model_id": m.model_id, "clean": rounded(m.clean), "robust": rounded(m.robust),
+                               "paper_clean": m.ref.clean, "paper_robust": m.ref.robust} for m in tab1},
         "figure3": {"points": {p.arch: {"transfer_success": rounded(p.success), "d_det_acc": rounded(p.d_det_acc)}
                                for p in points},
                     "pearson_r": rounded(r)},
+        "claims": {c.key: c.holds for c in claims},
         "construction": {name: entry["stats"] for name, entry in construction.items()},
         "flags": [f.text for f in flags],
         "deviations": list(deviations or []),
@@ -986,9 +1126,10 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
                                       load_cifar or _default_load_cifar)
     flags = _flag_lines(fig2, tab1)
     figure3, r = _figure3_blocks(points)
+    claims = _claims(fig2, tab1, points, r)
 
     blocks = (_header_blocks(profile, profiles, tables["runs"]) + _data_blocks(Path(data_dir))
-              + _deviation_blocks(flags, deviations)
+              + _claim_blocks(claims) + _deviation_blocks(flags, deviations)
               + _figure2_blocks(fig2) + _table1_blocks(tab1) + figure3 + _sample_blocks(grid, sample_notes)
               + _construction_blocks(construction) + _curves_blocks(_epoch_curves(tables["epochs"], tables["models"]))
               + _evaluations_blocks(evals))
@@ -1000,6 +1141,6 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
         paths[Path(name).stem] = out_dir / name
     tempfiles.atomic_write(paths["html"], _render_html(blocks).encode())
     tempfiles.atomic_write(paths["markdown"], markdown.encode())
-    summary = _summary(profile, fig2, tab1, points, r, construction, flags, deviations)
+    summary = _summary(profile, fig2, tab1, points, r, claims, construction, flags, deviations)
     tempfiles.atomic_write(paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return paths

@@ -662,7 +662,9 @@ def write_plot_tables(summary_path: Path, out: Path) -> dict:
         return "" if value is None else str(value)
 
     fig2 = ["label,set,source,clean,robust"]
-    for key, row in list(summary["figure2"].items()) + list(summary["table1"].items()):
+    # Table 1's D is Figure 2's standard model: listed once
+    table1 = [(key, row) for key, row in summary["table1"].items() if key != "d"]
+    for key, row in list(summary["figure2"].items()) + table1:
         for source, clean, robust in (("ours", row.get("clean"), row.get("robust")),
                                       ("paper", row.get("paper_clean"), row.get("paper_robust"))):
             fig2.append(f"{key} ({source}),{key},{source},{cell(clean)},{cell(robust)}")

@@ -86,7 +86,7 @@ def write_results(root: Path, profile: str = "cpu", scale: float = 1.0) -> None:
         {"source_model_id": model_id(profile, "standard", "d"),
          "target_model_id": model_id(profile, "standard", "d", a), "target_arch": a, "profile": profile,
          "attack": "pgd_l2_targeted", "eps": 0.5, "steps": 20,
-         "success_rate": rate, "n": 500, "run_id": "r4", "created_at": T0}
+         "success_rate": rate, "n": 500, "run_id": "r4", "created_at": T0 + timedelta(minutes=2)}
         for a, rate in (("resnet18", 0.45), ("vgg16", 0.30))], root)
     results.append("epochs", [
         {"model_id": model_id(profile, "standard", "d"), "profile": profile, "epoch": e, "train_loss": 2.0 / (e + 1),
@@ -273,6 +273,101 @@ def test_history_of_the_profile_does_not_stand_in_for_its_latest_run(tmp_path):
     assert list(curves["cpu/standard-d-resnet9"]["run_id"]) == ["r9", "r9"]
 
 
+def test_models_of_another_architecture_do_not_stand_in(tmp_path):
+    """A profile that now trains resnet9 source models but has not yet trained resnet9s on D_R: the report says
+    D_R is not run yet rather than pairing the resnet18 trained on an older D_R with the new source models."""
+    root = tmp_path / "results"
+    write_results(root)
+    later = T0 + timedelta(days=1)
+    results.append("models", [model_row("cpu", t, "d", "resnet9", minute=24 * 60)
+                              for t in ("standard", "adversarial")], root)
+    results.append("evaluations", [eval_row("cpu", model_id("cpu", t, "d", "resnet9"), "none", 0.0, 0.5, later)
+                                   for t in ("standard", "adversarial")], root)
+    paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["figure2"]["standard"]["model_id"] == "cpu/standard-d-resnet9"
+    assert summary["figure2"]["d_r"]["model_id"] is None and summary["table1"]["d_det"]["model_id"] is None
+    assert summary["claims"]["d_r_robust"] is None
+
+
+def test_clearly_above_counts_sampling_error():
+    # chance 10% over 1,000 images: 3 standard errors are 2.85 points
+    assert not report._clearly_above(12.1, 1000, report.CHANCE) and report._clearly_above(13.0, 1000, report.CHANCE)
+    assert report._clearly_above(12.1, 10000, report.CHANCE)  # 0.9 points at 10,000
+    assert not report._clearly_above(5.0, 1000, 4.0, 1000) and report._clearly_above(8.0, 1000, 4.0, 1000)
+    assert not report._clearly_above(0.0, 1000, 0.0, 1000)
+
+
+def transfer_results(root: Path, points: dict[str, tuple[float, float]], run: str = "r4") -> None:
+    """Figure 3's rows for several architectures: {arch: (transfer success, D_det accuracy)} as fractions."""
+    when = T0 + timedelta(hours=2)
+    models = [model_row("cpu", "standard", s, a, minute=1) for a in points for s in ("d", "d_det")]
+    results.append("models", models, root)
+    results.append("evaluations", [eval_row("cpu", model_id("cpu", "standard", "d_det", a), "none", 0.0, acc, when)
+                                   for a, (_, acc) in points.items()], root)
+    results.append("transfer", [
+        {"source_model_id": model_id("cpu", "standard", "d"), "target_model_id": model_id("cpu", "standard", "d", a),
+         "target_arch": a, "profile": "cpu", "attack": "pgd_l2_targeted", "eps": 0.5, "steps": 20,
+         "success_rate": rate, "n": 500, "run_id": run, "created_at": when} for a, (rate, _) in points.items()], root)
+
+
+def test_figure3_is_judged_over_four_architectures_or_more(tmp_path):
+    rising = {"vgg16": (0.2, 0.30), "densenet121": (0.3, 0.35), "inception_v3": (0.4, 0.40), "resnet50": (0.1, 0.10)}
+    for name, points, holds in (("rising", rising, True),
+                                ("falling", {a: (rate, 0.6 - acc) for a, (rate, acc) in rising.items()}, False)):
+        root = tmp_path / name / "results"
+        write_results(root)
+        transfer_results(root, points, run="r5")
+        paths = report.build_report(root, tmp_path / "nodata", tmp_path / name / "out")
+        summary, page = json.loads(paths["summary"].read_text()), paths["html"].read_text()
+        assert sorted(summary["figure3"]["points"]) == sorted(points)  # the latest transfer run's architectures
+        assert (summary["figure3"]["pearson_r"] > 0) == holds and summary["claims"]["figure3"] == holds
+        assert ("positive, as in the paper" in page) == holds
+        # resnet50's D_det accuracy of 10.0 (rising) is at chance
+        assert ('<span class="badge bad">not above chance</span>' in page) == holds
+    assert "the dashed line is chance (10%)" in page and 'stroke-dasharray="6 4"' in page
+
+
+def test_a_transfer_rate_measured_before_its_source_was_retrained_is_left_out(tmp_path):
+    root = tmp_path / "results"
+    write_results(root)
+    results.append("models", [{**model_row("cpu", "standard", "d"), "checkpoint_sha256": "1" * 64,
+                               "created_at": T0 + timedelta(days=1)}], root)
+    paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["figure3"]["points"]["vgg16"] == {"transfer_success": None, "d_det_acc": 20.5}
+    assert "cpu/standard-d-resnet18 retrained since: transfer not measured again yet" in paths["html"].read_text()
+
+
+def test_figure3_takes_the_d_det_model_of_the_run_that_measured_the_transfer(tmp_path):
+    """An earlier transfer run trained its own resnet18 on D_det (another width, say); the latest one reuses the
+    main D_det model, so the point pairs the latest rate with the main model's accuracy."""
+    root = tmp_path / "results"
+    write_results(root)
+    old = model_id("cpu", "standard", "d_det", "resnet18").replace("cpu/", "cpu/transfer/")
+    results.append("models", [{**model_row("cpu", "standard", "d_det"), "model_id": old, "run_id": "r0",
+                               "created_at": T0 + timedelta(minutes=1)}], root)
+    results.append("evaluations", [eval_row("cpu", old, "none", 0.0, 0.9, T0 + timedelta(hours=1))], root)
+    summary = json.loads(report.build_report(root, tmp_path / "nodata", tmp_path / "out")["summary"].read_text())
+    assert summary["figure3"]["points"]["resnet18"] == {"transfer_success": 45.0, "d_det_acc": 30.1}
+
+
+def test_table1_quotes_the_papers_near_zero_robust_accuracy(built):
+    assert re.search(r"\| D_rand \| cpu/standard-d_rand-resnet18 \| 12\.1 \| 63\.3 \| .*\| 0\.0 \| ~0 \| "
+                     r"within 5 pts", built["md"])
+    assert "the authors' released checkpoints are scored with 20- and 100-step PGD" in built["md"]
+
+
+def test_the_claims_section_gives_a_verdict_per_claim(built):
+    md = built["md"]
+    assert "## The paper's claims" in md
+    assert re.search(r"\| Robust features alone give robustness.*\| robust accuracy: D_R 56\.9, standard 9\.7 \| "
+                     r"holds \|", md)
+    assert re.search(r"\(D_rand\), is above chance on the real test set \| 12\.1 \(chance 10\) \| "
+                     r"\*\*does not hold\*\* \|", md)
+    assert re.search(r"\(Figure 3\) \| 2 architecture\(s\) with both numbers.*\| cannot tell yet \|", md)
+
+
 def test_markdown_has_the_tables_and_links_the_figures(built):
     md, out = built["md"], built["paths"]["html"].parent
     assert "| training | model | clean, ours | clean, paper |" in md
@@ -291,7 +386,10 @@ def test_summary_json_has_the_main_numbers(built):
                                               "paper_clean": 95.3, "paper_robust": 4.5}
     assert summary["table1"]["d_det"]["clean"] == 30.1 and summary["table1"]["d_det"]["paper_clean"] == 43.7
     assert summary["figure3"]["points"]["vgg16"] == {"transfer_success": 30.0, "d_det_acc": 20.5}
-    assert summary["figure3"]["pearson_r"] == 1.0
+    assert summary["figure3"]["pearson_r"] is None  # two architectures: too few to judge
+    assert summary["table1"]["d_rand"]["paper_robust"] == 0.0
+    # D_R 56.9 robust vs standard 9.7; D_NR 74.4 clean, 0.4 robust; D_rand 12.1 (chance 10, n 1000: 2.8 pts needed)
+    assert summary["claims"] == {"d_r_robust": True, "d_nr": True, "d_rand": False, "d_det": True, "figure3": None}
     assert summary["construction"]["d_r"]["final_relative"] == 0.18
     assert any("below paper by 51.2 pts" in flag for flag in summary["flags"])
     assert len(summary["deviations"]) == 2
@@ -394,6 +492,10 @@ def test_svg_helpers_handle_edge_cases():
     assert "n/a" in bars and bars.count("<rect") == 3  # background, one bar, one legend swatch
     scatter = report._scatter_svg([("resnet18", 40.0, 40.0)], "x", "y", "t")
     assert "resnet18 (40.0, 40.0)" in scatter and "<circle" in scatter
+    # the chance line stays inside the plot (y 40..350) even when every point is far above it
+    scatter = report._scatter_svg([("a", 40.0, 60.0), ("b", 50.0, 70.0)], "x", "y", "t", y_chance=10.0)
+    y = float(re.search(r'<line x1="[\d.]+" y1="([\d.]+)"[^>]*stroke-dasharray', scatter).group(1))
+    assert 40 <= y <= 350
 
 
 # ---------------------------------------------------------------- browser

@@ -507,7 +507,8 @@ def test_plot_tables_leave_what_is_not_measured_empty(tmp_path):
     import pandas as pd
 
     summary = {"figure2": {"standard": {"clean": 91.3, "robust": None, "paper_clean": 95.3, "paper_robust": 4.5}},
-               "table1": {"d_det": {"clean": 30.1, "paper_clean": 43.7}},
+               "table1": {"d": {"clean": 91.3, "paper_clean": 95.3},  # Figure 2's standard model again
+                          "d_det": {"clean": 30.1, "robust": 0.4, "paper_clean": 43.7, "paper_robust": 0.0}},
                "figure3": {"points": {"vgg16": {"transfer_success": None, "d_det_acc": 20.5}}}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     paths = S.write_plot_tables(tmp_path / "summary.json", tmp_path)
@@ -515,5 +516,5 @@ def test_plot_tables_leave_what_is_not_measured_empty(tmp_path):
     assert "None" not in paths["figure2_csv"].read_text() + paths["figure3_csv"].read_text()
     assert list(fig2["label"]) == ["standard (ours)", "standard (paper)", "d_det (ours)", "d_det (paper)"]
     assert fig2["clean"].tolist() == [91.3, 95.3, 30.1, 43.7]
-    assert fig2["robust"].isna().tolist() == [True, False, True, True]
+    assert fig2["robust"].tolist()[1:] == [4.5, 0.4, 0.0] and np.isnan(fig2["robust"].iloc[0])
     assert fig3["transfer_success"].isna().all() and fig3["d_det_acc"].tolist() == [20.5]

@@ -53,7 +53,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
 from notbugs import construct as C  # noqa: E402
-from notbugs import data as D  # noqa: E402
+from notbugs.subset import balanced_subset  # noqa: E402
 from notbugs import stages as S  # noqa: E402
 from notbugs.attacks import autocast, frozen, match_representation, pgd_l2  # noqa: E402
 from notbugs.train import load_model  # noqa: E402
@@ -183,8 +183,8 @@ def main(argv=None) -> int:
     model, meta = load_model(S.model_dir(args.data_dir, S.construct_source(args.name)), dev)
     split = S.load_split(params, args.data_dir)
     try:  # N/10 positions per class: the split is stored class by class
-        positions = torch.as_tensor(D.balanced_subset(split.train_y.numpy(), args.n, p.construct.seed))
-    except D.DataError as e:
+        positions = torch.as_tensor(balanced_subset(split.train_y.numpy(), args.n, p.construct.seed))
+    except ValueError as e:
         print(f"--n: {e}", file=sys.stderr)
         return 2
     n = len(positions)

@@ -8,6 +8,8 @@ per GPU; on one GPU or a CPU they run one after the other, in the flow's thread 
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 
 import torch
@@ -15,17 +17,40 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from notbugs import stages as S
-from notbugs import warmup
-from notbugs.config import DATASETS, load_params
-from notbugs.storage import read_json
+from notbugs.cli import run_all
+from notbugs.config import load_params
 from tasks import build_shard, evaluate_model, fetch_data, publish_table, render_report, train_model
+
+
+def _forward_library_logs(as_script: bool) -> None:
+    """The library's `notbugs` logger at INFO, its lines shipped to the Prefect UI. flows/__init__.py asks
+    Prefect for it through PREFECT_LOGGING_EXTRA_LOGGERS, but a deployment's worker loads this file as a
+    script (not as `flows.pipeline`), after Prefect has set up its logging: then the handler is added here.
+    Not otherwise, where it would also take the lines logged outside any flow run (a test's), with a warning
+    for each."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("notbugs")
+    logger.setLevel(logging.INFO)
+    if as_script and not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        logger.addHandler(APILogHandler())
+
+
+_forward_library_logs(as_script=__name__ != "flows.pipeline")
 
 RUNNER = ThreadPoolTaskRunner(max_workers=max(torch.cuda.device_count(), 1))
 
 
-def submit_all(task, calls: list[tuple]) -> list:
-    """Submit every call to the flow's task runner (one worker per GPU), then wait for all of them."""
-    futures = [task.submit(*args) for args in calls]
+def submit_all(task, calls: list[tuple], lanes: int) -> list:
+    """Submit every call to the flow's task runner (one worker per GPU), then wait for all of them.
+
+    The stage puts call i on device i % lanes (`notbugs.stages.Units`), so each call waits for the one
+    before it on its device: never two units on one card, whichever finishes first. (Without the wait, a
+    worker freed on card 1 would take the next call in the queue, which may be card 0's.) A call only waits
+    for one submitted before it, so the pool cannot deadlock."""
+    futures = []
+    for i, args in enumerate(calls):
+        futures.append(task.submit(*args, wait_for=[futures[i - lanes]] if i >= lanes else None))
     return [f.result() for f in futures]
 
 
@@ -48,9 +73,9 @@ def units(device: str = "auto", gpu_tag: str | None = None) -> S.Units:
     train, evaluate, build = train_model, evaluate_model, build_shard
     if gpu_tag:
         train, evaluate, build = (t.with_options(tags=[gpu_tag]) for t in (train, evaluate, build))
-    several = len(S.stage_devices(device, parallel=True)) > 1  # the stage's own rule
-    return S.Units(train=train, evaluate=evaluate, build=build, map=submit_all if several else S.run_in_order,
-                   parallel=True)
+    lanes = len(S.stage_devices(device, parallel=True))  # the stage's own rule
+    spread = functools.partial(submit_all, lanes=lanes) if lanes > 1 else S.run_in_order
+    return S.Units(train=train, evaluate=evaluate, build=build, map=spread, parallel=True)
 
 
 def _rows(metrics: dict, **key) -> list[dict]:
@@ -62,7 +87,7 @@ def fetch_flow(params_path: str = "params.yaml", profile: str | None = None, dat
                device: str = "auto") -> dict:
     params = load_params(params_path, profile)
     manifest = fetch_data(params, data_dir, device)
-    publish_table("fetch", [{"split": s, "images": n} for s, n in manifest["counts"].items()],
+    publish_table(params, "fetch", [{"split": s, "images": n} for s, n in manifest["counts"].items()],
                   f"CIFAR-10 from {manifest['origin']}")
     return manifest["counts"]
 
@@ -73,7 +98,7 @@ def source_flow(kind: str, params_path: str = "params.yaml", profile: str | None
     params = load_params(params_path, profile)
     metrics = S.stage_source(params, kind, data_dir, device, units(device, gpu_tag))
     model_id = S.source_spec(params, kind).model_id(params.profile.name)
-    publish_table(f"source-{kind}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
+    publish_table(params, f"source-{kind}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
     return metrics
 
 
@@ -82,10 +107,8 @@ def construct_flow(name: str, params_path: str = "params.yaml", profile: str | N
                    data_dir: str = "data", device: str = "auto", gpu_tag: str | None = None) -> dict:
     params = load_params(params_path, profile)
     stats = S.stage_construct(params, name, data_dir, device, units(device, gpu_tag))
-    out = S.dataset_dir(data_dir, name)
-    shards = [{"shard": k, **read_json(out / f"shard-{k:05d}.json")["stats"]}
-              for k in range(len(read_json(out / "manifest.json")["shards"]))]
-    publish_table(f"construct-{name}", shards or [stats], f"{name}: per-shard statistics")
+    shards = S.shard_stats(data_dir, name)
+    publish_table(params, f"construct-{name}", shards or [stats], f"{name}: per-shard statistics")
     return stats
 
 
@@ -95,7 +118,7 @@ def train_flow(name: str, params_path: str = "params.yaml", profile: str | None 
     params = load_params(params_path, profile)
     metrics = S.stage_train(params, name, data_dir, device, units(device, gpu_tag))
     model_id = S.train_spec(params, name).model_id(params.profile.name)
-    publish_table(f"train-{name}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
+    publish_table(params, f"train-{name}", _rows(metrics, model=model_id), "accuracy on the real CIFAR-10 test set")
     return metrics
 
 
@@ -105,7 +128,7 @@ def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, 
     """Figure 3. The models train side by side when there are several GPUs, then the rates are measured."""
     params = load_params(params_path, profile)
     metrics = S.stage_transfer(params, data_dir, device, units(device, gpu_tag))
-    publish_table("transfer", [{"arch": a, **m} for a, m in metrics.items()],
+    publish_table(params, "transfer", [{"arch": a, **m} for a, m in metrics.items()],
                   "Figure 3: transfer success from the standard source model vs accuracy after training on D_det")
     return metrics
 
@@ -115,11 +138,11 @@ def report_flow(params_path: str = "params.yaml", profile: str | None = None, da
                 out_dir: str | None = None, device: str = "auto") -> dict:
     params = load_params(params_path, profile)
     paths = render_report(params, data_dir, out_dir, device)
-    publish_table("report", [{"file": k, "path": v} for k, v in paths.items()], "the rendered report")
+    publish_table(params, "report-files", [{"file": k, "path": v} for k, v in paths.items()], "the rendered report")
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(key="report", markdown=Path(paths["markdown"]).read_text(),
+        create_markdown_artifact(key=f"{params.profile.name}-report", markdown=Path(paths["markdown"]).read_text(),
                                  description="the report (Markdown version)")
     except (KeyError, OSError):
         pass
@@ -132,32 +155,35 @@ def reevaluate_flow(params_path: str = "params.yaml", profile: str | None = None
     """Re-score every trained model under the current `reevaluate` suite; rows are appended."""
     params = load_params(params_path, profile)
     summary = S.stage_reevaluate(params, data_dir, device, units(device, gpu_tag))
-    publish_table("reevaluate", [{"model": m, **v} for m, v in summary.items()] or [{"model": "none"}],
+    publish_table(params, "reevaluate", [{"model": m, **v} for m, v in summary.items()] or [{"model": "none"}],
                   "re-evaluation of every trained model")
     return summary
 
 
 @flow(name="reproduce", log_prints=True)
 def reproduce(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
-              device: str = "auto", gpu_tag: str | None = None) -> dict:
-    """The whole DAG from Prefect alone (for users who drive everything from the UI)."""
-    kw = {"params_path": params_path, "profile": profile, "data_dir": data_dir, "device": device}
-    fetch_flow(**kw)
-    # construction's compile in a second process beside the source models, as `notbugs all` does
+              device: str = "auto", gpu_tag: str | None = None, redo: bool = False) -> dict:
+    """The whole DAG from Prefect alone (for users who drive everything from the UI), one subflow per step.
+    As `notbugs all`: a step done with the same parameters, code and data is skipped (`redo` reruns it), and
+    construction compiles ahead while the source models train."""
     params = load_params(params_path, profile)
-    todo = {"source@standard", "source@robust", *(f"construct@{n}" for n in DATASETS)}  # this flow reruns them all
-    dev = S.pick_device(device)
-    ahead = warmup.sets_to_warm(params, todo, dev)
-    warming = warmup.start(params, ahead, data_dir, dev) if ahead else None
-    try:
-        for kind in ("standard", "robust"):
-            source_flow(kind, **kw, gpu_tag=gpu_tag)
-        warmup.finish(warming)
-    finally:
-        warmup.stop(warming)
-    for name in DATASETS:
-        construct_flow(name, **kw, gpu_tag=gpu_tag)
-    for name in DATASETS:
-        train_flow(name, **kw, gpu_tag=gpu_tag)
-    transfer_flow(**kw, gpu_tag=gpu_tag)
-    return report_flow(**kw)
+    kw = {"params_path": params_path, "profile": profile, "data_dir": data_dir, "device": device}
+    report = {}
+
+    def run_step(step: str) -> None:
+        stage, _, item = step.partition("@")
+        if stage == "fetch":
+            fetch_flow(**kw)
+        elif stage == "source":
+            source_flow(item, **kw, gpu_tag=gpu_tag)
+        elif stage == "construct":
+            construct_flow(item, **kw, gpu_tag=gpu_tag)
+        elif stage == "train":
+            train_flow(item, **kw, gpu_tag=gpu_tag)
+        elif stage == "transfer":
+            transfer_flow(**kw, gpu_tag=gpu_tag)
+        else:
+            report.update(report_flow(**kw))
+
+    run_all(params, data_dir, device, redo=redo, run_step=run_step)
+    return report

@@ -31,7 +31,9 @@ def main(argv=None) -> None:
     if args.once:
         reevaluate_flow(**kw)
         return
-    reevaluate_flow.serve(name="reevaluate", cron=args.cron, parameters=kw,
+    # limit=1: a run started from the UI during the scheduled one waits for it (the library refuses a second
+    # pass on one data folder, which would fail it instead)
+    reevaluate_flow.serve(name="reevaluate", cron=args.cron, parameters=kw, limit=1,
                           description="re-score every trained model under the current evaluation suite")
 
 

@@ -94,7 +94,7 @@ def _minutes(text: str) -> float:
 # reruns what it computes.
 STEP_PARAMS = {
     "fetch": (),
-    "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "adversarial", "evaluate"),
+    "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "evaluate"),  # robust +adversarial
     "construct": ("subset", "precision", "construct.seed", "construct.shard_size", "construct.batch_size",
                   "construct.{recipe}"),
     "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate"),
@@ -107,10 +107,10 @@ STEP_PARAMS = {
 # construct.CONSTRUCT_CODE: parts of these lists).
 STEP_CODE = {
     "fetch": ("data.py", "storage.py"),
-    "source": ("models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
-    "construct": ("construct.py", "attacks.py", "models.py"),
-    "train": ("models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
-    "transfer": ("models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "source": ("subset.py", "models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "construct": ("subset.py", "construct.py", "attacks.py", "models.py"),
+    "train": ("subset.py", "models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "transfer": ("subset.py", "models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
 }
 
 
@@ -141,7 +141,8 @@ def step_params(step: str) -> tuple[str, ...]:
 
     stage, _, item = step.partition("@")
     recipe = "match" if item in MATCHING else "pgd"
-    return tuple(k.format(item=item, recipe=recipe) for k in STEP_PARAMS[stage])
+    keys = tuple(k.format(item=item, recipe=recipe) for k in STEP_PARAMS[stage])
+    return keys + ("adversarial",) if step == "source@robust" else keys  # the standard model never attacks
 
 
 def step_hash(params, step: str, arrays: str | None = None) -> str:
@@ -170,8 +171,12 @@ def arrays_digest(data_dir) -> str | None:
     return sha256_bytes(json.dumps(files, sort_keys=True).encode())[:16]
 
 
+STEPS = ("fetch", "source@standard", "source@robust", *(f"construct@{n}" for n in DATASETS),
+         *(f"train@{n}" for n in DATASETS), "transfer", "report")
+
+
 def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo: bool = False,
-            deadline: Deadline | None = None) -> None:
+            deadline: Deadline | None = None, run_step=None) -> None:
     """Every stage in one process (CUDA and the data are set up once), in pipeline order.
 
     Each finished step leaves a marker (data/work/done/<step>.json, with the hash of what it reads:
@@ -183,6 +188,8 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     Out of time (`deadline`), the step under way stops at its next safe point; no step starts after
     the time is up, once one has run. With the profile's `compile_ahead`, construction's compile runs
     in a second process while the source models train (`notbugs.warmup`).
+    `run_step(step)`, where given, runs each step (a name of STEPS) instead of the stage function here:
+    the Prefect flow `reproduce` runs them as its subflows, with the same skipping and warm-up.
     """
     from notbugs import stages as S
     from notbugs import warmup
@@ -191,18 +198,23 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     def split():  # the data, read once (after fetch, and only if a stage needs it) for every stage
         return S.load_split(params, data_dir)
 
-    steps = [(f"source@{k}", "source",
-               lambda k=k: S.stage_source(params, k, data_dir, device, deadline=deadline, split=split()))
-              for k in ("standard", "robust")]
-    steps += [(f"construct@{n}", "construct",
-               lambda n=n: S.stage_construct(params, n, data_dir, device, deadline=deadline, split=split()))
-              for n in DATASETS]
-    steps += [(f"train@{n}", "train",
-               lambda n=n: S.stage_train(params, n, data_dir, device, deadline=deadline, split=split()))
-              for n in DATASETS]
-    steps += [("transfer", "transfer",
-               lambda: S.stage_transfer(params, data_dir, device, deadline=deadline, split=split())),
-              ("report", "report", lambda: S.stage_report(params, data_dir, None, device))]
+    def run_here(step: str) -> None:
+        stage, _, item = step.partition("@")
+        if stage == "fetch":
+            S.stage_fetch(params, data_dir, device)
+        elif stage == "source":
+            S.stage_source(params, item, data_dir, device, deadline=deadline, split=split())
+        elif stage == "construct":
+            S.stage_construct(params, item, data_dir, device, deadline=deadline, split=split())
+        elif stage == "train":
+            S.stage_train(params, item, data_dir, device, deadline=deadline, split=split())
+        elif stage == "transfer":
+            S.stage_transfer(params, data_dir, device, deadline=deadline, split=split())
+        else:
+            S.stage_report(params, data_dir, None, device)
+
+    run = run_step or run_here
+    steps = [(step, step.partition("@")[0]) for step in STEPS if step != "fetch"]
     log = logging.getLogger("notbugs")
     done_dir = Path(data_dir) / "work" / "done"
 
@@ -221,22 +233,22 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     if "fetch" not in skip:
         h = step_hash(params, "fetch")
         if to_do("fetch", h):
-            S.stage_fetch(params, data_dir, device)
+            run("fetch")
             ran = True
             mark_done("fetch", h)
     arrays = arrays_digest(data_dir)
-    expected = {step: step_hash(params, step, arrays) for step, stage, _ in steps
+    expected = {step: step_hash(params, step, arrays) for step, stage in steps
                 if stage not in skip and step != "report"}
     todo = {step for step, h in expected.items() if to_do(step, h)}
     dev = S.pick_device(device)
     ahead = warmup.sets_to_warm(params, todo, dev)
     warming = None
     try:
-        for step, stage, run in steps:
+        for step, stage in steps:
             if stage in skip:
                 continue
             if step == "report":  # always rendered again: seconds, and it must show every row appended since
-                run()
+                run(step)
                 continue
             if step not in todo:
                 continue
@@ -246,7 +258,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
                 warming, ahead = warmup.start(params, ahead, data_dir, dev), []
             if stage == "construct" and warming is not None and warming.returncode is None:  # not waited for yet
                 warmup.finish(warming)
-            run()
+            run(step)
             ran = True
             mark_done(step, expected[step])
     finally:

@@ -44,6 +44,11 @@ class DataError(ValueError):
     """The source data is missing, corrupt or not CIFAR-10 as expected."""
 
 
+class DownloadError(DataError):
+    """The official archive could not be downloaded (offline, a dropped connection): unlike the other data
+    errors, a second try may succeed."""
+
+
 @dataclass(frozen=True)
 class Cifar:
     train_images: np.ndarray  # (50000, 32, 32, 3) uint8
@@ -195,7 +200,7 @@ def decode_official(download_dir: str | Path) -> dict:
                 raise DataError(f"cannot write the official CIFAR-10 archive into {download_dir} ({e.strerror}): it "
                                 f"needs about 350 MB (the archive and its extracted batches); nothing was fetched: "
                                 f"free space or make the folder writable, and re-run") from e
-            raise DataError(
+            raise DownloadError(
                 f"cannot download CIFAR-10 from {CIFAR10.url} ({type(e).__name__}: {e}). Offline? Point at a "
                 f"mirror instead: set data.source: mirror in params.yaml (or NOTBUGS_DATA_SOURCE=mirror) and "
                 f"data.mirror / NOTBUGS_MIRROR to a folder holding train/ and test/ (ImageFolder PNGs or "
@@ -255,8 +260,8 @@ def resolve_source(source: str, mirror: str | Path) -> str:
 def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: int = 5000,
           test_per_class: int = 1000) -> dict:
     """Fetch CIFAR-10 from `source` ('auto' | 'official' | 'mirror'), verify it, write the canonical
-    format. Returns the manifest, whose `source` is the one used. Nothing under `root` changes unless
-    every check passed."""
+    format. Returns the manifest, with `source` (the one used) and `origin` (its path or URL) added: the
+    written one leaves them out. Nothing under `root` changes unless every check passed."""
     root = Path(root)
     used = resolve_source(source, mirror)
     if used == "mirror":
@@ -267,7 +272,7 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
             splits = decode_official(root.parent / "cifar10-official")
         except DataError as e:
             if source == "auto":  # the user asked for neither: say that both were tried
-                raise DataError(f"no CIFAR-10 mirror folder at {mirror}, and {e}") from e
+                raise type(e)(f"no CIFAR-10 mirror folder at {mirror}, and {e}") from e  # a DownloadError stays one
             raise
         origin = OFFICIAL_URL
     else:
@@ -285,8 +290,11 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
         for split, (images, labels) in splits.items():
             files[f"{split}_images.npy"] = save_npy(tmp / f"{split}_images.npy", images)
             files[f"{split}_labels.npy"] = save_npy(tmp / f"{split}_labels.npy", labels)
+        # Only what the arrays are, not where they came from: DVC hashes this folder, and identical arrays
+        # from another mirror path or the official archive must not rerun every stage after fetch. The
+        # source is recorded in the `datasets` table's row of D (notbugs.stages.stage_fetch).
         manifest = {
-            "dataset": "cifar10", "source": used, "origin": origin, "classes": list(CLASSES),
+            "dataset": "cifar10", "classes": list(CLASSES),
             "counts": {s: int(len(splits[s][1])) for s in SPLITS}, "files": files,
             # SHA-256 of the raw (N,32,32,3) uint8 bytes: comparable with the mirror README's figures
             "array_sha256": {s: _array_sha(splits[s][0]) for s in SPLITS},
@@ -298,7 +306,7 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
         _swap_in(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return {**manifest, "source": used, "origin": origin}
 
 
 def _array_sha(a: np.ndarray) -> str:
@@ -328,15 +336,3 @@ def load(root: str | Path = "data/cifar10") -> Cifar:
     arrays = {name: load_npy(root / name, sha, rebuild) for name, sha in manifest["files"].items()}
     return Cifar(arrays["train_images.npy"], arrays["train_labels.npy"], arrays["test_images.npy"],
                  arrays["test_labels.npy"], tuple(manifest["classes"]))
-
-
-def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of n images, n/10 per class, drawn with `seed`; n = 0 means all."""
-    if n == 0 or n >= len(labels):
-        return np.arange(len(labels))
-    classes = np.unique(labels)
-    if n % len(classes):
-        raise DataError(f"subset size {n} is not a multiple of the {len(classes)} classes")
-    rng = np.random.default_rng(seed)
-    picks = [rng.permutation(np.flatnonzero(labels == c))[: n // len(classes)] for c in classes]
-    return np.sort(np.concatenate(picks))

@@ -198,25 +198,58 @@ def _latest(df: pd.DataFrame, keys: list[str], time_column: str) -> pd.DataFrame
     return df.sort_values(time_column, kind="stable").drop_duplicates(keys, keep="last")
 
 
-def _weights_since(models: pd.DataFrame) -> dict[str, pd.Timestamp]:
-    """Per model id, when its current weights were first recorded: the oldest of the latest unbroken run of
-    models rows with the current checkpoint's SHA-256 (a retrained model changes it; a rerun that restores
-    a finished checkpoint does not)."""
-    since = {}
+def _on_disk(data_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """What the data folder holds now: {model_id: checkpoint SHA-256} from data/models/**/meta.json and {set name:
+    run id} from the constructed sets' manifests. DVC can put back an earlier run's outputs (`dvc checkout`, its
+    run cache) without running the stage, so the tables' latest rows need not describe them."""
+    models, sets = {}, {}
+    for meta_path in sorted((data_dir / "models").rglob("meta.json")):
+        try:
+            meta = read_json(meta_path)
+            models[str(meta["model_id"])] = str(meta["checkpoint_sha256"])
+        except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+            continue  # unreadable: the tables' latest rows stand
+    for name in CONSTRUCTED:
+        try:
+            sets[name] = str(read_json(data_dir / "datasets" / name / "manifest.json")["run_id"])
+        except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+            continue
+    return models, sets
+
+
+def _weight_periods(models: pd.DataFrame, on_disk: dict[str, str]) -> dict[str, list[tuple]]:
+    """Per model id, the periods (start, end or None) during which the weights it has now were its latest
+    recorded ones: those on disk where known, else those of its latest row. A retrained model changes its
+    checkpoint hash; a rerun that restores a finished checkpoint does not; weights put back from an earlier
+    run make its period current again."""
+    periods = {}
     for model_id, rows in models.sort_values("created_at", kind="stable").groupby("model_id", sort=False):
         shas, times = list(rows["checkpoint_sha256"]), list(rows["created_at"])
-        i = len(shas) - 1
-        while i > 0 and shas[i - 1] == shas[-1]:
-            i -= 1
-        since[model_id] = times[i]
-    return since
+        current = on_disk.get(model_id, shas[-1])
+        spans, start = [], None
+        for sha, t in zip(shas, times, strict=True):
+            if sha == current and start is None:
+                start = t
+            elif sha != current and start is not None:
+                spans.append((start, t))
+                start = None
+        if start is not None:
+            spans.append((start, None))
+        periods[model_id] = spans
+    return periods
 
 
-def _latest_evaluations(evaluations: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
-    """The latest row of every attack setting of every model, leaving out those made on earlier weights of
-    the model (before it was retrained), which no longer describe it."""
-    since = _weights_since(models)
-    current = np.array([since.get(m) is None or t >= since[m]
+def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
+    """Whether a row made at `when` describes the model's current weights (a model no row lists: yes)."""
+    if model_id not in periods:
+        return True
+    return any(start <= when and (end is None or when < end) for start, end in periods[model_id])
+
+
+def _latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple]]) -> pd.DataFrame:
+    """The latest row of every attack setting of every model, leaving out those made on other weights of the
+    model than its current ones (before it was retrained, or those an earlier run's put back replaced)."""
+    current = np.array([_describes(periods, m, t)
                         for m, t in zip(evaluations["model_id"], evaluations["evaluated_at"], strict=True)], dtype=bool)
     ev = evaluations.loc[current]
     ev = ev.assign(eps_key=ev["eps"].round(6))
@@ -289,12 +322,12 @@ class TransferPoint:
     stale: str | None = None  # why the transfer rate is left out: a model it was measured on was retrained since
 
 
-def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame) -> list[TransferPoint]:
+def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame,
+                     periods: dict[str, list[tuple]]) -> list[TransferPoint]:
     """Figure 3's points: the architectures of the latest transfer measurement (one run writes them all),
     not every one the profile ever measured; before any, those of the D_det models. A rate measured on a
     source or target model that has been retrained since is left out: it no longer describes them."""
     d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
-    since = _weights_since(models)
     if transfer.empty:
         latest, archs, last_run = transfer, sorted(set(d_det["arch"])), None
     else:
@@ -314,10 +347,10 @@ def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.Dat
         if not row.empty:
             row = row.iloc[0]
             source = str(row["source_model_id"])
-            retrained = [m for m in (row["source_model_id"], row["target_model_id"])
-                         if m in since and since[m] > row["created_at"]]
-            if retrained:
-                stale = f"{', '.join(retrained)} retrained since: transfer not measured again yet"
+            changed = [m for m in (row["source_model_id"], row["target_model_id"])
+                       if not _describes(periods, m, row["created_at"])]
+            if changed:
+                stale = f"{', '.join(changed)} has other weights now: transfer not measured on them yet"
             else:
                 success = 100.0 * float(row["success_rate"])
         points.append(TransferPoint(
@@ -400,9 +433,15 @@ def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoi
     return claims
 
 
-def _construction_stats(datasets: pd.DataFrame) -> dict[str, dict]:
-    """Latest recorded statistics per constructed set; unreadable stats become an empty dict."""
-    latest = _latest(datasets[datasets["name"].isin(CONSTRUCTED)], ["name"], "created_at")
+def _construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[str, dict]:
+    """Recorded statistics per constructed set: those of the run that built the set on disk (`on_disk`: set name
+    -> run id) where its rows are there, else the latest; unreadable stats become an empty dict."""
+    built = datasets[datasets["name"].isin(CONSTRUCTED)]
+    mine = np.array([on_disk.get(name) == run for name, run in zip(built["name"], built["run_id"], strict=True)],
+                    dtype=bool)
+    # a set whose building run's rows are there: those rows only
+    built = built[mine | ~built["name"].isin(set(built["name"][mine]))]
+    latest = _latest(built, ["name"], "created_at")
     stats = {}
     for _, row in latest.iterrows():
         try:
@@ -762,16 +801,25 @@ def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame)
     return blocks
 
 
-def _data_blocks(data_dir: Path) -> list:
-    """Which CIFAR-10 the results come from: the fetch manifest's source, and whether its arrays are the
-    canonical ones (notbugs.data.CANONICAL_SHA256), which every run that compares with ours must share."""
+def _data_blocks(data_dir: Path, datasets: pd.DataFrame) -> list:
+    """Which CIFAR-10 the results come from: the fetched arrays (the fetch manifest), where the last fetch got
+    them (the `datasets` row of D), and whether they are the canonical ones (notbugs.data.CANONICAL_SHA256),
+    which every run that compares with ours must share."""
     try:
         m = read_json(data_dir / "cifar10" / "manifest.json")
-        counts, source, origin, sha = m["counts"], m["source"], m["origin"], m["array_sha256"]
+        counts, sha = m["counts"], m["array_sha256"]
     except (OSError, ArtefactError, KeyError, TypeError):
         return []  # not fetched yet (the sample grid says so), or a manifest from before these fields
-    text = (f"Data: CIFAR-10, {counts['train']:,} training / {counts['test']:,} test images, from the {source} "
-            f"source ({origin}); array SHA-256 {sha['train'][:12]}… / {sha['test'][:12]}…")
+    where = ""
+    d = _latest(datasets[datasets["name"] == "d"], ["name"], "created_at")
+    if not d.empty:
+        try:
+            recipe = json.loads(d["recipe"].iloc[0])
+            where = f", from the {recipe['source']} source ({recipe['origin']})"
+        except (TypeError, KeyError, json.JSONDecodeError):
+            pass
+    text = (f"Data: CIFAR-10, {counts['train']:,} training / {counts['test']:,} test images{where}; array "
+            f"SHA-256 {sha['train'][:12]}… / {sha['test'][:12]}…")
     canonical = m.get("canonical")
     if canonical is False:
         return [Bullets((Flag(f"{text}: not the canonical CIFAR-10 arrays; results do not compare with runs on "
@@ -1116,19 +1164,21 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables, profile, profiles = _load_tables(results_root, profile)
-    evals = _latest_evaluations(tables["evaluations"], tables["models"])
+    models_on_disk, sets_on_disk = _on_disk(Path(data_dir))
+    periods = _weight_periods(tables["models"], models_on_disk)
+    evals = _latest_evaluations(tables["evaluations"], periods)
     arch = _main_arch(tables["models"])
     fig2 = [_measure(ref, tables["models"], evals, arch) for ref in FIGURE2]
     tab1 = [_measure(ref, tables["models"], evals, arch) for ref in TABLE1]
-    points = _transfer_points(tables["transfer"], tables["models"], evals)
-    construction = _construction_stats(tables["datasets"])
+    points = _transfer_points(tables["transfer"], tables["models"], evals, periods)
+    construction = _construction_stats(tables["datasets"], sets_on_disk)
     grid, sample_notes = _sample_grid(Path(data_dir), n_samples, load_samples or _default_load_samples,
                                       load_cifar or _default_load_cifar)
     flags = _flag_lines(fig2, tab1)
     figure3, r = _figure3_blocks(points)
     claims = _claims(fig2, tab1, points, r)
 
-    blocks = (_header_blocks(profile, profiles, tables["runs"]) + _data_blocks(Path(data_dir))
+    blocks = (_header_blocks(profile, profiles, tables["runs"]) + _data_blocks(Path(data_dir), tables["datasets"])
               + _claim_blocks(claims) + _deviation_blocks(flags, deviations)
               + _figure2_blocks(fig2) + _table1_blocks(tab1) + figure3 + _sample_blocks(grid, sample_notes)
               + _construction_blocks(construction) + _curves_blocks(_epoch_curves(tables["epochs"], tables["models"]))

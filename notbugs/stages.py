@@ -41,11 +41,43 @@ from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, Trai
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
 from notbugs.models import make_model
+from notbugs.subset import balanced_subset
 from notbugs.storage import (ArtefactError, atomic_write_bytes, package_digest, read_json, sha256_bytes, sha256_file,
                              write_json)
 from notbugs.train import load_model, pick_device, save_model, train
 
 log = logging.getLogger("notbugs")
+
+
+class Busy(RuntimeError):
+    """Another process is doing the same work on the same data folder."""
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, what: str):
+    """Hold an exclusive lock on `path` while the block runs, or raise Busy naming the holder. The lock is
+    flock's: the kernel drops it when its process dies, so a killed run leaves no stale lock behind."""
+    import fcntl
+    import os
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise Busy(f"{what} is already running ({holder}; lock file {path}): let it finish, or stop it "
+                       f"first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- paths and provenance
@@ -159,8 +191,8 @@ def load_split(params: Params, data_dir) -> Split:
     the data once: full CIFAR-10 is 600 MB of floats, 0.7-2.1 s a load on the 2-core CPU (5 loads)."""
     cifar = D.load(Path(data_dir) / "cifar10")
     s = params.profile.subset
-    tr = D.balanced_subset(cifar.train_labels, s.train, s.seed)
-    te = D.balanced_subset(cifar.test_labels, s.test, s.seed)
+    tr = balanced_subset(cifar.train_labels, s.train, s.seed)
+    te = balanced_subset(cifar.test_labels, s.test, s.seed)
     return Split(to_float(cifar.train_images[tr]), torch.from_numpy(cifar.train_labels[tr]), tr,
                  to_float(cifar.test_images[te]), torch.from_numpy(cifar.test_labels[te]))
 
@@ -302,7 +334,9 @@ class Units:
     """How a stage runs its units of work. `train`, `evaluate` and `build` take the arguments of
     `train_unit` (all eight), `evaluate_unit` and `build_shard`; `map(fn, calls)` runs independent calls of one
     of them and returns their results in order. With `parallel`, a stage asked for device "auto"
-    spreads independent units over every visible GPU (only useful when `map` runs calls concurrently)."""
+    spreads independent units over every visible GPU (only useful when `map` runs calls concurrently):
+    call i goes to device i % n of the n that `stage_devices` gives, so a concurrent `map` must not start a
+    call before the one n places earlier has finished."""
     train: Callable[..., dict] = train_unit
     evaluate: Callable[..., dict] = evaluate_unit
     build: Callable[..., dict] = build_shard
@@ -440,6 +474,13 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
     return stats
 
 
+def shard_stats(data_dir, name: str) -> list[dict]:
+    """Each shard's statistics of built set `name`, in order, with its index under "shard"."""
+    out = dataset_dir(data_dir, name)
+    return [{"shard": k, **read_json(out / f"shard-{k:05d}.json")["stats"]}
+            for k in range(len(read_json(out / "manifest.json")["shards"]))]
+
+
 def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
                     deadline: Deadline | None = None, split: Split | None = None) -> dict:
     """Build one of D_R, D_NR, D_rand, D_det; finished shards (and batches) of an interrupted run are kept."""
@@ -531,7 +572,7 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     p, t = params.profile, params.profile.transfer
     source, source_meta = load_model(model_dir(data_dir, "standard"), device)
     # n / 10 test images of each class (the test arrays are sorted by class: their first n would not be)
-    pick = torch.from_numpy(D.balanced_subset(split.test_y.numpy(), t.n, p.subset.seed))
+    pick = torch.from_numpy(balanced_subset(split.test_y.numpy(), t.n, p.subset.seed))
     n = len(pick)
     pgd = p.construct.pgd
     bf16 = bf16_for(params, device)
@@ -593,7 +634,16 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
     """Re-score every trained model under the profile's `reevaluate` suite; rows are appended.
 
     A pass keeps the models it has scored in work/reevaluate.json, so that a pass cut short (killed,
-    or out of time: `deadline`) continues with the models left; the file goes when the pass ends."""
+    or out of time: `deadline`) continues with the models left; the file goes when the pass ends. One pass
+    at a time per data folder (a second raises Busy): two would share that file and score models twice.
+    Weights on disk that the `models` table does not list as the model's latest (put back by `dvc checkout`
+    or DVC's run cache, which run no code and so write no rows) are recorded there first, so that the rows
+    scored now are matched to them."""
+    with exclusive(Path(data_dir) / "work" / "reevaluate.lock", "a reevaluate pass on this data folder"):
+        return _reevaluate(params, data_dir, device, units, deadline)
+
+
+def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: Deadline | None) -> dict:
     dev = pick_device(device)
     progress_path = Path(data_dir) / "work" / "reevaluate.json"
     suite = sha256_bytes(f"{params.profile.name} {params.profile.reevaluate!r}".encode())[:16]
@@ -618,6 +668,7 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
                 carried.append((meta["model_id"], scored.get("run_id")))
                 continue
             model, meta = load_model(path, dev)
+            _record_weights_on_disk(params, data_dir, path, meta, run_id)
             metrics = units.evaluate(params, model, meta["model_id"], split, params.profile.reevaluate, data_dir,
                                      dev, run_id)
             progress["scored"][meta["model_id"]] = {"sha256": meta["checkpoint_sha256"], "metrics": metrics,
@@ -629,6 +680,25 @@ def stage_reevaluate(params: Params, data_dir="data", device: str = "auto", unit
         _rows_again(data_dir, carried, run_id)
     progress_path.unlink(missing_ok=True)
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
+
+
+def _record_weights_on_disk(params: Params, data_dir, path: Path, meta: dict, run_id: str) -> None:
+    """A `models` row for the checkpoint in `path` where the table's latest row of its model has another one."""
+    root = results_root(data_dir)
+    models = results.load("models", root)
+    rows = models[models["model_id"] == meta["model_id"]].sort_values("created_at", kind="stable")
+    if not rows.empty and rows["checkpoint_sha256"].iloc[-1] == meta["checkpoint_sha256"]:
+        return
+    same = models[models["checkpoint_sha256"] == meta["checkpoint_sha256"]].sort_values("created_at", kind="stable")
+    if same.empty:  # weights no stage recorded: nothing to copy their description from
+        log.warning("%s: %s holds weights no models row describes; scored, not recorded", meta["model_id"], path)
+        return
+    log.info("%s: the weights in %s are an earlier run's (%s); recorded as the model's current ones",
+             meta["model_id"], path, same["run_id"].iloc[-1])
+    row = same.iloc[-1].to_dict()
+    row.update(model_id=meta["model_id"], checkpoint_path=str(path / "model.pt"), run_id=run_id,
+               created_at=results.now_utc())
+    results.append("models", [row], root)
 
 
 def _rows_again(data_dir, carried: list[tuple[str, str | None]], run_id: str) -> None:

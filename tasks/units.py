@@ -11,20 +11,32 @@ from prefect.cache_policies import NONE
 from notbugs import stages as S
 from notbugs.attacks import NonFiniteError
 from notbugs.config import ConfigError
-from notbugs.data import DataError
+from notbugs.data import DataError, DownloadError
 from notbugs.deadline import Stopped
+from notbugs.stages import Busy
 from notbugs.storage import ArtefactError
 
 log = logging.getLogger("notbugs")
 
 # Errors that a second try would meet again: damaged or missing data and artefacts (their message
-# names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time.
-REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped)
+# names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time,
+# another process doing the same work.
+REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped, Busy)
+# CUDA errors after which the process's CUDA context is unusable: a retry in the same process fails the same
+# way (PyTorch's messages for them).
+STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",
+               "illegal instruction")
 
 
 def worth_retrying(task, task_run, state) -> bool:
-    """Prefect's retry condition: retry anything but the errors that would repeat."""
-    return not isinstance(state.data, REPEATS)
+    """Prefect's retry condition: retry anything but the errors that would repeat. A failed download is
+    worth a retry (a dropped connection, a timeout) though its class is a DataError."""
+    error = state.data
+    if isinstance(error, DownloadError):
+        return True
+    if isinstance(error, RuntimeError) and any(text in str(error) for text in STICKY_CUDA):
+        return False
+    return not isinstance(error, REPEATS)
 
 
 # Transient failures (a preempted GPU, a flaky filesystem) get retried; the units resume from their
@@ -58,7 +70,8 @@ def render_report(params, data_dir: str, out_dir, device: str) -> dict:
     return S.stage_report(params, data_dir, out_dir, device)
 
 
-def publish_table(key: str, rows: list[dict], description: str) -> None:
-    """A table artifact on the current flow run (shown in the Prefect UI's Artifacts tab)."""
-    safe = key.replace("_", "-").replace("@", "-").lower()
+def publish_table(params, key: str, rows: list[dict], description: str) -> None:
+    """A table artifact on the current flow run (shown in the Prefect UI's Artifacts tab), keyed by profile
+    and stage (`cpu-train-d-r`), so that a key's history follows one profile's results."""
+    safe = f"{params.profile.name}-{key}".replace("_", "-").replace("@", "-").lower()
     create_table_artifact(key=safe, table=rows, description=description)

@@ -196,11 +196,13 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
                     ups.add(f"source@{name}" if name in ("standard", "robust") else f"train@{name}")
                 elif dep.startswith("data/datasets/"):
                     ups.add(f"construct@{dep.removeprefix('data/datasets/')}")
-            declared[step] = (sorted(k for k in keys if k not in ("profile", "data")), ups, code)
+            # a set: dvc.yaml's source@standard names source_on.standard twice (its foreach item's `own` key)
+            declared[step] = (sorted({k for k in keys if k not in ("profile", "data")}), ups, code)
     assert len(declared) == 1 + 2 + 4 + 4 + 1
     ours = {step: (sorted(step_params(step)), set(upstream_steps(step)), sorted(STEP_CODE[step.partition("@")[0]]))
             for step in declared}
     assert ours == declared
+    assert "adversarial" not in step_params("source@standard")  # editing the attack leaves the standard model
 
 
 def _artefacts(data) -> dict:

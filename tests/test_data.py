@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from notbugs import data as D
+from notbugs.subset import balanced_subset
 from tests.conftest import SHARED_MIRROR, dead_pid, make_mirror, png_bytes, repo_script, synthetic_image
 
 
@@ -217,10 +218,10 @@ def test_corrupt_canonical_array_is_detected_on_load(tmp_path, mirror):
 
 def test_balanced_subset():
     labels = np.repeat(np.arange(10), 50)
-    idx = D.balanced_subset(labels, 100, seed=3)
+    idx = balanced_subset(labels, 100, seed=3)
     assert len(idx) == 100 and np.bincount(labels[idx]).tolist() == [10] * 10
-    assert np.array_equal(idx, D.balanced_subset(labels, 100, seed=3))
-    assert len(D.balanced_subset(labels, 0, seed=3)) == 500
+    assert np.array_equal(idx, balanced_subset(labels, 100, seed=3))
+    assert len(balanced_subset(labels, 0, seed=3)) == 500
 
 
 @pytest.mark.skipif(not SHARED_MIRROR.exists(), reason="the shared CIFAR-10 mirror is not beside the checkout")
@@ -270,7 +271,7 @@ def test_official_batch_that_fails_its_md5_is_downloaded_again_never_read(tmp_pa
         archive.unlink()  # and the server has it no more
         (tmp_path / "a" / "cifar10-official" / archive.name).unlink()
         shutil.rmtree(root)
-        with pytest.raises(D.DataError, match="cannot download CIFAR-10 from http://127.0.0.1.*NOTBUGS_DATA_SOURCE=mirror"):
+        with pytest.raises(D.DownloadError, match="cannot download CIFAR-10 from http://127.0.0.1.*NOTBUGS_DATA_SOURCE=mirror"):
             D.fetch("official", tmp_path / "unused", root, train_per_class=20, test_per_class=10)
     assert not root.exists()
 
@@ -315,6 +316,11 @@ def test_auto_downloads_the_official_archive_where_there_is_no_mirror(tmp_path, 
                            test_per_class=10)
     assert manifest["source"] == "official"
     assert manifest["array_sha256"] == _fetch(mirror, tmp_path / "b" / "cifar10")["array_sha256"]
+    # byte for byte the same folder, manifest included: DVC hashes it, and the same arrays from another source
+    # must not rerun every stage after fetch
+    a, b = tmp_path / "a" / "cifar10", tmp_path / "b" / "cifar10"
+    assert sorted(f.name for f in a.iterdir()) == sorted(f.name for f in b.iterdir())
+    assert all((a / f.name).read_bytes() == (b / f.name).read_bytes() for f in a.iterdir())
 
 
 def test_auto_with_neither_source_names_both(tmp_path, mirror, kit):
@@ -322,7 +328,7 @@ def test_auto_with_neither_source_names_both(tmp_path, mirror, kit):
     archive.unlink()  # the server has nothing to give
     root = tmp_path / "a" / "cifar10"
     with kit.serving(archive, md5), pytest.raises(
-            D.DataError, match="no CIFAR-10 mirror folder at .*no-mirror, and cannot download CIFAR-10 from http"):
+            D.DownloadError, match="no CIFAR-10 mirror folder at .*no-mirror, and cannot download CIFAR-10 from http"):
         D.fetch("auto", tmp_path / "no-mirror", root, train_per_class=20, test_per_class=10)
     assert not root.exists()
 

@@ -1,6 +1,10 @@
 """The Prefect layer's unit runners: where a stage's units (trainings, shards) run, and their tags."""
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +23,7 @@ class RecordingTask:
     def __call__(self, k):
         return k, threading.current_thread().name
 
-    def submit(self, k):
+    def submit(self, k, wait_for=None):
         self.submitted += 1
         done = self(k)
 
@@ -40,11 +44,76 @@ def test_on_one_device_the_units_run_in_order_in_the_calling_thread(monkeypatch)
 
 def test_units_spread_over_several_gpus_go_to_the_task_runner(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert units("auto").map is submit_all
+    spread = units("auto").map
+    assert spread.func is submit_all and spread.keywords == {"lanes": 2}
     assert units("cuda:0").map is S.run_in_order  # one card named: one unit at a time on it
     task = RecordingTask()
-    assert [k for k, _ in submit_all(task, [(0,), (1,), (2,)])] == [0, 1, 2]
+    assert [k for k, _ in spread(task, [(0,), (1,), (2,)])] == [0, 1, 2]
     assert task.submitted == 3
+
+
+LANES_FLOW = """
+import json, threading, time
+from prefect import flow, task
+from prefect.cache_policies import NONE
+from prefect.task_runners import ThreadPoolTaskRunner
+from flows.pipeline import submit_all
+
+lock, running, peak, order = threading.Lock(), {0: 0, 1: 0}, {0: 0, 1: 0}, []
+
+@task(cache_policy=NONE)
+def build(card, k, seconds):
+    with lock:
+        running[card] += 1
+        peak[card] = max(peak[card], running[card])
+    time.sleep(seconds)
+    with lock:
+        running[card] -= 1
+        order.append(k)
+    return k
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+def construct():
+    # as stage_construct: call i on card i % 2
+    return submit_all(build, [(k % 2, k, 1.0 if k == 0 else 0.05) for k in range(6)], lanes=2)
+
+print(json.dumps({"results": construct(), "peak": peak, "order": order}))
+"""
+
+
+def run_script(script: str) -> str:
+    """Run Python code in a fresh process from the repository root (a real Prefect flow there starts and stops
+    its own temporary server, whose last log line would otherwise land on pytest's closed capture)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_EXTRA_LOGGERS"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_never_two_units_on_one_card_at_once():
+    """Two cards, a pool of two workers, and a slow first shard: the shard after card 1's quick one is card 0's,
+    and must wait for card 0 instead of starting beside its slow shard in the freed worker."""
+    import json
+
+    out = json.loads(run_script(LANES_FLOW))
+    assert out["results"] == list(range(6))
+    assert out["peak"] == {"0": 1, "1": 1}
+    order = out["order"]
+    assert order.index(0) < order.index(2) < order.index(4)  # card 0's shards one after the other
+
+
+def test_a_deployment_loading_the_flows_as_a_script_still_forwards_the_library_logs():
+    """A worker loads `flows/pipeline.py` as a script, with Prefect already set up, so the `flows` package
+    (which asks Prefect for the `notbugs` logger) never runs: the logger must still reach the UI at INFO."""
+    script = ("import logging, sys, prefect\n"
+              "from prefect.logging.handlers import APILogHandler\n"
+              "from prefect.utilities.importtools import load_script_as_module\n"
+              "load_script_as_module('flows/pipeline.py')\n"
+              "log = logging.getLogger('notbugs')\n"
+              "print('flows' in sys.modules, log.getEffectiveLevel(), "
+              "sum(isinstance(h, APILogHandler) for h in log.handlers))\n")
+    assert run_script(script).split() == ["False", "20", "1"]  # INFO, one API handler
 
 
 def test_units_carry_no_tag_unless_a_gpu_tag_is_asked_for():
@@ -80,9 +149,39 @@ def test_errors_that_would_repeat_are_not_retried():
     from notbugs.storage import ArtefactError
     from tasks import units as U
 
-    for repeats in (NonFiniteError("loss is nan"), ArtefactError("shard-00003.npz: checksum"), DataError("x")):
+    from notbugs.data import DownloadError
+    from notbugs.stages import Busy
+
+    # a CUDA error that breaks the process's CUDA context fails again in the same process
+    for repeats in (NonFiniteError("loss is nan"), ArtefactError("shard-00003.npz: checksum"), DataError("x"),
+                    Busy("a reevaluate pass is already running"),
+                    RuntimeError("CUDA error: an illegal memory access was encountered"),
+                    RuntimeError("CUDA error: device-side assert triggered")):
         assert not U.worth_retrying(None, None, Failed(data=repeats))
-    for transient in (OSError("stale file handle"), RuntimeError("CUDA error: an illegal memory access")):
+    # a dropped download is a DataError, but the next try may get through
+    for transient in (OSError("stale file handle"), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                      DownloadError("cannot download CIFAR-10 (TimeoutError)")):
         assert U.worth_retrying(None, None, Failed(data=transient))
     for unit in (U.fetch_data, U.train_model, U.evaluate_model, U.build_shard, U.render_report):
         assert unit.retries == 2 and unit.retry_condition_fn is U.worth_retrying
+
+
+def test_every_deployment_names_a_flow_and_only_its_parameters():
+    """prefect.yaml is read only by `prefect deploy`: a wrong entrypoint or parameter would show first on a worker."""
+    import inspect
+
+    import yaml
+
+    import flows.pipeline as P
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    names = set()
+    for deployment in config["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        assert path == "flows/pipeline.py"
+        signature = inspect.signature(getattr(P, name).fn)
+        assert set(deployment["parameters"]) <= set(signature.parameters), deployment["name"]
+        required = {k for k, v in signature.parameters.items() if v.default is inspect.Parameter.empty}
+        assert required <= set(deployment["parameters"]), deployment["name"]
+        names.add(deployment["name"])
+    assert names == {"reevaluate", "reproduce", "fetch", "source", "construct", "train", "transfer", "report"}

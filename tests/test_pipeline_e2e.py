@@ -188,3 +188,8 @@ def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):
     runs = results.load("runs", root)
     new = runs[~runs["run_id"].isin(before["run_id"])]
     assert len(new) == 13 and (new["status"] == "ok").all()
+    # as `notbugs all`, it leaves a marker per finished step: run again, it only renders the report again
+    _run([sys.executable, "-m", "flows", "reproduce"], repo["path"], repo["env"])
+    again = results.load("runs", root)
+    again = again[~again["run_id"].isin(runs["run_id"])]
+    assert list(again["stage"]) == ["report"]

@@ -240,6 +240,31 @@ def test_evaluations_of_earlier_weights_are_left_out(tmp_path):
     assert summary["figure2"]["d_nr"]["robust"] == pytest.approx(0.4)
 
 
+def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_path):
+    """`dvc checkout` or DVC's run cache can put back an earlier run's model and set without running the stage,
+    so no row is written: the report must describe what the data folder holds, not the tables' latest rows."""
+    root, data = tmp_path / "results", tmp_path / "data"
+    write_results(root)
+    mid = model_id("cpu", "standard", "d_r")
+    later = T0 + timedelta(days=1)
+    results.append("models", [{**model_row("cpu", "standard", "d_r"), "checkpoint_sha256": "1" * 64,
+                               "created_at": later}], root)
+    results.append("evaluations", [eval_row("cpu", mid, "none", 0.0, 0.777, later + timedelta(hours=1))], root)
+    results.append("datasets", [{**dataset_row("cpu", "d_r", {"final_relative": 0.5}), "run_id": "r9",
+                                 "created_at": later}], root)
+    newest = json.loads(report.build_report(root, data, tmp_path / "a")["summary"].read_text())
+    assert newest["figure2"]["d_r"]["clean"] == pytest.approx(77.7)
+    assert newest["construction"]["d_r"]["final_relative"] == 0.5
+    # the first run's weights (hash 0...) and set (run r3) are back on disk
+    (data / "models" / "d_r").mkdir(parents=True)
+    (data / "models" / "d_r" / "meta.json").write_text(json.dumps({"model_id": mid, "checkpoint_sha256": "0" * 64}))
+    (data / "datasets" / "d_r").mkdir(parents=True)
+    (data / "datasets" / "d_r" / "manifest.json").write_text(json.dumps({"name": "d_r", "run_id": "r3"}))
+    back = json.loads(report.build_report(root, data, tmp_path / "b")["summary"].read_text())
+    assert back["figure2"]["d_r"]["clean"] == pytest.approx(80.4) and back["figure2"]["d_r"]["robust"] == 56.9
+    assert back["construction"]["d_r"]["final_relative"] == 0.18
+
+
 def test_history_of_the_profile_does_not_stand_in_for_its_latest_run(tmp_path):
     """The tables are append-only: a profile's earlier architecture (resnet18), a transfer target it no longer
     trains (densenet121) and a longer earlier training of a model stay in them. The report shows the latest:
@@ -336,7 +361,8 @@ def test_a_transfer_rate_measured_before_its_source_was_retrained_is_left_out(tm
     paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
     summary = json.loads(paths["summary"].read_text())
     assert summary["figure3"]["points"]["vgg16"] == {"transfer_success": None, "d_det_acc": 20.5}
-    assert "cpu/standard-d-resnet18 retrained since: transfer not measured again yet" in paths["html"].read_text()
+    assert "cpu/standard-d-resnet18 has other weights now: transfer not measured on them yet" in \
+        paths["html"].read_text()
 
 
 def test_figure3_takes_the_d_det_model_of_the_run_that_measured_the_transfer(tmp_path):
@@ -414,12 +440,15 @@ def test_provenance_names_the_data_and_flags_arrays_that_are_not_canonical(tmp_p
     write_cifar(tmp_path / "data")
     manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest.update(counts={"train": 50000, "test": 10000}, source="official", origin="https://example/cifar",
-                    array_sha256={"train": "a" * 64, "test": "b" * 64})
+    manifest.update(counts={"train": 50000, "test": 10000}, array_sha256={"train": "a" * 64, "test": "b" * 64})
+    # where the arrays came from is the datasets table's row of D (the manifest, which DVC hashes, leaves it out)
+    results.append("datasets", [{**dataset_row("cpu", "d", {}), "source_model_id": None, "source_model_sha256": None,
+                                 "recipe": json.dumps({"source": "official", "origin": "https://example/cifar"})}],
+                   tmp_path / "results")
     for canonical, expected in ((True, "the canonical arrays, as published"),
                                 (False, "not the canonical CIFAR-10 arrays"), (None, "not the full sets")):
         manifest_path.write_text(json.dumps({**manifest, "canonical": canonical}))
-        paths = report.build_report(tmp_path / "no-results", tmp_path / "data", tmp_path / "out")
+        paths = report.build_report(tmp_path / "results", tmp_path / "data", tmp_path / "out")
         page, md = paths["html"].read_text(), paths["markdown"].read_text()
         assert "Data: CIFAR-10, 50,000 training / 10,000 test images, from the official source" in md
         assert expected in page and expected in md and "aaaaaaaaaaaa" in md

@@ -73,7 +73,7 @@ def test_source_stage_records_models_epochs_evaluations_and_runs(sources):
     assert d["run_id"][0] == runs[runs["stage"] == "fetch"]["run_id"].iloc[0]
     assert d["n_images"][0] == manifest["counts"]["train"]
     assert json.loads(d["stats"][0])["array_sha256"] == manifest["array_sha256"]
-    assert json.loads(d["recipe"][0])["source"] == manifest["source"]
+    assert json.loads(d["recipe"][0])["source"] == "mirror" and "source" not in manifest  # the table, not DVC's folder
 
 
 @pytest.mark.parametrize("name", ["d_r", "d_rand"])
@@ -184,6 +184,36 @@ def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path
     assert len(S.stage_reevaluate(params, data, "cpu")) == 2
     inputs = json.loads(runs[runs["run_id"] == ended]["input_hashes"].iloc[0])  # what it scored, by checksum
     assert sorted(Path(p).parent.name for p in inputs) == ["cifar10", "robust", "standard"]
+
+
+def test_one_reevaluation_pass_at_a_time(sources, tmp_path):
+    """A second pass on the same data folder (a manual run during the scheduled one) is refused while the first
+    holds the lock: both would share work/reevaluate.json and score models twice."""
+    params, data = _copy(sources, tmp_path)
+    with S.exclusive(data / "work" / "reevaluate.lock", "the test's pass"):
+        with pytest.raises(S.Busy, match=r"already running \(pid \d+ on .*lock file .*reevaluate.lock"):
+            S.stage_reevaluate(params, data, "cpu")
+    assert len(S.stage_reevaluate(params, data, "cpu")) == 2  # released: the next pass runs
+
+
+def test_reevaluation_records_weights_put_back_without_running_code(sources, tmp_path):
+    """DVC's run cache or `dvc checkout` can put back an earlier run's weights without running a stage, so the
+    models table's latest row describes other weights. The pass records the weights on disk first, so that the
+    report matches the rows it scores to them."""
+    params, data = _copy(sources, tmp_path)
+    root = S.results_root(data)
+    meta = json.loads((S.model_dir(data, "standard") / "meta.json").read_text())
+    later = {**results.load("models", root).iloc[-1].to_dict(), "model_id": meta["model_id"],
+             "checkpoint_sha256": "f" * 64, "run_id": "a-later-run", "created_at": results.now_utc()}
+    results.append("models", [later], root)  # as if a later run had trained other weights, since put back
+    S.stage_reevaluate(params, data, "cpu")
+    models = results.load("models", root).sort_values("created_at", kind="stable")
+    latest = models[models["model_id"] == meta["model_id"]].iloc[-1]
+    assert latest["checkpoint_sha256"] == meta["checkpoint_sha256"] and latest["run_id"] != meta["run_id"]
+    runs = results.load("runs", root)
+    assert latest["run_id"] in set(runs[runs["stage"] == "reevaluate"]["run_id"])
+    robust = results.load("models", root)
+    assert (robust["model_id"] == "tiny/adversarial-d-resnet9").sum() == 1  # its latest row was right already
 
 
 def test_constructed_sets_follow_the_recipe(sources, tmp_path):

@@ -94,7 +94,8 @@ def _minutes(text: str) -> float:
 # reruns what it computes.
 STEP_PARAMS = {
     "fetch": (),
-    "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "evaluate"),  # robust +adversarial
+    # {own}: the section only that source model reads, as dvc.yaml's foreach item names it
+    "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "{own}", "evaluate"),
     "construct": ("subset", "precision", "construct.seed", "construct.shard_size", "construct.batch_size",
                   "construct.{recipe}"),
     "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate"),
@@ -141,8 +142,8 @@ def step_params(step: str) -> tuple[str, ...]:
 
     stage, _, item = step.partition("@")
     recipe = "match" if item in MATCHING else "pgd"
-    keys = tuple(k.format(item=item, recipe=recipe) for k in STEP_PARAMS[stage])
-    return keys + ("adversarial",) if step == "source@robust" else keys  # the standard model never attacks
+    own = "adversarial" if item == "robust" else f"source_on.{item}"  # the standard model never attacks
+    return tuple(k.format(item=item, recipe=recipe, own=own) for k in STEP_PARAMS[stage])
 
 
 def step_hash(params, step: str, arrays: str | None = None) -> str:
@@ -219,14 +220,26 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     done_dir = Path(data_dir) / "work" / "done"
 
     def to_do(step: str, h: str) -> bool:
-        if redo or _marker_hash(done_dir / f"{step}.json") != h:
+        if redo or _marker(done_dir / f"{step}.json").get("params_hash") != h:
             return True
         log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step,
                  done_dir / f"{step}.json")
         return False
 
+    def inputs_changed(step: str) -> bool:
+        """Whether what `step` read from the steps before it (their models and sets, by content) differs from
+        what it has now: put back by `dvc checkout`, or remade by a stage run on its own (a per-stage Prefect
+        deployment, `notbugs source`), neither of which leaves a marker. Markers from before 2026-12-07 have
+        no inputs: taken as they are."""
+        before = _marker(done_dir / f"{step}.json").get("inputs")
+        if before is None or before == inputs_digest(data_dir, step):
+            return False
+        log.info("%s: what it reads from the steps before it has changed since it ran; running it again", step)
+        return True
+
     def mark_done(step: str, h: str) -> None:
-        write_json(done_dir / f"{step}.json", {"step": step, "profile": params.profile.name, "params_hash": h})
+        write_json(done_dir / f"{step}.json", {"step": step, "profile": params.profile.name, "params_hash": h,
+                                               "inputs": inputs_digest(data_dir, step)})
 
     # fetch first: the steps after it depend on the arrays it writes (their SHA-256s), not on its code
     ran = False
@@ -250,7 +263,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
             if step == "report":  # always rendered again: seconds, and it must show every row appended since
                 run(step)
                 continue
-            if step not in todo:
+            if step not in todo and not inputs_changed(step):
                 continue
             if ran and expired(deadline):
                 raise Stopped(f"{deadline.reason} before step {step}")
@@ -265,11 +278,35 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         warmup.stop(warming)
 
 
-def _marker_hash(path: Path) -> str | None:
+def _marker(path: Path) -> dict:
     try:
-        return read_json(path).get("params_hash")
-    except (OSError, ValueError, AttributeError, ArtefactError):  # missing or unreadable: not done
+        marker = read_json(path)
+    except (OSError, ValueError, ArtefactError):  # missing or unreadable: not done
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def output_digest(data_dir, step: str) -> str | None:
+    """What a finished step left for the steps after it, by content: a model's checkpoint hash (its meta.json),
+    a set's shard hashes (its manifest); None where missing or unreadable. Not their run ids: a rerun that
+    restores a finished checkpoint writes a new one."""
+    from notbugs.stages import dataset_dir, model_dir
+
+    stage, _, item = step.partition("@")
+    try:
+        if stage in ("source", "train"):
+            return str(read_json(model_dir(data_dir, item) / "meta.json")["checkpoint_sha256"])
+        if stage == "construct":
+            shards = read_json(dataset_dir(data_dir, item) / "manifest.json")["shards"]
+            return sha256_bytes(json.dumps([shard["sha256"] for shard in shards]).encode())[:16]
+    except (OSError, ValueError, KeyError, TypeError, ArtefactError):
         return None
+    return None
+
+
+def inputs_digest(data_dir, step: str) -> dict:
+    """{upstream step: output_digest} of the steps whose models and sets `step` reads."""
+    return {up: output_digest(data_dir, up) for up in upstream_steps(step) if up != "fetch"}
 
 
 def _stop_on_sigterm(deadline: Deadline):

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
+import os
 import platform
+import socket
 import subprocess
 import time
 import zlib
@@ -57,10 +60,6 @@ class Busy(RuntimeError):
 def exclusive(path: Path, what: str):
     """Hold an exclusive lock on `path` while the block runs, or raise Busy naming the holder. The lock is
     flock's: the kernel drops it when its process dies, so a killed run leaves no stale lock behind."""
-    import fcntl
-    import os
-    import socket
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
@@ -668,7 +667,7 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
                 carried.append((meta["model_id"], scored.get("run_id")))
                 continue
             model, meta = load_model(path, dev)
-            _record_weights_on_disk(params, data_dir, path, meta, run_id)
+            _record_weights_on_disk(params, data_dir, path, meta)
             metrics = units.evaluate(params, model, meta["model_id"], split, params.profile.reevaluate, data_dir,
                                      dev, run_id)
             progress["scored"][meta["model_id"]] = {"sha256": meta["checkpoint_sha256"], "metrics": metrics,
@@ -682,23 +681,22 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
 
 
-def _record_weights_on_disk(params: Params, data_dir, path: Path, meta: dict, run_id: str) -> None:
-    """A `models` row for the checkpoint in `path` where the table's latest row of its model has another one."""
+def _record_weights_on_disk(params: Params, data_dir, path: Path, meta: dict) -> None:
+    """A `models` row for the checkpoint in `path`, from its meta.json, where the table's latest row of its
+    model describes other weights. The row keeps the run that trained them; its time is now, when they
+    became the model's current weights again."""
     root = results_root(data_dir)
     models = results.load("models", root)
     rows = models[models["model_id"] == meta["model_id"]].sort_values("created_at", kind="stable")
     if not rows.empty and rows["checkpoint_sha256"].iloc[-1] == meta["checkpoint_sha256"]:
         return
-    same = models[models["checkpoint_sha256"] == meta["checkpoint_sha256"]].sort_values("created_at", kind="stable")
-    if same.empty:  # weights no stage recorded: nothing to copy their description from
-        log.warning("%s: %s holds weights no models row describes; scored, not recorded", meta["model_id"], path)
-        return
-    log.info("%s: the weights in %s are an earlier run's (%s); recorded as the model's current ones",
-             meta["model_id"], path, same["run_id"].iloc[-1])
-    row = same.iloc[-1].to_dict()
-    row.update(model_id=meta["model_id"], checkpoint_path=str(path / "model.pt"), run_id=run_id,
-               created_at=results.now_utc())
-    results.append("models", [row], root)
+    log.info("%s: the weights in %s (trained by run %s) are not the latest the models table lists; recorded",
+             meta["model_id"], path, meta["run_id"])
+    results.append("models", [{
+        "model_id": meta["model_id"], "profile": meta["profile"], "arch": meta["arch"], "width": float(meta["width"]),
+        "train_set": meta["train_set"], "training": meta["training"], "recipe": results.to_json(meta["recipe"]),
+        "checkpoint_path": str(path / "model.pt"), "checkpoint_sha256": meta["checkpoint_sha256"],
+        "run_id": meta["run_id"], "created_at": results.now_utc()}], root)
 
 
 def _rows_again(data_dir, carried: list[tuple[str, str | None]], run_id: str) -> None:

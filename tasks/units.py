@@ -13,15 +13,13 @@ from notbugs.attacks import NonFiniteError
 from notbugs.config import ConfigError
 from notbugs.data import DataError, DownloadError
 from notbugs.deadline import Stopped
-from notbugs.stages import Busy
 from notbugs.storage import ArtefactError
 
 log = logging.getLogger("notbugs")
 
 # Errors that a second try would meet again: damaged or missing data and artefacts (their message
-# names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time,
-# another process doing the same work.
-REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped, Busy)
+# names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time.
+REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped)
 # CUDA errors after which the process's CUDA context is unusable: a retry in the same process fails the same
 # way (PyTorch's messages for them).
 STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",

@@ -150,11 +150,9 @@ def test_errors_that_would_repeat_are_not_retried():
     from tasks import units as U
 
     from notbugs.data import DownloadError
-    from notbugs.stages import Busy
 
     # a CUDA error that breaks the process's CUDA context fails again in the same process
     for repeats in (NonFiniteError("loss is nan"), ArtefactError("shard-00003.npz: checksum"), DataError("x"),
-                    Busy("a reevaluate pass is already running"),
                     RuntimeError("CUDA error: an illegal memory access was encountered"),
                     RuntimeError("CUDA error: device-side assert triggered")):
         assert not U.worth_retrying(None, None, Failed(data=repeats))

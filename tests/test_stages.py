@@ -209,11 +209,12 @@ def test_reevaluation_records_weights_put_back_without_running_code(sources, tmp
     S.stage_reevaluate(params, data, "cpu")
     models = results.load("models", root).sort_values("created_at", kind="stable")
     latest = models[models["model_id"] == meta["model_id"]].iloc[-1]
-    assert latest["checkpoint_sha256"] == meta["checkpoint_sha256"] and latest["run_id"] != meta["run_id"]
-    runs = results.load("runs", root)
-    assert latest["run_id"] in set(runs[runs["stage"] == "reevaluate"]["run_id"])
-    robust = results.load("models", root)
-    assert (robust["model_id"] == "tiny/adversarial-d-resnet9").sum() == 1  # its latest row was right already
+    # the weights on disk, the run that trained them (its epochs are the curve), recorded after the later row
+    assert latest["checkpoint_sha256"] == meta["checkpoint_sha256"] and latest["run_id"] == meta["run_id"]
+    assert latest["created_at"] > later["created_at"] and latest["arch"] == meta["arch"]
+    assert (models["model_id"] == "tiny/adversarial-d-resnet9").sum() == 1  # its latest row was right already
+    ev = results.load("evaluations", root)
+    assert ev[ev["model_id"] == meta["model_id"]]["evaluated_at"].max() > latest["created_at"]
 
 
 def test_constructed_sets_follow_the_recipe(sources, tmp_path):

@@ -659,6 +659,7 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
         metas = [(path, read_json(path / "meta.json")) for path in folders]
         # models of other profiles were trained on other data subsets
         metas = [(path, meta) for path, meta in metas if meta.get("profile") == params.profile.name]
+        recorded = _latest_checkpoints(data_dir)
         carried = []  # (model_id, run id) of the models an earlier, cut job of this pass scored
         for i, (path, meta) in enumerate(metas):
             scored = progress["scored"].get(meta["model_id"])
@@ -667,7 +668,8 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
                 carried.append((meta["model_id"], scored.get("run_id")))
                 continue
             model, meta = load_model(path, dev)
-            _record_weights_on_disk(params, data_dir, path, meta)
+            if recorded.get(meta["model_id"]) != meta["checkpoint_sha256"]:
+                _record_weights_on_disk(data_dir, path, meta)
             metrics = units.evaluate(params, model, meta["model_id"], split, params.profile.reevaluate, data_dir,
                                      dev, run_id)
             progress["scored"][meta["model_id"]] = {"sha256": meta["checkpoint_sha256"], "metrics": metrics,
@@ -681,22 +683,23 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
 
 
-def _record_weights_on_disk(params: Params, data_dir, path: Path, meta: dict) -> None:
-    """A `models` row for the checkpoint in `path`, from its meta.json, where the table's latest row of its
-    model describes other weights. The row keeps the run that trained them; its time is now, when they
-    became the model's current weights again."""
-    root = results_root(data_dir)
-    models = results.load("models", root)
-    rows = models[models["model_id"] == meta["model_id"]].sort_values("created_at", kind="stable")
-    if not rows.empty and rows["checkpoint_sha256"].iloc[-1] == meta["checkpoint_sha256"]:
-        return
+def _latest_checkpoints(data_dir) -> dict[str, str]:
+    """{model_id: the checkpoint SHA-256 of its latest `models` row}."""
+    models = results.load("models", results_root(data_dir)).sort_values("created_at", kind="stable")
+    return dict(zip(models["model_id"], models["checkpoint_sha256"], strict=True))
+
+
+def _record_weights_on_disk(data_dir, path: Path, meta: dict) -> None:
+    """A `models` row for the checkpoint in `path`, from its meta.json: weights that the model's latest row
+    does not describe (put back by DVC without running a stage). The row keeps the run that trained them;
+    its time is now, when they became the model's current weights again."""
     log.info("%s: the weights in %s (trained by run %s) are not the latest the models table lists; recorded",
              meta["model_id"], path, meta["run_id"])
     results.append("models", [{
         "model_id": meta["model_id"], "profile": meta["profile"], "arch": meta["arch"], "width": float(meta["width"]),
         "train_set": meta["train_set"], "training": meta["training"], "recipe": results.to_json(meta["recipe"]),
         "checkpoint_path": str(path / "model.pt"), "checkpoint_sha256": meta["checkpoint_sha256"],
-        "run_id": meta["run_id"], "created_at": results.now_utc()}], root)
+        "run_id": meta["run_id"], "created_at": results.now_utc()}], results_root(data_dir))
 
 
 def _rows_again(data_dir, carried: list[tuple[str, str | None]], run_id: str) -> None:

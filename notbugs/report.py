@@ -436,6 +436,14 @@ def _critical_r(n: int) -> float:
     return t / math.sqrt(n - 2 + t * t)
 
 
+def _relation_holds(r: float, n: int) -> bool | None:
+    """Figure 3's claim from Pearson's r over n points: True when significantly positive, False when not
+    positive, None when positive but not significantly."""
+    if r >= _critical_r(n):
+        return True
+    return False if r <= 0 else None
+
+
 def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoint], r: float | None,
             evals: pd.DataFrame) -> list[Claim]:
     """The paper's CIFAR-10 claims, judged by direction rather than by distance from its figures: a weaker
@@ -485,10 +493,9 @@ def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoi
                                                    f"{MIN_ARCHS} with some spread are needed to judge (the paper "
                                                    "has 5)"))
     else:
-        crit = _critical_r(len(complete))
-        holds = True if r >= crit else (False if r <= 0 else None)  # None: positive, not significantly
-        claims.append(Claim("figure3", text, holds, f"Pearson r = {r:+.2f} over {len(complete)} architectures "
-                                                    f"(positive at the one-sided 5% level from {crit:.2f})"))
+        claims.append(Claim("figure3", text, _relation_holds(r, len(complete)),
+                            f"Pearson r = {r:+.2f} over {len(complete)} architectures (positive at the one-sided 5% "
+                            f"level from {_critical_r(len(complete)):.2f})"))
     return claims
 
 
@@ -997,15 +1004,11 @@ def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
         blocks.append(Para(f"{len(complete)} architecture(s) with both numbers: at least {MIN_ARCHS}, with some "
                            "spread, are needed to judge the relation (the paper has 5)."))
     else:
-        crit = _critical_r(len(complete))
-        if r >= crit:
-            verdict = Flag("positive, as in the paper", "ok")
-        elif r > 0:
-            verdict = Flag(f"positive, but not significantly over {len(complete)} architectures", "warn")
-        else:
-            verdict = Flag("not positive, unlike the paper", "bad")
+        verdict = {True: Flag("positive, as in the paper", "ok"),
+                   None: Flag(f"positive, but not significantly over {len(complete)} architectures", "warn"),
+                   False: Flag("not positive, unlike the paper", "bad")}[_relation_holds(r, len(complete))]
         blocks.append(Bullets((f"Pearson r = {r:+.2f} over {len(complete)} architectures (positive at the one-sided "
-                               f"5% level from {crit:.2f})", verdict)))
+                               f"5% level from {_critical_r(len(complete)):.2f})", verdict)))
 
     def success_cell(p: TransferPoint):
         if p.stale is not None:

@@ -97,10 +97,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-try:  # notbugs.config imports yaml at module level (for params.yaml, which this script never reads);
+try:  # notbugs.config imports yaml at module level (for params.yaml, which only --profile reads);
     import yaml  # noqa: F401  # GPU machines with only torch/numpy/pandas/pyarrow have no pyyaml
 except ImportError:
-    sys.modules["yaml"] = types.ModuleType("yaml")
+    _stub = types.ModuleType("yaml")  # enough for config's module body, which subclasses yaml.SafeLoader
+    _stub.SafeLoader = object
+    sys.modules["yaml"] = _stub
 
 from notbugs.compiling import try_compile  # noqa: E402
 from notbugs.attacks import PRECISIONS, frozen, match_representation, use_bf16  # noqa: E402
@@ -632,6 +634,19 @@ def main(argv=None) -> dict:
     peak = peak_bf16_tflops(dev)
     results: dict[str, dict] = {}
     check: dict = {}
+    out = {
+        "command": shlex.join([sys.executable, *sys.argv] if argv is None else ["bench/bench.py", *argv]),
+        "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "arch": args.arch, "width": args.width, "profile": args.profile,
+        "batch": args.batch if args.profile is None else None,  # a profile's batches are per stage
+        "steps": args.steps, "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
+        "channels_last": channels_last, "ours_precision": "bf16 autocast" if bf16 else "fp32",
+        "reference_precision": "fp32" if not gpu else
+        "fp32, TF32 convolutions off" if args.strict_fp32 or not b.tf32_default else
+        "fp32 (cuDNN may use TF32 for convolutions: PyTorch default)",
+        "forward_gflops_per_image": fwd / 1e9, "peak_bf16_tflops": peak,
+        "stages": results, "match_check": None, "notes": notes, "complete": False,
+    }
     for stage in args.stages:
         model, compiled = model_for(stage)
         reset(model, init)  # every stage starts from the same weights for both
@@ -647,30 +662,45 @@ def main(argv=None) -> dict:
              "compile_mode": plans[stage].compile_mode if compiled else None}  # a fallback ran eager
         r["ours_pct_peak"] = 100 * r["ours_tflops"] / peak if peak else None
         results[stage] = r
-    any_compiled = any(r["compiled"] for r in results.values())
-    if any_compiled and args.warmup == 0:
+        # each stage's figures as soon as it is done: a run cut short (a device call's limit, `timeout`)
+        # keeps the stages it finished, in its log and in its JSON
+        print(f"done: {stage_row(stage, r)}", flush=True)
+        _summarise(out, check)
+        write_json(out, args.json)
+    if args.warmup == 0 and any(r["compiled"] for r in results.values()):
         notes.append("compiled with --warmup 0: ours' timed iterations include compilation")
-    modes = {r["compile_mode"] for r in results.values() if r["compiled"]}
-
-    out = {
-        "command": shlex.join([sys.executable, *sys.argv] if argv is None else ["bench/bench.py", *argv]),
-        "device": torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "arch": args.arch, "width": args.width, "profile": args.profile,
-        "batch": args.batch if args.profile is None else None,  # a profile's batches are per stage
-        "steps": args.steps, "warmup": args.warmup, "attack_steps": args.attack_steps, "ref_workers": args.workers,
-        "compiled": any_compiled, "compile_mode": modes.pop() if len(modes) == 1 else None,  # per stage in `stages`
-        "channels_last": channels_last, "ours_precision": "bf16 autocast" if bf16 else "fp32",
-        "reference_precision": "fp32" if not gpu else
-        "fp32, TF32 convolutions off" if args.strict_fp32 or not b.tf32_default else
-        "fp32 (cuDNN may use TF32 for convolutions: PyTorch default)",
-        "forward_gflops_per_image": fwd / 1e9, "peak_bf16_tflops": peak,
-        "stages": results, "match_check": check or None, "notes": notes,
-    }
+    _summarise(out, check)
+    out["complete"] = True
     print_report(out)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(out, args.json)
     return out
+
+
+def _summarise(out: dict, check: dict) -> None:
+    """The run-level fields that depend on the stages measured so far."""
+    results = out["stages"]
+    modes = {r["compile_mode"] for r in results.values() if r["compiled"]}
+    out["compiled"] = any(r["compiled"] for r in results.values())
+    out["compile_mode"] = modes.pop() if len(modes) == 1 else None  # else per stage in `stages`
+    out["match_check"] = check or None
+
+
+def write_json(out: dict, path: str | None) -> None:
+    """Replace the JSON file whole (a reader never sees half of it)."""
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(target)
+
+
+def stage_row(name: str, r: dict) -> str:
+    pct = f"{r['ours_pct_peak']:.1f}" if r["ours_pct_peak"] is not None else "n/a"
+    how = r["compile_mode"] if r["compiled"] else "eager"
+    return (f"{name:<10} {r['unit']:<14} {r['batch']:>6} {how:<16} {r['ours']:>12,.1f} {r['reference']:>12,.1f} "
+            f"{r['ratio']:>6.2f}x {r['ours_tflops']:>9.4f} {pct:>7} {r['reference_tflops']:>11.4f}")
 
 
 def print_report(out: dict) -> None:
@@ -688,10 +718,7 @@ def print_report(out: dict) -> None:
     print(head)
     print("-" * len(head))
     for name, r in out["stages"].items():
-        pct = f"{r['ours_pct_peak']:.1f}" if r["ours_pct_peak"] is not None else "n/a"
-        how = r["compile_mode"] if r["compiled"] else "eager"
-        print(f"{name:<10} {r['unit']:<14} {r['batch']:>6} {how:<16} {r['ours']:>12,.1f} {r['reference']:>12,.1f} "
-              f"{r['ratio']:>6.2f}x {r['ours_tflops']:>9.4f} {pct:>7} {r['reference_tflops']:>11.4f}")
+        print(stage_row(name, r))
     m = out["match_check"]
     if m:
         print(f"representation matching, {m['steps']} steps of {m['step_size']} from the same {m['batch']} start "

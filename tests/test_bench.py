@@ -97,3 +97,39 @@ def test_augment_cost_times_the_papers_augmentation_and_a_step():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resnet50 width 0.0625, batch 8" in proc.stdout and "augmentation" in proc.stdout
+
+
+def test_a_bench_cut_short_keeps_the_stages_it_finished(tmp_path, monkeypatch):
+    """A device call's limit or `timeout` can end a run mid-way: each finished stage is already in the JSON
+    (marked incomplete) and in the log, not only at the end."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+
+    def killed(*args):
+        raise KeyboardInterrupt("the run's limit")
+
+    monkeypatch.setitem(bench.STAGE_FUNCS, "pgd", killed)
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--tiny", "--device", "cpu", "--threads", "1", "--stages", "match,pgd", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert list(res["stages"]) == ["match"] and res["complete"] is False
+    assert res["stages"]["match"]["ours"] > 0 and res["match_check"]["steps"] > 0
+
+
+def test_bench_runs_without_pyyaml(tmp_path):
+    """bench.py without --profile needs no PyYAML (notbugs.config imports it at module level)."""
+    block = ("import sys, importlib.abc\n"
+             "class Block(importlib.abc.MetaPathFinder):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'yaml' or name.startswith('yaml.'):\n"
+             "            raise ModuleNotFoundError(name)\n"
+             "sys.meta_path.insert(0, Block())\n"
+             "import runpy; sys.argv = sys.argv[1:]\n"
+             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-c", block, str(ROOT / "bench" / "bench.py"), "--tiny", "--device",
+                           "cpu", "--threads", "1", "--stages", "pgd", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(out.read_text())["complete"] is True

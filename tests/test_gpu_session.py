@@ -52,10 +52,11 @@ def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):
     assert {f"construct@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= set(runs["stage"])
     assert len(json.loads((out / "sweep_d_nr.json").read_text())["rows"]) == 2
 
-    # part 4: the sweeps, then D_NR from 200 matching steps with the pipeline's own stages
-    _part(work, 4, 200)
-    for name in ("standard_nets", "robust_variants"):
-        assert (out / f"sweep_{name}.json").exists(), name
+    # part 4: the sweeps, the training benches, then D_NR from 200 matching steps with the pipeline's own stages
+    _part(work, 4, 500)  # about 300 s on 2 idle cores
+    for name in ("sweep_robust_2step", "sweep_standard_lr", "bench_resnet18_b512_cudagraphs", "bench_resnet18_b512",
+                 "sweep_standard_nets", "sweep_robust_resnet9"):
+        assert (out / f"{name}.json").exists(), name
     ours = yaml.safe_load((work / "params.yaml").read_text())
     theirs = yaml.safe_load((work / ".gpu" / "params200.yaml").read_text())
     assert theirs["profiles"]["tiny"]["construct"]["match"]["steps"] == 200

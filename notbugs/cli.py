@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
-from notbugs.deadline import EXIT_STOPPED, Deadline, Stopped, expired
+from notbugs.deadline import EXIT_INTERRUPTED, EXIT_STOPPED, Deadline, Stopped, expired
 from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
 
 STAGES = [
@@ -237,6 +237,15 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         log.info("%s: what it reads from the steps before it has changed since it ran; running it again", step)
         return True
 
+    def output_missing(step: str) -> bool:
+        """Whether the model or set a done step made is gone (deleted by hand, a folder lost): the marker alone
+        would skip it, and the steps after it would then fail, or the report show nothing. A model or set
+        remade since (its content differs) is not missing: the steps that read it rerun (`inputs_changed`)."""
+        if step.partition("@")[0] not in ("source", "construct", "train") or output_digest(data_dir, step):
+            return False
+        log.info("%s: done before, but its output is missing or unreadable; running it again", step)
+        return True
+
     def mark_done(step: str, h: str) -> None:
         write_json(done_dir / f"{step}.json", {"step": step, "profile": params.profile.name, "params_hash": h,
                                                "inputs": inputs_digest(data_dir, step)})
@@ -263,7 +272,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
             if step == "report":  # always rendered again: seconds, and it must show every row appended since
                 run(step)
                 continue
-            if step not in todo and not inputs_changed(step):
+            if step not in todo and not output_missing(step) and not inputs_changed(step):
                 continue
             if ran and expired(deadline):
                 raise Stopped(f"{deadline.reason} before step {step}")
@@ -295,9 +304,15 @@ def output_digest(data_dir, step: str) -> str | None:
     stage, _, item = step.partition("@")
     try:
         if stage in ("source", "train"):
-            return str(read_json(model_dir(data_dir, item) / "meta.json")["checkpoint_sha256"])
+            folder = model_dir(data_dir, item)
+            if not (folder / "model.pt").is_file():
+                return None
+            return str(read_json(folder / "meta.json")["checkpoint_sha256"])
         if stage == "construct":
-            shards = read_json(dataset_dir(data_dir, item) / "manifest.json")["shards"]
+            folder = dataset_dir(data_dir, item)
+            shards = read_json(folder / "manifest.json")["shards"]
+            if not all((folder / shard["file"]).is_file() for shard in shards):
+                return None
             return sha256_bytes(json.dumps([shard["sha256"] for shard in shards]).encode())[:16]
     except (OSError, ValueError, KeyError, TypeError, ArtefactError):
         return None
@@ -336,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     from notbugs import results
     from notbugs import stages as S
 
-    logging.getLogger("notbugs").info("profile %s (from %s)", params.profile.name, args.params)
+    chosen = "--profile" if args.profile else f"from {args.params}"  # NOTBUGS_PROFILE logs its own warning
+    logging.getLogger("notbugs").info("profile %s (%s)", params.profile.name, chosen)
     earlier_handler = _stop_on_sigterm(deadline)
     try:
         if args.stage == "fetch":
@@ -366,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, FloatingPointError, OSError) as e:
         print(f"notbugs {args.stage}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: what the last checkpoint, shard or row holds is kept, as for a kill
+        print(f"notbugs {args.stage}: interrupted. Finished models, shards and rows, and the last training "
+              f"checkpoint, are saved; run the same command again to continue (exit {EXIT_INTERRUPTED}).",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if earlier_handler is not None:
             signal.signal(signal.SIGTERM, earlier_handler)

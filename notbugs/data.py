@@ -14,6 +14,7 @@ batch order) picks the same images whichever a user fetched from.
 from __future__ import annotations
 
 import errno
+import os
 import io
 import pickle
 import re
@@ -285,6 +286,7 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
     for name in (root.name, f"{root.name}.old"):  # left by a fetch that was killed (180 MB for CIFAR-10)
         tempfiles.remove_dead(root.parent, name)
     tmp = Path(tempfile.mkdtemp(prefix=tempfiles.prefix(root.name), dir=root.parent))
+    os.chmod(tmp, tempfiles.default_mode(directory=True))
     try:
         files = {}
         for split, (images, labels) in splits.items():

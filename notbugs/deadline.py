@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL (sysexits.h): not finished, nothing lost, run the same command again
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C: not finished, resumable from the last checkpoint
 
 
 class Stopped(Exception):

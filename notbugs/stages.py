@@ -145,12 +145,12 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
                 "code_version": code_version(), "input_hashes": _input_hashes(list(inputs)),
                 "device": device_name(device, bf16), "started_at": started, "ended_at": results.now_utc(),
                 "wall_s": time.perf_counter() - t0, "status": status}], results_root(data_dir))
-        except Exception:
+        except Exception as e:
             if status == "ok":
                 raise
             # The stage's own error (often the same cause, e.g. a full disk) names what it was writing;
-            # an error raised here would replace it.
-            log.exception("%s: could not record this %s run in the runs table either", stage, status)
+            # an error raised here would replace it, and a second traceback would bury it.
+            log.error("%s: could not record this %s run in the runs table either (%s)", stage, status, e)
 
 
 def _seed(params: Params, name: str) -> int:
@@ -214,6 +214,23 @@ class ModelSpec:
         return f"{profile}/{group}{self.training}-{self.train_set}-{self.arch}"
 
 
+def rebuild_command(name: str, train_set: str) -> str:
+    """The commands that remake the model in models/<name>, for the error that finds it corrupt or missing."""
+    if name.startswith("transfer/"):
+        return "dvc repro transfer  (or: notbugs transfer)"
+    if train_set == "d":
+        return f"dvc repro source@{name}  (or: notbugs source {name})"
+    return f"dvc repro train@{name}  (or: notbugs train {name})"
+
+
+def load_made_model(folder: Path, device, rebuild: str) -> tuple[torch.nn.Module, dict]:
+    """`load_model`, with the command that makes the model in the error where there is none yet (here, not in
+    train.py: an edit there is a code change of every training step, and would rerun them all)."""
+    if not (Path(folder) / "meta.json").exists():
+        raise ArtefactError(f"{folder} holds no trained model (no meta.json); build it with `{rebuild}`")
+    return load_model(folder, device)
+
+
 def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,
                run_id: str, deadline: Deadline | None = None) -> dict:
     """Train (or resume) one model, save it, and record its `models` and `epochs` rows.
@@ -243,7 +260,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
               "precision": precision_name(bf16)}
     meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
                                    "training": spec.training, "recipe": recipe, "run_id": run_id,
-                                   "rebuild": f"dvc repro (stage that trains {spec.name})"})
+                                   "rebuild": rebuild_command(spec.name, spec.train_set)})
     _write_curve(Path(data_dir) / "plots" / f"{spec.name}.csv", history)
     root = results_root(data_dir)
     results.append("models", [{
@@ -413,9 +430,16 @@ def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto
     return metrics
 
 
+# The source model each constructed set is built from (the paper's Section 3): D_R from the robust model's
+# representation, the others from the standard model. A new set must say which (dvc.yaml's construct foreach too).
+SOURCE_MODEL = {"d_r": "robust", "d_nr": "standard", "d_rand": "standard", "d_det": "standard"}
+
+
 def construct_source(name: str) -> str:
-    """The source model a constructed set is built from: the robust one for D_R, else the standard one."""
-    return "robust" if name == "d_r" else "standard"
+    """The source model a constructed set is built from (SOURCE_MODEL)."""
+    if name not in SOURCE_MODEL:
+        raise ValueError(f"constructed set {name!r} has no source model: add it to notbugs.stages.SOURCE_MODEL")
+    return SOURCE_MODEL[name]
 
 
 def prepare_construct(params: Params, name: str, data_dir="data", device: str | torch.device = "auto",
@@ -424,7 +448,8 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
         raise ValueError(f"unknown constructed dataset {name!r}; accepted: {', '.join(DATASETS)}")
     dev = pick_device(device)
     c = params.profile.construct
-    model, meta = load_model(model_dir(data_dir, construct_source(name)), dev)
+    kind = construct_source(name)
+    model, meta = load_made_model(model_dir(data_dir, kind), dev, rebuild_command(kind, "d"))
     split = split or load_split(params, data_dir)
     labels = split.train_y.numpy()
     bf16 = bf16_for(params, dev)
@@ -555,7 +580,8 @@ def reused_models(params: Params, data_dir, device) -> dict:
     out = {}
     for spec in transfer_specs(params):
         if spec.group != "transfer":
-            model, meta = load_model(model_dir(data_dir, spec.name), device)
+            model, meta = load_made_model(model_dir(data_dir, spec.name), device,
+                                          rebuild_command(spec.name, spec.train_set))
             out[spec.name] = {"model": model, "meta": meta, "history": []}
     return out
 
@@ -569,7 +595,7 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     """Figure 3 from trained transfer models ({spec name: train_unit output}): transfer success of
     D_det-style examples made on the standard source model, and accuracy after training on D_det."""
     p, t = params.profile, params.profile.transfer
-    source, source_meta = load_model(model_dir(data_dir, "standard"), device)
+    source, source_meta = load_made_model(model_dir(data_dir, "standard"), device, rebuild_command("standard", "d"))
     # n / 10 test images of each class (the test arrays are sorted by class: their first n would not be)
     pick = torch.from_numpy(balanced_subset(split.test_y.numpy(), t.n, p.subset.seed))
     n = len(pick)

@@ -73,6 +73,27 @@ def remove_dead(folder: str | Path, name: str | None = None) -> list[Path]:
     return removed
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it: `os.umask` can only read it by
+    setting it, which for a moment would apply to files other threads create."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode `open` or `mkdir` would give a new file or folder: mkstemp and mkdtemp make theirs private
+    (0600, 0700), which a rename keeps, so colleagues on a shared cluster could not read a report or a model."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temp file in the same folder, fsync, rename: a reader (or DVC)
     sees the old file or the new one, never half of one. On failure nothing is left behind and the
@@ -83,6 +104,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     tmp = None
     try:  # mkstemp inside: a read-only folder fails there
         fd, tmp = tempfile.mkstemp(prefix=prefix(path.name), dir=path.parent)
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

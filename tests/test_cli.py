@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from notbugs.cli import STAGES, build_parser, main
+from notbugs.cli import STAGES, STEPS, build_parser, main
 from notbugs.config import DATASETS
 from tests.conftest import ROOT
 
@@ -49,7 +49,7 @@ def test_bad_parameters_exit_2_before_any_work(tmp_path, mirror, capsys):
 def test_missing_inputs_give_a_clear_error(tmp_path, params_file, capsys):
     assert main(["construct", "d_det", "--params", str(params_file), "--data-dir", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
-    assert "meta.json is missing" in err
+    assert "holds no trained model (no meta.json)" in err and "notbugs source standard" in err  # and how to make it
 
 
 def test_flows_entry_falls_back_to_the_library_without_prefect(tmp_path, params_file, monkeypatch, capsys):
@@ -115,6 +115,15 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     again = sorted(runs[~runs["run_id"].isin(before["run_id"])]["stage"])
     assert again == sorted(["construct@d_nr", "construct@d_rand", "construct@d_det", "train@d_nr", "train@d_rand",
                             "train@d_det", "transfer", "report"])
+    # outputs deleted by hand: the steps that made them run again (the marker alone would skip them), and the set,
+    # rebuilt bit-identically, does not rerun the training that reads it
+    import shutil
+    shutil.rmtree(data / "models" / "d_r")
+    (data / "datasets" / "d_nr" / "shard-00000.npz").unlink()
+    before = runs
+    assert main(["all", *common]) == 0
+    runs = results.load("runs", data / "results")
+    assert sorted(runs[~runs["run_id"].isin(before["run_id"])]["stage"]) == ["construct@d_nr", "report", "train@d_r"]
 
 
 def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror, monkeypatch):
@@ -208,7 +217,9 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
                 elif dep.startswith("data/datasets/"):
                     ups.add(f"construct@{dep.removeprefix('data/datasets/')}")
             declared[step] = (sorted(k for k in keys if k not in ("profile", "data")), ups, code)
-    assert len(declared) == 1 + 2 + 4 + 4 + 1
+    # the same steps: a set added to config.DATASETS but not to dvc.yaml's foreach lists (or the reverse) would
+    # be built by one runner and silently not by the other
+    assert set(declared) == set(STEPS) - {"report"}
     ours = {step: (sorted(step_params(step)), set(upstream_steps(step)), sorted(STEP_CODE[step.partition("@")[0]]))
             for step in declared}
     assert ours == declared
@@ -287,3 +298,45 @@ def test_sigterm_stops_training_at_the_next_batch_and_the_rerun_finishes_it(tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stderr
     assert (data / "models" / "standard" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("name, train_set", [("standard", "d"), ("robust", "d"), *((n, n) for n in DATASETS),
+                                             ("transfer/vgg16-d", "d"), ("transfer/vgg16-d_det", "d_det")])
+def test_rebuild_hints_name_a_real_dvc_stage_and_cli_command(name, train_set):
+    """A corrupt or missing model's error says how to remake it: both commands it gives must exist."""
+    import yaml
+
+    from notbugs.stages import rebuild_command
+
+    hint = rebuild_command(name, train_set)
+    dvc_part, _, cli_part = hint.partition("(or: ")
+    stage = dvc_part.split()[2]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    base, _, item = stage.partition("@")
+    foreach = stages[base].get("foreach") or {}
+    assert (item in foreach) if item else "foreach" not in stages[base], hint
+    assert f"{base}@{item}" in STEPS if item else base in STEPS
+    build_parser().parse_args(cli_part.rstrip(")").split()[1:])  # exits (SystemExit) on an unknown command
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path, params_file, monkeypatch, capsys):
+    """Ctrl-C ends the command with the shell's exit status for it and the resume hint, not a traceback."""
+    from notbugs import stages as S
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "stage_train", interrupted)
+    assert main(["train", "d_r", "--params", str(params_file), "--data-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command again" in err
+
+
+def test_every_constructed_set_names_its_source_model():
+    """A set added to config.DATASETS without a source model is an error, not silently the standard model."""
+    from notbugs.stages import SOURCE_MODEL, construct_source
+
+    assert set(SOURCE_MODEL) == set(DATASETS)
+    assert construct_source("d_r") == "robust" and construct_source("d_nr") == "standard"
+    with pytest.raises(ValueError, match="SOURCE_MODEL"):
+        construct_source("d_r2")

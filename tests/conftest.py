@@ -7,6 +7,7 @@ few epochs and attacks have something real to work against.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import io
 import os
 import shutil
@@ -64,6 +65,20 @@ class CompiledStandIn(torch.nn.Module):
 
     def forward(self, x):
         return self._orig_mod(x)
+
+
+class Recorder:
+    """Stands in for an attack: records the arguments of every call by name (as the real function would bind
+    them, defaults included) and returns `answer(arguments)` without attacking."""
+
+    def __init__(self, real, answer):
+        self.signature, self.answer, self.calls = inspect.signature(real), answer, []
+
+    def __call__(self, *args, **kwargs):
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.calls.append(dict(bound.arguments))
+        return self.answer(bound.arguments)
 
 
 class SmallBackbone(Backbone):

@@ -126,6 +126,38 @@ def test_matching_with_a_decaying_step_is_deterministic(trained):
     assert torch.equal(a, b)
 
 
+class RecordsInputs(torch.nn.Module):
+    """The model, recording every image batch its representation is computed for: the iterates an attack visits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def features(self, z, fake_relu=False):
+        self.inputs.append(z.detach().clone())
+        return self.model.features(z, fake_relu=fake_relu)
+
+
+def test_matching_steps_follow_the_linear_decay_from_step_size_to_final_step_size(trained):
+    """Step k of n moves each image by step_size + (final_step_size - step_size) * k / (n - 1), the rule of the
+    `cpu` and `fast` profiles (0.3 -> 0.02): the iterates the matching visits, recorded, are that far apart.
+    The images are squeezed into [0.25, 0.75], so that clipping to [0, 1] never shortens a step."""
+    model, x, _ = trained
+    x = 0.25 + 0.5 * x
+    recorder = RecordsInputs(model)
+    steps, first, last = 5, 0.3, 0.02
+    with frozen(model):
+        z, _ = match_representation(recorder, x.roll(1, 0), x, steps=steps, step_size=first, final_step_size=last)
+    iterates = [recorder.inputs[1]]  # the first input is the target images, then the start (maybe more than once)
+    for seen in recorder.inputs[2:]:
+        if not torch.equal(seen, iterates[-1]):
+            iterates.append(seen)
+    assert torch.equal(iterates[0], x.roll(1, 0)) and torch.equal(iterates[-1], z) and len(iterates) == steps + 1
+    lengths = torch.stack([(b - a).flatten(1).norm(dim=1) for a, b in zip(iterates, iterates[1:])])
+    expected = torch.tensor([first + (last - first) * k / (steps - 1) for k in range(steps)])  # 0.3, 0.23, ... 0.02
+    assert torch.allclose(lengths, expected[:, None].expand_as(lengths), rtol=1e-3), lengths
+
+
 def test_matching_with_momentum_takes_steps_of_the_same_length_and_lowers_the_distance(trained):
     """Momentum changes each step's direction, not its length: one step equals the plain rule's (the
     velocity starts at zero), later ones differ but each moves an image by at most the step size."""

@@ -1,5 +1,6 @@
 """Evaluation on models whose outputs are known in advance."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,43 @@ def test_an_image_counts_as_robust_only_if_every_restart_fails(monkeypatch):
     assert rows[0]["accuracy"] == 1.0  # clean
     assert rows[1]["accuracy"] == 0.0 and rows[1]["restarts"] == 2
     assert calls == [False, True] * 2  # two batches of 5, each attacked from the image, then from a random start
+
+
+def test_robust_accuracy_attacks_at_the_given_strength(monkeypatch):
+    """Each robust accuracy comes from PGD with `steps` steps of step_factor * eps / steps (the paper's 2.5 * eps /
+    steps, which lets an attack reach the ball's edge and move along it) and the given iterate rule (`use_best`:
+    the highest-loss iterate). A weaker attack overstates robust accuracy without failing any accuracy check."""
+    from notbugs import evaluate as E
+    from notbugs.attacks import pgd_l2
+    from tests.conftest import Recorder
+
+    attack = Recorder(pgd_l2, lambda a: a["x"].clone())
+    monkeypatch.setattr(E, "pgd_l2", attack)
+    labels = torch.arange(10)
+    for step_factor, use_best in ((2.5, True), (1.5, False)):
+        attack.calls.clear()
+        evaluate(ReadsLabelFromPixel(), "m", _images(labels), labels, eps=(0.25, 1.0), steps=4,
+                 step_factor=step_factor, restarts=1, batch_size=10, device=CPU, use_best=use_best)
+        assert [(c["eps"], c["steps"]) for c in attack.calls] == [(0.25, 4), (1.0, 4)]
+        for call in attack.calls:
+            assert call["step_size"] == pytest.approx(step_factor * call["eps"] / 4)
+            assert call["use_best"] is use_best and call["targeted"] is False and call["random_start"] is False
+
+
+def test_transfer_examples_are_targeted_pgd_at_the_given_settings(monkeypatch):
+    """Figure 3's examples: targeted PGD towards y + 1 with the given eps, steps, step size and iterate rule."""
+    from notbugs import evaluate as E
+    from notbugs.attacks import pgd_l2
+    from tests.conftest import Recorder
+
+    attack = Recorder(pgd_l2, lambda a: a["x"].clone())
+    monkeypatch.setattr(E, "pgd_l2", attack)
+    labels = torch.arange(10)
+    for use_best in (True, False):
+        attack.calls.clear()
+        make_transfer_examples(Constant(), _images(labels), labels, eps=0.5, steps=7, step_size=0.09, batch_size=10,
+                               device=CPU, use_best=use_best)
+        (call,) = attack.calls
+        assert (call["eps"], call["steps"], call["step_size"]) == (0.5, 7, 0.09)
+        assert call["targeted"] is True and call["use_best"] is use_best
+        assert torch.equal(call["y"], (labels + 1) % 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -126,6 +127,52 @@ def test_every_table_sample_covers_its_schema():
     assert results.TABLES == ("runs", "models", "datasets", "evaluations", "transfer", "epochs")
     for table in results.TABLES:
         assert list(sample_row(table)) == results.SCHEMAS[table].names
+
+
+def documented_schemas() -> dict[str, list[tuple[str, pa.DataType, bool]]]:
+    """docs/results.md's tables, as (column, Arrow type, nullable) per table, in the documented order.
+
+    Each table is a `### `name` — ...` section whose rows read `| `column` | type | meaning |`; a type
+    is string, int64, float64, timestamp (the section's `timestamp[us, tz=UTC]`) or list<float64>, with
+    ", **nullable**" after it for the columns that may be null."""
+    text = (REPO_ROOT / "docs" / "results.md").read_text()
+    assert "all timestamps are `timestamp[us, tz=UTC]`" in text  # what the documented "timestamp" means
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
+             "timestamp": pa.timestamp("us", tz="UTC"), "list<float64>": pa.list_(pa.float64())}
+    tables: dict[str, list] = {}
+    current = None
+    for line in text.splitlines():
+        heading = re.match(r"### `(\w+)` — ", line)
+        if heading:
+            current = tables.setdefault(heading.group(1), [])
+            continue
+        if line.startswith("## "):
+            current = None
+        row = re.match(r"\| `(\w+)` \| ([^|]+) \|", line)
+        if current is not None and row:
+            name, kind = row.group(1), row.group(2).strip()
+            nullable = kind.endswith(", **nullable**")
+            kind = kind.removesuffix(", **nullable**")
+            assert kind in types, f"docs/results.md: column {name} has an unknown type {kind!r}"
+            current.append((name, types[kind], nullable))
+    return tables
+
+
+def test_schemas_are_the_documented_ones():
+    """The code's schemas against an independent statement of them, docs/results.md, column by column: name,
+    order, Arrow type and nullability. A type changed in either place (eps written as float32, say, which
+    loses precision and changes what readers get) fails here; so do docs that drift from the code."""
+    documented = documented_schemas()
+    assert list(documented) == list(results.TABLES)
+    for table, columns in documented.items():
+        schema = results.SCHEMAS[table]
+        assert [name for name, _, _ in columns] == schema.names, table
+        for (name, kind, nullable), field in zip(columns, schema, strict=True):
+            assert field.type.equals(kind), f"{table}.{name}: the code says {field.type}, the docs {kind}"
+            assert field.nullable == nullable, f"{table}.{name}: nullable {field.nullable} in the code, not in the docs"
+    # the documented nullable columns are the two of the original data's missing source model
+    assert [(t, c[0]) for t, cols in documented.items() for c in cols if c[2]] == [
+        ("datasets", "source_model_id"), ("datasets", "source_model_sha256")]
 
 
 @pytest.mark.parametrize("table", results.TABLES)

@@ -15,12 +15,13 @@ from notbugs import construct as C
 from notbugs import models
 from notbugs import results
 from notbugs import stages as S
+from notbugs.attacks import pgd_l2
 from notbugs.compiling import CACHE_ENV
 from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError, load_tensors, package_digest
 from notbugs.train import load_model
-from tests.conftest import CompiledStandIn, SmallBackbone, require_compiled, write_params
+from tests.conftest import CompiledStandIn, Recorder, SmallBackbone, require_compiled, write_params
 from tests.test_train import ticks
 
 
@@ -221,8 +222,10 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     split = S.load_split(params, data)
     standard, _ = load_model(data / "models" / "standard", torch.device("cpu"))
+    robust, _ = load_model(data / "models" / "robust", torch.device("cpu"))
     with torch.no_grad():
         before = standard(split.train_x).argmax(1)  # the standard model on the unperturbed images
+    seed = params.profile.construct.seed
     for name in ("d_r", "d_nr", "d_rand", "d_det"):
         S.stage_construct(params, name, data, "cpu")
         arrays = C.load_constructed(S.dataset_dir(data, name))
@@ -232,11 +235,34 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
         if name in ("d_r", "d_nr"):
             assert np.array_equal(arrays["labels"], y)
             assert (arrays["start_index"] != arrays["source_index"]).all()  # always another image
-            assert arrays["manifest"]["stats"]["final_distance"] < arrays["manifest"]["stats"]["start_distance"]
+            stats = arrays["manifest"]["stats"]
+            assert stats["final_distance"] < stats["start_distance"]
+            starts = C.assignments(name, y, seed)["start"]  # positions in the split of each image's start
+            assert np.array_equal(arrays["start_index"], split.train_index[starts])
+            # The direction, measured here rather than read from the statistics the construction reports (which
+            # hold whichever image it starts from): each image started at x_start and moved towards the source
+            # model's representation of its own source image x. Five steps of 0.1 cannot carry it past halfway
+            # (measured: nearer g(x) than g(x_start) for only a quarter of them), so it is checked as a move:
+            # nearer g(x) than x_start was, the reported distance is the distance to g(x), and in pixel space
+            # it is still next to x_start (0.39 from it against 16 from x, measured).
+            model = robust if name == "d_r" else standard
+            built = torch.from_numpy(arrays["images"].astype(np.float32))
+            with torch.no_grad():
+                g_built, g_source, g_start = (model.features(z).flatten(1)
+                                              for z in (built, split.train_x, split.train_x[starts]))
+            to_source = (g_built - g_source).norm(dim=1)
+            assert (to_source < (g_start - g_source).norm(dim=1)).all(), name
+            assert to_source.mean().item() == pytest.approx(stats["final_distance"], rel=0.02), name
+            assert (g_start - g_source).norm(dim=1).mean().item() == pytest.approx(stats["start_distance"], rel=0.02)
+            pixels_to_start = (built - split.train_x[starts]).flatten(1).norm(dim=1)
+            assert (pixels_to_start < (built - split.train_x).flatten(1).norm(dim=1)).all(), name
         elif name == "d_det":
             assert np.array_equal(arrays["labels"], (y + 1) % 10)
         else:
-            assert len(set(arrays["labels"].tolist())) > 5
+            # D_rand: the seed's uniform draw, not a function of the label (D_det's y + 1 would be one)
+            assert np.array_equal(arrays["labels"], C.assignments("d_rand", y, seed)["target"])
+            assert (arrays["labels"] != (y + 1) % 10).mean() > 0.7  # 0.9 expected
+            assert all(len(set(arrays["labels"][y == c].tolist())) >= 5 for c in range(10))  # 20 images a class
         x = split.train_x.numpy()
         if name in ("d_rand", "d_det"):  # inside the eps ball of the source image, and moved towards the target
             eps = params.profile.construct.pgd.eps
@@ -335,6 +361,42 @@ def test_transfer_attacks_test_images_of_every_class(sources, monkeypatch):
     with pytest.raises(Enough):
         S.measure_transfer(params, {}, split, data, torch.device("cpu"), "run")
     assert torch.bincount(attacked[0], minlength=10).tolist() == [5] * 10
+
+
+def test_evaluation_and_transfer_attack_with_the_profile_s_settings(sources, tmp_path, monkeypatch):
+    """The profile's attack settings reach the attacks the stages run: robust accuracy with its step factor and
+    iterate rule (a weaker attack would overstate Figure 2 and Table 1), Figure 3's targeted examples with
+    construction's PGD settings. The attacks are stood in for: only their arguments are checked here."""
+    from notbugs import evaluate as E
+
+    params, data = sources
+    p = params.profile
+    split = S.load_split(params, data)
+    model, _ = load_model(S.model_dir(data, "standard"))
+    attack = Recorder(pgd_l2, lambda a: a["x"].clone())
+    monkeypatch.setattr(E, "pgd_l2", attack)
+    cfg = p.reevaluate  # two radii
+    S.evaluate_unit(params, model, "m", split, cfg, tmp_path, torch.device("cpu"), "run")  # rows to an empty folder
+    assert [c["eps"] for c in attack.calls] == list(cfg.eps) and cfg.use_best
+    for call in attack.calls:
+        assert call["steps"] == cfg.steps
+        assert call["step_size"] == pytest.approx(cfg.step_factor * call["eps"] / cfg.steps)
+        assert call["use_best"] is cfg.use_best and call["targeted"] is False
+
+    class Enough(Exception):
+        pass
+
+    def stop(arguments):
+        raise Enough
+
+    attack = Recorder(pgd_l2, stop)
+    monkeypatch.setattr(E, "pgd_l2", attack)
+    with pytest.raises(Enough):
+        S.measure_transfer(params, {}, split, data, torch.device("cpu"), "run")
+    (call,) = attack.calls
+    pgd = p.construct.pgd
+    assert (call["eps"], call["steps"], call["step_size"]) == (pgd.eps, pgd.steps, pgd.step_size)
+    assert call["targeted"] is True and call["use_best"] is pgd.use_best is True
 
 
 def test_whole_pipeline_fills_every_table(sources, tmp_path):

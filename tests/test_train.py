@@ -204,6 +204,37 @@ def test_adversarial_training_attacks_with_the_configured_iterate_rule(monkeypat
     assert any(not torch.equal(a, b) for a, b in zip(last.state_dict().values(), best.state_dict().values()))
 
 
+def test_adversarial_training_attacks_the_model_in_eval_mode_with_frozen_parameters(monkeypatch):
+    """PGD inside adversarial training attacks the model as it stands: in eval mode (BatchNorm normalises with its
+    running statistics, and the attack's forwards do not update them) and with no parameter gradients; the
+    SGD step that follows trains in train mode again."""
+    from notbugs import train as train_module
+
+    real, seen = train_module.pgd_l2, []
+
+    def recording(model, *args, **kwargs):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        stats = [t.clone() for m in norms for t in (m.running_mean, m.running_var, m.num_batches_tracked)]
+        seen.append({"training": [m.training for m in model.modules()],
+                     "requires_grad": [p.requires_grad for p in model.parameters()]})
+        out = real(model, *args, **kwargs)
+        after = [t for m in norms for t in (m.running_mean, m.running_var, m.num_batches_tracked)]
+        seen[-1]["stats_kept"] = bool(norms) and all(torch.equal(a, b) for a, b in zip(stats, after, strict=True))
+        return out
+
+    monkeypatch.setattr(train_module, "pgd_l2", recording)
+    x, y = synthetic_batch(4)
+    model = _fresh()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, x, y, dataclasses.replace(SHORT, epochs=1), seed=3, device=CPU, adversarial=PGD)
+    assert len(seen) == 1  # 40 images, batches of 32: one batch
+    assert not any(seen[0]["training"]) and not any(seen[0]["requires_grad"]) and seen[0]["stats_kept"]
+    # and training itself ran in train mode, with gradients: the weights and the BN statistics moved
+    assert all(p.requires_grad for p in model.parameters())
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("weight") for k in moved)
+
+
 def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
     """A checkpoint of another recipe (learning rate) or precision is set aside, not resumed: the run
     equals one from scratch, weights and losses (a resumed run would carry the old epoch-1 history too)."""

@@ -80,7 +80,10 @@ STOPPABLE = ("source", "construct", "train", "transfer", "reevaluate", "all")
 
 
 def _minutes(text: str) -> float:
-    minutes = float(text)
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = float("nan")  # refused below, with the message that says what is wanted
     if not minutes >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes >= 0")
     return minutes

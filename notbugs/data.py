@@ -264,6 +264,10 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
     format. Returns the manifest, with `source` (the one used) and `origin` (its path or URL) added: the
     written one leaves them out. Nothing under `root` changes unless every check passed."""
     root = Path(root)
+    # before decoding 60,000 images (seconds to minutes): a folder we cannot write to fails now
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(root.parent, os.W_OK):
+        raise DataError(f"cannot write to {root.parent} (read-only?): the fetched arrays go to {root}")
     used = resolve_source(source, mirror)
     if used == "mirror":
         splits = decode_mirror(mirror)

@@ -34,6 +34,9 @@ def test_wrong_argument_says_what_is_accepted(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'd_robust'" in err and "d_r" in err and "d_det" in err
+    with pytest.raises(SystemExit):
+        main(["all", "--time-limit", "abc"])
+    assert "'abc' is not a number of minutes >= 0" in capsys.readouterr().err
 
 
 def test_bad_parameters_exit_2_before_any_work(tmp_path, mirror, capsys):

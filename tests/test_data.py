@@ -6,6 +6,7 @@ import io
 import re
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,3 +347,14 @@ def test_a_full_fetch_says_whether_its_arrays_are_the_canonical_ones(tmp_path, m
     with caplog.at_level("WARNING", logger="notbugs"):
         manifest = S.stage_fetch(params, tmp_path / "data", "cpu")
     assert manifest["canonical"] is False and "not the canonical CIFAR-10" in caplog.text
+
+
+def test_a_folder_that_cannot_be_written_fails_before_decoding(tmp_path, mirror, monkeypatch):
+    """Decoding the mirror takes seconds to minutes: a data folder we cannot write to is refused first."""
+    real_access = D.os.access
+    monkeypatch.setattr(D.os, "access", lambda path, mode: False if Path(path) == tmp_path / "ro" else
+                        real_access(path, mode))
+    monkeypatch.setattr(D, "decode_mirror", lambda *a: pytest.fail("decoded before checking the folder"))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(D.DataError, match="cannot write to .*ro"):
+        _fetch(mirror, tmp_path / "ro" / "cifar10")

@@ -91,7 +91,15 @@ bench() {  # bench ARCH BATCH NAME [options]: training and adversarial training,
   local arch=$1 batch=$2 name=$3
   shift 3
   TORCH_LOGS=perf_hints step "bench $name" $PY bench/bench.py --arch "$arch" --batch "$batch" --steps 20 \
-    --warmup 3 --stages train,adv_train "$@" $sizes --json "$OUT/bench_$name.json" 2>&1 | tee -a "$OUT/part4.log"
+    --warmup 3 --stages train,adv_train "$@" $sizes --json "$P4/bench_$name.json" 2>&1 | tee -a "$OUT/part4.log"
+  pack4
+}
+# Part 4 writes up to seven JSON files and a call brings back at most 8 files: they go to .gpu/part4, and
+# $OUT/part4.tgz holds them all, refreshed after every step (so a call cut short still brings back the rest)
+P4=.gpu/part4
+pack4() {
+  local tmp="$OUT/.part4.$BASHPID.tgz"
+  tar czf "$tmp" -C "$P4" . && mv -f "$tmp" "$OUT/part4.tgz"
 }
 sizes=""  # PROFILE=tiny (a rehearsal on a CPU): the benches at the tiny preset's sizes, which win as given last
 [ "$profile" = tiny ] && sizes="--width 0.0625 --batch 8 --steps 1 --warmup 1"
@@ -193,9 +201,10 @@ RUNBOOK
   #   4. the rest, where time is left: the standard model from the He init the pipeline used until 2026-12-02,
   #      and Page's ResNet-9 (the `cpu` profile's: 0.68x ResNet-18's FLOPs) standard 24 epochs and robust;
   #      D_NR from 200 matching steps; the paper profile's ResNet-50 adversarial training under CUDA graphs.
-  # One log for the part: a call brings back at most 8 files.
+  # One log for the part, part4.tgz for its JSON (a call brings back at most 8 files).
   [ -d .gpu/data/cifar10 ] || { echo "no .gpu/data from part 3 (the machine went back?): nothing to do" \
     | tee -a "$OUT/skipped.txt"; exit 3; }
+  rm -rf "$P4" && mkdir -p "$P4"
   params=$(cat .gpu/params_used 2>/dev/null || echo params.yaml)  # part 3's (COMPILE_TRAIN's copy, where set)
   if [ ! -e .gpu/fast_done ]; then  # part 3 was cut short (or failed): finish the run first, from its checkpoints
     t0=$(date +%s)
@@ -212,7 +221,8 @@ RUNBOOK
     local args=()
     for v in "$@"; do args+=(--variant "$v"); done
     step "sweep $name" $PY bench/recipe_sweep.py --profile "$profile" --params "$params" --data-dir .gpu/data \
-      --set "$set" --robust "${args[@]}" --json "$OUT/sweep_$name.json" 2>&1 | quiet | tee -a "$OUT/part4.log"
+      --set "$set" --robust "${args[@]}" --json "$P4/sweep_$name.json" 2>&1 | quiet | tee -a "$OUT/part4.log"
+    pack4
   }
   fits 130 "the robust model from 2 PGD steps" && sweep robust robust_2step '{adversarial: {steps: 2, step_size: 0.3}}'
   fits 70 "the standard model at lr 0.4" && sweep standard standard_lr '{lr: 0.4}'
@@ -239,6 +249,7 @@ yaml.safe_dump(doc, open(sys.argv[3], "w"), sort_keys=False)' "$params" "$profil
         TORCHINDUCTOR_CACHE_DIR=$PWD/.gpu/data/work/compile-cache step "D_NR-200 $stage" $PY -m notbugs $stage \
           --profile "$profile" --params .gpu/params200.yaml --data-dir .gpu/data200 2>&1 | quiet | tee -a "$OUT/part4.log"
       done
+      cp -r .gpu/data200/results "$P4/d_nr_200_results" 2>/dev/null && pack4  # its tables, with the log's lines
     else
       echo "skipped D_NR from 200 matching steps: could not write .gpu/params200.yaml" | tee -a "$OUT/skipped.txt"
     fi

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _part(work, part, limit):
-    env = {**os.environ, "PROFILE": "tiny", "PYTHON": sys.executable, "OUT": str(work / "out")}
+    env = {**os.environ, "PROFILE": "tiny", "PYTHON": sys.executable, "OUT": str(work / f"out{part}")}  # $OUT: a call's
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(["bash", "bench/gpu_session.sh", str(part), str(limit)], cwd=work, env=env,
                           capture_output=True, text=True, timeout=limit + 120)
@@ -31,11 +31,11 @@ def _part(work, part, limit):
 def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):
     work = copy_working_tree(tmp_path / "repo")
     staged = work / ".gpu" / "cifar10"
-    if SHARED_MIRROR.exists():  # the mirror's .tar.gz parts, as a session stages them
-        staged.mkdir(parents=True)
-        for f in SHARED_MIRROR.iterdir():
-            if f.name == "SHA256SUMS" or f.name.endswith(".tar.gz"):
-                os.symlink(f, staged / f.name)
+    if SHARED_MIRROR.exists():  # the mirror's .tar.gz parts, staged as a session stages them: copies, checked
+        proc = subprocess.run(["bash", "bench/gpu_session.sh", "stage"], cwd=work, capture_output=True, text=True,
+                              env={**os.environ, "NOTBUGS_MIRROR": str(SHARED_MIRROR)}, timeout=120)
+        assert proc.returncode == 0 and "gpu_session.sh 3 590" in proc.stdout, proc.stdout + proc.stderr
+        assert not any(f.is_symlink() for f in staged.iterdir())  # a link would arrive on the device dangling
     else:  # synthetic parts, and the counts they hold
         make_mirror(staged, 30, 10, as_tar=True)
         doc = yaml.safe_load((work / "params.yaml").read_text())
@@ -43,7 +43,8 @@ def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):
         (work / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
     _part(work, 3, 240)
-    out = work / "out"
+    out = work / "out3"
+    assert len(list(out.iterdir())) <= 8  # what a device call brings back at most
     assert "exit 0" in (out / "fast.log").read_text()
     assert (work / ".gpu" / "fast_done").exists()
     with tarfile.open(out / "results.tgz") as tar:
@@ -54,9 +55,14 @@ def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):
 
     # part 4: the sweeps, the training benches, then D_NR from 200 matching steps with the pipeline's own stages
     _part(work, 4, 500)  # about 300 s on 2 idle cores
+    out = work / "out4"
+    with tarfile.open(out / "part4.tgz") as tar:  # one file for the part's JSON: a call brings back 8 at most
+        names = tar.getnames()
     for name in ("sweep_robust_2step", "sweep_standard_lr", "bench_resnet18_b512_cudagraphs", "bench_resnet18_b512",
                  "sweep_standard_nets", "sweep_robust_resnet9"):
-        assert (out / f"{name}.json").exists(), name
+        assert f"./{name}.json" in names, name
+    assert any(n.startswith("./d_nr_200_results/") for n in names)
+    assert len(list(out.iterdir())) <= 8
     ours = yaml.safe_load((work / "params.yaml").read_text())
     theirs = yaml.safe_load((work / ".gpu" / "params200.yaml").read_text())
     assert theirs["profiles"]["tiny"]["construct"]["match"]["steps"] == 200

@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "all":
             run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo, deadline)
             out = results.summary(S.results_root(args.data_dir))
+            if "report" not in args.skip:  # where to look next
+                out["report"] = str(Path(args.data_dir) / "report" / "report.html")
         else:
             out = results.summary(S.results_root(args.data_dir))
     except Stopped as e:

@@ -14,8 +14,8 @@ batch order) picks the same images whichever a user fetched from.
 from __future__ import annotations
 
 import errno
-import os
 import io
+import os
 import pickle
 import re
 import shutil
@@ -156,9 +156,9 @@ def decode_mirror(mirror: str | Path) -> dict:
     """Decode a mirror into {split: (images uint8 NHWC, labels int64)}, ordered by (class, file name)."""
     mirror = Path(mirror)
     if not mirror.is_dir():
-        raise DataError(f"CIFAR-10 mirror folder {mirror} does not exist: point data.mirror (or NOTBUGS_MIRROR) at "
-                        f"one, or download the official archive with data.source: official or auto (or "
-                        f"NOTBUGS_DATA_SOURCE)")
+        raise DataError(f"CIFAR-10 mirror folder {_shown(mirror)} does not exist: point data.mirror (or "
+                        f"NOTBUGS_MIRROR) at one, or download the official archive with data.source: official or "
+                        f"auto (or NOTBUGS_DATA_SOURCE)")
     entries = _read_mirror_files(mirror)
     out = {}
     for split in SPLITS:
@@ -251,6 +251,12 @@ def verify(split: str, images: np.ndarray, labels: np.ndarray, per_class: int) -
                         f"({expected} in all, found {len(labels)})")
 
 
+def _shown(path: str | Path) -> str:
+    """A path for an error message: a relative one with the folder it resolves to from here (a relative
+    data.mirror is read from the working directory, not from params.yaml's folder)."""
+    return str(path) if Path(path).is_absolute() else f"{path} (from {Path.cwd()}: {Path(path).resolve()})"
+
+
 def resolve_source(source: str, mirror: str | Path) -> str:
     """'auto' is the mirror where its folder exists, else the official archive; other sources as given."""
     if source == "auto":
@@ -277,7 +283,8 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
             splits = decode_official(root.parent / "cifar10-official")
         except DataError as e:
             if source == "auto":  # the user asked for neither: say that both were tried
-                raise type(e)(f"no CIFAR-10 mirror folder at {mirror}, and {e}") from e  # a DownloadError stays one
+                # type(e): a DownloadError stays one (the Prefect task retries those)
+                raise type(e)(f"no CIFAR-10 mirror folder at {_shown(mirror)}, and {e}") from e
             raise
         origin = OFFICIAL_URL
     else:

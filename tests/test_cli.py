@@ -1,6 +1,7 @@
 """The command line: stages listed in pipeline order, helpful errors, and the no-Prefect fallback."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -255,6 +256,8 @@ def test_a_profile_run_as_jobs_cut_after_every_batch_equals_one_run(tmp_path, mi
     path = write_params(tmp_path / "p.yaml", mirror, edit=edit)
     one = tmp_path / "one"
     assert main(["all", "--params", str(path), "--data-dir", str(one), "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # the tables' row counts, and where the report went
+    assert summary["report"] == str(one / "report" / "report.html") and (one / "report" / "report.html").exists()
 
     jobs = tmp_path / "jobs"
     codes = []

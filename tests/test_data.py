@@ -358,3 +358,10 @@ def test_a_folder_that_cannot_be_written_fails_before_decoding(tmp_path, mirror,
     (tmp_path / "ro").mkdir()
     with pytest.raises(D.DataError, match="cannot write to .*ro"):
         _fetch(mirror, tmp_path / "ro" / "cifar10")
+
+
+def test_a_missing_relative_mirror_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+    """A relative data.mirror is read from the working directory: the error says which folder that was."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(D.DataError, match=re.escape(str(tmp_path / "shared" / "cifar10"))):
+        D.decode_mirror("shared/cifar10")

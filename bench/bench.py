@@ -83,7 +83,6 @@ import contextlib
 import copy
 import dataclasses
 import io
-import json
 import shlex
 import sys
 import time
@@ -110,6 +109,7 @@ from notbugs.config import AdversarialConfig, AugmentConfig, TrainConfig  # noqa
 from notbugs.construct import targeted_pgd_batch  # noqa: E402
 from notbugs.evaluate import robust_correct  # noqa: E402
 from notbugs.models import FAKE_RELU_ARCHS, make_model  # noqa: E402
+from notbugs.storage import write_json  # noqa: E402
 from notbugs.train import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -666,13 +666,15 @@ def main(argv=None) -> dict:
         # keeps the stages it finished, in its log and in its JSON
         print(f"done: {stage_row(stage, r)}", flush=True)
         _summarise(out, check)
-        write_json(out, args.json)
+        if args.json:  # replaced whole: a reader never sees half of it
+            write_json(args.json, out)
     if args.warmup == 0 and any(r["compiled"] for r in results.values()):
         notes.append("compiled with --warmup 0: ours' timed iterations include compilation")
     _summarise(out, check)
     out["complete"] = True
     print_report(out)
-    write_json(out, args.json)
+    if args.json:
+        write_json(args.json, out)
     return out
 
 
@@ -683,17 +685,6 @@ def _summarise(out: dict, check: dict) -> None:
     out["compiled"] = any(r["compiled"] for r in results.values())
     out["compile_mode"] = modes.pop() if len(modes) == 1 else None  # else per stage in `stages`
     out["match_check"] = check or None
-
-
-def write_json(out: dict, path: str | None) -> None:
-    """Replace the JSON file whole (a reader never sees half of it)."""
-    if not path:
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(target)
 
 
 def stage_row(name: str, r: dict) -> str:

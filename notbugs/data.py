@@ -293,7 +293,6 @@ def fetch(source: str, mirror: str | Path, root: str | Path, train_per_class: in
     for split, (images, labels) in splits.items():
         verify(split, images, labels, per_class[split])
 
-    root.parent.mkdir(parents=True, exist_ok=True)
     for name in (root.name, f"{root.name}.old"):  # left by a fetch that was killed (180 MB for CIFAR-10)
         tempfiles.remove_dead(root.parent, name)
     tmp = Path(tempfile.mkdtemp(prefix=tempfiles.prefix(root.name), dir=root.parent))

@@ -78,7 +78,8 @@ pack() {  # the small outputs of the fast run, in one file (atomically replaced)
 }
 start_packer() {  # pack every 20 s, so that a call cut short still brings its tables back
   rm -f .gpu/stop_packing
-  (while sleep 20 && [ ! -e .gpu/stop_packing ]; do pack; done) &
+  # one-second sleeps: stop_packer waits for this loop, and a 20 s sleep would be 20 s of the device's time
+  (n=0; while [ ! -e .gpu/stop_packing ]; do sleep 1; n=$((n + 1)); [ $((n % 20)) -ne 0 ] || pack; done) &
   packer=$!
 }
 stop_packer() {  # let a pack in progress finish (its tar would otherwise race the final one), then the last pack

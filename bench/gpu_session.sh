@@ -71,10 +71,15 @@ fits() {  # fits SECONDS NAME: is there time for a step that needs at least SECO
   if [ "$(left)" -lt "$1" ]; then echo "skipped $2: $(left) s left of this part's $limit s" | tee -a "$OUT/skipped.txt"; return 1; fi
 }
 
-pack() {  # the small outputs of the fast run, in one file (atomically replaced); the compile-ahead log where there is one
-  local tmp="$OUT/.results.$BASHPID.tgz"  # one name per writer: the background packer and the last pack never share one
-  tar czf "$tmp" -C .gpu/data results metrics report $(cd .gpu/data && ls work/compile-ahead.log 2>/dev/null) 2>/dev/null
-  mv -f "$tmp" "$OUT/results.tgz"
+tarball() {  # tarball NAME DIR PATH...: DIR's PATHs into $OUT/NAME, replaced whole
+  local name=$1 dir=$2
+  shift 2
+  local tmp="$OUT/.$name.$BASHPID"  # one name per writer: the background packer and the last pack never share one
+  tar czf "$tmp" -C "$dir" "$@" 2>/dev/null
+  [ -f "$tmp" ] && mv -f "$tmp" "$OUT/$name"
+}
+pack() {  # the small outputs of the fast run; the compile-ahead log where there is one
+  tarball results.tgz .gpu/data results metrics report $(cd .gpu/data && ls work/compile-ahead.log 2>/dev/null)
 }
 start_packer() {  # pack every 20 s, so that a call cut short still brings its tables back
   rm -f .gpu/stop_packing
@@ -98,10 +103,7 @@ bench() {  # bench ARCH BATCH NAME [options]: training and adversarial training,
 # Part 4 writes up to seven JSON files and a call brings back at most 8 files: they go to .gpu/part4, and
 # $OUT/part4.tgz holds them all, refreshed after every step (so a call cut short still brings back the rest)
 P4=.gpu/part4
-pack4() {
-  local tmp="$OUT/.part4.$BASHPID.tgz"
-  tar czf "$tmp" -C "$P4" . && mv -f "$tmp" "$OUT/part4.tgz"
-}
+pack4() { tarball part4.tgz "$P4" .; }
 sizes=""  # PROFILE=tiny (a rehearsal on a CPU): the benches at the tiny preset's sizes, which win as given last
 [ "$profile" = tiny ] && sizes="--width 0.0625 --batch 8 --steps 1 --warmup 1"
 

@@ -93,13 +93,26 @@ def results_root(data_dir) -> Path:
     return Path(data_dir) / "results"
 
 
-def code_version() -> str:
+# What "+dirty" looks at: the code a stage runs. Not dvc.lock, which `dvc repro` rewrites after every stage
+# (every stage after the first would read dirty), nor params.yaml, whose values each row records (params_hash,
+# the models' recipe). New files count: a module not yet committed may be what ran.
+CODE_PATHS = ("notbugs", "flows", "tasks", "pyproject.toml")
+
+
+def code_version(root: str | Path | None = None) -> str:
+    """The commit (12 hex digits) of the git tree holding `root` (the library by default), with "+dirty" when
+    CODE_PATHS differ from it; "unknown" outside git."""
+    cwd = Path(root) if root is not None else Path(__file__).parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
-        return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+                             timeout=10, cwd=cwd).stdout.strip()
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=10, cwd=cwd).stdout.strip()
+        if not rev or not top:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], capture_output=True,
+                               text=True, timeout=10, cwd=top).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

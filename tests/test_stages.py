@@ -611,3 +611,40 @@ def test_plot_tables_leave_what_is_not_measured_empty(tmp_path):
     assert fig2["clean"].tolist() == [91.3, 95.3, 30.1, 43.7]
     assert fig2["robust"].tolist()[1:] == [4.5, 0.4, 0.0] and np.isnan(fig2["robust"].iloc[0])
     assert fig3["transfer_success"].isna().all() and fig3["d_det_acc"].tolist() == [20.5]
+
+
+def test_code_version_is_dirty_for_code_only(tmp_path):
+    """dvc repro rewrites dvc.lock after every stage, and `dvc exp run -S` edits params.yaml: neither is a code
+    change. An edited or new library file is."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "notbugs").mkdir()
+    (tmp_path / "notbugs" / "models.py").write_text("A = 1\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "params.yaml").write_text("profile: cpu\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=tmp_path, capture_output=True,
+                         text=True).stdout.strip()
+    inside = tmp_path / "notbugs"
+    assert S.code_version(inside) == rev
+
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / "params.yaml").write_text("profile: fast\n")
+    (tmp_path / "notes.txt").write_text("not code\n")
+    assert S.code_version(inside) == rev
+
+    (tmp_path / "notbugs" / "vit.py").write_text("B = 2\n")  # a new module, not yet committed
+    assert S.code_version(inside) == rev + "+dirty"
+    (tmp_path / "notbugs" / "vit.py").unlink()
+    (tmp_path / "notbugs" / "models.py").write_text("A = 2\n")
+    assert S.code_version(inside) == rev + "+dirty"
+
+
+def test_code_version_outside_git_is_unknown(tmp_path):
+    assert S.code_version(tmp_path) == "unknown"

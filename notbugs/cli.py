@@ -29,6 +29,7 @@ from pathlib import Path
 
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
 from notbugs.deadline import EXIT_INTERRUPTED, EXIT_STOPPED, Deadline, Stopped, expired
+from notbugs.models import arch_code
 from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
 
 STAGES = [
@@ -108,19 +109,36 @@ STEP_PARAMS = {
 
 
 # A rerun step's checkpoints and shards made by other code are not reused (train.TRAIN_CODE,
-# construct.CONSTRUCT_CODE: parts of these lists).
+# construct.CONSTRUCT_CODE: parts of these lists). Each step also runs the code of the architectures it builds
+# (step_archs, models.arch_code), so that an edit to VGG-16 reruns the transfer step only.
 STEP_CODE = {
     "fetch": ("data.py", "storage.py"),
-    "source": ("subset.py", "models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
-    "construct": ("subset.py", "construct.py", "attacks.py", "models.py"),
-    "train": ("subset.py", "models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
-    "transfer": ("subset.py", "models.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "source": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "construct": ("subset.py", "construct.py", "attacks.py"),
+    "train": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "transfer": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
 }
 
 
-def code_digest(stage: str) -> str:
-    """SHA-256 (16 hex digits) of the library files `stage` runs (STEP_CODE)."""
-    return package_digest(*STEP_CODE[stage])
+def step_archs(params, step: str) -> tuple[str, ...]:
+    """The architectures whose models `step` (e.g. "construct@d_r") trains or reads."""
+    stage, p = step.partition("@")[0], params.profile
+    if stage == "fetch":
+        return ()
+    if stage == "transfer":  # the profile's own: the standard source model, and train@d_det's model it reuses
+        return tuple(dict.fromkeys((p.arch, *p.transfer.archs)))
+    return (p.arch,)
+
+
+def step_code(params, step: str) -> tuple[str, ...]:
+    """The library files `step` runs: its stage's STEP_CODE and its architectures' code, each file once."""
+    archs = [f for arch in step_archs(params, step) for f in arch_code(arch)]
+    return tuple(dict.fromkeys((*STEP_CODE[step.partition("@")[0]], *archs)))
+
+
+def code_digest(params, step: str) -> str:
+    """SHA-256 (16 hex digits) of the library files `step` runs (`step_code`)."""
+    return package_digest(*step_code(params, step))
 
 
 def upstream_steps(step: str) -> tuple[str, ...]:
@@ -156,7 +174,7 @@ def step_hash(params, step: str, arrays: str | None = None) -> str:
     that new fetch code that writes the same arrays reruns fetch alone, and the other upstream steps' hashes."""
     keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
     body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
-                  "code": code_digest(step.partition("@")[0])}
+                  "code": code_digest(params, step)}
     if step == "fetch":
         body["data"] = [params.data.train_per_class, params.data.test_per_class]
     else:

@@ -43,7 +43,7 @@ from notbugs.compiling import keep_compiled_kernels, try_compile, uncompiled
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
-from notbugs.models import make_model
+from notbugs.models import arch_code, make_model
 from notbugs.subset import balanced_subset
 from notbugs.storage import (ArtefactError, atomic_write_bytes, package_digest, read_json, sha256_bytes, sha256_file,
                              write_json)
@@ -468,7 +468,8 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
     bf16 = bf16_for(params, dev)
     recipe = {"name": name, "seed": c.seed, "precision": precision_name(bf16), "batch_size": c.batch_size,
               "shard_size": c.shard_size, "subset": repr(params.profile.subset), "source_model_id": meta["model_id"],
-              "source_model_sha256": meta["checkpoint_sha256"], "code": package_digest(*C.CONSTRUCT_CODE)}
+              "source_model_sha256": meta["checkpoint_sha256"],
+              "code": package_digest(*C.CONSTRUCT_CODE, *arch_code(meta["arch"]))}
     if name in C.MATCHING:
         recipe["match"] = dataclasses.asdict(c.match)
     else:

@@ -36,8 +36,9 @@ from notbugs.augment import augment
 from notbugs.compiling import eager_view
 from notbugs.config import AdversarialConfig, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
+from notbugs.models import arch_code, make_model
 from notbugs.progress import Progress
-from notbugs.storage import ArtefactError, load_tensors, package_digest, save_tensors, sha256_bytes
+from notbugs.storage import ArtefactError, load_tensors, package_digest, read_json, save_tensors, sha256_bytes
 
 log = logging.getLogger("notbugs.train")
 
@@ -86,9 +87,10 @@ def ema_decay(step: int, decay: float) -> float:
     return min(decay, step / (step + 1))
 
 
-# The library files a trained model depends on: a checkpoint made by other code is not resumed, as DVC and
-# `notbugs all` rerun a stage whose code changed (cli.STEP_CODE lists these and evaluate.py, which scores it)
-TRAIN_CODE = ("models.py", "train.py", "attacks.py", "augment.py")
+# The library files a trained model depends on, with its architecture's (models.arch_code): a checkpoint made
+# by other code is not resumed, as DVC and `notbugs all` rerun a stage whose code changed (cli.STEP_CODE lists
+# these and evaluate.py, which scores it)
+TRAIN_CODE = ("train.py", "attacks.py", "augment.py")
 
 
 def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor,
@@ -100,7 +102,7 @@ def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Te
     with eager_view(model):
         layout = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
     body = json.dumps({"cfg": repr(cfg), "adv": repr(adversarial), "seed": seed, "bf16": bf16, "arch": model.arch,
-                       "code": package_digest(*TRAIN_CODE),
+                       "code": package_digest(*TRAIN_CODE, *arch_code(model.arch)),
                        "width": model.width, "layout": sha256_bytes(repr(layout).encode()), "n": len(labels),
                        "labels": sha256_bytes(labels.cpu().numpy().tobytes()),
                        "images": float(images[:64].double().sum())}, sort_keys=True)
@@ -322,9 +324,6 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict) -> dict:
 
 def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a saved model from meta.json and model.pt; checksums and architecture are verified."""
-    from notbugs.models import make_model
-    from notbugs.storage import read_json
-
     model_dir = Path(model_dir)
     meta = read_json(model_dir / "meta.json")
     state = load_tensors(model_dir / "model.pt", meta.get("checkpoint_sha256"),

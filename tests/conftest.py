@@ -23,7 +23,8 @@ import yaml
 from PIL import Image
 
 from notbugs.data import CLASSES
-from notbugs.models import Backbone, Classifier, conv_bn, global_avg_pool
+from notbugs.layers import Backbone, conv_bn, global_avg_pool
+from notbugs.models import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "cifar10"

@@ -168,7 +168,8 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
         "construct@d_det", "construct@d_rand", "train@d_det", "train@d_rand", "transfer"]
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == []  # nothing changed
     digest, updated = cli.code_digest, {}  # updated: a stand-in code digest per stage whose code changed
-    monkeypatch.setattr(cli, "code_digest", lambda stage: updated.get(stage) or digest(stage))
+    monkeypatch.setattr(cli, "code_digest",
+                        lambda params, step: updated.get(step.partition("@")[0]) or digest(params, step))
     updated["construct"] = "new"
     assert ran_after(lambda prof: None) == [*(f"construct@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")),
                                             *(f"train@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")), "transfer"]
@@ -186,12 +187,36 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
                                                    *(f"{s}@{d}" for s in ("construct", "train") for d in DATASETS)])
 
 
+def test_an_architecture_edit_reaches_only_the_steps_that_build_it(monkeypatch):
+    """Each step's code digest holds the modules of the architectures it builds, and no other's: at `cpu`
+    (ResNet-9; transfer to ResNet-9 and VGG-16) an edit to VGG-16 reruns transfer alone, one to DenseNet
+    nothing, one to ResNet-9 or to the blocks every architecture shares every step after fetch."""
+    from notbugs import cli
+    from notbugs.config import load_params
+
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    steps = [s for s in STEPS if s != "report"]
+    before = {s: cli.code_digest(params, s) for s in steps}
+    real = cli.package_digest
+
+    def edited(module: str) -> set[str]:
+        monkeypatch.setattr(cli, "package_digest", lambda *names: real(*names) + ("+" if module in names else ""))
+        return {s for s in steps if cli.code_digest(params, s) != before[s]}
+
+    assert edited("archs/vgg.py") == {"transfer"}
+    assert edited("archs/densenet.py") == set()
+    assert edited("archs/resnet9.py") == set(steps) - {"fetch"}
+    assert edited("layers.py") == set(steps) - {"fetch"}
+    assert edited("construct.py") == {"construct@d_r", "construct@d_nr", "construct@d_rand", "construct@d_det"}
+
+
 def test_the_steps_of_all_read_what_dvc_yaml_declares():
-    """cli.STEP_PARAMS, STEP_CODE and upstream_steps against dvc.yaml's params, code and data deps, stage
-    by stage."""
+    """cli.STEP_PARAMS, step_code and upstream_steps against dvc.yaml's params, code and data deps, stage
+    by stage. dvc.yaml cannot pick a file by profile: it lists the code of every profile's architectures."""
     import yaml
 
-    from notbugs.cli import STEP_CODE, step_params, upstream_steps
+    from notbugs.cli import step_code, step_params, upstream_steps
+    from notbugs.config import PROFILES, load_params
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {}
@@ -224,7 +249,9 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
     # the same steps: a set added to config.DATASETS but not to dvc.yaml's foreach lists (or the reverse) would
     # be built by one runner and silently not by the other
     assert set(declared) == set(STEPS) - {"report"}
-    ours = {step: (sorted(step_params(step)), set(upstream_steps(step)), sorted(STEP_CODE[step.partition("@")[0]]))
+    profiles = [load_params(ROOT / "params.yaml", profile=name) for name in PROFILES]
+    ours = {step: (sorted(step_params(step)), set(upstream_steps(step)),
+                   sorted({f for params in profiles for f in step_code(params, step)}))
             for step in declared}
     assert ours == declared
     assert "adversarial" not in step_params("source@standard")  # editing the attack leaves the standard model

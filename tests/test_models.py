@@ -281,3 +281,21 @@ def test_inception_is_the_references_cifar_inception():
     assert 0.4 < (dropped[on] == 0).float().mean() < 0.6  # about half the units dropped
     kept = on & (dropped != 0)
     assert torch.allclose(dropped[kept], 2 * whole[kept], rtol=1e-4)  # the others doubled
+
+
+def test_each_architecture_s_code_is_the_shared_files_and_its_own_module():
+    """What a step hashes for a model (`arch_code`): models.py, layers.py and the module that builds it,
+    each a file of the package; ResNet-18 and ResNet-50 share theirs."""
+    from pathlib import Path
+
+    from notbugs.models import MODEL_CODE, arch_code
+
+    package = Path(__file__).resolve().parents[1] / "notbugs"
+    own = {arch: arch_code(arch)[len(MODEL_CODE):] for arch in ALL_ARCHS}
+    assert own == {"resnet18": ("archs/resnet.py",), "resnet50": ("archs/resnet.py",), "vgg16": ("archs/vgg.py",),
+                   "densenet121": ("archs/densenet.py",), "inception_v3": ("archs/inception.py",),
+                   "resnet9": ("archs/resnet9.py",)}
+    assert all(arch_code(a)[:len(MODEL_CODE)] == MODEL_CODE for a in ALL_ARCHS)
+    assert all((package / f).is_file() for a in ALL_ARCHS for f in arch_code(a))
+    with pytest.raises(ValueError, match="unknown arch 'vit'"):
+        arch_code("vit")

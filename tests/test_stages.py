@@ -511,7 +511,7 @@ def test_shards_built_by_other_code_are_rebuilt(sources, tmp_path, monkeypatch):
     assert rebuilt == [0, 1, 2, 3]
     rows = results.load("datasets", S.results_root(data))
     codes = [json.loads(r)["code"] for r in rows[rows["name"] == "d_det"].sort_values("created_at")["recipe"]]
-    assert codes == [package_digest(*C.CONSTRUCT_CODE), "0123456789abcdef"]
+    assert codes == [package_digest(*C.CONSTRUCT_CODE, *models.arch_code(params.profile.arch)), "0123456789abcdef"]
 
 
 def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):

@@ -42,6 +42,8 @@ STAGES = [
     ("reevaluate", "re-score every trained model under the profile's reevaluate suite (appends rows)"),
     ("all", "run every stage above in pipeline order (fetch .. report)"),
     ("results", "print the row count of each result table"),
+    ("clean", "delete the training checkpoints that runs of another recipe, data or code set aside "
+              "(data/work/**/checkpoint-<signature>.pt)"),
 ]
 
 
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="stop at the first safe point after this many minutes (after a batch; leave a "
                                 "margin of one model's evaluation), progress saved, exit 75: for clusters that "
                                 "cap job length, run the same command again until it exits 0")
+        if name == "clean":
+            p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
         if name == "all":
             p.add_argument("--skip", action="append", default=[], choices=[s for s, _ in STAGES[:6]],
                            help="leave this stage out (repeatable), e.g. --skip transfer: Figure 2 and Table 1 only")
@@ -396,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             out = results.summary(S.results_root(args.data_dir))
             if "report" not in args.skip:  # where to look next
                 out["report"] = str(Path(args.data_dir) / "report" / "report.html")
+        elif args.stage == "clean":
+            out = S.clean_checkpoints(args.data_dir, args.dry_run)
         else:
             out = results.summary(S.results_root(args.data_dir))
     except Stopped as e:

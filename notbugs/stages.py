@@ -723,6 +723,19 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
 
 
+def clean_checkpoints(data_dir, dry_run: bool = False) -> dict:
+    """Delete the training checkpoints that runs of another recipe, data or code set aside
+    (`data/work/**/checkpoint-<signature>.pt`: train.py keeps them rather than overwrite hours of work). Not a
+    run's own `checkpoint.pt`, which the next run of the same recipe resumes. `dry_run`: list them only."""
+    found = sorted((Path(data_dir) / "work").rglob("checkpoint-*.pt"))
+    sizes = {str(path): path.stat().st_size for path in found}
+    if not dry_run:
+        for path in found:
+            path.unlink(missing_ok=True)
+            log.info("removed %s (%.1f MB)", path, sizes[str(path)] / 1e6)
+    return {"removed" if not dry_run else "would_remove": list(sizes), "bytes": sum(sizes.values())}
+
+
 def _latest_checkpoints(data_dir) -> dict[str, str]:
     """{model_id: the checkpoint SHA-256 of its latest `models` row}."""
     models = results.load("models", results_root(data_dir)).sort_values("created_at", kind="stable")

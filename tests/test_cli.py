@@ -373,3 +373,30 @@ def test_every_constructed_set_names_its_source_model():
     assert construct_source("d_r") == "robust" and construct_source("d_nr") == "standard"
     with pytest.raises(ValueError, match="SOURCE_MODEL"):
         construct_source("d_r2")
+
+
+def test_clean_deletes_the_set_aside_checkpoints_only(tmp_path, mirror, capsys):
+    """`notbugs clean` removes the checkpoints that runs of another recipe set aside, in every model's work
+    folder (transfer's are nested), and keeps each run's own checkpoint.pt; --dry-run deletes nothing."""
+    from tests.conftest import write_params
+
+    path = write_params(tmp_path / "p.yaml", mirror)
+    data = tmp_path / "data"
+    files = {"work/standard/checkpoint.pt": 3, "work/standard/checkpoint-0123456789abcdef.pt": 5,
+             "work/transfer/vgg16-d/checkpoint-unsigned.pt": 7, "work/transfer/vgg16-d/checkpoint.pt": 11,
+             "models/standard/model.pt": 13}
+    for name, size in files.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(b"x" * size)
+    aside = sorted(str(data / n) for n in files if "checkpoint-" in n)
+    common = ["--params", str(path), "--data-dir", str(data)]
+
+    capsys.readouterr()
+    assert main(["clean", "--dry-run", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == {"would_remove": aside, "bytes": 12}
+    assert all((data / n).exists() for n in files)
+    assert main(["clean", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == {"removed": aside, "bytes": 12}
+    assert sorted(n for n in files if (data / n).exists()) == sorted(n for n in files if "checkpoint-" not in n)
+    assert main(["clean", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == {"removed": [], "bytes": 0}

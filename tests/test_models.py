@@ -299,3 +299,15 @@ def test_each_architecture_s_code_is_the_shared_files_and_its_own_module():
     assert all((package / f).is_file() for a in ALL_ARCHS for f in arch_code(a))
     with pytest.raises(ValueError, match="unknown arch 'vit'"):
         arch_code("vit")
+
+
+def test_every_library_package_is_installed():
+    """pyproject.toml lists its packages by name: a subpackage missing there (notbugs.archs, say) would be
+    left out of a wheel (`pip install .`), and every model with it."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = [".".join(p.parent.relative_to(root).parts) for p in (root / "notbugs").rglob("__init__.py")]
+    assert sorted(listed) == sorted(found)

@@ -336,7 +336,8 @@ class ConstructJob:
         a, b = self.ranges[k]
         stats = C.build_shard(self.name, self.model, self.images, self.labels, self.source_index, self.assign,
                               k, a, b, self.recipe, self.recipe_hash, self.out_dir, self.device, self.deadline)
-        log.info("building %s shard %d/%d from the %s %s: %s", self.name.upper(), k + 1, len(self.ranges),
+        # numbered from 0, as the shard's file, its progress bar and its errors are; the count beside it
+        log.info("built %s shard %d (%d of %d) from the %s %s: %s", self.name, k, k + 1, len(self.ranges),
                  self.source_meta["training"], self.source_meta["arch"], _describe(stats))
         if expired(self.deadline):  # the shard is whole; the next job starts with the next one
             raise Stopped(f"{self.name} shard {k}: {self.deadline.reason} after finishing the shard")

@@ -215,7 +215,7 @@ _EPOCH_DONE = re.compile(r"epoch (\d+)/\d+ \[#{20}\]")
 _EPOCH_ANY = re.compile(r"epoch (\d+)/\d+ \[")
 _RESUMED = re.compile(r"resuming from \S+ at epoch (\d+)/\d+")
 _SHARDS_KEPT = re.compile(r"(\d+) of (\d+) shards already built, resuming")
-_SHARD_BUILT = re.compile(r"building \S+ shard (\d+)/\d+")
+_SHARD_BUILT = re.compile(r"built \S+ shard (\d+) \(")
 
 
 def completed_epochs(log: str) -> int:
@@ -240,7 +240,7 @@ def shards_resumed(log: str) -> int:
 
 def shards_built(log: str) -> list[int]:
     """0-based indices of the shards the log reports built."""
-    return [int(k) - 1 for k in _SHARD_BUILT.findall(log)]
+    return [int(k) for k in _SHARD_BUILT.findall(log)]
 
 
 # ---------------------------------------------------------------- bookkeeping

@@ -310,8 +310,10 @@ def validate(p: Profile) -> None:
     from notbugs.models import ARCHS, FAKE_RELU_ARCHS, INITS
 
     where = f"profiles.{p.name}"
-    for arch in (p.arch, *p.transfer.archs):
-        _check(arch in ARCHS, f"{where}: unknown architecture {arch!r}; accepted: {sorted(ARCHS)}")
+    for key, archs in (("arch", (p.arch,)), ("transfer.archs", p.transfer.archs)):
+        for arch in archs:
+            _check(arch in ARCHS, f"{where}.{key}: unknown architecture {arch!r}; accepted: {sorted(ARCHS)} "
+                                  f"(notbugs.archs.ARCHS: README, 'Extending')")
     _check(p.width > 0 and p.transfer.width > 0, f"{where}: width must be > 0")
     _check(p.subset.train >= 0 and p.subset.test >= 0, f"{where}.subset: sizes must be >= 0 (0 = all)")
     _check(p.subset.train % 10 == 0 and p.subset.test % 10 == 0,

@@ -68,9 +68,16 @@ def arch_code(arch: str) -> tuple[str, ...]:
     a changed architecture a new name."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; accepted names: {', '.join(ARCHS)}")
-    path = Path(sys.modules[ARCHS[arch].__module__].__file__).resolve()
+    builder = getattr(ARCHS[arch], "func", ARCHS[arch])  # a functools.partial's function
+    path = Path(sys.modules[builder.__module__].__file__).resolve()
     package = Path(__file__).resolve().parent
-    return (*MODEL_CODE, path.relative_to(package).as_posix() if path.is_relative_to(package) else str(path))
+    if not path.is_relative_to(package):
+        return (*MODEL_CODE, str(path))
+    name = path.relative_to(package).as_posix()
+    if not name.startswith("archs/") or name == "archs/__init__.py":
+        raise ValueError(f"the builder of {arch!r} is defined in notbugs/{name}: define it in a module of "
+                         f"notbugs/archs/ (not the ARCHS table's), whose code its steps then hash")
+    return (*MODEL_CODE, name)
 
 
 class Classifier(nn.Module):

@@ -163,17 +163,26 @@ def params_file(tmp_path, mirror) -> Path:
     return write_params(tmp_path / "params.yaml", mirror)
 
 
+# The variables that point the library at other parameters or data (config.load_params): the tests choose their
+# own, whatever the shell that runs them exports
+USER_SETTINGS = ("NOTBUGS_PROFILE", "NOTBUGS_DATA_SOURCE", "NOTBUGS_MIRROR")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
     # TORCHINDUCTOR_CACHE_DIR: a stage that compiles points it at its data folder for the rest of the
     # process (notbugs.compiling.keep_compiled_kernels); each test starts without it
-    for var in ("NOTBUGS_PROFILE", "NOTBUGS_DATA_SOURCE", "NOTBUGS_MIRROR", "TORCHINDUCTOR_CACHE_DIR"):
+    for var in (*USER_SETTINGS, "TORCHINDUCTOR_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (scripts/test.sh runs a worker per core), one thread per worker and per process it
-    starts: on CI's 2 cores, two workers of two threads each would oversubscribe them."""
+    """The user's settings are dropped for the whole session: module-scoped fixtures, which load parameters
+    before any function-scoped fixture runs, would read them. Under pytest-xdist (scripts/test.sh runs a worker
+    per core), one thread per worker and per process it starts: on CI's 2 cores, two workers of two threads
+    each would oversubscribe them."""
+    for var in USER_SETTINGS:
+        os.environ.pop(var, None)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
         torch.set_num_threads(1)

@@ -50,7 +50,9 @@ def _fake_relu_on_vgg16(doc):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["profiles"]["tiny"].update(arch="resnet1000"), "unknown architecture 'resnet1000'"),
+    (lambda d: d["profiles"]["tiny"].update(arch="resnet1000"), "tiny.arch: unknown architecture 'resnet1000'"),
+    (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["resnet9", "lenet"]),
+     "tiny.transfer.archs: unknown architecture 'lenet'"),
     (lambda d: d["profiles"]["tiny"]["adversarial"].update(eps=-0.5), "adversarial"),
     (lambda d: d["profiles"]["tiny"]["adversarial"].update(method="fgsm"),
      "adversarial.method must be one of pgd|free, got 'fgsm'"),

@@ -21,7 +21,7 @@ def images(n: int = 2, seed: int = 1) -> torch.Tensor:
 
 
 def test_registry_has_exactly_the_six_archs():
-    assert sorted(ARCHS) == sorted(ALL_ARCHS)
+    assert sorted(ARCHS) == sorted(ALL_ARCHS), "list every notbugs.archs.ARCHS entry in this module's ALL_ARCHS"
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)
@@ -284,21 +284,64 @@ def test_inception_is_the_references_cifar_inception():
 
 
 def test_each_architecture_s_code_is_the_shared_files_and_its_own_module():
-    """What a step hashes for a model (`arch_code`): models.py, layers.py and the module that builds it,
-    each a file of the package; ResNet-18 and ResNet-50 share theirs."""
+    """What a step hashes for a model (`arch_code`): models.py, layers.py and the module of notbugs/archs/ that
+    builds it; ResNet-18 and ResNet-50 share theirs. A builder in the ARCHS table's own file is refused (no
+    step would hash it)."""
     from pathlib import Path
 
     from notbugs.models import MODEL_CODE, arch_code
 
     package = Path(__file__).resolve().parents[1] / "notbugs"
-    own = {arch: arch_code(arch)[len(MODEL_CODE):] for arch in ALL_ARCHS}
-    assert own == {"resnet18": ("archs/resnet.py",), "resnet50": ("archs/resnet.py",), "vgg16": ("archs/vgg.py",),
-                   "densenet121": ("archs/densenet.py",), "inception_v3": ("archs/inception.py",),
-                   "resnet9": ("archs/resnet9.py",)}
-    assert all(arch_code(a)[:len(MODEL_CODE)] == MODEL_CODE for a in ALL_ARCHS)
-    assert all((package / f).is_file() for a in ALL_ARCHS for f in arch_code(a))
+    for arch in ALL_ARCHS:
+        *shared, own = arch_code(arch)
+        assert tuple(shared) == MODEL_CODE
+        assert own.startswith("archs/") and own != "archs/__init__.py" and (package / own).is_file(), arch
+    known = {"resnet18": "archs/resnet.py", "resnet50": "archs/resnet.py", "vgg16": "archs/vgg.py",
+             "densenet121": "archs/densenet.py", "inception_v3": "archs/inception.py", "resnet9": "archs/resnet9.py"}
+    assert {arch: arch_code(arch)[-1] for arch in known} == known
     with pytest.raises(ValueError, match="unknown arch 'vit'"):
         arch_code("vit")
+
+
+def test_a_builder_outside_an_architecture_module_is_refused_or_followed(monkeypatch):
+    """A functools.partial is followed to its function's module; a builder written in the ARCHS table's own
+    file (notbugs/archs/__init__.py), which no step hashes, is refused."""
+    import functools
+
+    from notbugs.archs.resnet9 import resnet9
+    from notbugs.models import arch_code
+
+    monkeypatch.setitem(ARCHS, "wide9", functools.partial(resnet9, 2.0))
+    assert arch_code("wide9")[-1] == "archs/resnet9.py"
+    table = {}
+    exec("def tiny9(width=1.0):\n    return resnet9(width)", {"resnet9": resnet9, "__name__": "notbugs.archs"}, table)
+    monkeypatch.setitem(ARCHS, "tiny9", table["tiny9"])  # as if written in notbugs/archs/__init__.py
+    with pytest.raises(ValueError, match=r"builder of 'tiny9' is defined in notbugs/archs/__init__\.py"):
+        arch_code("tiny9")
+
+
+def test_architecture_modules_import_blocks_from_layers_only():
+    """A step hashes the one module of each architecture it builds (`arch_code`): a block borrowed from another
+    architecture's module would change without rerunning it, and a checkpoint of the old code would be resumed
+    as done. Blocks that two families share belong in notbugs/layers.py."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "notbugs"
+    for path in [*sorted((package / "archs").glob("*.py")), package / "layers.py", package / "models.py"]:
+        tree = ast.parse(path.read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        ours = sorted(m for m in imported if m.split(".")[0] == "notbugs")
+        if path.name == "__init__.py":  # the table imports every builder
+            allowed = {m for m in ours if m.startswith("notbugs.archs.")}
+        elif path.name == "models.py":
+            allowed = {"notbugs.archs", "notbugs.layers"}
+        elif path.name == "layers.py":
+            allowed = set()
+        else:
+            allowed = {"notbugs.layers"}
+        assert set(ours) <= allowed, f"{path.relative_to(package.parent)} imports {sorted(set(ours) - allowed)}"
 
 
 def test_every_library_package_is_installed():

@@ -62,10 +62,13 @@ def _run(cmd, cwd, env, timeout=900):
 def repo(tmp_path_factory, prefect_server):
     """A git copy of the working tree with profile tiny, after one full `dvc repro`."""
     work = copy_working_tree(tmp_path_factory.mktemp("repo") / "notbugs")
-    mirror = SHARED_MIRROR if SHARED_MIRROR.exists() else make_mirror(work.parent / "mirror", 500, 100)
     doc = yaml.safe_load((work / "params.yaml").read_text())
     doc["profile"] = "tiny"
-    doc["data"]["mirror"] = str(mirror)
+    if SHARED_MIRROR.exists():
+        doc["data"]["mirror"] = str(SHARED_MIRROR)
+    else:  # generated images, as many as tiny's subsets need (fetch verifies the counts per class it is told)
+        doc["data"].update(mirror=str(make_mirror(work.parent / "mirror", 50, 10)), train_per_class=50,
+                           test_per_class=10)
     (work / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {**os.environ, **prefect_server, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(work)}
     for var in ("NOTBUGS_PROFILE", "NOTBUGS_MIRROR", "NOTBUGS_DATA_SOURCE"):
@@ -80,6 +83,18 @@ def repo(tmp_path_factory, prefect_server):
     return {"path": work, "env": env, "log": out}
 
 
+def _tiny(repo) -> dict:
+    return yaml.safe_load((repo["path"] / "params.yaml").read_text())["profiles"]["tiny"]
+
+
+def _tiny_models(repo) -> int:
+    """The models tiny trains: two sources, one per constructed set, then for Figure 3 each transfer architecture
+    on D and on D_det, but the profile's own architecture at its own width on D_det (train@d_det's, reused)."""
+    t = _tiny(repo)
+    reused = t["arch"] in t["transfer"]["archs"] and t["transfer"]["width"] == t["width"]
+    return 2 + 4 + 2 * len(t["transfer"]["archs"]) - reused
+
+
 def test_repro_fills_the_result_tables(repo):
     root = repo["path"] / "data" / "results"
     counts = results.summary(root)
@@ -90,10 +105,9 @@ def test_repro_fills_the_result_tables(repo):
     assert {f"construct@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= stages
     assert {f"train@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= stages
     assert len(runs) == 13
-    # sources, one per constructed set, then Figure 3: resnet9 and resnet18 on D, resnet18 on D_det
-    # (resnet9 is the profile's architecture: its D_det point is the train@d_det model, reused)
-    n_models = 2 + 4 + 3
-    assert counts["models"] == n_models and counts["datasets"] == 1 + 4 and counts["transfer"] == 2
+    n_models = _tiny_models(repo)
+    assert counts["models"] == n_models and counts["datasets"] == 1 + 4
+    assert counts["transfer"] == len(_tiny(repo)["transfer"]["archs"])
     ev = results.load("evaluations", root)
     assert len(ev) == n_models * 2 and set(ev["attack"]) == {"none", "pgd_l2"}
     assert (ev["profile"] == "tiny").all() and (ev["n"] == 100).all()
@@ -172,9 +186,10 @@ def test_reevaluate_once_appends_rows(repo):
     before = len(results.load("evaluations", root))
     _run([sys.executable, "-m", "flows.serve", "--once"], repo["path"], repo["env"])
     ev = results.load("evaluations", root)
-    # tiny's reevaluate suite: clean + PGD at eps 0.25 and 0.5, for each of the 9 models
-    assert len(ev) == before + 9 * 3
-    assert set(ev["eps"]) == {0.0, 0.25, 0.5}
+    # tiny's reevaluate suite: clean + PGD at each of its eps, for each model
+    eps = _tiny(repo)["reevaluate"]["eps"]
+    assert len(ev) == before + _tiny_models(repo) * (1 + len(eps))
+    assert set(ev["eps"]) == {0.0, *eps}
     out = _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])  # the report shows the new rows once rerun
     assert _stale_stages(out) == {"report"}
 

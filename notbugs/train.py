@@ -36,7 +36,7 @@ from notbugs.augment import augment
 from notbugs.compiling import eager_view
 from notbugs.config import AdversarialConfig, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
-from notbugs.models import arch_code, make_model
+from notbugs.models import ARCHS, MODEL_CODE, arch_code, make_model
 from notbugs.progress import Progress
 from notbugs.storage import ArtefactError, load_tensors, package_digest, read_json, save_tensors, sha256_bytes
 
@@ -93,6 +93,12 @@ def ema_decay(step: int, decay: float) -> float:
 TRAIN_CODE = ("train.py", "attacks.py", "augment.py")
 
 
+def model_code(arch: str) -> tuple[str, ...]:
+    """`models.arch_code`; for a model built outside the ARCHS table (a Classifier of one's own backbone), the
+    shared model code only: its own code is outside the package, and its tensors' shapes are in the signature."""
+    return arch_code(arch) if arch in ARCHS else MODEL_CODE
+
+
 def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Tensor, images: torch.Tensor,
                bf16: bool) -> str:
     """What a checkpoint must match to be resumed: recipe, seed, precision, architecture, data and code.
@@ -102,7 +108,7 @@ def _signature(model, cfg: TrainConfig, adversarial, seed: int, labels: torch.Te
     with eager_view(model):
         layout = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
     body = json.dumps({"cfg": repr(cfg), "adv": repr(adversarial), "seed": seed, "bf16": bf16, "arch": model.arch,
-                       "code": package_digest(*TRAIN_CODE, *arch_code(model.arch)),
+                       "code": package_digest(*TRAIN_CODE, *model_code(model.arch)),
                        "width": model.width, "layout": sha256_bytes(repr(layout).encode()), "n": len(labels),
                        "labels": sha256_bytes(labels.cpu().numpy().tobytes()),
                        "images": float(images[:64].double().sum())}, sort_keys=True)

@@ -448,3 +448,16 @@ def test_a_trained_model_with_ema_is_the_average_of_the_weights_after_every_step
     for k in floats:
         torch.testing.assert_close(state[k], expected[k], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(state["head.weight"], after_step[-1]["head.weight"])  # not the last weights
+
+
+def test_a_classifier_of_one_s_own_backbone_trains_and_resumes(tmp_path):
+    """The library trains a model whose architecture is in no table (its code is not in the package): the
+    checkpoint's signature then holds the shared model code, and a second run resumes the finished one."""
+    from tests.conftest import small_model
+
+    x, y = synthetic_batch(8)
+    first = train(small_model(), x, y, SHORT, seed=3, device=CPU, workdir=tmp_path)
+    again = small_model()
+    second = train(again, x, y, SHORT, seed=3, device=CPU, workdir=tmp_path)
+    assert second == first  # the finished checkpoint resumed: the same history, nothing trained again
+    assert not list(tmp_path.glob("checkpoint-*.pt"))

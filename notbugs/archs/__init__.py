@@ -6,19 +6,16 @@ from collections.abc import Callable
 
 from torch import nn
 
-from notbugs.archs.densenet import densenet121
-from notbugs.archs.inception import inception_v3
-from notbugs.archs.resnet import resnet18, resnet50
-from notbugs.archs.resnet9 import resnet9
-from notbugs.archs.vgg import vgg16
+# the modules, not their builders: `notbugs.archs.resnet9` stays the module, not the function of that name
+from notbugs.archs import densenet, inception, resnet, resnet9, vgg
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "vgg16": vgg16,
-    "densenet121": densenet121,
-    "inception_v3": inception_v3,
-    "resnet9": resnet9,
+    "resnet18": resnet.resnet18,
+    "resnet50": resnet.resnet50,
+    "vgg16": vgg.vgg16,
+    "densenet121": densenet.densenet121,
+    "inception_v3": inception.inception_v3,
+    "resnet9": resnet9.resnet9,
 }
 
 # The architectures whose backbone takes fake_relu (representation matching as the reference's loss does it).

@@ -106,12 +106,11 @@ def code_version(root: str | Path | None = None) -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                              timeout=10, cwd=cwd).stdout.strip()
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                             timeout=10, cwd=cwd).stdout.strip()
-        if not rev or not top:
+        if not rev:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], capture_output=True,
-                               text=True, timeout=10, cwd=top).stdout.strip()
+        # ":/path": relative to the top of the tree, wherever `cwd` is in it
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *(f":/{p}" for p in CODE_PATHS)],
+                               capture_output=True, text=True, timeout=10, cwd=cwd).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

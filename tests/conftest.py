@@ -170,10 +170,10 @@ USER_SETTINGS = ("NOTBUGS_PROFILE", "NOTBUGS_DATA_SOURCE", "NOTBUGS_MIRROR")
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
-    # TORCHINDUCTOR_CACHE_DIR: a stage that compiles points it at its data folder for the rest of the
-    # process (notbugs.compiling.keep_compiled_kernels); each test starts without it
-    for var in (*USER_SETTINGS, "TORCHINDUCTOR_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
+    # a stage that compiles points TORCHINDUCTOR_CACHE_DIR at its data folder for the rest of the process
+    # (notbugs.compiling.keep_compiled_kernels); each test starts without it. USER_SETTINGS are gone for the
+    # session (pytest_configure), and a test that sets one does so through monkeypatch, which undoes it
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
 
 
 def pytest_configure(config):

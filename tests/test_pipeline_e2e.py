@@ -70,9 +70,8 @@ def repo(tmp_path_factory, prefect_server):
         doc["data"].update(mirror=str(make_mirror(work.parent / "mirror", 50, 10)), train_per_class=50,
                            test_per_class=10)
     (work / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    # the user's NOTBUGS_* settings are already gone from os.environ (conftest.pytest_configure)
     env = {**os.environ, **prefect_server, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(work)}
-    for var in ("NOTBUGS_PROFILE", "NOTBUGS_MIRROR", "NOTBUGS_DATA_SOURCE"):
-        env.pop(var, None)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _run(git + ["init", "-q"], work, env)
     _run(git + ["add", "-A"], work, env)

@@ -70,6 +70,43 @@ def test_targeted_pgd_reaches_its_target(trained):
     assert (adv - x).flatten(1).norm(dim=1).max().item() <= 8.0 + 1e-5
 
 
+class RecordsBatches(torch.nn.Module):
+    """The model, recording every image batch it is called on: the iterates an attack visits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, z):
+        self.inputs.append(z.detach().clone())
+        return self.model(z)
+
+
+def test_pgd_at_the_evaluation_settings_takes_steps_of_its_size_and_projects_onto_the_ball(trained):
+    """The robust evaluation's attack (eps 0.25, 20 steps of 2.5 * eps / 20): each step moves an image by
+    exactly the step size until the ball stops it, never further, and the perturbations end on the sphere
+    of radius eps. The images are squeezed into [0.25, 0.75], so that clipping to [0, 1] never shortens a step."""
+    model, x, y = trained
+    x = 0.25 + 0.5 * x
+    eps, steps = 0.25, 20
+    step = 2.5 * eps / steps
+    recorder = RecordsBatches(model)
+    with frozen(model):
+        adv = pgd_l2(recorder, x, y, eps=eps, steps=steps, step_size=step)
+        before = F.cross_entropy(model(x), y).item()
+        after = F.cross_entropy(model(adv), y).item()
+    iterates = [*recorder.inputs, adv]
+    assert len(iterates) == steps + 1 and torch.equal(iterates[0], x)
+    norms = torch.stack([(z - x).flatten(1).norm(dim=1) for z in iterates])  # (steps + 1, images)
+    lengths = torch.stack([(b - a).flatten(1).norm(dim=1) for a, b in zip(iterates, iterates[1:])])
+    assert (lengths <= step * (1 + 1e-4)).all()
+    inside = norms[1:] < eps * (1 - 1e-4)  # steps the projection did not touch
+    assert inside[0].all() and torch.allclose(lengths[inside], torch.full_like(lengths[inside], step), rtol=1e-4)
+    assert (norms <= eps * (1 + 1e-5)).all()
+    assert torch.allclose(norms[-1], torch.full_like(norms[-1], eps), rtol=1e-4), norms[-1]
+    assert after > before
+
+
 def test_random_start_stays_in_the_ball_and_is_reproducible(trained):
     model, x, y = trained
     with frozen(model):

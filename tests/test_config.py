@@ -13,20 +13,31 @@ def test_every_profile_of_the_project_loads():
 
 
 def test_paper_profile_is_the_protocol():
+    """Every number of ../shared/docs/protocol.md that `paper` carries, for every model it trains: a
+    change to any of them would make `paper` something else."""
     p = load_params(ROOT / "params.yaml", "paper").profile
-    assert (p.arch, p.train.epochs, p.train.lr, p.train.batch_size, p.train.milestones) == ("resnet50", 150, 0.1, 128,
-                                                                                            (50, 100))
-    assert (p.adversarial.eps, p.adversarial.steps, p.adversarial.step_size) == (0.5, 7, 0.1)
-    assert (p.construct.match.steps, p.construct.match.step_size) == (1000, 0.1)
-    assert p.construct.match.fake_relu is True  # the reference's inversion loss (models.FakeReLU)
+    assert (p.subset.train, p.subset.test, p.arch, p.width) == (0, 0, "resnet50", 1.0)  # all of CIFAR-10
+    recipes = {"train": p.train, **p.source_on, **p.train_on}
+    assert set(recipes) == {"train", "standard", "robust", "d_r", "d_nr", "d_rand", "d_det"}
+    for name, t in recipes.items():
+        assert (t.epochs, t.batch_size, t.momentum, t.nesterov, t.weight_decay) == (150, 128, 0.9, False, 5e-4), name
+        assert (t.schedule, t.milestones, t.gamma, t.label_smoothing) == ("step", (50, 100), 0.1, 0.0), name
+        assert (t.init, t.decay, t.ema) == ("torch", "all", 0.0), name  # the reference's init, SGD, last weights
+        # the paper's per-set table, one reading (protocol.md): D_rand lr 0.01, D_det without augmentation
+        assert t.lr == (0.01 if name == "d_rand" else 0.1), name
+        augment = (0, False, 0.0, 0.0) if name == "d_det" else (4, True, 0.25, 2.0)
+        assert (t.augment.crop_pad, t.augment.flip, t.augment.jitter, t.augment.rotate) == augment, name
+    a = p.adversarial
+    assert (a.method, a.eps, a.steps, a.step_size, a.random_start, a.use_best) == ("pgd", 0.5, 7, 0.1, False, True)
+    m = p.construct.match  # constant steps of 0.1: a decaying rule would be a deviation
+    assert (m.steps, m.step_size, m.final_step_size, m.use_best) == (1000, 0.1, 0.1, True)
+    assert m.fake_relu is True  # the reference's inversion loss (layers.FakeReLU)
     assert (p.construct.pgd.eps, p.construct.pgd.steps, p.construct.pgd.step_size) == (0.5, 100, 0.1)
-    assert p.evaluate.eps == (0.25,) and p.evaluate.step_factor == 2.5
-    assert p.train.augment.jitter == 0.25 and p.train.augment.rotate == 2.0
-    assert p.train_on["d_rand"].lr == 0.01 and p.train_on["d_r"].lr == 0.1  # per-set override merged
-    assert p.train_on["d_det"].augment.flip is False
-    assert {t.init for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {"torch"}  # the reference's
-    assert {t.decay for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {"all"}  # the reference's SGD
-    assert {t.ema for t in (p.train, *p.source_on.values(), *p.train_on.values())} == {0.0}  # its last weights
+    e = p.evaluate
+    assert (e.eps, e.steps, e.step_factor, e.restarts, e.use_best) == ((0.25,), 20, 2.5, 1, True)
+    assert (p.reevaluate.steps, p.reevaluate.step_factor) == (100, 2.5)  # the released checkpoints' 100-step score
+    assert sorted(p.transfer.archs) == sorted(["vgg16", "inception_v3", "densenet121", "resnet18", "resnet50"])
+    assert p.transfer.width == 1.0
 
 
 def test_speed_switches_are_not_deviations_from_the_paper():

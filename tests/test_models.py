@@ -60,6 +60,26 @@ def test_full_width_sizes_match_the_reference_architectures(arch, repr_dim, min_
     assert min_params <= n_params <= max_params, f"{arch}: {n_params:,} parameters"
 
 
+@pytest.mark.parametrize("arch, n_params", [("resnet18", 11_173_962), ("resnet50", 23_520_842)])
+def test_resnets_are_the_cifar_variants(arch, n_params):
+    """The reference's CIFAR ResNets: a 3x3 stride-1 stem, no max-pool, a 32 -> 16 -> 8 -> 4 grid, and
+    kuangliu's exact parameter count. An ImageNet stem (7x7, stride 2, max-pool) adds only 7.7k
+    parameters to ResNet-50, which the size range above would let pass."""
+    model = make_model(arch)
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    stem = model.backbone.stem[0]
+    assert (stem.kernel_size, stem.stride, stem.padding) == ((3, 3), (1, 1), (1, 1))
+    assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in model.modules())
+    grids = []
+    hooks = [b.register_forward_hook(lambda m, i, o: grids.append(tuple(o.shape[2:]))) for b in model.backbone.blocks]
+    with torch.no_grad():
+        model.eval()(images())
+    for h in hooks:
+        h.remove()
+    assert grids[0] == (32, 32) and grids[-1] == (4, 4)
+    assert sorted(set(grids), reverse=True) == [(32, 32), (16, 16), (8, 8), (4, 4)]
+
+
 def test_width_multiplies_channel_counts():
     # ResNet-18 at width 0.25 has 16 base channels, hence 16 * 8 = 128 at the last stage.
     assert make_model("resnet18", width=0.25).repr_dim == 128

@@ -27,10 +27,9 @@ import sys
 import threading
 from pathlib import Path
 
+from notbugs import steps
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
 from notbugs.deadline import EXIT_INTERRUPTED, EXIT_STOPPED, Deadline, Stopped, expired
-from notbugs.models import arch_code
-from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
 
 STAGES = [
     ("fetch", "get CIFAR-10 (official archive or offline mirror), verify it, write the canonical arrays"),
@@ -94,113 +93,6 @@ def _minutes(text: str) -> float:
     return minutes
 
 
-# What each step of `notbugs all` reads, as dvc.yaml declares it for `dvc repro` (tests/test_cli.py
-# checks that the two agree): the profile's parameters (dotted keys under the profile), the library files
-# whose code it runs, and the steps whose outputs it reads. A step reruns when any of them changes, so
-# editing one recipe reruns that recipe's steps and their dependents, not every step (which would score
-# every model again), and updated science code (STEP_CODE; not stages.py, config.py or data.py's subset draw)
-# reruns what it computes.
-STEP_PARAMS = {
-    "fetch": (),
-    # {own}: the section only that source model reads, as dvc.yaml's foreach item names it
-    "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "{own}", "evaluate"),
-    "construct": ("subset", "precision", "construct.seed", "construct.shard_size", "construct.batch_size",
-                  "construct.{recipe}"),
-    "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate"),
-    "transfer": ("subset", "precision", "transfer", "train", "source_on.standard", "train_on.d_det", "construct.pgd",
-                 "evaluate"),
-}
-
-
-# A rerun step's checkpoints and shards made by other code are not reused (train.TRAIN_CODE,
-# construct.CONSTRUCT_CODE: parts of these lists). Each step also runs the code of the architectures it builds
-# (step_archs, models.arch_code), so that an edit to VGG-16 reruns the transfer step only.
-STEP_CODE = {
-    "fetch": ("data.py", "storage.py"),
-    "source": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
-    "construct": ("subset.py", "construct.py", "attacks.py"),
-    "train": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
-    "transfer": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
-}
-
-
-def step_archs(params, step: str) -> tuple[str, ...]:
-    """The architectures whose models `step` (e.g. "construct@d_r") trains or reads."""
-    stage, p = step.partition("@")[0], params.profile
-    if stage == "fetch":
-        return ()
-    if stage == "transfer":  # the profile's own: the standard source model, and train@d_det's model it reuses
-        return tuple(dict.fromkeys((p.arch, *p.transfer.archs)))
-    return (p.arch,)
-
-
-def step_code(params, step: str) -> tuple[str, ...]:
-    """The library files `step` runs: its stage's STEP_CODE and its architectures' code, each file once."""
-    archs = [f for arch in step_archs(params, step) for f in arch_code(arch)]
-    return tuple(dict.fromkeys((*STEP_CODE[step.partition("@")[0]], *archs)))
-
-
-def code_digest(params, step: str) -> str:
-    """SHA-256 (16 hex digits) of the library files `step` runs (`step_code`)."""
-    return package_digest(*step_code(params, step))
-
-
-def upstream_steps(step: str) -> tuple[str, ...]:
-    """The steps whose outputs `step` reads (dvc.yaml's deps on data/ folders)."""
-    from notbugs.stages import construct_source
-
-    stage, _, item = step.partition("@")
-    if stage == "source":
-        return ("fetch",)
-    if stage == "construct":
-        return ("fetch", f"source@{construct_source(item)}")
-    if stage == "train":
-        return ("fetch", f"construct@{item}")
-    if stage == "transfer":
-        return ("fetch", "source@standard", "construct@d_det", "train@d_det")
-    return ()
-
-
-def step_params(step: str) -> tuple[str, ...]:
-    """The dotted profile keys `step` (e.g. "construct@d_r") reads."""
-    from notbugs.construct import MATCHING
-
-    stage, _, item = step.partition("@")
-    recipe = "match" if item in MATCHING else "pgd"
-    own = "adversarial" if item == "robust" else f"source_on.{item}"  # the standard model never attacks
-    return tuple(k.format(item=item, recipe=recipe, own=own) for k in STEP_PARAMS[stage])
-
-
-def step_hash(params, step: str, arrays: str | None = None) -> str:
-    """Hash of what `step` reads: its parameters, its code, and what comes to it from the steps before.
-    For fetch, where the arrays go and how many per class (not the source, which is verified); for every
-    other step, the fetched arrays themselves (`arrays`: `arrays_digest`), as `dvc repro` sees them, so
-    that new fetch code that writes the same arrays reruns fetch alone, and the other upstream steps' hashes."""
-    keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
-    body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
-                  "code": code_digest(params, step)}
-    if step == "fetch":
-        body["data"] = [params.data.train_per_class, params.data.test_per_class]
-    else:
-        body["arrays"] = arrays
-        body["upstream"] = [step_hash(params, up, arrays) for up in upstream_steps(step) if up != "fetch"]
-    return sha256_bytes(json.dumps(body, sort_keys=True).encode())[:16]
-
-
-def arrays_digest(data_dir) -> str | None:
-    """What the fetched CIFAR-10 arrays are: a digest of their SHA-256s (the fetch manifest's), or None
-    where nothing readable is fetched (then no step after fetch counts as done)."""
-    try:
-        files = read_json(Path(data_dir) / "cifar10" / "manifest.json")["files"]
-    except (OSError, ValueError, KeyError, TypeError, ArtefactError):
-        return None
-    return sha256_bytes(json.dumps(files, sort_keys=True).encode())[:16]
-
-
-STEPS = ("fetch", "source@standard", "source@robust", *(f"construct@{n}" for n in DATASETS),
-         *(f"train@{n}" for n in DATASETS), "transfer", "report")
-
-
 def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo: bool = False,
             deadline: Deadline | None = None, run_step=None) -> None:
     """Every stage in one process (CUDA and the data are set up once), in pipeline order.
@@ -240,113 +132,83 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
             S.stage_report(params, data_dir, None, device)
 
     run = run_step or run_here
-    steps = [(step, step.partition("@")[0]) for step in STEPS if step != "fetch"]
+    order = [(step, step.partition("@")[0]) for step in steps.STEPS if step != "fetch"]
     log = logging.getLogger("notbugs")
-    done_dir = Path(data_dir) / "work" / "done"
 
     def to_do(step: str, h: str) -> bool:
-        if redo or _marker(done_dir / f"{step}.json").get("params_hash") != h:
+        if redo or steps.read_marker(data_dir, step).get("params_hash") != h or output_changed(step):
             return True
         log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step,
-                 done_dir / f"{step}.json")
+                 steps.marker_path(data_dir, step))
         return False
 
     def inputs_changed(step: str) -> bool:
         """Whether what `step` read from the steps before it (their models and sets, by content) differs from
-        what it has now: put back by `dvc checkout`, or remade by a stage run on its own (a per-stage Prefect
-        deployment, `notbugs source`), neither of which leaves a marker. Markers from before 2026-12-07 have
-        no inputs: taken as they are."""
-        before = _marker(done_dir / f"{step}.json").get("inputs")
-        if before is None or before == inputs_digest(data_dir, step):
+        what it has now: put back by `dvc checkout`, or remade by a stage run since. Markers from before
+        2026-12-07 have no inputs: taken as they are."""
+        before = steps.read_marker(data_dir, step).get("inputs")
+        if before is None or before == steps.inputs_digest(data_dir, step):
             return False
         log.info("%s: what it reads from the steps before it has changed since it ran; running it again", step)
         return True
 
-    def output_missing(step: str) -> bool:
-        """Whether the model or set a done step made is gone (deleted by hand, a folder lost): the marker alone
-        would skip it, and the steps after it would then fail, or the report show nothing. A model or set
-        remade since (its content differs) is not missing: the steps that read it rerun (`inputs_changed`)."""
-        if step.partition("@")[0] not in ("source", "construct", "train") or output_digest(data_dir, step):
+    def output_changed(step: str) -> bool:
+        """Whether the arrays, model or set a done step made are not on disk as it left them: gone (deleted by hand, a
+        folder lost), or another one put back by `dvc checkout` or DVC's run cache without running the step
+        (one made with other parameters: the marker alone would pass it off as this recipe's). Markers written
+        before they recorded the output (2026-12-07) count only a missing one."""
+        if step.partition("@")[0] not in ("fetch", "source", "construct", "train"):
             return False
-        log.info("%s: done before, but its output is missing or unreadable; running it again", step)
+        now = steps.output_digest(data_dir, step)
+        if now is not None and steps.read_marker(data_dir, step).get("output", now) == now:
+            return False
+        log.info("%s: done before, but its output is missing, unreadable or not the one it made; running it again",
+                 step)
         return True
 
     def mark_done(step: str, h: str) -> None:
-        write_json(done_dir / f"{step}.json", {"step": step, "profile": params.profile.name, "params_hash": h,
-                                               "inputs": inputs_digest(data_dir, step)})
+        # the stage functions mark their own steps; again here with the hash taken before the run began, and for a
+        # `run_step` that does not call them
+        steps.mark_done(params, data_dir, step, h)
 
-    # fetch first: the steps after it depend on the arrays it writes (their SHA-256s), not on its code
-    ran = False
-    if "fetch" not in skip:
-        h = step_hash(params, "fetch")
-        if to_do("fetch", h):
-            run("fetch")
-            ran = True
-            mark_done("fetch", h)
-    arrays = arrays_digest(data_dir)
-    expected = {step: step_hash(params, step, arrays) for step, stage in steps
-                if stage not in skip and step != "report"}
-    todo = {step for step, h in expected.items() if to_do(step, h)}
-    dev = S.pick_device(device)
-    ahead = warmup.sets_to_warm(params, todo, dev)
-    warming = None
-    try:
-        for step, stage in steps:
-            if stage in skip:
-                continue
-            if step == "report":  # always rendered again: seconds, and it must show every row appended since
+    # one at a time on a data folder: a second would run every step again beside the first, appending every row twice
+    lock = Path(data_dir) / "work" / "all.lock"
+    with S.exclusive(lock, "`notbugs all` (or the flow `reproduce`) on this data folder"):
+        # fetch first: the steps after it depend on the arrays it writes (their SHA-256s), not on its code
+        ran = False
+        if "fetch" not in skip:
+            h = steps.step_hash(params, "fetch")
+            if to_do("fetch", h):
+                run("fetch")
+                ran = True
+                mark_done("fetch", h)
+        arrays = steps.arrays_digest(data_dir)
+        expected = {step: steps.step_hash(params, step, arrays) for step, stage in order
+                    if stage not in skip and step != "report"}
+        todo = {step for step, h in expected.items() if to_do(step, h)}
+        dev = S.pick_device(device)
+        ahead = warmup.sets_to_warm(params, todo, dev)
+        warming = None
+        try:
+            for step, stage in order:
+                if stage in skip:
+                    continue
+                if step == "report":  # always rendered again: seconds, and it must show every row appended since
+                    run(step)
+                    continue
+                if step not in todo and not inputs_changed(step):
+                    continue
+                if ran and expired(deadline):
+                    raise Stopped(f"{deadline.reason} before step {step}")
+                if stage == "source" and ahead:  # started once, before the first source model to train
+                    warming, ahead = warmup.start(params, ahead, data_dir, dev), []
+                if stage == "construct" and warming is not None and warming.returncode is None:  # not waited for yet
+                    warmup.finish(warming)
                 run(step)
-                continue
-            if step not in todo and not output_missing(step) and not inputs_changed(step):
-                continue
-            if ran and expired(deadline):
-                raise Stopped(f"{deadline.reason} before step {step}")
-            if stage == "source" and ahead:  # started once, before the first source model to train
-                warming, ahead = warmup.start(params, ahead, data_dir, dev), []
-            if stage == "construct" and warming is not None and warming.returncode is None:  # not waited for yet
-                warmup.finish(warming)
-            run(step)
-            ran = True
-            mark_done(step, expected[step])
-    finally:
-        warmup.stop(warming)
-
-
-def _marker(path: Path) -> dict:
-    try:
-        marker = read_json(path)
-    except (OSError, ValueError, ArtefactError):  # missing or unreadable: not done
-        return {}
-    return marker if isinstance(marker, dict) else {}
-
-
-def output_digest(data_dir, step: str) -> str | None:
-    """What a finished step left for the steps after it, by content: a model's checkpoint hash (its meta.json),
-    a set's shard hashes (its manifest); None where missing or unreadable. Not their run ids: a rerun that
-    restores a finished checkpoint writes a new one."""
-    from notbugs.stages import dataset_dir, model_dir
-
-    stage, _, item = step.partition("@")
-    try:
-        if stage in ("source", "train"):
-            folder = model_dir(data_dir, item)
-            if not (folder / "model.pt").is_file():
-                return None
-            return str(read_json(folder / "meta.json")["checkpoint_sha256"])
-        if stage == "construct":
-            folder = dataset_dir(data_dir, item)
-            shards = read_json(folder / "manifest.json")["shards"]
-            if not all((folder / shard["file"]).is_file() for shard in shards):
-                return None
-            return sha256_bytes(json.dumps([shard["sha256"] for shard in shards]).encode())[:16]
-    except (OSError, ValueError, KeyError, TypeError, ArtefactError):
-        return None
-    return None
-
-
-def inputs_digest(data_dir, step: str) -> dict:
-    """{upstream step: output_digest} of the steps whose models and sets `step` reads."""
-    return {up: output_digest(data_dir, up) for up in upstream_steps(step) if up != "fetch"}
+                ran = True
+                mark_done(step, expected[step])
+        finally:
+            warmup.stop(warming)
 
 
 def _stop_on_sigterm(deadline: Deadline):

@@ -37,7 +37,7 @@ MATCHING = ("d_r", "d_nr")
 TARGETED = ("d_rand", "d_det")
 # The library files a constructed image depends on, with the source model's architecture's (models.arch_code);
 # the recipe records their digest, so that shards built by other code are rebuilt, not reused, when a stage
-# reruns for a code change (cli.STEP_CODE lists the same)
+# reruns for a code change (steps.STEP_CODE lists the same)
 CONSTRUCT_CODE = ("construct.py", "attacks.py")
 
 # what reading a damaged, truncated or foreign .npz raises

@@ -37,7 +37,7 @@ import torch
 
 from notbugs import construct as C
 from notbugs import data as D
-from notbugs import results
+from notbugs import results, steps
 from notbugs.attacks import precision_name, use_bf16
 from notbugs.compiling import keep_compiled_kernels, try_compile, uncompiled
 from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
@@ -140,12 +140,17 @@ def _input_hashes(paths: list[Path]) -> str:
 def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inputs: list[Path] = (),
                  bf16: bool | None = None):
     """Yield a run id; on exit append the stage's `runs` row, status ok or failed. `bf16`: the
-    precision of a stage that computes with a model, recorded beside the device."""
+    precision of a stage that computes with a model, recorded beside the device. A step of the pipeline
+    (`steps.STEPS`) that finishes leaves its marker, so that `notbugs all` skips it however it was run
+    (`notbugs <stage>`, a Prefect deployment, `dvc repro`); with the hash of what it read when it began."""
     run_id = results.new_run_id()
     started, t0 = results.now_utc(), time.perf_counter()
     status = "failed"
+    step_hash = steps.current_hash(params, data_dir, stage) if stage in steps.STEPS and stage != "report" else None
     try:
         yield run_id
+        if step_hash is not None:
+            steps.mark_done(params, data_dir, stage, step_hash)
         status = "ok"
     except Stopped:
         status = "stopped"  # out of time: progress saved, the next job continues

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from notbugs.cli import STAGES, STEPS, build_parser, main
+from notbugs.cli import STAGES, build_parser, main
+from notbugs.steps import STEPS
 from notbugs.config import DATASETS
 from tests.conftest import ROOT
 
@@ -108,26 +109,73 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     assert main(["all", *common, "--redo", "--skip", "fetch", "--skip", "construct", "--skip", "train",
                  "--skip", "transfer", "--skip", "report"]) == 0
     assert results.summary(data / "results")["models"] == second["models"] + 2
-    # a stage run on its own (a per-stage deployment, say) remakes the standard model with other weights and
-    # leaves no marker: the steps that read it, and those after them, see it and run again; D_R's do not
+    import shutil
+
+    def ran(*args: str) -> list[str]:  # the stages `notbugs all` ran
+        before = results.load("runs", data / "results")
+        assert main(["all", *common, *args]) == 0
+        runs = results.load("runs", data / "results")
+        return sorted(runs[~runs["run_id"].isin(before["run_id"])]["stage"])
+
+    # outputs deleted by hand: the steps that made them run again (the marker alone would skip them), and the
+    # arrays and the set, made again bit-identically, rerun none of the steps that read them
+    shutil.rmtree(data / "models" / "d_r")
+    (data / "datasets" / "d_nr" / "shard-00000.npz").unlink()
+    (data / "cifar10" / "test_images.npy").unlink()
+    assert ran() == ["construct@d_nr", "fetch", "report", "train@d_r"]
+    # a stage run on its own with other parameters (a per-stage deployment, say) remakes the standard model and
+    # leaves its marker: `notbugs all` runs that step again, which takes up this recipe's finished checkpoint (the
+    # same weights back), and the steps after it find what they read as it was
+    standard = data / "models" / "standard"
+    original = json.loads((standard / "meta.json").read_text())["checkpoint_sha256"]
     other = write_params(tmp_path / "other.yaml", mirror, edit=lambda d: d["profiles"]["tiny"]["source_on"].update(
         standard={"epochs": 1}))
     assert main(["source", "standard", "--params", str(other), "--data-dir", str(data), "--device", "cpu"]) == 0
+    shutil.copytree(standard, tmp_path / "other-standard")
+    assert ran() == ["report", "source@standard"]
+    assert json.loads((standard / "meta.json").read_text())["checkpoint_sha256"] == original
+    # the other model put back without running its step (as `dvc checkout` or DVC's run cache do): the same
+    shutil.rmtree(standard)
+    shutil.copytree(tmp_path / "other-standard", standard)
+    assert ran() == ["report", "source@standard"]
+    assert json.loads((standard / "meta.json").read_text())["checkpoint_sha256"] == original
+    # put back again, with the source step skipped: the steps that read the standard model see it and run again;
+    # D_R's, from the robust model, do not
+    shutil.rmtree(standard)
+    shutil.copytree(tmp_path / "other-standard", standard)
+    assert ran("--skip", "source") == sorted(["construct@d_nr", "construct@d_rand", "construct@d_det", "train@d_nr",
+                                              "train@d_rand", "train@d_det", "transfer", "report"])
+
+
+def test_a_step_run_on_its_own_is_skipped_by_all(tmp_path, mirror):
+    """`notbugs fetch` and `notbugs source standard` (what a DVC stage or a deployment runs) leave their markers,
+    so `notbugs all` then runs only the rest; a step stopped by its time limit leaves none."""
+    from notbugs import results
+    from tests.conftest import write_params
+
+    path = write_params(tmp_path / "p.yaml", mirror)
+    data = tmp_path / "data"
+    common = ["--params", str(path), "--data-dir", str(data), "--device", "cpu"]
+    assert main(["fetch", *common]) == 0 and main(["source", "standard", *common]) == 0
+    assert main(["source", "robust", *common, "--time-limit", "0"]) == 75  # stopped after its first batch
+    assert sorted(p.stem for p in (data / "work" / "done").glob("*.json")) == ["fetch", "source@standard"]
     before = results.load("runs", data / "results")
-    assert main(["all", *common]) == 0
+    assert main(["all", *common, "--skip", "construct", "--skip", "train", "--skip", "transfer",
+                 "--skip", "report"]) == 0
     runs = results.load("runs", data / "results")
-    again = sorted(runs[~runs["run_id"].isin(before["run_id"])]["stage"])
-    assert again == sorted(["construct@d_nr", "construct@d_rand", "construct@d_det", "train@d_nr", "train@d_rand",
-                            "train@d_det", "transfer", "report"])
-    # outputs deleted by hand: the steps that made them run again (the marker alone would skip them), and the set,
-    # rebuilt bit-identically, does not rerun the training that reads it
-    import shutil
-    shutil.rmtree(data / "models" / "d_r")
-    (data / "datasets" / "d_nr" / "shard-00000.npz").unlink()
-    before = runs
-    assert main(["all", *common]) == 0
-    runs = results.load("runs", data / "results")
-    assert sorted(runs[~runs["run_id"].isin(before["run_id"])]["stage"]) == ["construct@d_nr", "report", "train@d_r"]
+    assert list(runs[~runs["run_id"].isin(before["run_id"])]["stage"]) == ["source@robust"]
+
+
+def test_a_second_all_on_the_same_data_folder_is_refused(tmp_path, params_file, capsys):
+    """Two at once would each run every step, and append every row twice: the second says who holds the folder."""
+    from notbugs.stages import exclusive
+
+    data = tmp_path / "data"
+    with exclusive(data / "work" / "all.lock", "a test"):
+        assert main(["all", "--params", str(params_file), "--data-dir", str(data), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "`notbugs all` (or the flow `reproduce`) on this data folder is already running (pid" in err
+    assert not (data / "cifar10").exists() and not (data / "results").exists()  # nothing started
 
 
 def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror, monkeypatch):
@@ -137,7 +185,7 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
     fetch code reruns fetch, and what follows only where the arrays it writes change."""
     import yaml
 
-    from notbugs import cli, results
+    from notbugs import results, steps
     from tests.conftest import write_params
 
     def tiny(d):
@@ -167,8 +215,8 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == [
         "construct@d_det", "construct@d_rand", "train@d_det", "train@d_rand", "transfer"]
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == []  # nothing changed
-    digest, updated = cli.code_digest, {}  # updated: a stand-in code digest per stage whose code changed
-    monkeypatch.setattr(cli, "code_digest",
+    digest, updated = steps.code_digest, {}  # updated: a stand-in code digest per stage whose code changed
+    monkeypatch.setattr(steps, "code_digest",
                         lambda params, step: updated.get(step.partition("@")[0]) or digest(params, step))
     updated["construct"] = "new"
     assert ran_after(lambda prof: None) == [*(f"construct@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")),
@@ -191,17 +239,17 @@ def test_an_architecture_edit_reaches_only_the_steps_that_build_it(monkeypatch):
     """Each step's code digest holds the modules of the architectures it builds, and no other's: at `cpu`
     (ResNet-9; transfer to ResNet-9 and VGG-16) an edit to VGG-16 reruns transfer alone, one to DenseNet
     nothing, one to ResNet-9 or to the blocks every architecture shares every step after fetch."""
-    from notbugs import cli
+    from notbugs import steps as S
     from notbugs.config import load_params
 
     params = load_params(ROOT / "params.yaml", profile="cpu")
     steps = [s for s in STEPS if s != "report"]
-    before = {s: cli.code_digest(params, s) for s in steps}
-    real = cli.package_digest
+    before = {s: S.code_digest(params, s) for s in steps}
+    real = S.package_digest
 
     def edited(module: str) -> set[str]:
-        monkeypatch.setattr(cli, "package_digest", lambda *names: real(*names) + ("+" if module in names else ""))
-        return {s for s in steps if cli.code_digest(params, s) != before[s]}
+        monkeypatch.setattr(S, "package_digest", lambda *names: real(*names) + ("+" if module in names else ""))
+        return {s for s in steps if S.code_digest(params, s) != before[s]}
 
     assert edited("archs/vgg.py") == {"transfer"}
     assert edited("archs/densenet.py") == set()
@@ -211,11 +259,11 @@ def test_an_architecture_edit_reaches_only_the_steps_that_build_it(monkeypatch):
 
 
 def test_the_steps_of_all_read_what_dvc_yaml_declares():
-    """cli.STEP_PARAMS, step_code and upstream_steps against dvc.yaml's params, code and data deps, stage
+    """steps.STEP_PARAMS, step_code and upstream_steps against dvc.yaml's params, code and data deps, stage
     by stage. dvc.yaml cannot pick a file by profile: it lists the code of every profile's architectures."""
     import yaml
 
-    from notbugs.cli import step_code, step_params, upstream_steps
+    from notbugs.steps import step_code, step_params, upstream_steps
     from notbugs.config import PROFILES, load_params
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -254,9 +302,9 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
         runs = sorted({f for params in profiles for f in step_code(params, step)})
         assert code == runs, (f"dvc.yaml's {step} deps lack {sorted(set(runs) - set(code))} and have "
                               f"{sorted(set(code) - set(runs))} too many, of the library files it runs in some "
-                              f"profile (cli.step_code: README, 'Extending')")
-        assert keys == sorted(step_params(step)), f"dvc.yaml's {step} params differ from cli.STEP_PARAMS"
-        assert ups == set(upstream_steps(step)), f"dvc.yaml's {step} data deps differ from cli.upstream_steps"
+                              f"profile (steps.step_code: README, 'Extending')")
+        assert keys == sorted(step_params(step)), f"dvc.yaml's {step} params differ from steps.STEP_PARAMS"
+        assert ups == set(upstream_steps(step)), f"dvc.yaml's {step} data deps differ from steps.upstream_steps"
     assert "adversarial" not in step_params("source@standard")  # editing the attack leaves the standard model
 
 

@@ -1,0 +1,180 @@
+"""The steps of the pipeline and what each reads (parameters, code, the steps before it), and the marker a
+finished step leaves (data/work/done/<step>.json), by which `notbugs all` and the Prefect flow `reproduce`
+skip what is done. Every stage function of `notbugs.stages` leaves its marker, however it was run (`notbugs
+all`, `notbugs <stage>`, a Prefect deployment, `dvc repro`), so `notbugs all` after `dvc repro` skips the
+steps DVC ran."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from notbugs.config import DATASETS
+from notbugs.models import arch_code
+from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
+
+# What each step of `notbugs all` reads, as dvc.yaml declares it for `dvc repro` (tests/test_cli.py
+# checks that the two agree): the profile's parameters (dotted keys under the profile), the library files
+# whose code it runs, and the steps whose outputs it reads. A step reruns when any of them changes, so
+# editing one recipe reruns that recipe's steps and their dependents, not every step (which would score
+# every model again), and updated science code (STEP_CODE; not stages.py, config.py or data.py's subset draw)
+# reruns what it computes.
+STEP_PARAMS = {
+    "fetch": (),
+    # {own}: the section only that source model reads, as dvc.yaml's foreach item names it
+    "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "{own}", "evaluate"),
+    "construct": ("subset", "precision", "construct.seed", "construct.shard_size", "construct.batch_size",
+                  "construct.{recipe}"),
+    "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate"),
+    "transfer": ("subset", "precision", "transfer", "train", "source_on.standard", "train_on.d_det", "construct.pgd",
+                 "evaluate"),
+}
+
+
+# A rerun step's checkpoints and shards made by other code are not reused (train.TRAIN_CODE,
+# construct.CONSTRUCT_CODE: parts of these lists). Each step also runs the code of the architectures it builds
+# (step_archs, models.arch_code), so that an edit to VGG-16 reruns the transfer step only.
+STEP_CODE = {
+    "fetch": ("data.py", "storage.py"),
+    "source": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "construct": ("subset.py", "construct.py", "attacks.py"),
+    "train": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+    "transfer": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
+}
+
+
+def step_archs(params, step: str) -> tuple[str, ...]:
+    """The architectures whose models `step` (e.g. "construct@d_r") trains or reads."""
+    stage, p = step.partition("@")[0], params.profile
+    if stage == "fetch":
+        return ()
+    if stage == "transfer":  # the profile's own: the standard source model, and train@d_det's model it reuses
+        return tuple(dict.fromkeys((p.arch, *p.transfer.archs)))
+    return (p.arch,)
+
+
+def step_code(params, step: str) -> tuple[str, ...]:
+    """The library files `step` runs: its stage's STEP_CODE and its architectures' code, each file once."""
+    archs = [f for arch in step_archs(params, step) for f in arch_code(arch)]
+    return tuple(dict.fromkeys((*STEP_CODE[step.partition("@")[0]], *archs)))
+
+
+def code_digest(params, step: str) -> str:
+    """SHA-256 (16 hex digits) of the library files `step` runs (`step_code`)."""
+    return package_digest(*step_code(params, step))
+
+
+def upstream_steps(step: str) -> tuple[str, ...]:
+    """The steps whose outputs `step` reads (dvc.yaml's deps on data/ folders)."""
+    from notbugs.stages import construct_source
+
+    stage, _, item = step.partition("@")
+    if stage == "source":
+        return ("fetch",)
+    if stage == "construct":
+        return ("fetch", f"source@{construct_source(item)}")
+    if stage == "train":
+        return ("fetch", f"construct@{item}")
+    if stage == "transfer":
+        return ("fetch", "source@standard", "construct@d_det", "train@d_det")
+    return ()
+
+
+def step_params(step: str) -> tuple[str, ...]:
+    """The dotted profile keys `step` (e.g. "construct@d_r") reads."""
+    from notbugs.construct import MATCHING
+
+    stage, _, item = step.partition("@")
+    recipe = "match" if item in MATCHING else "pgd"
+    own = "adversarial" if item == "robust" else f"source_on.{item}"  # the standard model never attacks
+    return tuple(k.format(item=item, recipe=recipe, own=own) for k in STEP_PARAMS[stage])
+
+
+def step_hash(params, step: str, arrays: str | None = None) -> str:
+    """Hash of what `step` reads: its parameters, its code, and what comes to it from the steps before.
+    For fetch, where the arrays go and how many per class (not the source, which is verified); for every
+    other step, the fetched arrays themselves (`arrays`: `arrays_digest`), as `dvc repro` sees them, so
+    that new fetch code that writes the same arrays reruns fetch alone, and the other upstream steps' hashes."""
+    keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
+    body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
+                  "code": code_digest(params, step)}
+    if step == "fetch":
+        body["data"] = [params.data.train_per_class, params.data.test_per_class]
+    else:
+        body["arrays"] = arrays
+        body["upstream"] = [step_hash(params, up, arrays) for up in upstream_steps(step) if up != "fetch"]
+    return sha256_bytes(json.dumps(body, sort_keys=True).encode())[:16]
+
+
+def arrays_digest(data_dir) -> str | None:
+    """What the fetched CIFAR-10 arrays are: a digest of their SHA-256s (the fetch manifest's), or None
+    where nothing readable is fetched (then no step after fetch counts as done)."""
+    try:
+        files = read_json(Path(data_dir) / "cifar10" / "manifest.json")["files"]
+    except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+        return None
+    return sha256_bytes(json.dumps(files, sort_keys=True).encode())[:16]
+
+
+STEPS = ("fetch", "source@standard", "source@robust", *(f"construct@{n}" for n in DATASETS),
+         *(f"train@{n}" for n in DATASETS), "transfer", "report")
+
+
+
+def output_digest(data_dir, step: str) -> str | None:
+    """What a finished step left for the steps after it, by content: fetch's arrays (`arrays_digest`), a model's
+    checkpoint hash (its meta.json), a set's shard hashes (its manifest); None where missing or unreadable. Not
+    their run ids: a rerun that restores a finished checkpoint writes a new one."""
+    from notbugs.stages import dataset_dir, model_dir
+
+    stage, _, item = step.partition("@")
+    try:
+        if stage == "fetch":  # the arrays, where every file the manifest lists is there
+            files = read_json(Path(data_dir) / "cifar10" / "manifest.json")["files"]
+            return arrays_digest(data_dir) if all((Path(data_dir) / "cifar10" / f).is_file() for f in files) else None
+        if stage in ("source", "train"):
+            folder = model_dir(data_dir, item)
+            if not (folder / "model.pt").is_file():
+                return None
+            return str(read_json(folder / "meta.json")["checkpoint_sha256"])
+        if stage == "construct":
+            folder = dataset_dir(data_dir, item)
+            shards = read_json(folder / "manifest.json")["shards"]
+            if not all((folder / shard["file"]).is_file() for shard in shards):
+                return None
+            return sha256_bytes(json.dumps([shard["sha256"] for shard in shards]).encode())[:16]
+    except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+        return None
+    return None
+
+
+def inputs_digest(data_dir, step: str) -> dict:
+    """{upstream step: output_digest} of the steps whose models and sets `step` reads."""
+    return {up: output_digest(data_dir, up) for up in upstream_steps(step) if up != "fetch"}
+
+
+def marker_path(data_dir, step: str) -> Path:
+    return Path(data_dir) / "work" / "done" / f"{step}.json"
+
+
+def read_marker(data_dir, step: str) -> dict:
+    """The marker `step` left when it last finished; {} where none, or unreadable (then: not done)."""
+    try:
+        marker = read_json(marker_path(data_dir, step))
+    except (OSError, ValueError, ArtefactError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def mark_done(params, data_dir, step: str, h: str) -> None:
+    """Record that `step` finished: the hash of what it read (`step_hash`, taken when it started), what it read
+    from the steps before it and what it left for the steps after it (both by content), so that a model or set
+    put back by `dvc checkout` without running its step is noticed."""
+    write_json(marker_path(data_dir, step), {"step": step, "profile": params.profile.name, "params_hash": h,
+                                             "inputs": inputs_digest(data_dir, step),
+                                             "output": output_digest(data_dir, step)})
+
+
+def current_hash(params, data_dir, step: str) -> str:
+    """`step_hash` against the arrays fetched now (for a step run on its own; `notbugs all` computes it once)."""
+    return step_hash(params, step) if step == "fetch" else step_hash(params, step, arrays_digest(data_dir))

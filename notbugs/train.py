@@ -88,7 +88,7 @@ def ema_decay(step: int, decay: float) -> float:
 
 
 # The library files a trained model depends on, with its architecture's (models.arch_code): a checkpoint made
-# by other code is not resumed, as DVC and `notbugs all` rerun a stage whose code changed (cli.STEP_CODE lists
+# by other code is not resumed, as DVC and `notbugs all` rerun a stage whose code changed (steps.STEP_CODE lists
 # these and evaluate.py, which scores it)
 TRAIN_CODE = ("train.py", "attacks.py", "augment.py")
 
@@ -166,6 +166,15 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     history: list[dict] = []
     start_epoch, within = 0, None  # within: the running state of a checkpoint taken mid-epoch
     foreign = None  # where a checkpoint of another run goes when this run first saves
+    mine = ckpt.with_name(f"checkpoint-{signature}.pt") if ckpt is not None else None
+    if mine is not None and mine.exists():
+        # this recipe's own checkpoint, set aside by a run of another recipe since (a parameter changed and changed
+        # back; `dvc checkout` of an earlier commit): taken up again, and the other one set aside in its turn
+        if ckpt.exists():
+            ckpt.replace(ckpt.with_name(f"checkpoint-{load_tensors(ckpt).get('signature', 'unsigned')}.pt"))
+        mine.replace(ckpt)
+        log.info("%s: taking up again this recipe's checkpoint, which a run of another recipe had set aside (%s)",
+                 desc, mine.name)
     if ckpt is not None and ckpt.exists():
         state = load_tensors(ckpt)
         if state.get("signature") == signature:
@@ -185,18 +194,27 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             log.warning("%s: not resuming checkpoint %s, made with another recipe, data or code (kept as %s)",
                         desc, ckpt, foreign.name)
 
+    def kept() -> str:
+        """What a failed run leaves on disk, for its error message."""
+        if ckpt is None:
+            return "no checkpoint (no work folder)"
+        if foreign is not None:  # nothing of this run saved yet: the file there is another recipe's, untouched
+            return f"no checkpoint of this run yet; {ckpt}, another recipe's, left as it was"
+        return f"the last good checkpoint kept at {ckpt}" if ckpt.exists() else "no checkpoint of this run yet"
+
     def save(done_epochs: int, within_epoch: dict | None = None) -> None:
         nonlocal foreign
-        if foreign is not None:
-            ckpt.replace(foreign)
-            foreign = None
         with eager_view(model):  # the same checkpoint whether the backbone is compiled or not
             weights = model.state_dict()
-        # the loss is checked before each step, not after the last one: a step can still leave inf weights
+        # the loss is checked before each step, not after the last one: a step can still leave inf weights.
+        # Checked before another recipe's checkpoint is set aside: a run that saves nothing moves nothing.
         if not all_finite([*weights.values(), *(average or ())]):
             raise NonFiniteError(f"{desc}: weights are not finite after {done_epochs} epoch(s) and "
                                  f"{0 if within_epoch is None else within_epoch['batch']} batch(es); not saved, "
-                                 f"the last good checkpoint kept at {ckpt}; lower the learning rate")
+                                 f"{kept()}; lower the learning rate")
+        if foreign is not None:
+            ckpt.replace(foreign)
+            foreign = None
         save_tensors(ckpt, {"model": weights, "optimizer": opt.state_dict(), "epoch": done_epochs,
                             "history": history, "signature": signature, "within": within_epoch,
                             "average": average, "global_rng": global_rng(device)})
@@ -205,9 +223,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         mean_loss = loss_sum.item() / seen
         if not math.isfinite(mean_loss):
             # every checkpoint on disk was taken at a finite loss (epoch end or a stop): nothing good is lost
-            where = f"last good checkpoint kept at {ckpt}" if ckpt else "no checkpoint"
             raise NonFiniteError(f"{desc}: loss is {mean_loss} at epoch {epoch + 1}, by step {i + 1} "
-                                 f"({where}); lower the learning rate or check the training data")
+                                 f"({kept()}); lower the learning rate or check the training data")
         return mean_loss
 
     def stop(epoch: int, batch: int) -> Stopped:

@@ -254,6 +254,25 @@ def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
         assert (work / f"checkpoint-{old_signature}.pt").exists(), name  # kept aside, not overwritten
 
 
+def test_a_recipe_changed_and_changed_back_resumes_its_own_checkpoint(tmp_path):
+    """Recipe A, then B in the same folder (A's checkpoint set aside), then A again: A resumes its own finished
+    checkpoint (no epoch trained again, the same weights), and B's is set aside in its turn."""
+    x, y = synthetic_batch(4)
+    other = dataclasses.replace(SHORT, lr=0.05)
+    first = _fresh()
+    train(first, x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
+    train(_fresh(), x, y, other, seed=1, device=CPU, workdir=tmp_path)
+    b_signature = load_tensors(tmp_path / "checkpoint.pt")["signature"]
+    again = _fresh()
+    h = train(again, x, y, SHORT, seed=1, device=CPU, workdir=tmp_path, stop_after_epoch=0)
+    assert [r["epoch"] for r in h] == [1, 2, 3]  # the history of the finished run: nothing trained now
+    for (k, a), b in zip(again.state_dict().items(), first.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert (tmp_path / f"checkpoint-{b_signature}.pt").exists()
+    assert sorted(f.name for f in tmp_path.glob("checkpoint*.pt")) == ["checkpoint-" + b_signature + ".pt",
+                                                                      "checkpoint.pt"]
+
+
 def test_checkpoint_of_an_architecture_whose_code_changed_is_not_resumed(tmp_path):
     """Same architecture name and width, other tensors (as Inception-v3's became the reference's): the
     checkpoint is ignored and training starts over, where loading it would fail on its shapes."""
@@ -319,9 +338,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good = (tmp_path / "checkpoint.pt").read_bytes()
     bad = x.clone()
     bad[:, 0, 0, 0] = float("nan")
-    with pytest.raises(NonFiniteError, match="loss is nan.*last good checkpoint kept"):
+    with pytest.raises(NonFiniteError, match="loss is nan.*checkpoint.pt, another recipe's, left as it was"):
         train(_fresh(), bad, y, dataclasses.replace(SHORT, lr=0.1), seed=2, device=CPU, workdir=tmp_path)
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_run_of_another_recipe_that_diverges_before_saving_moves_nothing(tmp_path, monkeypatch):
+    """Its first save would set the checkpoint there aside; with inf weights it saves nothing, so the checkpoint
+    stays where the recipe that made it resumes it (not under a name only `notbugs clean` looks at)."""
+    x, y = synthetic_batch(4)
+    train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path, stop_after_epoch=1)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    real_step = torch.optim.SGD.step
+
+    def blow_up(self, *a, **kw):
+        out = real_step(self, *a, **kw)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", blow_up)
+    with pytest.raises(NonFiniteError, match="weights are not finite after 1 epoch.*another recipe's, left as it was"):
+        train(_fresh(), x, y, dataclasses.replace(SHORT, lr=0.05), seed=1, device=CPU, workdir=tmp_path)
+    assert [f.name for f in tmp_path.glob("checkpoint*.pt")] == ["checkpoint.pt"]
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    steps = []
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **kw: steps.append(1) or real_step(self, *a, **kw))
+    h = train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
+    assert [r["epoch"] for r in h] == [1, 2, 3] and len(steps) == 2  # epoch 1 from the checkpoint: resumed
 
 
 def test_inf_weights_from_the_last_step_are_never_saved(tmp_path, monkeypatch):
@@ -341,7 +385,7 @@ def test_inf_weights_from_the_last_step_are_never_saved(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(torch.optim.SGD, "step", step_then_blow_up)
-    with pytest.raises(NonFiniteError, match="weights are not finite after 2 epoch"):
+    with pytest.raises(NonFiniteError, match="weights are not finite after 2 epoch.*the last good checkpoint kept at"):
         train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path)
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
     calls.clear()

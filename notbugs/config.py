@@ -327,6 +327,11 @@ def validate(p: Profile) -> None:
         _check(t.epochs > 0, f"{w}.epochs must be > 0, got {t.epochs}")
         _check(t.batch_size > 0, f"{w}.batch_size must be > 0")
         _check(t.lr > 0, f"{w}.lr must be > 0, got {t.lr}")
+        _check(0 <= t.momentum < 1, f"{w}.momentum must be in [0, 1), got {t.momentum}")
+        _check(not t.nesterov or t.momentum > 0, f"{w}: nesterov needs a momentum > 0, got {t.momentum}")
+        # torch checks its optimizer's default, not the per-group value train() gives it: a negative one would run
+        _check(t.weight_decay >= 0, f"{w}.weight_decay must be >= 0, got {t.weight_decay}")
+        _check(t.gamma > 0, f"{w}.gamma (the step schedule's lr factor) must be > 0, got {t.gamma}")
         _check(t.schedule in ("step", "onecycle", "linear"), f"{w}.schedule must be step|onecycle|linear")
         _check(0 <= t.warmup < 1, f"{w}.warmup must be in [0, 1)")
         _check(0 <= t.label_smoothing < 1, f"{w}.label_smoothing must be in [0, 1)")
@@ -389,6 +394,13 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
         raise ConfigError(f"{path}: `profiles` must be a mapping of profile names to profiles")
     if name not in profiles:
         raise ConfigError(f"{path}: unknown profile {name!r} (chosen by {chosen_by}); defined: {sorted(profiles)}")
+    if not profile and env and env != doc.get("profile") and os.environ.get("DVC_STAGE"):
+        # DVC sets DVC_STAGE for the commands of the stages it runs: dvc.lock would record params.yaml's profile
+        # as the inputs of results made under another one, and `dvc status` would call them up to date
+        raise ConfigError(f"NOTBUGS_PROFILE={env} under `dvc repro` (stage {os.environ['DVC_STAGE']}), while {path} "
+                          f"says profile {doc.get('profile')!r}: dvc.lock would record {doc.get('profile')!r}'s "
+                          f"parameters for {env!r}'s results. Choose the profile in {path} (`profile: {env}`, or "
+                          f"`dvc exp run -S profile={env}`), or unset NOTBUGS_PROFILE")
     if not profile and env and env != doc.get("profile"):
         # dvc.lock records params.yaml's profile: a stage run under another one records the wrong inputs
         log.warning("profile %r from NOTBUGS_PROFILE, not %r from %s: `dvc repro` would record the wrong profile "
@@ -405,6 +417,9 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     from_env = " (from NOTBUGS_DATA_SOURCE)" if "NOTBUGS_DATA_SOURCE" in os.environ else ""
     _check(data_cfg.source in SOURCES,
            f"data.source must be one of {list(SOURCES)}, got {data_cfg.source!r}{from_env}")
+    _check(data_cfg.train_per_class > 0 and data_cfg.test_per_class > 0,
+           f"data.train_per_class and data.test_per_class (the images per class fetch verifies) must be > 0, got "
+           f"{data_cfg.train_per_class} and {data_cfg.test_per_class}")
 
     prof = _profile(name, profiles[name])
     paper = _profile("paper", profiles["paper"]) if "paper" in profiles else None

@@ -65,6 +65,14 @@ def _fake_relu_on_vgg16(doc):
     (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["resnet9", "lenet"]),
      "tiny.transfer.archs: unknown architecture 'lenet'"),
     (lambda d: d["profiles"]["tiny"]["adversarial"].update(eps=-0.5), "adversarial"),
+    # each would have failed in torch's optimizer only when its step ran, or (weight decay) not at all
+    (lambda d: d["profiles"]["tiny"]["train_on"].update(d_det={"momentum": 0.0}),
+     "profiles.tiny.train_on.d_det: nesterov needs a momentum > 0, got 0.0"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(momentum=-0.5), "profiles.tiny.train.momentum must be in"),
+    (lambda d: d["profiles"]["tiny"]["train_on"].update(d_r={"weight_decay": -1.0}),
+     "profiles.tiny.train_on.d_r.weight_decay must be >= 0, got -1.0"),
+    (lambda d: d["profiles"]["tiny"]["train"].update(gamma=-1.0), "profiles.tiny.train.gamma"),
+    (lambda d: d["data"].update(train_per_class=0), "data.train_per_class and data.test_per_class"),
     (lambda d: d["profiles"]["tiny"]["adversarial"].update(method="fgsm"),
      "adversarial.method must be one of pgd|free, got 'fgsm'"),
     (lambda d: d["profiles"]["tiny"]["adversarial"].pop("method"), "missing key(s) ['method']"),
@@ -158,6 +166,14 @@ def test_a_profile_from_the_environment_says_so(tmp_path, mirror, monkeypatch, c
     with caplog.at_level("WARNING", logger="notbugs.config"):
         assert load_params(path, "fast").profile.name == "fast"  # an explicit argument is no surprise
     assert caplog.text == ""
+    # under `dvc repro` (DVC sets DVC_STAGE for a stage's command) it is refused: dvc.lock would record tiny
+    monkeypatch.setenv("DVC_STAGE", "train@d_r")
+    with pytest.raises(ConfigError, match=r"NOTBUGS_PROFILE=cpu under `dvc repro` \(stage train@d_r\), while "
+                                          r".*p\.yaml says profile 'tiny'.*`profile: cpu`"):
+        load_params(path)
+    monkeypatch.setenv("NOTBUGS_PROFILE", "tiny")  # the same as params.yaml's: nothing to refuse
+    assert load_params(path).profile.name == "tiny"
+    monkeypatch.delenv("DVC_STAGE")
     monkeypatch.setenv("NOTBUGS_DATA_SOURCE", "ftp")
     with pytest.raises(ConfigError, match=r"got 'ftp' \(from NOTBUGS_DATA_SOURCE\)"):
         load_params(path)

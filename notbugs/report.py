@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from notbugs import results, tempfiles
-from notbugs.storage import ArtefactError, read_json
+from notbugs import results
+from notbugs.storage import ArtefactError, atomic_write_bytes, read_json
 
 PAPER_CLAIM = (
     "Ilyas et al. (2019) argue that adversarial examples are not bugs but features: a dataset's "
@@ -251,6 +251,15 @@ def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
     if model_id not in periods:
         return True
     return any(start <= when and (end is None or when < end) for start, end in periods[model_id])
+
+
+def current_evaluations(results_root="data/results", data_dir="data") -> pd.DataFrame:
+    """The `evaluations` table as the report reads it, for pandas: per model and attack setting, the latest row
+    made while the weights now in `data_dir` were the model's latest. "The latest row" alone can describe other
+    weights: the model's before `dvc checkout` (or DVC's run cache) put earlier ones back without running its
+    stage, which writes no rows. Rows of models no longer in the data folder are kept (by their latest weights)."""
+    periods = _weight_periods(results.load("models", results_root), _on_disk(Path(data_dir))[0])
+    return _latest_evaluations(results.load("evaluations", results_root), periods).drop(columns="eps_key")
 
 
 def _latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple]]) -> pd.DataFrame:
@@ -1262,11 +1271,15 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
 
     paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "summary": out_dir / "summary.json"}
     markdown, files = _render_markdown(blocks)
-    for name, data in files.items():
-        tempfiles.atomic_write(out_dir / name, data)
-        paths[Path(name).stem] = out_dir / name
-    tempfiles.atomic_write(paths["html"], _render_html(blocks).encode())
-    tempfiles.atomic_write(paths["markdown"], markdown.encode())
+    paths.update({Path(name).stem: out_dir / name for name in files})
     summary = _summary(profile, fig2, tab1, points, r, claims, construction, flags, deviations)
-    tempfiles.atomic_write(paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    writes = [(out_dir / name, data) for name, data in files.items()]
+    writes += [(paths["html"], _render_html(blocks).encode()), (paths["markdown"], markdown.encode()),
+               (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())]
+    for i, (path, data) in enumerate(writes):
+        try:
+            atomic_write_bytes(path, data)  # each file whole or not at all
+        except ArtefactError as e:  # disk full, read-only folder: the files before it are this run's, the rest not
+            mixed = f"; the report in {out_dir} now mixes this run's files with the last one's" if i else ""
+            raise ArtefactError(f"report: {e}{mixed}; run `notbugs report` again once it can write there") from e
     return paths

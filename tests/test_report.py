@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from notbugs import report, results
+from notbugs.storage import ArtefactError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -278,6 +279,30 @@ def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_pa
     paths = report.build_report(root, data, tmp_path / "c")
     assert json.loads(paths["summary"].read_text())["figure2"]["d_r"]["clean"] is None
     assert f"{mid}: the weights in the data folder are not in the models table" in paths["html"].read_text()
+
+
+def test_current_evaluations_describe_the_weights_in_the_data_folder(tmp_path):
+    """The public reader gives what the report shows: after weights retrained later are replaced by the earlier
+    ones (as `dvc checkout` does, writing no rows), the earlier weights' rows, not the latest."""
+    root, data = tmp_path / "results", tmp_path / "data"
+    write_results(root)
+    mid = model_id("cpu", "standard", "d_r")
+    later = T0 + timedelta(days=1)
+    results.append("models", [{**model_row("cpu", "standard", "d_r"), "checkpoint_sha256": "1" * 64,
+                               "created_at": later}], root)
+    results.append("evaluations", [eval_row("cpu", mid, "none", 0.0, 0.777, later + timedelta(hours=1))], root)
+
+    def clean_of_d_r() -> list[float]:
+        ev = report.current_evaluations(root, data)
+        assert list(ev.columns) == list(results.load("evaluations", root).columns)
+        return list(ev[(ev["model_id"] == mid) & (ev["attack"] == "none")]["accuracy"])
+
+    assert clean_of_d_r() == [0.777]  # no data folder: the latest weights
+    (data / "models" / "d_r").mkdir(parents=True)
+    (data / "models" / "d_r" / "meta.json").write_text(json.dumps({"model_id": mid, "checkpoint_sha256": "0" * 64,
+                                                                   "run_id": "r1"}))
+    assert clean_of_d_r() == [pytest.approx(0.804)]  # the first weights, back on disk
+    assert report.current_evaluations(tmp_path / "none", data).empty
 
 
 def test_the_models_in_the_data_folder_are_the_ones_reported(tmp_path):
@@ -590,6 +615,30 @@ def test_a_damaged_set_is_not_reported_as_not_built(tmp_path):
     page = report.build_report(tmp_path / "results", data, tmp_path / "out")["html"].read_text()
     assert "D_R could not be read" in page and "D_R is not built yet" not in page
     assert "D_NR is not built yet" in page  # no folder at all
+
+
+def test_a_report_that_cannot_be_written_says_which_file_and_what_is_left(tmp_path, monkeypatch):
+    """A full disk (or a read-only folder) names the file, as every other stage's writes do, and says that the
+    folder now holds files of two runs (the figures are written before report.html)."""
+    import errno
+
+    from notbugs import tempfiles
+
+    root = tmp_path / "results"
+    write_results(root)
+    out = tmp_path / "out"
+    report.build_report(root, tmp_path / "nodata", out)
+    real = tempfiles.atomic_write
+
+    def full_at_the_html(path, data):
+        if Path(path).name == "report.html":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(tempfiles, "atomic_write", full_at_the_html)
+    with pytest.raises(ArtefactError, match=r"report: disk full while writing .*report\.html; .*mixes this run's "
+                                            r"files with the last one's; run `notbugs report` again"):
+        report.build_report(root, tmp_path / "nodata", out)
 
 
 def test_svg_helpers_handle_edge_cases():

@@ -153,13 +153,14 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         return True
 
     def output_changed(step: str) -> bool:
-        """Whether the arrays, model or set a done step made are not on disk as it left them: gone (deleted by hand, a
-        folder lost), or another one put back by `dvc checkout` or DVC's run cache without running the step
-        (one made with other parameters: the marker alone would pass it off as this recipe's). Markers written
-        before they recorded the output (2026-12-07) count only a missing one."""
-        if step.partition("@")[0] not in ("fetch", "source", "construct", "train"):
+        """Whether the arrays, models or set a done step made are not on disk as it left them: gone (deleted by
+        hand, a folder lost), or made by another recipe and put back by `dvc checkout` or DVC's run cache without
+        running the step (the marker alone would pass them off as this recipe's). The same recipe's weights from
+        elsewhere (`dvc pull`) are kept; the steps that read them rerun (`inputs_changed`). Markers written before
+        they recorded the output (2026-12-07) count only a missing one."""
+        if step.partition("@")[0] not in ("fetch", "source", "construct", "train", "transfer"):
             return False
-        now = steps.output_digest(data_dir, step)
+        now = steps.output_recipe(data_dir, step)
         if now is not None and steps.read_marker(data_dir, step).get("output", now) == now:
             return False
         log.info("%s: done before, but its output is missing, unreadable or not the one it made; running it again",

@@ -253,13 +253,15 @@ def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
     return any(start <= when and (end is None or when < end) for start, end in periods[model_id])
 
 
-def current_evaluations(results_root="data/results", data_dir="data") -> pd.DataFrame:
+def current_evaluations(results_root="data/results", data_dir="data", profile: str | None = None) -> pd.DataFrame:
     """The `evaluations` table as the report reads it, for pandas: per model and attack setting, the latest row
     made while the weights now in `data_dir` were the model's latest. "The latest row" alone can describe other
     weights: the model's before `dvc checkout` (or DVC's run cache) put earlier ones back without running its
-    stage, which writes no rows. Rows of models no longer in the data folder are kept (by their latest weights)."""
+    stage, which writes no rows. Rows of models no longer in the data folder are kept (by their latest weights).
+    Every profile's rows, or `profile`'s only (the report shows one)."""
     periods = _weight_periods(results.load("models", results_root), _on_disk(Path(data_dir))[0])
-    return _latest_evaluations(results.load("evaluations", results_root), periods).drop(columns="eps_key")
+    ev = _latest_evaluations(results.load("evaluations", results_root), periods).drop(columns="eps_key")
+    return ev if profile is None else ev[ev["profile"] == profile].reset_index(drop=True)
 
 
 def _latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple]]) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import logging
 import os
@@ -69,6 +70,13 @@ def exclusive(path: Path, what: str):
             holder = f.read().strip() or "another process"
             raise Busy(f"{what} is already running ({holder}; lock file {path}): let it finish, or stop it "
                        f"first") from None
+        except OSError as e:  # a file system without flock (NFS without lockd, Lustre without -o flock)
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            log.warning("%s: %s cannot be locked on this file system (%s); running without the lock, so start no "
+                        "second one on this data folder", what, path, e.strerror)
+            yield
+            return
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -149,8 +157,6 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
     step_hash = steps.current_hash(params, data_dir, stage) if stage in steps.STEPS and stage != "report" else None
     try:
         yield run_id
-        if step_hash is not None:
-            steps.mark_done(params, data_dir, stage, step_hash)
         status = "ok"
     except Stopped:
         status = "stopped"  # out of time: progress saved, the next job continues
@@ -168,6 +174,8 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
             # The stage's own error (often the same cause, e.g. a full disk) names what it was writing;
             # an error raised here would replace it, and a second traceback would bury it.
             log.error("%s: could not record this %s run in the runs table either (%s)", stage, status, e)
+    if step_hash is not None:  # last, once everything the step writes (outputs, metrics, rows) is written
+        steps.mark_done(params, data_dir, stage, step_hash)
 
 
 def _seed(params: Params, name: str) -> int:
@@ -420,7 +428,7 @@ def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
                          "train_per_class": d.train_per_class, "test_per_class": d.test_per_class},
                         {"counts": manifest["counts"], "array_sha256": manifest["array_sha256"],
                          "canonical": manifest["canonical"]})
-    _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
+        _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
     return manifest
 
 
@@ -444,7 +452,7 @@ def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto
         out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id, deadline)
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
                                  data_dir, dev, run_id)
-    _write_metrics(data_dir, f"source_{kind}", metrics)
+        _write_metrics(data_dir, f"source_{kind}", metrics)
     return metrics
 
 
@@ -538,7 +546,7 @@ def stage_construct(params: Params, name: str, data_dir="data", device: str = "a
                      len(jobs[0].ranges))
         units.map(units.build, [(jobs[i % len(jobs)], k) for i, k in enumerate(pending)])
         stats = finish_construct(params, jobs[0], data_dir, run_id)
-    _write_metrics(data_dir, f"construct_{name}", {k: round(v, 4) for k, v in stats.items()})
+        _write_metrics(data_dir, f"construct_{name}", {k: round(v, 4) for k, v in stats.items()})
     return stats
 
 
@@ -569,7 +577,7 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev,
                                  run_id)
         metrics["train_acc_final"] = round(out["history"][-1]["train_acc"], 4)
-    _write_metrics(data_dir, f"train_{name}", metrics)
+        _write_metrics(data_dir, f"train_{name}", metrics)
     return metrics
 
 
@@ -665,7 +673,7 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto", units:
             units.evaluate(params, model, spec.model_id(p.name), split, p.evaluate, data_dir, dev, run_id)
         trained.update(reused_models(params, data_dir, dev))  # trained and evaluated by their own stage
         metrics = measure_transfer(params, trained, split, data_dir, dev, run_id)
-    _write_metrics(data_dir, "transfer", metrics)
+        _write_metrics(data_dir, "transfer", metrics)
     return metrics
 
 

@@ -1,8 +1,8 @@
 """The steps of the pipeline and what each reads (parameters, code, the steps before it), and the marker a
 finished step leaves (data/work/done/<step>.json), by which `notbugs all` and the Prefect flow `reproduce`
-skip what is done. Every stage function of `notbugs.stages` leaves its marker, however it was run (`notbugs
+skip what is done. Every run of a step leaves its marker (`stages.recorded_run`), however it was run (`notbugs
 all`, `notbugs <stage>`, a Prefect deployment, `dvc repro`), so `notbugs all` after `dvc repro` skips the
-steps DVC ran."""
+steps DVC ran. The report (rendered every time) and `reevaluate` (no step of the pipeline) leave none."""
 
 from __future__ import annotations
 
@@ -120,7 +120,6 @@ STEPS = ("fetch", "source@standard", "source@robust", *(f"construct@{n}" for n i
          *(f"train@{n}" for n in DATASETS), "transfer", "report")
 
 
-
 def output_digest(data_dir, step: str) -> str | None:
     """What a finished step left for the steps after it, by content: fetch's arrays (`arrays_digest`), a model's
     checkpoint hash (its meta.json), a set's shard hashes (its manifest); None where missing or unreadable. Not
@@ -148,6 +147,37 @@ def output_digest(data_dir, step: str) -> str | None:
     return None
 
 
+def output_recipe(data_dir, step: str) -> str | None:
+    """What made the output a finished step left, as its files say (a digest): the arrays (fetch); a model's id
+    and recipe (its meta.json); a set's recipe hash (its manifest: parameters, code and source model); Figure 3's
+    models' ids and recipes (transfer). None where the output, or a file of it, is missing or unreadable. The
+    same recipe's weights trained elsewhere (another GPU's, brought by `dvc pull`) are the same output here,
+    where `output_digest` tells them apart for the steps that read them."""
+    from notbugs.stages import dataset_dir, model_dir
+
+    stage, _, item = step.partition("@")
+    if stage in ("fetch", "source", "train", "construct") and output_digest(data_dir, step) is None:
+        return None
+    try:
+        if stage == "fetch":
+            return arrays_digest(data_dir)
+        if stage in ("source", "train"):
+            metas = [read_json(model_dir(data_dir, item) / "meta.json")]
+        elif stage == "construct":
+            return str(read_json(dataset_dir(data_dir, item) / "manifest.json")["recipe_hash"])
+        elif stage == "transfer":
+            folders = sorted(f.parent for f in (Path(data_dir) / "models" / "transfer").rglob("meta.json"))
+            if not folders or not all((f / "model.pt").is_file() for f in folders):
+                return None
+            metas = [read_json(f / "meta.json") for f in folders]
+        else:
+            return None
+        made = [[m["model_id"], m["recipe"]] for m in metas]
+        return sha256_bytes(json.dumps(made, sort_keys=True).encode())[:16]
+    except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+        return None
+
+
 def inputs_digest(data_dir, step: str) -> dict:
     """{upstream step: output_digest} of the steps whose models and sets `step` reads."""
     return {up: output_digest(data_dir, up) for up in upstream_steps(step) if up != "fetch"}
@@ -168,11 +198,11 @@ def read_marker(data_dir, step: str) -> dict:
 
 def mark_done(params, data_dir, step: str, h: str) -> None:
     """Record that `step` finished: the hash of what it read (`step_hash`, taken when it started), what it read
-    from the steps before it and what it left for the steps after it (both by content), so that a model or set
-    put back by `dvc checkout` without running its step is noticed."""
+    from the steps before it (by content) and what made its output (`output_recipe`), so that a model or set of
+    another recipe, put back by `dvc checkout` without running its step, is noticed."""
     write_json(marker_path(data_dir, step), {"step": step, "profile": params.profile.name, "params_hash": h,
                                              "inputs": inputs_digest(data_dir, step),
-                                             "output": output_digest(data_dir, step)})
+                                             "output": output_recipe(data_dir, step)})
 
 
 def current_hash(params, data_dir, step: str) -> str:

@@ -51,6 +51,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise ArtefactError(f"disk full while writing {path}; nothing was written, free space and re-run") from e
+        if e.errno == errno.EDQUOT:  # a cluster's usual limit
+            raise ArtefactError(f"disk quota exceeded while writing {path}; nothing was written, free space in "
+                                f"your quota and re-run") from e
+        if e.errno == errno.EIO:
+            raise ArtefactError(f"input/output error while writing {path} (a failing disk or network file "
+                                f"system?); nothing was written") from e
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise ArtefactError(f"cannot write {path}: {e.strerror} (read-only output folder?)") from e
         raise

@@ -130,6 +130,12 @@ def set_global_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _progress(state: dict) -> tuple[int, int]:
+    """How far a checkpoint's run got: epochs done, then batches of the next one."""
+    within = state.get("within")
+    return int(state["epoch"]), int(within["batch"]) if within else 0
+
+
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, seed: int,
           device: torch.device, adversarial: AdversarialConfig | None = None, workdir: str | Path | None = None,
           desc: str = "train", stop_after_epoch: int | None = None, deadline: Deadline | None = None,
@@ -170,9 +176,18 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     if mine is not None and mine.exists():
         # this recipe's own checkpoint, set aside by a run of another recipe since (a parameter changed and changed
         # back; `dvc checkout` of an earlier commit): taken up again, and the other one set aside in its turn
-        if ckpt.exists():
-            ckpt.replace(ckpt.with_name(f"checkpoint-{load_tensors(ckpt).get('signature', 'unsigned')}.pt"))
-        mine.replace(ckpt)
+        current = load_tensors(ckpt) if ckpt.exists() else None
+        if current is not None and current.get("signature") == signature:
+            # both this recipe's (the set-aside one from before 2026-12-07, when a diverged run of another recipe
+            # moved it and a run of this one started over): the one further along is kept
+            if _progress(load_tensors(mine)) > _progress(current):
+                mine.replace(ckpt)
+            else:
+                mine.unlink()
+        else:
+            if current is not None:
+                ckpt.replace(ckpt.with_name(f"checkpoint-{current.get('signature', 'unsigned')}.pt"))
+            mine.replace(ckpt)
         log.info("%s: taking up again this recipe's checkpoint, which a run of another recipe had set aside (%s)",
                  desc, mine.name)
     if ckpt is not None and ckpt.exists():

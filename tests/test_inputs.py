@@ -285,6 +285,22 @@ def test_atomic_write_on_a_full_disk(tmp_path, monkeypatch):
     assert target.read_bytes() == b"good" and sorted(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.parametrize("code, message", [(errno.EDQUOT, "disk quota exceeded while writing"),
+                                           (errno.EIO, "input/output error while writing")])
+def test_atomic_write_over_quota_or_on_a_failing_disk(tmp_path, monkeypatch, code, message):
+    """A cluster's quota, or a failing disk, named with the file, as a full disk is."""
+    target = tmp_path / "model.pt"
+    atomic_write_bytes(target, b"good")
+
+    def fail(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(ArtefactError, match=f"{message} {target}.*nothing was written"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"good" and sorted(tmp_path.iterdir()) == [target]
+
+
 def _earlier_part(root: Path) -> tuple[Path, bytes]:
     part = results.append("evaluations", [sample_row("evaluations", 0)], root)
     return part, part.read_bytes()

@@ -303,6 +303,9 @@ def test_current_evaluations_describe_the_weights_in_the_data_folder(tmp_path):
                                                                    "run_id": "r1"}))
     assert clean_of_d_r() == [pytest.approx(0.804)]  # the first weights, back on disk
     assert report.current_evaluations(tmp_path / "none", data).empty
+    results.append("evaluations", [eval_row("fast", model_id("fast", "standard", "d"), "none", 0.0, 0.9, later)], root)
+    assert set(report.current_evaluations(root, data)["profile"]) == {"cpu", "fast"}
+    assert set(report.current_evaluations(root, data, profile="cpu")["profile"]) == {"cpu"}
 
 
 def test_the_models_in_the_data_folder_are_the_ones_reported(tmp_path):

@@ -273,6 +273,28 @@ def test_a_recipe_changed_and_changed_back_resumes_its_own_checkpoint(tmp_path):
                                                                       "checkpoint.pt"]
 
 
+@pytest.mark.parametrize("set_aside_at, current_at", [(2, 1), (1, 2)])
+def test_of_two_checkpoints_of_one_recipe_the_one_further_along_is_resumed(tmp_path, monkeypatch, set_aside_at,
+                                                                            current_at):
+    """A folder from before 2026-12-07 can hold this recipe's checkpoint set aside and a newer start of the same
+    recipe as checkpoint.pt: the run resumes the one further along, whichever it is, and drops the other."""
+    x, y = synthetic_batch(4)
+    made = {}
+    for epochs in (1, 2):
+        train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=tmp_path / f"e{epochs}", stop_after_epoch=epochs)
+        made[epochs] = tmp_path / f"e{epochs}" / "checkpoint.pt"
+    signature = load_tensors(made[1])["signature"]
+    work = tmp_path / "work"
+    work.mkdir()
+    made[set_aside_at].replace(work / f"checkpoint-{signature}.pt")
+    made[current_at].replace(work / "checkpoint.pt")
+    real_step, steps = torch.optim.SGD.step, []
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **kw: steps.append(1) or real_step(self, *a, **kw))
+    h = train(_fresh(), x, y, SHORT, seed=1, device=CPU, workdir=work)
+    assert [r["epoch"] for r in h] == [1, 2, 3] and len(steps) == 1  # epoch 3 only: resumed at epoch 2
+    assert [f.name for f in work.glob("checkpoint*.pt")] == ["checkpoint.pt"]
+
+
 def test_checkpoint_of_an_architecture_whose_code_changed_is_not_resumed(tmp_path):
     """Same architecture name and width, other tensors (as Inception-v3's became the reference's): the
     checkpoint is ignored and training starts over, where loading it would fail on its shapes."""

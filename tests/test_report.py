@@ -241,9 +241,8 @@ def test_evaluations_of_earlier_weights_are_left_out(tmp_path):
     assert summary["figure2"]["d_nr"]["robust"] == pytest.approx(0.4)
 
 
-def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_path):
-    """`dvc checkout` or DVC's run cache can put back an earlier run's model and set without running the stage,
-    so no row is written: the report must describe what the data folder holds, not the tables' latest rows."""
+def _d_r_retrained(tmp_path) -> tuple[Path, Path, str, datetime]:
+    """The tables of `write_results`, then D_R's model retrained a day later (weights "1...") and scored 77.7."""
     root, data = tmp_path / "results", tmp_path / "data"
     write_results(root)
     mid = model_id("cpu", "standard", "d_r")
@@ -251,6 +250,13 @@ def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_pa
     results.append("models", [{**model_row("cpu", "standard", "d_r"), "checkpoint_sha256": "1" * 64,
                                "created_at": later}], root)
     results.append("evaluations", [eval_row("cpu", mid, "none", 0.0, 0.777, later + timedelta(hours=1))], root)
+    return root, data, mid, later
+
+
+def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_path):
+    """`dvc checkout` or DVC's run cache can put back an earlier run's model and set without running the stage,
+    so no row is written: the report must describe what the data folder holds, not the tables' latest rows."""
+    root, data, mid, later = _d_r_retrained(tmp_path)
     results.append("datasets", [{**dataset_row("cpu", "d_r", {"final_relative": 0.5}), "run_id": "r9",
                                  "created_at": later}], root)
     newest = json.loads(report.build_report(root, data, tmp_path / "a")["summary"].read_text())
@@ -284,13 +290,7 @@ def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_pa
 def test_current_evaluations_describe_the_weights_in_the_data_folder(tmp_path):
     """The public reader gives what the report shows: after weights retrained later are replaced by the earlier
     ones (as `dvc checkout` does, writing no rows), the earlier weights' rows, not the latest."""
-    root, data = tmp_path / "results", tmp_path / "data"
-    write_results(root)
-    mid = model_id("cpu", "standard", "d_r")
-    later = T0 + timedelta(days=1)
-    results.append("models", [{**model_row("cpu", "standard", "d_r"), "checkpoint_sha256": "1" * 64,
-                               "created_at": later}], root)
-    results.append("evaluations", [eval_row("cpu", mid, "none", 0.0, 0.777, later + timedelta(hours=1))], root)
+    root, data, mid, later = _d_r_retrained(tmp_path)
 
     def clean_of_d_r() -> list[float]:
         ev = report.current_evaluations(root, data)

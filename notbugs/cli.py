@@ -98,7 +98,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     """Every stage in one process (CUDA and the data are set up once), in pipeline order.
 
     Each finished step leaves a marker (data/work/done/<step>.json, with the hash of what it reads:
-    `step_hash`), so a rerun, e.g. the next job on a cluster that caps job length, skips what is done
+    `step_hash`; `notbugs.steps`), so a rerun, e.g. the next job on a cluster that caps job length, skips what is done
     and resumes the step that was cut (from its last checkpoint, shard or batch) without appending its
     rows twice; after a parameter changes, only the steps that read it, and their dependents, rerun. The
     steps after fetch read the arrays it wrote (by their SHA-256s), as under `dvc repro`: a fetch rerun
@@ -107,7 +107,8 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     the time is up, once one has run. With the profile's `compile_ahead`, construction's compile runs
     in a second process while the source models train (`notbugs.warmup`).
     `run_step(step)`, where given, runs each step (a name of STEPS) instead of the stage function here:
-    the Prefect flow `reproduce` runs them as its subflows, with the same skipping and warm-up.
+    the Prefect flow `reproduce` runs them as its subflows, with the same skipping and warm-up. It must run
+    them through the stage functions, whose `recorded_run` leaves each step's marker.
     """
     from notbugs import stages as S
     from notbugs import warmup
@@ -167,11 +168,6 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
                  step)
         return True
 
-    def mark_done(step: str, h: str) -> None:
-        # the stage functions mark their own steps; again here with the hash taken before the run began, and for a
-        # `run_step` that does not call them
-        steps.mark_done(params, data_dir, step, h)
-
     # one at a time on a data folder: a second would run every step again beside the first, appending every row twice
     lock = Path(data_dir) / "work" / "all.lock"
     with S.exclusive(lock, "`notbugs all` (or the flow `reproduce`) on this data folder"):
@@ -180,9 +176,8 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         if "fetch" not in skip:
             h = steps.step_hash(params, "fetch")
             if to_do("fetch", h):
-                run("fetch")
+                run("fetch")  # its marker left by the stage (`stages.recorded_run`), as every step's
                 ran = True
-                mark_done("fetch", h)
         arrays = steps.arrays_digest(data_dir)
         expected = {step: steps.step_hash(params, step, arrays) for step, stage in order
                     if stage not in skip and step != "report"}
@@ -207,7 +202,6 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
                     warmup.finish(warming)
                 run(step)
                 ran = True
-                mark_done(step, expected[step])
         finally:
             warmup.stop(warming)
 

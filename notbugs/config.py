@@ -394,15 +394,14 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
         raise ConfigError(f"{path}: `profiles` must be a mapping of profile names to profiles")
     if name not in profiles:
         raise ConfigError(f"{path}: unknown profile {name!r} (chosen by {chosen_by}); defined: {sorted(profiles)}")
-    if not profile and env and env != doc.get("profile") and os.environ.get("DVC_STAGE"):
-        # DVC sets DVC_STAGE for the commands of the stages it runs: dvc.lock would record params.yaml's profile
-        # as the inputs of results made under another one, and `dvc status` would call them up to date
-        raise ConfigError(f"NOTBUGS_PROFILE={env} under `dvc repro` (stage {os.environ['DVC_STAGE']}), while {path} "
-                          f"says profile {doc.get('profile')!r}: dvc.lock would record {doc.get('profile')!r}'s "
-                          f"parameters for {env!r}'s results. Choose the profile in {path} (`profile: {env}`, or "
-                          f"`dvc exp run -S profile={env}`), or unset NOTBUGS_PROFILE")
     if not profile and env and env != doc.get("profile"):
         # dvc.lock records params.yaml's profile: a stage run under another one records the wrong inputs
+        if os.environ.get("DVC_STAGE"):  # set by DVC for its stages' commands: there it would mislead `dvc status`
+            raise ConfigError(f"NOTBUGS_PROFILE={env} under `dvc repro` (stage {os.environ['DVC_STAGE']}), while "
+                              f"{path} says profile {doc.get('profile')!r}: dvc.lock would record "
+                              f"{doc.get('profile')!r}'s parameters for {env!r}'s results. Choose the profile in "
+                              f"{path} (`profile: {env}`, or `dvc exp run -S profile={env}`), or unset "
+                              f"NOTBUGS_PROFILE")
         log.warning("profile %r from NOTBUGS_PROFILE, not %r from %s: `dvc repro` would record the wrong profile "
                     "(scripts/pipeline.sh writes the choice into params.yaml instead)", env, doc.get("profile"), path)
 

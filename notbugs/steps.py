@@ -156,11 +156,11 @@ def output_recipe(data_dir, step: str) -> str | None:
     from notbugs.stages import dataset_dir, model_dir
 
     stage, _, item = step.partition("@")
-    if stage in ("fetch", "source", "train", "construct") and output_digest(data_dir, step) is None:
+    if stage == "fetch":  # the arrays are both what was made and how
+        return output_digest(data_dir, step)
+    if stage in ("source", "train", "construct") and output_digest(data_dir, step) is None:
         return None
     try:
-        if stage == "fetch":
-            return arrays_digest(data_dir)
         if stage in ("source", "train"):
             metas = [read_json(model_dir(data_dir, item) / "meta.json")]
         elif stage == "construct":

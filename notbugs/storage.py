@@ -44,21 +44,25 @@ def package_digest(*names: str) -> str:
     return sha256_bytes(b"".join((package / name).read_bytes() for name in names))[:16]
 
 
+# Write errors that say what to do, by errno (EDQUOT: a cluster's usual limit)
+_WRITE_ERRORS = {
+    errno.ENOSPC: "disk full while writing {path}; nothing was written, free space and re-run",
+    errno.EDQUOT: "disk quota exceeded while writing {path}; nothing was written, free space in your quota and re-run",
+    errno.EIO: "input/output error while writing {path} (a failing disk or network file system?); nothing was written",
+    errno.EACCES: "cannot write {path}: {reason} (read-only output folder?)",
+    errno.EROFS: "cannot write {path}: {reason} (read-only output folder?)",
+    errno.EPERM: "cannot write {path}: {reason} (read-only output folder?)",
+}
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """`tempfiles.atomic_write`, with a disk-full or read-only folder reported as an ArtefactError."""
+    """`tempfiles.atomic_write`, with a full disk or quota, an I/O error or a read-only folder reported as an
+    ArtefactError naming the file."""
     try:
         tempfiles.atomic_write(path, data)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise ArtefactError(f"disk full while writing {path}; nothing was written, free space and re-run") from e
-        if e.errno == errno.EDQUOT:  # a cluster's usual limit
-            raise ArtefactError(f"disk quota exceeded while writing {path}; nothing was written, free space in "
-                                f"your quota and re-run") from e
-        if e.errno == errno.EIO:
-            raise ArtefactError(f"input/output error while writing {path} (a failing disk or network file "
-                                f"system?); nothing was written") from e
-        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise ArtefactError(f"cannot write {path}: {e.strerror} (read-only output folder?)") from e
+        if e.errno in _WRITE_ERRORS:
+            raise ArtefactError(_WRITE_ERRORS[e.errno].format(path=path, reason=e.strerror)) from e
         raise
 
 

@@ -43,6 +43,7 @@ PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".writing"
+RUN_MARK = "-run-"  # part-<stamp>-<pid>-<random>-run-<run_id>.parquet
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -257,11 +258,19 @@ def _table_dir(table: str, root: str | Path) -> Path:
     return Path(root) / table
 
 
-def _part_name() -> str:
+def _part_name(run_id: str | None) -> str:
     # Time first so names sort roughly by write time; pid and a random suffix
-    # make names unique across processes writing in the same second.
+    # make names unique across processes writing in the same second. The run
+    # id, when all rows share one, lets a corrupt part's error name the stage
+    # that wrote it: its rows can no longer say so themselves.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{PART_PREFIX}{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+    run = f"{RUN_MARK}{run_id}" if run_id and run_id.isalnum() else ""
+    return f"{PART_PREFIX}{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}{run}{PART_SUFFIX}"
+
+
+def _single_run_id(rows: list[dict]) -> str | None:
+    run_ids = {row.get("run_id") for row in rows}
+    return run_ids.pop() if len(run_ids) == 1 else None
 
 
 def _fsync_file(path: Path) -> None:
@@ -303,7 +312,7 @@ def append(table: str, rows: list[dict], root: str | Path = DEFAULT_ROOT) -> Pat
     folder = _table_dir(table, root)
     folder.mkdir(parents=True, exist_ok=True)
     tempfiles.remove_dead(folder)  # temp files of writers that were killed mid-write
-    final = folder / _part_name()
+    final = folder / _part_name(_single_run_id(rows))
     temp = folder / f"{TEMP_PREFIX}{final.stem}{tempfiles.owner()}{TEMP_SUFFIX}"
     try:
         pq.write_table(arrow_table, temp)
@@ -335,7 +344,27 @@ def part_files(table: str, root: str | Path = DEFAULT_ROOT) -> list[Path]:
 
 
 def _corrupt(path: Path, reason: str) -> ValueError:
-    return ValueError(f"corrupt result part {path}: {reason}; delete it or re-run the stage that wrote it")
+    return ValueError(f"corrupt result part {path}: {reason}; delete it or re-run {_writer(path)}")
+
+
+def _writer(path: Path) -> str:
+    """The stage that wrote a part, from the run id in its name and the runs table, as far as they tell."""
+    stem = path.name.removesuffix(PART_SUFFIX)
+    if RUN_MARK not in stem:  # written before parts carried their run id
+        return "the stage that wrote it"
+    run_id = stem.rsplit(RUN_MARK, 1)[1]
+    stages = set()
+    for runs_part in part_files("runs", path.parent.parent):
+        if runs_part == path:
+            continue
+        try:
+            runs = pq.read_table(runs_part, columns=["run_id", "stage"]).to_pylist()
+        except (pa.ArrowException, OSError, KeyError):
+            continue  # another corrupt part: its own error names it
+        stages.update(row["stage"] for row in runs if row["run_id"] == run_id)
+    if not stages:
+        return f"the stage that wrote it (run {run_id}; the runs table has no row of it)"
+    return f"the stage that wrote it: {', '.join(sorted(stages))} (run {run_id})"
 
 
 def _read_part(path: Path, schema: pa.Schema) -> pa.Table:

@@ -378,6 +378,34 @@ def test_corrupt_part_names_the_file(tmp_path):
         results.summary(tmp_path)
 
 
+def test_corrupt_part_names_the_stage_that_wrote_it(tmp_path):
+    run = dict(sample_row("runs", 7), stage="train@d_r")
+    results.append("runs", [run], root=tmp_path)
+    part = results.append("evaluations", [sample_row("evaluations", 7)], root=tmp_path)
+    assert part.name.endswith(f"-run-{run['run_id']}.parquet")
+    part.write_bytes(b"half a file")  # e.g. a disk that failed under it
+    with pytest.raises(ValueError, match="corrupt result part") as info:
+        results.load("evaluations", root=tmp_path)
+    assert str(part) in str(info.value)
+    assert f"train@d_r (run {run['run_id']})" in str(info.value)
+
+
+def test_corrupt_part_of_a_run_without_a_runs_row_says_so(tmp_path):
+    # A run killed before its runs row was written, or a corrupt runs part itself.
+    part = results.append("runs", [sample_row("runs", 3)], root=tmp_path)
+    part.write_bytes(b"x" * 50)
+    with pytest.raises(ValueError, match="the runs table has no row of it"):
+        results.load("runs", root=tmp_path)
+
+
+def test_parts_of_rows_from_several_runs_carry_no_run_id(tmp_path):
+    part = results.append("epochs", [sample_row("epochs", 1), sample_row("epochs", 2)], root=tmp_path)
+    assert "-run-" not in part.name
+    part.write_bytes(b"x" * 50)
+    with pytest.raises(ValueError, match="re-run the stage that wrote it$"):
+        results.load("epochs", root=tmp_path)
+
+
 def test_part_with_wrong_columns_names_the_file(tmp_path):
     results.append("epochs", [sample_row("epochs")], root=tmp_path)
     bad = tmp_path / "epochs" / "part-20240101T000000-99-0badc0de.parquet"

@@ -73,6 +73,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("ended_at", _UTC_US),
             _required("wall_s", pa.float64()),
             _required("status", pa.string()),  # "ok" | "failed" | "stopped" (out of time, progress saved)
+            # Added 2026-12-07 (null in earlier rows): the resolved parameters (JSON: the profile's section and
+            # `data`), the library versions and host (JSON). A hash alone cannot be turned back into a config.
+            _optional("params", pa.string()),
+            _optional("versions", pa.string()),
         ]
     ),
     "models": pa.schema(
@@ -88,6 +92,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("checkpoint_sha256", pa.string()),
             _required("run_id", pa.string()),
             _required("created_at", _UTC_US),
+            # Added 2026-12-07: the build of the training set (its manifest's run id); null for D and earlier rows
+            _optional("train_set_run_id", pa.string()),
         ]
     ),
     "datasets": pa.schema(
@@ -122,6 +128,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("wall_s", pa.float64()),
             _required("run_id", pa.string()),
             _required("evaluated_at", _UTC_US),
+            # Added 2026-12-07 (null in earlier rows): the weights scored, as models.checkpoint_sha256
+            _optional("checkpoint_sha256", pa.string()),
         ]
     ),
     "transfer": pa.schema(
@@ -137,6 +145,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("n", pa.int64()),
             _required("run_id", pa.string()),
             _required("created_at", _UTC_US),
+            # Added 2026-12-07 (null in earlier rows): the weights of both models, as models.checkpoint_sha256
+            _optional("source_checkpoint_sha256", pa.string()),
+            _optional("target_checkpoint_sha256", pa.string()),
         ]
     ),
     "epochs": pa.schema(
@@ -195,7 +206,7 @@ def _check_columns(table: str, schema: pa.Schema, rows: list[dict]) -> None:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise TypeError(f"table {table!r}: row {i} is a {type(row).__name__}, not a dict")
-        missing = [name for name in schema.names if name not in row]
+        missing = [field.name for field in schema if field.name not in row and not field.nullable]
         extra = sorted(str(key) for key in row if key not in expected)
         if missing or extra:
             parts = []
@@ -232,12 +243,18 @@ def _check_value(table: str, field: pa.Field, i: int, value) -> None:
             raise ValueError(f"{where}: naive datetime {value!r}; use a timezone-aware one (e.g. now_utc())")
 
 
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
 def _to_arrow(table: str, schema: pa.Schema, rows: list[dict]) -> pa.Table:
     """Validate plain-dict rows and convert them to an Arrow table of the table's schema."""
     _check_columns(table, schema, rows)
     arrays = []
     for field in schema:
-        values = [row[field.name] for row in rows]
+        values = [row.get(field.name) for row in rows]  # a nullable column left out is null
+        if field.nullable:  # rows read back with pandas hold a null as NaN or pd.NA
+            values = [None if _missing(value) else value for value in values]
         for i, value in enumerate(values):
             _check_value(table, field, i, value)
         try:
@@ -372,8 +389,13 @@ def _read_part(path: Path, schema: pa.Schema) -> pa.Table:
         part = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
         raise _corrupt(path, str(err)) from err
-    if part.schema.names != schema.names:
+    # A part written before an optional column was added lacks it: the column reads as null there.
+    added = [field for field in schema if field.name not in part.schema.names and field.nullable]
+    for field in added:
+        part = part.append_column(field, pa.nulls(len(part), field.type))
+    if sorted(part.schema.names) != sorted(schema.names):
         raise _corrupt(path, f"columns {part.schema.names} differ from the schema's {schema.names}")
+    part = part.select(schema.names)
     try:
         # Normalises details Parquet does not round-trip exactly (e.g. the
         # name of a list's child field) so all parts concatenate cleanly.

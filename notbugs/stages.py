@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import importlib.metadata
 import logging
 import os
 import platform
@@ -133,6 +134,20 @@ def device_name(device: torch.device, bf16: bool | None = None) -> str:
     return name if bf16 is None else f"{name}, {precision_name(bf16)}"
 
 
+def library_versions() -> dict:
+    """The versions a result may depend on, and the host: a number measured under torch 2.11 and 2.14 can
+    differ (a kernel, a default), and `device` alone does not say which ran."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                "platform": platform.platform(), "host": socket.gethostname()}
+    for package in ("torchvision", "numpy", "pandas", "pyarrow"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
 def bf16_for(params: Params, device: torch.device) -> bool:
     """The profile's `precision` resolved on this device (auto: bf16 where the device has it natively)."""
     return use_bf16(params.profile.precision, device)
@@ -167,7 +182,9 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
                 "run_id": run_id, "stage": stage, "profile": params.profile.name, "params_hash": params.hash(),
                 "code_version": code_version(), "input_hashes": _input_hashes(list(inputs)),
                 "device": device_name(device, bf16), "started_at": started, "ended_at": results.now_utc(),
-                "wall_s": time.perf_counter() - t0, "status": status}], results_root(data_dir))
+                "wall_s": time.perf_counter() - t0, "status": status,
+                "params": results.to_json({"profile": params.raw, "data": dataclasses.asdict(params.data)}),
+                "versions": results.to_json(library_versions())}], results_root(data_dir))
         except Exception as e:
             if status == "ok":
                 raise
@@ -281,10 +298,12 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
                     checkpoint_seconds=60 * params.profile.checkpoint_minutes)
     uncompiled(model)  # saved and evaluated eager: evaluation's batch shape would need another compile
     out = model_dir(data_dir, spec.name)
-    recipe = {"train": repr(spec.recipe), "adversarial": repr(spec.adversarial), "seed": seed, "n_train": len(y),
+    adversarial = dataclasses.asdict(spec.adversarial) if spec.adversarial else None
+    recipe = {"train": dataclasses.asdict(spec.recipe), "adversarial": adversarial, "seed": seed, "n_train": len(y),
               "precision": precision_name(bf16)}
     meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
                                    "training": spec.training, "recipe": recipe, "run_id": run_id,
+                                   "train_set_run_id": train_set_run_id(data_dir, spec.train_set),
                                    "rebuild": rebuild_command(spec.name, spec.train_set)})
     _write_curve(Path(data_dir) / "plots" / f"{spec.name}.csv", history)
     root = results_root(data_dir)
@@ -292,9 +311,16 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
         "model_id": model_id, "profile": prof, "arch": spec.arch, "width": float(spec.width),
         "train_set": spec.train_set, "training": spec.training, "recipe": results.to_json(recipe),
         "checkpoint_path": str(out / "model.pt"), "checkpoint_sha256": meta["checkpoint_sha256"],
-        "run_id": run_id, "created_at": results.now_utc()}], root)
+        "run_id": run_id, "created_at": results.now_utc(), "train_set_run_id": meta["train_set_run_id"]}], root)
     results.append("epochs", [{"model_id": model_id, "profile": prof, "run_id": run_id, **h} for h in history], root)
     return {"model": model, "meta": meta, "history": history}
+
+
+def train_set_run_id(data_dir, train_set: str) -> str | None:
+    """The run that built constructed set `train_set` (its manifest's); None for D, CIFAR-10 itself."""
+    if train_set == "d":
+        return None
+    return read_json(dataset_dir(data_dir, train_set) / "manifest.json").get("run_id")
 
 
 def _write_curve(path: Path, history: list[dict]) -> None:
@@ -303,14 +329,15 @@ def _write_curve(path: Path, history: list[dict]) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def evaluate_unit(params: Params, model, model_id: str, split: Split, cfg: EvalConfig, data_dir, device,
-                  run_id: str) -> dict:
-    """Clean and robust accuracy on the real test set; rows appended; returns {metric: accuracy}."""
+def evaluate_unit(params: Params, model, model_id: str, checkpoint_sha256: str, split: Split, cfg: EvalConfig,
+                  data_dir, device, run_id: str) -> dict:
+    """Clean and robust accuracy on the real test set of the weights `checkpoint_sha256` (their meta.json's);
+    rows appended; returns {metric: accuracy}."""
     rows = evaluate(model, model_id, split.test_x, split.test_y, cfg.eps, cfg.steps, cfg.step_factor,
                     cfg.restarts, cfg.batch_size, device, bf16=bf16_for(params, device), use_best=cfg.use_best)
     stamp = results.now_utc()
     for r in rows:
-        r.update(profile=params.profile.name, run_id=run_id, evaluated_at=stamp)
+        r.update(profile=params.profile.name, run_id=run_id, evaluated_at=stamp, checkpoint_sha256=checkpoint_sha256)
     results.append("evaluations", rows, results_root(data_dir))
     metrics = {_metric_key(r): round(r["accuracy"], 4) for r in rows}
     log.info("%s on the real test set: %s", model_id,
@@ -450,8 +477,8 @@ def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto
                       bf16_for(params, dev)) as run_id:
         split = split or load_split(params, data_dir)
         out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id, deadline)
-        metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, params.profile.evaluate,
-                                 data_dir, dev, run_id)
+        metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], out["meta"]["checkpoint_sha256"],
+                                 split, params.profile.evaluate, data_dir, dev, run_id)
         _write_metrics(data_dir, f"source_{kind}", metrics)
     return metrics
 
@@ -480,8 +507,8 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
     labels = split.train_y.numpy()
     bf16 = bf16_for(params, dev)
     recipe = {"name": name, "seed": c.seed, "precision": precision_name(bf16), "batch_size": c.batch_size,
-              "shard_size": c.shard_size, "subset": repr(params.profile.subset), "source_model_id": meta["model_id"],
-              "source_model_sha256": meta["checkpoint_sha256"],
+              "shard_size": c.shard_size, "subset": dataclasses.asdict(params.profile.subset),
+              "source_model_id": meta["model_id"], "source_model_sha256": meta["checkpoint_sha256"],
               "code": package_digest(*C.CONSTRUCT_CODE, *arch_code(meta["arch"]))}
     if name in C.MATCHING:
         recipe["match"] = dataclasses.asdict(c.match)
@@ -574,8 +601,8 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
         x, y = load_training_set(data_dir, name)
         split = split or load_split(params, data_dir)
         out = units.train(params, spec, x, y, data_dir, dev, run_id, deadline)
-        metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], split, p.evaluate, data_dir, dev,
-                                 run_id)
+        metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], out["meta"]["checkpoint_sha256"],
+                                 split, p.evaluate, data_dir, dev, run_id)
         metrics["train_acc_final"] = round(out["history"][-1]["train_acc"], 4)
         _write_metrics(data_dir, f"train_{name}", metrics)
     return metrics
@@ -639,7 +666,9 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
             rows.append({"source_model_id": source_meta["model_id"], "target_model_id": spec.model_id(p.name),
                          "target_arch": spec.arch, "profile": p.name, "attack": "pgd_l2_targeted_next",
                          "eps": pgd.eps, "steps": pgd.steps, "success_rate": rate, "n": n,
-                         "run_id": run_id, "created_at": results.now_utc()})
+                         "run_id": run_id, "created_at": results.now_utc(),
+                         "source_checkpoint_sha256": source_meta["checkpoint_sha256"],
+                         "target_checkpoint_sha256": trained[spec.name]["meta"]["checkpoint_sha256"]})
             metrics.setdefault(spec.arch, {})["transfer_success"] = round(rate, 4)
             log.info("transfer from the standard %s to %s: %.1f%% reach the target", source_meta["arch"],
                      spec.arch, 100 * rate)
@@ -669,8 +698,9 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto", units:
                  for i, spec in enumerate(new)]
         trained = dict(zip([spec.name for spec in new], units.map(units.train, calls)))
         for spec in new:
-            model = trained[spec.name]["model"].to(dev)
-            units.evaluate(params, model, spec.model_id(p.name), split, p.evaluate, data_dir, dev, run_id)
+            model, meta = trained[spec.name]["model"].to(dev), trained[spec.name]["meta"]
+            units.evaluate(params, model, meta["model_id"], meta["checkpoint_sha256"], split, p.evaluate, data_dir,
+                           dev, run_id)
         trained.update(reused_models(params, data_dir, dev))  # trained and evaluated by their own stage
         metrics = measure_transfer(params, trained, split, data_dir, dev, run_id)
         _write_metrics(data_dir, "transfer", metrics)
@@ -723,8 +753,8 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
             model, meta = load_model(path, dev)
             if recorded.get(meta["model_id"]) != meta["checkpoint_sha256"]:
                 _record_weights_on_disk(data_dir, path, meta)
-            metrics = units.evaluate(params, model, meta["model_id"], split, params.profile.reevaluate, data_dir,
-                                     dev, run_id)
+            metrics = units.evaluate(params, model, meta["model_id"], meta["checkpoint_sha256"], split,
+                                     params.profile.reevaluate, data_dir, dev, run_id)
             progress["scored"][meta["model_id"]] = {"sha256": meta["checkpoint_sha256"], "metrics": metrics,
                                                     "run_id": run_id}
             write_json(progress_path, progress)
@@ -765,7 +795,8 @@ def _record_weights_on_disk(data_dir, path: Path, meta: dict) -> None:
         "model_id": meta["model_id"], "profile": meta["profile"], "arch": meta["arch"], "width": float(meta["width"]),
         "train_set": meta["train_set"], "training": meta["training"], "recipe": results.to_json(meta["recipe"]),
         "checkpoint_path": str(path / "model.pt"), "checkpoint_sha256": meta["checkpoint_sha256"],
-        "run_id": meta["run_id"], "created_at": results.now_utc()}], results_root(data_dir))
+        "run_id": meta["run_id"], "created_at": results.now_utc(), "train_set_run_id": meta.get("train_set_run_id")}],
+        results_root(data_dir))
 
 
 def _rows_again(data_dir, carried: list[tuple[str, str | None]], run_id: str) -> None:

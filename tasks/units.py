@@ -54,8 +54,9 @@ def train_model(params, spec: S.ModelSpec, x, y, data_dir: str, device, run_id: 
 
 
 @task(name="evaluate model", task_run_name="evaluate {model_id}", **RETRY)
-def evaluate_model(params, model, model_id: str, split, cfg, data_dir: str, device, run_id: str) -> dict:
-    return S.evaluate_unit(params, model, model_id, split, cfg, data_dir, device, run_id)
+def evaluate_model(params, model, model_id: str, checkpoint_sha256: str, split, cfg, data_dir: str, device,
+                   run_id: str) -> dict:
+    return S.evaluate_unit(params, model, model_id, checkpoint_sha256, split, cfg, data_dir, device, run_id)
 
 
 @task(name="build shard", task_run_name="build {job.name} shard {k}", **RETRY)

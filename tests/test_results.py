@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from notbugs import results
@@ -38,6 +39,8 @@ def sample_row(table: str, i: int = 0) -> dict:
             "ended_at": T0 + timedelta(seconds=5),
             "wall_s": 5.0,
             "status": "ok",
+            "params": None if i % 2 else results.to_json({"profile": {"arch": "resnet18"}, "data": {}}),
+            "versions": None if i % 2 else results.to_json({"torch": "2.14.1"}),
         }
     if table == "models":
         return {
@@ -52,6 +55,7 @@ def sample_row(table: str, i: int = 0) -> dict:
             "checkpoint_sha256": "f" * 64,
             "run_id": run_id,
             "created_at": T0,
+            "train_set_run_id": None if i % 2 else "set" + run_id,
         }
     if table == "datasets":
         return {
@@ -85,6 +89,7 @@ def sample_row(table: str, i: int = 0) -> dict:
             "run_id": run_id,
             # A non-UTC aware datetime is fine; it is stored as UTC.
             "evaluated_at": T0.astimezone(timezone(timedelta(hours=2))),
+            "checkpoint_sha256": None if i % 2 else "f" * 64,
         }
     if table == "transfer":
         return {
@@ -99,6 +104,8 @@ def sample_row(table: str, i: int = 0) -> dict:
             "n": 1000,
             "run_id": run_id,
             "created_at": T0,
+            "source_checkpoint_sha256": None if i % 2 else "d" * 64,
+            "target_checkpoint_sha256": None if i % 2 else "c" * 64,
         }
     if table == "epochs":
         return {
@@ -170,9 +177,12 @@ def test_schemas_are_the_documented_ones():
         for (name, kind, nullable), field in zip(columns, schema, strict=True):
             assert field.type.equals(kind), f"{table}.{name}: the code says {field.type}, the docs {kind}"
             assert field.nullable == nullable, f"{table}.{name}: nullable {field.nullable} in the code, not in the docs"
-    # the documented nullable columns are the two of the original data's missing source model
+    # the documented nullable columns: the two of the original data's missing source model, and the columns
+    # added after the first rows were written (null in those)
     assert [(t, c[0]) for t, cols in documented.items() for c in cols if c[2]] == [
-        ("datasets", "source_model_id"), ("datasets", "source_model_sha256")]
+        ("runs", "params"), ("runs", "versions"), ("models", "train_set_run_id"),
+        ("datasets", "source_model_id"), ("datasets", "source_model_sha256"), ("evaluations", "checkpoint_sha256"),
+        ("transfer", "source_checkpoint_sha256"), ("transfer", "target_checkpoint_sha256")]
 
 
 @pytest.mark.parametrize("table", results.TABLES)
@@ -404,6 +414,40 @@ def test_parts_of_rows_from_several_runs_carry_no_run_id(tmp_path):
     part.write_bytes(b"x" * 50)
     with pytest.raises(ValueError, match="re-run the stage that wrote it$"):
         results.load("epochs", root=tmp_path)
+
+
+def test_parts_written_before_an_optional_column_existed_read_it_as_null(tmp_path):
+    old_schema = pa.schema([f for f in results.SCHEMAS["evaluations"] if f.name != "checkpoint_sha256"])
+    old_row = {k: v for k, v in sample_row("evaluations", 1).items() if k != "checkpoint_sha256"}
+    folder = tmp_path / "evaluations"
+    folder.mkdir()
+    old_part = folder / "part-20240101T000000-1-00000000.parquet"
+    pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), old_part)
+    results.append("evaluations", [dict(sample_row("evaluations", 2), checkpoint_sha256="ab" * 32)], root=tmp_path)
+    df = results.load("evaluations", root=tmp_path).sort_values("run_id")
+    assert list(df.columns) == results.SCHEMAS["evaluations"].names
+    assert df["checkpoint_sha256"].isna().tolist() == [True, False]
+    assert results.dataset("evaluations", root=tmp_path).to_table().column("checkpoint_sha256").null_count == 1
+
+
+def test_rows_read_back_with_pandas_append_again_with_their_nulls(tmp_path):
+    results.append("evaluations", [sample_row("evaluations", 1)], root=tmp_path)  # a null checkpoint_sha256
+    rows = results.load("evaluations", root=tmp_path).to_dict("records")
+    assert rows[0]["checkpoint_sha256"] is None or rows[0]["checkpoint_sha256"] != rows[0]["checkpoint_sha256"]
+    results.append("evaluations", [dict(rows[0], checkpoint_sha256=float("nan"), run_id="again")], root=tmp_path)
+    results.append("evaluations", [dict(rows[0], checkpoint_sha256=pd.NA, run_id="again")], root=tmp_path)
+    assert results.load("evaluations", root=tmp_path)["checkpoint_sha256"].isna().all()
+    with pytest.raises(ValueError, match="'model_id'"):  # a required column stays required
+        results.append("evaluations", [dict(rows[0], model_id=float("nan"))], root=tmp_path)
+
+
+def test_a_nullable_column_left_out_of_a_row_is_null_and_a_required_one_is_refused(tmp_path):
+    row = {k: v for k, v in sample_row("runs").items() if k not in ("params", "versions")}
+    results.append("runs", [row], root=tmp_path)
+    assert results.load("runs", root=tmp_path)["params"].isna().all()
+    del row["status"]
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['status'\]"):
+        results.append("runs", [row], root=tmp_path)
 
 
 def test_part_with_wrong_columns_names_the_file(tmp_path):

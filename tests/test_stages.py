@@ -4,10 +4,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -376,7 +378,8 @@ def test_evaluation_and_transfer_attack_with_the_profile_s_settings(sources, tmp
     attack = Recorder(pgd_l2, lambda a: a["x"].clone())
     monkeypatch.setattr(E, "pgd_l2", attack)
     cfg = p.reevaluate  # two radii
-    S.evaluate_unit(params, model, "m", split, cfg, tmp_path, torch.device("cpu"), "run")  # rows to an empty folder
+    S.evaluate_unit(params, model, "m", "0" * 64, split, cfg, tmp_path, torch.device("cpu"),
+                    "run")  # rows to an empty folder
     assert [c["eps"] for c in attack.calls] == list(cfg.eps) and cfg.use_best
     for call in attack.calls:
         assert call["steps"] == cfg.steps
@@ -418,6 +421,44 @@ def test_whole_pipeline_fills_every_table(sources, tmp_path):
     assert counts["models"] == 7 and counts["transfer"] == 1 and counts["datasets"] == 1 + 4  # D, then the four
     assert counts["evaluations"] == 7 * 2 + 7 * 3
     assert counts["runs"] == 3 + 4 + 4 + 1 + 1 + 1
+    _rows_join_to_the_weights_and_sets_they_describe(S.results_root(data))
+
+
+def _rows_join_to_the_weights_and_sets_they_describe(root):
+    """Every evaluation and transfer row names the checkpoint it scored, and every model the build of its
+    training set: a reader joins on them, with no time intervals."""
+    models, evals = results.load("models", root), results.load("evaluations", root)
+    weights = set(models["checkpoint_sha256"])
+    assert evals["checkpoint_sha256"].notna().all() and set(evals["checkpoint_sha256"]) <= weights
+    joined = evals.merge(models[["model_id", "checkpoint_sha256"]].drop_duplicates(), how="left",
+                         on="checkpoint_sha256", suffixes=("", "_of_weights"), validate="many_to_one")
+    assert (joined["model_id"] == joined["model_id_of_weights"]).all()
+    transfer = results.load("transfer", root)
+    by_id = dict(zip(models["model_id"], models["checkpoint_sha256"], strict=True))  # one row a model here
+    assert list(transfer["source_checkpoint_sha256"]) == [by_id[m] for m in transfer["source_model_id"]]
+    assert list(transfer["target_checkpoint_sha256"]) == [by_id[m] for m in transfer["target_model_id"]]
+    sets = results.load("datasets", root).set_index("name")["run_id"]
+    for _, model in models.iterrows():
+        if model["train_set"] == "d":  # CIFAR-10's arrays: no build of a set
+            assert pd.isna(model["train_set_run_id"]), model["model_id"]
+        else:
+            assert model["train_set_run_id"] == sets[model["train_set"]], model["model_id"]
+        recipe = json.loads(model["recipe"])  # plain JSON, not a Python repr
+        assert recipe["train"]["epochs"] >= 1 and isinstance(recipe["train"]["augment"], dict)
+
+
+def test_runs_record_the_resolved_parameters_and_library_versions(sources):
+    params, data = sources
+    runs = results.load("runs", S.results_root(data))
+    for _, run in runs.iterrows():
+        recorded = json.loads(run["params"])
+        assert recorded["profile"] == json.loads(json.dumps(params.raw))  # every value, not just a hash
+        assert recorded["data"]["mirror"] == params.data.mirror
+        body = json.dumps(recorded["profile"], sort_keys=True).encode()  # the hash can be checked against them
+        assert hashlib.sha256(body).hexdigest()[:16] == run["params_hash"]
+        versions = json.loads(run["versions"])
+        assert versions["torch"] == torch.__version__ and versions["numpy"] == np.__version__
+        assert versions["python"] == platform.python_version()
 
 
 def test_training_set_is_the_constructed_one(sources, tmp_path):
@@ -553,8 +594,8 @@ def test_a_recipe_s_init_chooses_that_model_s_initial_weights_and_is_recorded(so
     assert built == ["he", "torch"]
     models = results.load("models", S.results_root(data))
     recipes = models.sort_values("created_at").groupby("training")["recipe"].last()
-    assert "init='he'" in json.loads(recipes["standard"])["train"]
-    assert "init='torch'" in json.loads(recipes["adversarial"])["train"]
+    assert json.loads(recipes["standard"])["train"]["init"] == "he"
+    assert json.loads(recipes["adversarial"])["train"]["init"] == "torch"
     before, _ = load_model(S.model_dir(sources[1], "standard"))
     after, _ = load_model(S.model_dir(data, "standard"))
     assert not torch.equal(before.head.weight, after.head.weight)  # trained anew, not resumed

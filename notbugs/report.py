@@ -850,7 +850,40 @@ def _training_curves_svg(curves: dict[str, pd.DataFrame]) -> str:
 # ---------------------------------------------------------------- report sections
 
 
-def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame) -> list:
+def _runs_behind(tables: dict[str, pd.DataFrame], models: pd.DataFrame, evals: pd.DataFrame,
+                 models_on_disk: dict[str, OnDisk], sets_on_disk: dict[str, str]) -> set[str]:
+    """The runs that made what the report shows: the models described (the run that trained the weights on
+    disk, else the latest row's), their evaluations shown, the sets (those on disk, else the latest rows'; D's
+    fetch), the latest transfer."""
+    ids = set(evals.loc[evals["model_id"].isin(models["model_id"]), "run_id"])
+    for model_id, rows in _latest(models, ["model_id"], "created_at").groupby("model_id"):
+        ids.add(models_on_disk[model_id].run_id if model_id in models_on_disk else rows["run_id"].iloc[0])
+    for name, rows in _latest(tables["datasets"], ["name"], "created_at").groupby("name"):
+        ids.add(sets_on_disk.get(name, rows["run_id"].iloc[0]))  # D's: its fetch
+    if not tables["transfer"].empty:
+        ids.add(tables["transfer"].sort_values("created_at", kind="stable")["run_id"].iloc[-1])
+    return ids
+
+
+def _runs_table(runs: pd.DataFrame) -> Table:
+    rows = []
+    for _, run in runs.sort_values("started_at", kind="stable").iterrows():
+        # "stopped": a job out of time that saved its progress for the next one, not an error
+        status = Flag(run["status"], {"ok": "ok", "stopped": "warn"}.get(run["status"], "bad"))
+        rows.append((run["stage"], status, run["code_version"], run["params_hash"], run["device"],
+                     _when(run["started_at"]), _when(run["ended_at"]), _duration(float(run["wall_s"]))))
+    return Table(("stage", "status", "code version", "parameters", "device", "started", "ended", "wall time"),
+                 tuple(rows))
+
+
+def _shown_runs(runs: pd.DataFrame, behind: set[str]) -> pd.DataFrame:
+    """The runs behind the numbers shown, not every run the tables keep: earlier and failed attempts made none
+    of them. With none behind any number (nothing trained yet), every run, failures included."""
+    shown = runs[runs["run_id"].isin(behind)]
+    return runs if shown.empty else shown
+
+
+def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame, behind: set[str]) -> list:
     others = [p for p in profiles if p != profile]
     profile_text = f"Profile: {profile or '(none: no results yet)'}."
     if others:
@@ -861,26 +894,54 @@ def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame)
               Heading("Provenance")]
     if runs.empty:
         return blocks + [Note("No stage has run yet for this profile (the runs table is empty): not run yet.")]
-    versions = sorted(runs["code_version"].unique())
+    shown = _shown_runs(runs, behind)
+    versions = sorted(shown["code_version"].unique())
     if len(versions) > 1:
-        blocks.append(Bullets((Flag(f"results come from {len(versions)} code versions: {', '.join(versions)}",
-                                    "warn"),)))
-    rows = []
-    for _, run in runs.sort_values("started_at", kind="stable").iterrows():
-        # "stopped": a job out of time that saved its progress for the next one, not an error
-        status = Flag(run["status"], {"ok": "ok", "stopped": "warn"}.get(run["status"], "bad"))
-        rows.append((run["stage"], status, run["code_version"], run["device"], _when(run["started_at"]),
-                     _when(run["ended_at"]), _duration(float(run["wall_s"]))))
-    blocks.append(Table(("stage", "status", "code version", "device", "started", "ended", "wall time"),
-                        tuple(rows)))
-    total = float(runs["wall_s"].sum())
-    span = (runs["ended_at"].max() - runs["started_at"].min()).total_seconds()
-    blocks.append(Para(f"{len(runs)} stage runs, {_duration(total)} of stage time in all, "
+        blocks.append(Bullets((Flag(f"the results shown come from {len(versions)} code versions: "
+                                    f"{', '.join(versions)}", "warn"),)))
+    hashes = sorted(shown["params_hash"].unique())
+    if len(hashes) > 1:
+        blocks.append(Para(f"They come from {len(hashes)} states of params.yaml (column \"parameters\"; each run's "
+                           "values are in the runs table's `params`): a change to one recipe reruns its own steps "
+                           "only, and changes the hash of every later run."))
+    blocks.append(_runs_table(shown))
+    total = float(shown["wall_s"].sum())
+    span = (shown["ended_at"].max() - shown["started_at"].min()).total_seconds()
+    blocks.append(Para(f"{len(shown)} stage runs behind these results, {_duration(total)} of stage time in all, "
                        f"{_duration(span)} from the first start to the last end."))
+    rest = runs[~runs["run_id"].isin(shown["run_id"])]
+    if not rest.empty:
+        # an attempt that failed after the run whose results are shown: the numbers are not the latest attempt's
+        last_shown = shown.groupby("stage")["started_at"].max()
+        later = rest[(rest["status"] != "ok") & (rest["started_at"] > rest["stage"].map(last_shown))]
+        blocks.append(Para(f"{len(rest)} other runs of this profile in the runs table are behind no number shown "
+                           "(earlier or superseded runs, and failed or stopped ones)."))
+        if not later.empty:
+            what = "a later attempt of a stage" if len(later) == 1 else f"{len(later)} later attempts of stages"
+            blocks += [Bullets((Flag(f"{what} shown here did not finish: its numbers are from the run before",
+                                     "warn"),)), _runs_table(later)]
     return blocks
 
 
-def _data_blocks(data_dir: Path, datasets: pd.DataFrame) -> list:
+def _images_used(models: pd.DataFrame, evals: pd.DataFrame) -> str:
+    """How many of CIFAR-10's images the profile's models trained on (the source models' recipe) and were tested
+    on (the clean evaluations shown): a subset in `tiny` and `cpu`."""
+    n_train = set()
+    for recipe in models.loc[models["train_set"] == "d", "recipe"]:
+        try:
+            n_train.add(int(json.loads(recipe)["n_train"]))
+        except (TypeError, KeyError, ValueError):
+            continue  # a row from before the recipe recorded it
+    n_test = set(evals.loc[evals["attack"] == "none", "n"].astype(int))
+    parts = []
+    if n_train:
+        parts.append(f"trained on {' / '.join(f'{n:,}' for n in sorted(n_train))} training images")
+    if n_test:
+        parts.append(f"tested on {' / '.join(f'{n:,}' for n in sorted(n_test))} test images")
+    return f" This profile's models are {' and '.join(parts)}." if parts else ""
+
+
+def _data_blocks(data_dir: Path, datasets: pd.DataFrame, used: str = "") -> list:
     """Which CIFAR-10 the results come from: the fetched arrays (the fetch manifest), where the last fetch got
     them (the `datasets` row of D), and whether they are the canonical ones (notbugs.data.CANONICAL_SHA256),
     which every run that compares with ours must share."""
@@ -902,9 +963,9 @@ def _data_blocks(data_dir: Path, datasets: pd.DataFrame) -> list:
     canonical = m.get("canonical")
     if canonical is False:
         return [Bullets((Flag(f"{text}: not the canonical CIFAR-10 arrays; results do not compare with runs on "
-                              f"them", "warn"),))]
+                              f"them.{used}", "warn"),))]
     return [Para(text + (": the canonical arrays, as published." if canonical else
-                         " (not the full sets: not compared with the canonical arrays)."))]
+                         " (not the full sets: not compared with the canonical arrays).") + used)]
 
 
 def _flag_lines(fig2: list[Measured], tab1: list[Measured]) -> list[Flag]:
@@ -932,7 +993,18 @@ def _claim_blocks(claims: list[Claim]) -> list:
             Table(("claim", "ours", "verdict"), tuple((c.text, c.detail, verdict[c.holds]) for c in claims))]
 
 
-def _deviation_blocks(flags: list[Flag], deviations: list[str] | None) -> list:
+def _precision_line(runs: pd.DataFrame) -> str | None:
+    """Which stages computed under bf16 autocast (their `device` says): the authors' code runs fp32, and the
+    `paper` profile's `precision: auto` too runs bf16 where the device has it."""
+    bf16 = sorted({stage for stage, device in zip(runs["stage"], runs["device"], strict=True)
+                   if str(device).endswith(", bf16")})
+    if not bf16:
+        return None
+    return (f"precision: bf16 autocast in {', '.join(bf16)} (the authors' code runs fp32; README, \"Deviations "
+            "from the paper\", Precision; `precision: fp32` runs as they did)")
+
+
+def _deviation_blocks(flags: list[Flag], deviations: list[str] | None, runs: pd.DataFrame) -> list:
     blocks = [Heading("Deviations from the paper")]
     if flags:
         blocks += [Para(f"Results more than {FLAG_PTS:.0f} points away from the paper's number:"),
@@ -941,7 +1013,13 @@ def _deviation_blocks(flags: list[Flag], deviations: list[str] | None) -> list:
         blocks.append(Para(f"No measured result is more than {FLAG_PTS:.0f} points away from the paper's number "
                            "(results not run yet are not counted)."))
     if deviations:
-        blocks += [Para("Deviations of this profile from the paper's protocol:"), Bullets(tuple(deviations))]
+        blocks += [Para("Settings of this profile that differ from the `paper` profile, params.yaml's statement "
+                        "of the protocol:"), Bullets(tuple(deviations))]
+    precision = _precision_line(runs)
+    if precision:
+        blocks += [Para("How the runs shown computed, where the `paper` profile too departs from the authors' code "
+                        "(README, \"Deviations from the paper\", lists every such departure):"),
+                   Bullets((precision,))]
     return blocks
 
 
@@ -1266,8 +1344,11 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     unrecorded = _unrecorded(tables["models"], models_on_disk)
     curves = _epoch_curves(tables["epochs"], tables["models"], models_on_disk)
 
-    blocks = (_header_blocks(profile, profiles, tables["runs"]) + _data_blocks(Path(data_dir), tables["datasets"])
-              + _claim_blocks(claims) + _deviation_blocks(flags, deviations)
+    behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk)
+    used = _images_used(models, evals[evals["model_id"].isin(models["model_id"])])
+    blocks = (_header_blocks(profile, profiles, tables["runs"], behind)
+              + _data_blocks(Path(data_dir), tables["datasets"], used) + _claim_blocks(claims)
+              + _deviation_blocks(flags, deviations, _shown_runs(tables["runs"], behind))
               + _figure2_blocks(fig2, unrecorded) + _table1_blocks(tab1) + figure3 + _sample_blocks(grid, sample_notes)
               + _construction_blocks(construction) + _curves_blocks(curves) + _evaluations_blocks(evals))
 

@@ -540,6 +540,45 @@ def test_construction_and_provenance(built):
     assert "source training" in page and "abc1234" in page and "1 min 25 s" in page
 
 
+def test_provenance_lists_the_runs_behind_the_numbers_and_flags_a_later_failed_attempt(tmp_path):
+    root = tmp_path / "results"
+    write_results(root)  # models trained by run r1, scored by r2, sets by r3, transfer r4
+
+    def run(run_id, stage, minute, version="abc1234", status="ok", device="cpu (x86_64, 2 threads), bf16"):
+        return {**run_row("cpu", stage, minute, 60.0, status), "run_id": run_id, "code_version": version,
+                "device": device}
+
+    results.append("runs", [run("r0", "source@standard", 0, version="0ld0ld0ld0ld"),  # superseded by r1
+                            run("r1", "source@standard", 1), run("r2", "reevaluate", 5),
+                            run("r3", "construct@d_r", 2, device="cpu (x86_64, 2 threads), fp32"),
+                            run("r4", "transfer", 4), run("r9", "source@standard", 9, status="failed")], root)
+    md = report.build_report(root, tmp_path / "data", tmp_path / "out")["markdown"].read_text()
+    section = md.split("## Provenance\n")[1].split("\n## ")[0]
+    table = section.split("a later attempt")[0]
+    assert "0ld0ld0ld0ld" not in md and "code versions" not in md  # r0 made nothing shown: no mixed-version warning
+    assert table.count("| source@standard |") == 1 and "| construct@d_r |" in table and "| transfer |" in table
+    assert "4 stage runs behind these results" in section
+    assert "5 other runs of this profile" in section  # r0, r9 and write_results' own three
+    later = section.split("a later attempt of a stage shown here did not finish")[1]
+    assert later.count("| source@standard | **failed** |") == 1 and later.count("| source@standard |") == 1
+    deviations = md.split("## Deviations from the paper\n")[1].split("\n## ")[0]
+    assert "bf16 autocast in reevaluate, source@standard, transfer" in deviations  # construct@d_r ran fp32
+
+
+def test_the_data_line_says_how_many_images_the_models_used(tmp_path):
+    root = tmp_path / "results"
+    write_cifar(tmp_path / "data")
+    manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(counts={"train": 50000, "test": 10000}, array_sha256={"train": "a" * 64, "test": "b" * 64})
+    manifest_path.write_text(json.dumps(manifest))
+    results.append("models", [{**model_row("cpu", "standard", "d"), "recipe": results.to_json({"n_train": 5000})}],
+                   root)
+    results.append("evaluations", [eval_row("cpu", model_id("cpu", "standard", "d"), "none", 0.0, 0.5, T0)], root)
+    md = report.build_report(root, tmp_path / "data", tmp_path / "out")["markdown"].read_text()
+    assert "This profile's models are trained on 5,000 training images and tested on 1,000 test images." in md
+
+
 def test_provenance_names_the_data_and_flags_arrays_that_are_not_canonical(tmp_path):
     write_cifar(tmp_path / "data")
     manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"

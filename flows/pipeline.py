@@ -82,7 +82,7 @@ def _rows(metrics: dict, **key) -> list[dict]:
     return [{**key, "metric": k, "value": v} for k, v in metrics.items()]
 
 
-@flow(name="fetch", log_prints=True)
+@flow(name="fetch", flow_run_name="fetch", log_prints=True)
 def fetch_flow(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                device: str = "auto") -> dict:
     params = load_params(params_path, profile)
@@ -122,7 +122,7 @@ def train_flow(name: str, params_path: str = "params.yaml", profile: str | None 
     return metrics
 
 
-@flow(name="transfer", log_prints=True, task_runner=RUNNER)
+@flow(name="transfer", flow_run_name="transfer", log_prints=True, task_runner=RUNNER)
 def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                   device: str = "auto", gpu_tag: str | None = None) -> dict:
     """Figure 3. The models train side by side when there are several GPUs, then the rates are measured."""
@@ -133,7 +133,7 @@ def transfer_flow(params_path: str = "params.yaml", profile: str | None = None, 
     return metrics
 
 
-@flow(name="report", log_prints=True)
+@flow(name="report", flow_run_name="report", log_prints=True)
 def report_flow(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                 out_dir: str | None = None, device: str = "auto") -> dict:
     params = load_params(params_path, profile)
@@ -149,7 +149,7 @@ def report_flow(params_path: str = "params.yaml", profile: str | None = None, da
     return paths
 
 
-@flow(name="reevaluate", log_prints=True)
+@flow(name="reevaluate", flow_run_name="reevaluate", log_prints=True)
 def reevaluate_flow(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
                     device: str = "auto", gpu_tag: str | None = None) -> dict:
     """Re-score every trained model under the current `reevaluate` suite; rows are appended."""
@@ -160,7 +160,7 @@ def reevaluate_flow(params_path: str = "params.yaml", profile: str | None = None
     return summary
 
 
-@flow(name="reproduce", log_prints=True)
+@flow(name="reproduce", flow_run_name="reproduce", log_prints=True)
 def reproduce(params_path: str = "params.yaml", profile: str | None = None, data_dir: str = "data",
               device: str = "auto", gpu_tag: str | None = None, redo: bool = False) -> dict:
     """The whole DAG from Prefect alone (for users who drive everything from the UI), one subflow per step.

@@ -14,6 +14,7 @@ import os
 from flows.pipeline import reevaluate_flow
 
 DEFAULT_CRON = "0 3 * * 1"  # weekly, Monday 03:00
+SERVED_NAME = "reevaluate-serve"  # the deployment `reevaluate/reevaluate-serve`; prefect.yaml's is `reevaluate`
 
 
 def main(argv=None) -> None:
@@ -32,8 +33,10 @@ def main(argv=None) -> None:
         reevaluate_flow(**kw)
         return
     # limit=1: a run started from the UI during the scheduled one waits for it (the library refuses a second
-    # pass on one data folder, which would fail it instead)
-    reevaluate_flow.serve(name="reevaluate", cron=args.cron, parameters=kw, limit=1,
+    # pass on one data folder, which would fail it instead). Its own name: serving under prefect.yaml's
+    # "reevaluate" would take that deployment over (its work pool, pull step and limit gone) and leave it
+    # paused when serving stops, so its weekly runs would stay Late with no word.
+    reevaluate_flow.serve(name=SERVED_NAME, cron=args.cron, parameters=kw, limit=1,
                           description="re-score every trained model under the current evaluation suite")
 
 

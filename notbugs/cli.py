@@ -139,7 +139,7 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     def to_do(step: str, h: str) -> bool:
         if redo or steps.read_marker(data_dir, step).get("params_hash") != h or output_changed(step):
             return True
-        log.info("%s: already done with these parameters (%s), skipping; --redo reruns it", step,
+        log.info("%s: already done with these parameters (%s), skipping; --redo (the flow's redo) reruns it", step,
                  steps.marker_path(data_dir, step))
         return False
 

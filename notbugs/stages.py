@@ -165,11 +165,23 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
     """Yield a run id; on exit append the stage's `runs` row, status ok or failed. `bf16`: the
     precision of a stage that computes with a model, recorded beside the device. A step of the pipeline
     (`steps.STEPS`) that finishes leaves its marker, so that `notbugs all` skips it however it was run
-    (`notbugs <stage>`, a Prefect deployment, `dvc repro`); with the hash of what it read when it began."""
+    (`notbugs <stage>`, a Prefect deployment, `dvc repro`); with the hash of what it read when it began.
+    One run of a step at a time per data folder: a second (the same deployment run twice from the UI, a
+    `notbugs` command beside `dvc repro`) raises Busy before it starts, where it would do the same work beside
+    the first and append its rows twice."""
+    step = stage in steps.STEPS and stage != "report"
+    lock = Path(data_dir) / "work" / "locks" / f"{stage}.lock"
+    with exclusive(lock, f"the step {stage} on this data folder") if step else contextlib.nullcontext():
+        with _recorded(stage, params, data_dir, device, inputs, bf16, step) as run_id:
+            yield run_id
+
+
+@contextlib.contextmanager
+def _recorded(stage: str, params: Params, data_dir, device: torch.device, inputs, bf16: bool | None, step: bool):
     run_id = results.new_run_id()
     started, t0 = results.now_utc(), time.perf_counter()
     status = "failed"
-    step_hash = steps.current_hash(params, data_dir, stage) if stage in steps.STEPS and stage != "report" else None
+    step_hash = steps.current_hash(params, data_dir, stage) if step else None
     try:
         yield run_id
         status = "ok"
@@ -547,9 +559,28 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
     stats["wall_s"] = sum(s["wall_s"] for s in per_shard)
     manifest = {"name": job.name, "recipe": job.recipe, "recipe_hash": job.recipe_hash, "n": n,
                 "shards": shards, "stats": stats, "dtype": "float16", "run_id": run_id}
+    earlier = _manifest_if_readable(job.out_dir / "manifest.json")
+    if earlier is not None and (earlier.get("recipe_hash"), earlier.get("shards")) == (job.recipe_hash, shards):
+        # A rerun that found every shard built (a UI rerun, --redo): the set is the one an earlier run made, so
+        # its manifest stays, with that run's id. Rewritten, it would change under DVC (the set's folder is a
+        # persistent output) and make the next `dvc repro` rerun every step after it.
+        log.info("%s: every shard was built already, by run %s; its manifest is kept", job.name, earlier.get("run_id"))
+        rows = results.load("datasets", results_root(data_dir))
+        if not ((rows["name"] == job.name) & (rows["run_id"] == earlier.get("run_id"))).any():  # tables wiped
+            _record_dataset(params, data_dir, str(earlier.get("run_id")), job.name, job.out_dir, n, job.source_meta,
+                            job.recipe, earlier["stats"])
+        return earlier["stats"]
     write_json(job.out_dir / "manifest.json", manifest)
     _record_dataset(params, data_dir, run_id, job.name, job.out_dir, n, job.source_meta, job.recipe, stats)
     return stats
+
+
+def _manifest_if_readable(path: Path) -> dict | None:
+    try:
+        manifest = read_json(path)
+    except (OSError, ArtefactError):
+        return None
+    return manifest if isinstance(manifest, dict) and "stats" in manifest else None
 
 
 def shard_stats(data_dir, name: str) -> list[dict]:
@@ -566,8 +597,9 @@ def stage_construct(params: Params, name: str, data_dir="data", device: str = "a
     with recorded_run(f"construct@{name}", params, data_dir, devs[0],
                       [model_dir(data_dir, construct_source(name)) / "meta.json"], bf16_for(params, devs[0])) as run_id:
         jobs = [prepare_construct(params, name, data_dir, d, deadline, split) for d in devs]  # a model copy per device
-        (jobs[0].out_dir / "manifest.json").unlink(missing_ok=True)
         pending = jobs[0].pending()
+        if pending:  # the set is being changed: no manifest may claim it whole until it is
+            (jobs[0].out_dir / "manifest.json").unlink(missing_ok=True)
         if len(pending) < len(jobs[0].ranges):
             log.info("%s: %d of %d shards already built, resuming", name, len(jobs[0].ranges) - len(pending),
                      len(jobs[0].ranges))
@@ -744,13 +776,19 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
         metas = [(path, meta) for path, meta in metas if meta.get("profile") == params.profile.name]
         recorded = _latest_checkpoints(data_dir)
         carried = []  # (model_id, run id) of the models an earlier, cut job of this pass scored
+        damaged = []  # (folder, error): one damaged model must not cost the others their scores
         for i, (path, meta) in enumerate(metas):
             scored = progress["scored"].get(meta["model_id"])
             if scored is not None and scored["sha256"] == meta["checkpoint_sha256"]:
                 log.info("%s: scored by this pass already, before it was cut", meta["model_id"])
                 carried.append((meta["model_id"], scored.get("run_id")))
                 continue
-            model, meta = load_model(path, dev)
+            try:
+                model, meta = load_model(path, dev)
+            except ArtefactError as e:
+                log.error("%s: not scored, going on with the others: %s", path, e)
+                damaged.append((path, e))
+                continue
             if recorded.get(meta["model_id"]) != meta["checkpoint_sha256"]:
                 _record_weights_on_disk(data_dir, path, meta)
             metrics = units.evaluate(params, model, meta["model_id"], meta["checkpoint_sha256"], split,
@@ -762,6 +800,9 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
                 raise Stopped(f"reevaluate: {deadline.reason} after {i + 1} of {len(metas)} models; the scored "
                               f"ones are listed in {progress_path}")
         _rows_again(data_dir, carried, run_id)
+        if damaged:  # the pass fails, its progress kept: once they are rebuilt, a rerun scores only them
+            raise ArtefactError(f"reevaluate: {len(damaged)} of {len(metas)} models could not be loaded, the others "
+                                "were scored: " + "; ".join(str(e) for _, e in damaged))
     progress_path.unlink(missing_ok=True)
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
 

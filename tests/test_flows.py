@@ -139,6 +139,28 @@ def test_serve_reads_the_gpu_tag_from_the_environment(monkeypatch):
     assert [kw["gpu_tag"] for kw in runs] == ["gpu", "other", None]
 
 
+def test_serve_does_not_take_over_the_work_pool_s_deployment(monkeypatch):
+    """Serving under prefect.yaml's deployment name would take that deployment over (work pool, pull step and
+    limit gone) and leave it paused when serving stops: its weekly runs would stay Late."""
+    import yaml
+
+    import flows.serve as serve
+
+    served = []
+
+    class Flow:
+        name = "reevaluate"
+
+        def serve(self, **kw):
+            served.append(kw)
+
+    monkeypatch.setattr(serve, "reevaluate_flow", Flow())
+    serve.main([])
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    pool = [d["name"] for d in config["deployments"] if d["entrypoint"].endswith(":reevaluate_flow")]
+    assert pool == ["reevaluate"] and served[0]["name"] not in pool and served[0]["limit"] == 1
+
+
 def test_errors_that_would_repeat_are_not_retried():
     """A NaN loss or a corrupt set fails the same way on a retry, after reloading and retraining from the
     checkpoint; a transient error (a lost device, a flaky filesystem) gets its retries."""

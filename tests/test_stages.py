@@ -139,6 +139,23 @@ def test_construction_out_of_time_keeps_finished_batches_and_jobs_chain_to_the_s
     assert sorted(statuses) == ["ok"] * 2 + ["stopped"] * 7
 
 
+def test_a_rerun_that_finds_the_set_built_keeps_its_manifest(sources, tmp_path):
+    """A UI rerun or --redo of a built set changes nothing DVC hashes: the set's folder is a persistent output,
+    and a rewritten manifest (its run id) would make the next `dvc repro` rerun every step after it."""
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, "d_det", data, "cpu")
+    folder = S.dataset_dir(data, "d_det")
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    rows = len(results.load("datasets", S.results_root(data)))
+    S.stage_construct(params, "d_det", data, "cpu")
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert len(results.load("datasets", S.results_root(data))) == rows  # the same build, recorded once
+    shutil.rmtree(S.results_root(data) / "datasets")  # tables lost: the rerun records the set again
+    S.stage_construct(params, "d_det", data, "cpu")
+    again = results.load("datasets", S.results_root(data))
+    assert list(again["run_id"]) == [json.loads(before["manifest.json"])["run_id"]]
+
+
 def test_a_partial_shard_of_another_recipe_is_not_continued(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     stopped = Deadline()
@@ -187,6 +204,23 @@ def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path
     assert len(S.stage_reevaluate(params, data, "cpu")) == 2
     inputs = json.loads(runs[runs["run_id"] == ended]["input_hashes"].iloc[0])  # what it scored, by checksum
     assert sorted(Path(p).parent.name for p in inputs) == ["cifar10", "robust", "standard"]
+
+
+def test_a_damaged_model_costs_the_others_of_a_reevaluation_pass_nothing(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    weights = S.model_dir(data, "robust") / "model.pt"  # the first of the two folders the pass scores
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-100])
+    with pytest.raises(ArtefactError, match=r"1 of 2 models could not be loaded, the others were scored: .*robust"):
+        S.stage_reevaluate(params, data, "cpu")
+    progress = json.loads((data / "work" / "reevaluate.json").read_text())
+    assert list(progress["scored"]) == ["tiny/standard-d-resnet9"]
+    weights.write_bytes(good)  # rebuilt: the rerun scores only the model left
+    runs_before = results.load("evaluations", S.results_root(data))
+    assert sorted(S.stage_reevaluate(params, data, "cpu")) == ["tiny/adversarial-d-resnet9", "tiny/standard-d-resnet9"]
+    new = results.load("evaluations", S.results_root(data)).iloc[len(runs_before):]
+    scored_now = new[new["evaluated_at"] > runs_before["evaluated_at"].max()]
+    assert set(scored_now["model_id"]) == {"tiny/adversarial-d-resnet9"}
 
 
 def test_one_reevaluation_pass_at_a_time(sources, tmp_path):
@@ -445,6 +479,17 @@ def _rows_join_to_the_weights_and_sets_they_describe(root):
             assert model["train_set_run_id"] == sets[model["train_set"]], model["model_id"]
         recipe = json.loads(model["recipe"])  # plain JSON, not a Python repr
         assert recipe["train"]["epochs"] >= 1 and isinstance(recipe["train"]["augment"], dict)
+
+
+def test_a_second_run_of_a_step_on_one_data_folder_is_refused_before_it_starts(sources, tmp_path):
+    params, data = _copy(sources, tmp_path)
+    runs = len(results.load("runs", S.results_root(data)))
+    with S.exclusive(data / "work" / "locks" / "source@standard.lock", "a first run"):  # as a run in progress
+        with pytest.raises(S.Busy, match=r"the step source@standard on this data folder is already running"):
+            S.stage_source(params, "standard", data, "cpu")
+        S.stage_source(params, "robust", data, "cpu")  # another step runs
+    assert len(results.load("runs", S.results_root(data))) == runs + 1  # the refused one recorded nothing
+    S.stage_source(params, "standard", data, "cpu")  # once the first has ended
 
 
 def test_runs_record_the_resolved_parameters_and_library_versions(sources):

@@ -31,6 +31,7 @@ from notbugs.attacks import PRECISIONS, use_bf16  # noqa: E402
 from notbugs.compiling import try_compile  # noqa: E402
 from notbugs.config import load_params  # noqa: E402
 from notbugs.models import make_model  # noqa: E402
+from notbugs.sets import SETS  # noqa: E402
 
 
 def graphs_compiled() -> int | None:
@@ -43,7 +44,7 @@ def graphs_compiled() -> int | None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", default="d_r", choices=("d_r", "d_nr", "d_rand", "d_det"))
+    ap.add_argument("--set", default="d_r", choices=tuple(SETS))
     ap.add_argument("--profile", default="fast", help="the params.yaml profile whose step rules to use")
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--width", type=float, default=0.25)
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     pgd = dataclasses.replace(c.pgd, steps=args.steps)
     recipe = {"name": args.set, "precision": "bf16" if bf16 else "fp32", "batch_size": args.batch,
               "match": dataclasses.asdict(match), "pgd": dataclasses.asdict(pgd)}
-    fake_relu = args.set in C.MATCHING and match.fake_relu
+    fake_relu = SETS[args.set].kind == "match" and match.fake_relu
     out = {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "torch": torch.__version__, "set": args.set, "arch": args.arch, "width": args.width,
            "profile": args.profile, "steps": args.steps, "batch": args.batch, "precision": recipe["precision"]}

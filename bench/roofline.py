@@ -83,6 +83,7 @@ except ImportError:
     sys.modules["yaml"] = types.ModuleType("yaml")
 
 from notbugs.models import make_model  # noqa: E402
+from notbugs.sets import SETS  # noqa: E402
 
 # Dense bf16 tensor-core peak (FLOP/s) and memory bandwidth (bytes/s), from the vendors' data sheets.
 # bench.py reads its peaks from here too, so that the two scripts cannot disagree about a card.
@@ -377,9 +378,9 @@ def profile_work(params) -> list[dict]:
             add(f"source {name}: {p.adversarial.steps}-step attack", "pgd", cfg.batch_size,
                 cfg.epochs * n_train * p.adversarial.steps)
     c = p.construct
-    for name, stage, steps in (("d_r", "match", c.match.steps), ("d_nr", "match", c.match.steps),
-                               ("d_rand", "pgd", c.pgd.steps), ("d_det", "pgd", c.pgd.steps)):
-        add(f"construct {name}", stage, c.batch_size, n_train * steps)
+    for name, spec in SETS.items():  # a set's kind is its stage here: "match" or "pgd"
+        steps = {"match": c.match.steps, "pgd": c.pgd.steps}[spec.kind]
+        add(f"construct {name}", spec.kind, c.batch_size, n_train * steps)
     for name, cfg in p.train_on.items():
         add(f"train on {name}", "train", cfg.batch_size, cfg.epochs * n_train)
     n_models = len(p.source_on) + len(p.train_on)

@@ -56,6 +56,7 @@ from notbugs import construct as C  # noqa: E402
 from notbugs.subset import balanced_subset  # noqa: E402
 from notbugs import stages as S  # noqa: E402
 from notbugs.attacks import autocast, frozen, match_representation, pgd_l2  # noqa: E402
+from notbugs.sets import SETS  # noqa: E402
 from notbugs.train import load_model  # noqa: E402
 
 
@@ -159,7 +160,7 @@ def attack_set(model, images, targets, eps: float, rule, batch_size: int, device
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_options(ap)
-    ap.add_argument("--set", dest="name", choices=C.MATCHING + C.TARGETED, default="d_r")
+    ap.add_argument("--set", dest="name", choices=tuple(SETS), default="d_r")
     ap.add_argument("--n", type=int, default=2000,
                     help="training positions matched (or attacked) and trained on, N/10 per class "
                          "(a multiple of 10; 0: all)")
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="1234", type=lambda s: [int(x) for x in s.split(",")],
                     help="training seeds, the same for every rule: each rule's set is trained once per seed")
     args = ap.parse_args(argv)
-    targeted = args.name in C.TARGETED
+    targeted = SETS[args.name].kind == "pgd"
     if args.rules is None:
         args.rules = [parse_rule(r) for r in ("100:0.1,30:0.1,15:0.1" if targeted else
                                               "1000:0.1,100:0.3:0.02,25:0.5:0.02").split(",")]

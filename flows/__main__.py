@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from notbugs.sets import SETS
+
 FLOWS = {"fetch": None, "source": "kind", "construct": "name", "train": "name", "transfer": None,
          "report": None, "reevaluate": None, "reproduce": None}
 
@@ -18,7 +20,7 @@ FLOWS = {"fetch": None, "source": "kind", "construct": "name", "train": "name", 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=list(FLOWS))
-    parser.add_argument("item", nargs="?", help="source: standard|robust; construct/train: d_r|d_nr|d_rand|d_det")
+    parser.add_argument("item", nargs="?", help=f"source: standard|robust; construct/train: {'|'.join(SETS)}")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--data-dir", default="data")
@@ -28,7 +30,7 @@ def main(argv=None) -> int:
                              "(default: $NOTBUGS_GPU_TAG, else none; a tagged unit may wait about 2 s to start)")
     args = parser.parse_args(argv)
     if FLOWS[args.stage] and not args.item:
-        items = "standard|robust" if args.stage == "source" else "d_r|d_nr|d_rand|d_det"
+        items = "standard|robust" if args.stage == "source" else "|".join(SETS)
         parser.error(f"{args.stage} needs an item ({items})")
 
     common = ["--params", args.params, "--data-dir", args.data_dir, "--device", args.device]

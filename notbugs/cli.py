@@ -2,8 +2,8 @@
 
     notbugs fetch                     CIFAR-10 from the official archive or a mirror, verified
     notbugs source standard|robust    train the standard / l2-adversarial source model on D
-    notbugs construct d_r|d_nr|d_rand|d_det
-    notbugs train d_r|d_nr|d_rand|d_det
+    notbugs construct SET             build a constructed set, one of notbugs/sets.py's (d_r, ...)
+    notbugs train SET                 train the profile's architecture on it
     notbugs transfer                  Figure 3
     notbugs report                    HTML + Markdown report from the result tables
     notbugs reevaluate                re-score every trained model under the current suite
@@ -30,11 +30,13 @@ from pathlib import Path
 from notbugs import steps
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
 from notbugs.deadline import EXIT_INTERRUPTED, EXIT_STOPPED, Deadline, Stopped, expired
+from notbugs.sets import SETS
 
 STAGES = [
     ("fetch", "get CIFAR-10 (official archive or offline mirror), verify it, write the canonical arrays"),
     ("source", "train a source model on D: 'standard' (C) or 'robust' (l2 adversarial, C_R)"),
-    ("construct", "build a constructed training set: d_r, d_nr (representation matching), d_rand, d_det (PGD)"),
+    ("construct", "build a constructed training set: "
+                  + ", ".join(f"{n} ({s.kind})" for n, s in SETS.items()) + " (notbugs/sets.py)"),
     ("train", "train the profile's architecture on a constructed set, test on the real test set"),
     ("transfer", "Figure 3: transfer success and D_det accuracy for each architecture"),
     ("report", "render the HTML and Markdown report from the result tables"),

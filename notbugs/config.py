@@ -18,7 +18,9 @@ from pathlib import Path
 
 import yaml
 
-DATASETS = ("d_r", "d_nr", "d_rand", "d_det")  # the paper's four constructed training sets
+from notbugs.sets import KINDS, SETS, TARGETS, SetSpec
+
+DATASETS = tuple(SETS)  # the constructed training sets' names (notbugs/sets.py), in the paper's order
 SOURCE_MODELS = ("standard", "robust")  # the two source models trained on D
 PROFILES = ("tiny", "cpu", "fast", "paper")
 SOURCES = ("auto", "official", "mirror")
@@ -303,6 +305,35 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_sets(sets: dict[str, SetSpec]) -> None:
+    """The table of constructed sets (notbugs/sets.py) is one the pipeline can build: known kinds, sources and
+    targets, a random stream of its own for each set, and no two sets built alike."""
+    where = "notbugs/sets.py"
+    seen: dict[tuple, str] = {}
+    streams: dict[int, str] = {}
+    for name, s in sets.items():
+        _check(s.kind in KINDS, f"{where}: set {name!r} has kind {s.kind!r}; accepted: {'|'.join(KINDS)}")
+        _check(s.source in SOURCE_MODELS,
+               f"{where}: set {name!r} has source {s.source!r}; accepted: {'|'.join(SOURCE_MODELS)}")
+        _check(s.targets is None if s.kind == "match" else s.targets in TARGETS,
+               f"{where}: set {name!r} of kind {s.kind!r} has targets {s.targets!r}; a matching set takes None, a "
+               f"PGD set {'|'.join(TARGETS)}")
+        _check(isinstance(s.stream, int) and s.stream >= 0 and s.stream not in streams,
+               f"{where}: set {name!r} has random stream {s.stream!r}, "
+               + (f"the stream of {streams[s.stream]!r}" if s.stream in streams else "not an integer >= 0")
+               + f"; give it one no other set has (taken: {sorted(streams)})")
+        streams[s.stream] = name
+        built = (s.kind, s.source, s.targets)
+        # construction parameters are per kind, so such a set would be built exactly as the other (its own
+        # draws apart): "D_det at eps 1.0" would silently be D_det at the profile's construct.pgd.eps
+        _check(built not in seen,
+               f"{where}: sets {seen.get(built)!r} and {name!r} are both kind {s.kind!r} from the {s.source} model "
+               f"with targets {s.targets!r}. Construction parameters are per kind (the profile's construct.match / "
+               f"construct.pgd), not per set, so they would be built alike; a variant of a set needs per-set "
+               f"parameters, which are not supported yet")
+        seen[built] = name
+
+
 def validate(p: Profile) -> None:
     """Range checks that types alone cannot express."""
     from notbugs.attacks import PRECISIONS  # late imports: config loading must stay cheap
@@ -373,6 +404,7 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     The data source and mirror can be overridden from the environment (NOTBUGS_DATA_SOURCE,
     NOTBUGS_MIRROR) so that an offline machine points at its mirror without editing params.
     """
+    check_sets(SETS)
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: parameter file not found")

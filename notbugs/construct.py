@@ -1,10 +1,10 @@
-"""The paper's four constructed training sets, built in shards that survive a killed run.
+"""The constructed training sets (notbugs/sets.py), built in shards that survive a killed run.
 
-- D_R / D_NR: for each training image x (label y), start from another training image x' drawn with
-  the seed and match the robust (D_R) or standard (D_NR) model's penultimate representation of x;
-  the result keeps label y.
-- D_rand / D_det: targeted l2 PGD on the standard model from x towards t (uniform random, or
-  (y + 1) mod 10); the result is relabelled t.
+- kind "match" (D_R / D_NR): for each training image x (label y), start from another training image x'
+  drawn with the seed and match the source model's (robust for D_R, standard for D_NR) penultimate
+  representation of x; the result keeps label y.
+- kind "pgd" (D_rand / D_det): targeted l2 PGD on the source model from x towards t (targets "random":
+  uniform; "next": (y + 1) mod 10); the result is relabelled t.
 
 Assignments (start images, targets) are drawn up front for the whole set from the seed, so each
 shard is independent of the others. A shard is `shard-XXXXX.npz` (float16 images, never re-quantised
@@ -29,15 +29,15 @@ import torch
 from notbugs.attacks import as_in_the_steps, autocast, frozen, match_representation, pgd_l2
 from notbugs.batching import in_batches
 from notbugs.deadline import Deadline, Stopped
+from notbugs.sets import set_spec
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json, sha256_bytes, sha256_file, write_json
 
 log = logging.getLogger("notbugs.construct")
 
-MATCHING = ("d_r", "d_nr")
-TARGETED = ("d_rand", "d_det")
 # The library files a constructed image depends on, with the source model's architecture's (models.arch_code);
 # the recipe records their digest, so that shards built by other code are rebuilt, not reused, when a stage
-# reruns for a code change (steps.STEP_CODE lists the same)
+# reruns for a code change (steps.STEP_CODE lists the same). Not sets.py: the recipe holds the set's own entry
+# (sets.construction), so that a new set leaves the others' shards alone.
 CONSTRUCT_CODE = ("construct.py", "attacks.py")
 
 # what reading a damaged, truncated or foreign .npz raises
@@ -45,17 +45,19 @@ UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile)
 
 
 def assignments(name: str, labels: np.ndarray, seed: int, num_classes: int = 10) -> dict:
-    """Start image positions (matching sets) or target labels (PGD sets), for every position."""
-    rng = np.random.default_rng([seed, ("d_r", "d_nr", "d_rand", "d_det").index(name)])
+    """Start image positions (matching sets) or target labels (PGD sets), for every position, drawn from the
+    set's own random stream (sets.SetSpec.stream)."""
+    s = set_spec(name)
+    rng = np.random.default_rng([seed, s.stream])
     n = len(labels)
-    if name in MATCHING:
+    if s.kind == "match":
         # uniform over the *other* images: an offset in 1..n-1 never maps an image to itself
         return {"start": (np.arange(n) + rng.integers(1, n, size=n)) % n}
-    if name == "d_rand":
+    if s.kind == "pgd" and s.targets == "random":
         return {"target": rng.integers(0, num_classes, size=n)}
-    if name == "d_det":
+    if s.kind == "pgd" and s.targets == "next":
         return {"target": (labels + 1) % num_classes}
-    raise ValueError(f"unknown constructed dataset {name!r}; accepted: d_r, d_nr, d_rand, d_det")
+    raise ValueError(f"set {name!r}: no assignment for kind {s.kind!r} with targets {s.targets!r} (notbugs/sets.py)")
 
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -129,15 +131,18 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
     `Stopped` is raised; a later call continues after them (the batches stay where they were)."""
     t0 = time.perf_counter()
     bf16 = recipe["precision"] == "bf16"  # resolved by the stage; part of the recipe, so of its hash
+    kind = set_spec(name).kind
+    if kind not in ("match", "pgd"):
+        raise ValueError(f"set {name!r}: unknown kind {kind!r} (notbugs/sets.py)")
 
     def one_batch(s: int, e: int):
         x = images[s:e].to(device)
-        if name in MATCHING:
+        if kind == "match":
             m = recipe["match"]
             start = images[torch.as_tensor(assign["start"][s:e])].to(device)
             z, st = match_representation(model, start, x, m["steps"], m["step_size"], m["final_step_size"], bf16=bf16,
                                          use_best=m["use_best"], fake_relu=m["fake_relu"])
-        else:
+        else:  # "pgd", checked above
             p = recipe["pgd"]
             t = torch.as_tensor(assign["target"][s:e], device=device)
             z, hits = targeted_pgd_batch(model, x, t, p["eps"], p["steps"], p["step_size"], p["use_best"], bf16)
@@ -164,8 +169,8 @@ def build_shard(name: str, model, images: torch.Tensor, labels: np.ndarray, sour
                                "wall_s": spent + time.perf_counter() - t0})
         raise Stopped(f"{name} shard {k}: {deadline.reason} after {reached - a} of its {b - a} images; "
                       f"they are kept in {data_path}")
-    new_labels = labels[a:b] if name in MATCHING else assign["target"][a:b]
-    start_index = source_index[assign["start"][a:b]] if name in MATCHING else np.full(b - a, -1)
+    new_labels = labels[a:b] if kind == "match" else assign["target"][a:b]
+    start_index = source_index[assign["start"][a:b]] if kind == "match" else np.full(b - a, -1)
     data = npz_bytes({"images": out, "labels": new_labels.astype(np.int64),
                       "source_index": source_index[a:b].astype(np.int64), "start_index": start_index.astype(np.int64)})
     atomic_write_bytes(out_dir / f"shard-{k:05d}.npz", data)

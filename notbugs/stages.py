@@ -42,10 +42,11 @@ from notbugs import data as D
 from notbugs import results, steps
 from notbugs.attacks import precision_name, use_bf16
 from notbugs.compiling import keep_compiled_kernels, try_compile, uncompiled
-from notbugs.config import DATASETS, AdversarialConfig, EvalConfig, Params, TrainConfig
+from notbugs.config import AdversarialConfig, EvalConfig, Params, TrainConfig
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
 from notbugs.models import arch_code, make_model
+from notbugs.sets import construction, set_spec
 from notbugs.subset import balanced_subset
 from notbugs.storage import (ArtefactError, atomic_write_bytes, package_digest, read_json, sha256_bytes, sha256_file,
                              write_json)
@@ -257,7 +258,7 @@ class ModelSpec:
     name: str        # folder under models/
     arch: str
     width: float
-    train_set: str   # d | d_r | d_nr | d_rand | d_det
+    train_set: str   # "d", or a constructed set (notbugs/sets.py)
     training: str    # standard | adversarial
     recipe: TrainConfig
     adversarial: AdversarialConfig | None = None
@@ -495,37 +496,40 @@ def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto
     return metrics
 
 
-# The source model each constructed set is built from (the paper's Section 3): D_R from the robust model's
-# representation, the others from the standard model. A new set must say which (dvc.yaml's construct foreach too).
-SOURCE_MODEL = {"d_r": "robust", "d_nr": "standard", "d_rand": "standard", "d_det": "standard"}
-
-
 def construct_source(name: str) -> str:
-    """The source model a constructed set is built from (SOURCE_MODEL)."""
-    if name not in SOURCE_MODEL:
-        raise ValueError(f"constructed set {name!r} has no source model: add it to notbugs.stages.SOURCE_MODEL")
-    return SOURCE_MODEL[name]
+    """The source model a constructed set is built from (its entry in notbugs/sets.py)."""
+    return set_spec(name).source
+
+
+def construct_recipe(params: Params, name: str, source_meta: dict, bf16: bool) -> dict:
+    """What builds set `name`'s images, hashed into its recipe hash: the profile's construction parameters
+    of the set's kind, the set's own entry (not the table's: a new set leaves this hash alone), the source
+    model, and the code's digest."""
+    c, s = params.profile.construct, set_spec(name)
+    recipe = {"name": name, "seed": c.seed, "precision": precision_name(bf16), "batch_size": c.batch_size,
+              "shard_size": c.shard_size, "subset": dataclasses.asdict(params.profile.subset),
+              "set": construction(name),
+              "source_model_id": source_meta["model_id"], "source_model_sha256": source_meta["checkpoint_sha256"],
+              "code": package_digest(*C.CONSTRUCT_CODE, *arch_code(source_meta["arch"]))}
+    if s.kind == "match":
+        recipe["match"] = dataclasses.asdict(c.match)
+    elif s.kind == "pgd":
+        recipe["pgd"] = dataclasses.asdict(c.pgd)
+    else:
+        raise ValueError(f"set {name!r}: unknown kind {s.kind!r} (notbugs/sets.py)")
+    return recipe
 
 
 def prepare_construct(params: Params, name: str, data_dir="data", device: str | torch.device = "auto",
                       deadline: Deadline | None = None, split: Split | None = None) -> ConstructJob:
-    if name not in DATASETS:
-        raise ValueError(f"unknown constructed dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    s = set_spec(name)
     dev = pick_device(device)
     c = params.profile.construct
-    kind = construct_source(name)
-    model, meta = load_made_model(model_dir(data_dir, kind), dev, rebuild_command(kind, "d"))
+    model, meta = load_made_model(model_dir(data_dir, s.source), dev, rebuild_command(s.source, "d"))
     split = split or load_split(params, data_dir)
     labels = split.train_y.numpy()
     bf16 = bf16_for(params, dev)
-    recipe = {"name": name, "seed": c.seed, "precision": precision_name(bf16), "batch_size": c.batch_size,
-              "shard_size": c.shard_size, "subset": dataclasses.asdict(params.profile.subset),
-              "source_model_id": meta["model_id"], "source_model_sha256": meta["checkpoint_sha256"],
-              "code": package_digest(*C.CONSTRUCT_CODE, *arch_code(meta["arch"]))}
-    if name in C.MATCHING:
-        recipe["match"] = dataclasses.asdict(c.match)
-    else:
-        recipe["pgd"] = dataclasses.asdict(c.pgd)
+    recipe = construct_recipe(params, name, meta, bf16)
     recipe_hash = sha256_bytes(results.to_json(recipe).encode())[:16]
     out_dir = dataset_dir(data_dir, name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -535,7 +539,7 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
     if params.profile.compile and job.pending():  # compiled once for every shard left to build
         keep_compiled_kernels(data_dir)
         reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev), bf16=bf16,
-                             fake_relu=name in C.MATCHING and c.match.fake_relu)
+                             fake_relu=s.kind == "match" and c.match.fake_relu)
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
     return job
 
@@ -592,7 +596,8 @@ def shard_stats(data_dir, name: str) -> list[dict]:
 
 def stage_construct(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
                     deadline: Deadline | None = None, split: Split | None = None) -> dict:
-    """Build one of D_R, D_NR, D_rand, D_det; finished shards (and batches) of an interrupted run are kept."""
+    """Build constructed set `name` (notbugs/sets.py); finished shards (and batches) of an interrupted run are
+    kept."""
     devs = stage_devices(device, units.parallel)
     with recorded_run(f"construct@{name}", params, data_dir, devs[0],
                       [model_dir(data_dir, construct_source(name)) / "meta.json"], bf16_for(params, devs[0])) as run_id:
@@ -623,8 +628,7 @@ def train_spec(params: Params, name: str) -> ModelSpec:
 def stage_train(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
                 deadline: Deadline | None = None, split: Split | None = None) -> dict:
     """Standard training of the profile's architecture on a constructed set; test on the real test set."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown training set {name!r}; accepted: {', '.join(DATASETS)}")
+    set_spec(name)  # an unknown set's error names notbugs/sets.py
     dev = pick_device(device)
     p = params.profile
     spec = train_spec(params, name)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from notbugs.config import DATASETS
 from notbugs.models import arch_code
+from notbugs.sets import construction, set_spec
 from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
 
 # What each step of `notbugs all` reads, as dvc.yaml declares it for `dvc repro` (tests/test_cli.py
@@ -41,6 +42,12 @@ STEP_CODE = {
     "train": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
     "transfer": ("subset.py", "train.py", "attacks.py", "augment.py", "evaluate.py"),
 }
+# The table of constructed sets is in no step's code: a construct step hashes its set's own entry instead
+# (step_hash, sets.construction), so that adding or editing one set reruns that set's steps alone. dvc.yaml
+# cannot hash one entry of a file: it lists the table as a dep of every construct stage (STEP_TABLES), so that
+# `dvc repro` reruns them all when it changes; each rerun finds its shards done by recipe hash (which holds the
+# entry, not the file) and keeps them.
+STEP_TABLES = {"construct": ("sets.py",)}
 
 
 def step_archs(params, step: str) -> tuple[str, ...]:
@@ -66,13 +73,11 @@ def code_digest(params, step: str) -> str:
 
 def upstream_steps(step: str) -> tuple[str, ...]:
     """The steps whose outputs `step` reads (dvc.yaml's deps on data/ folders)."""
-    from notbugs.stages import construct_source
-
     stage, _, item = step.partition("@")
     if stage == "source":
         return ("fetch",)
     if stage == "construct":
-        return ("fetch", f"source@{construct_source(item)}")
+        return ("fetch", f"source@{set_spec(item).source}")
     if stage == "train":
         return ("fetch", f"construct@{item}")
     if stage == "transfer":
@@ -82,10 +87,8 @@ def upstream_steps(step: str) -> tuple[str, ...]:
 
 def step_params(step: str) -> tuple[str, ...]:
     """The dotted profile keys `step` (e.g. "construct@d_r") reads."""
-    from notbugs.construct import MATCHING
-
     stage, _, item = step.partition("@")
-    recipe = "match" if item in MATCHING else "pgd"
+    recipe = set_spec(item).kind if stage == "construct" else None  # construct.match | construct.pgd
     own = "adversarial" if item == "robust" else f"source_on.{item}"  # the standard model never attacks
     return tuple(k.format(item=item, recipe=recipe, own=own) for k in STEP_PARAMS[stage])
 
@@ -98,6 +101,9 @@ def step_hash(params, step: str, arrays: str | None = None) -> str:
     keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
     body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
                   "code": code_digest(params, step)}
+    stage, _, item = step.partition("@")
+    if stage == "construct":  # its own entry of sets.py, not the file: a new set leaves this hash alone
+        body["set"] = construction(item)
     if step == "fetch":
         body["data"] = [params.data.train_per_class, params.data.test_per_class]
     else:

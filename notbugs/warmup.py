@@ -58,10 +58,10 @@ def sets_to_warm(params, todo: set[str], device: torch.device) -> list[str]:
 def graphs(params, names) -> list[bool]:
     """The fake-ReLU flag of each distinct graph that building the sets `names` compiles: matching sets
     differentiate through the fake ReLU when the recipe says so, PGD sets never."""
-    from notbugs.construct import MATCHING
+    from notbugs.sets import set_spec
 
     match = params.profile.construct.match
-    return sorted({name in MATCHING and match.fake_relu for name in names}, reverse=True)
+    return sorted({set_spec(name).kind == "match" and match.fake_relu for name in names}, reverse=True)
 
 
 def command(params, names, device: torch.device) -> list[str]:

@@ -8,9 +8,11 @@ import sys
 import pytest
 import torch
 
+from notbugs import construct as C
 from notbugs.cli import STAGES, build_parser, main
 from notbugs.steps import STEPS
-from notbugs.config import DATASETS
+from notbugs.config import DATASETS, load_params
+from notbugs.sets import SETS
 from tests.conftest import ROOT
 
 
@@ -94,13 +96,15 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     # job 1 ends after the constructed sets (as if its time ran out there)
     assert main(["all", *common, "--skip", "train", "--skip", "transfer", "--skip", "report"]) == 0
     first = results.summary(data / "results")
-    assert first["runs"] == 1 + 2 + 4 and first["models"] == 2 and first["datasets"] == 1 + 4  # D and the four
-    assert len(loads) == 1  # for two source models and four constructed sets
+    sets = len(DATASETS)
+    assert first["runs"] == 1 + 2 + sets and first["models"] == 2 and first["datasets"] == 1 + sets  # D and each set
+    assert len(loads) == 1  # for two source models and every constructed set
     # job 2 does the rest, and only the rest
     assert main(["all", *common]) == 0
     second = results.summary(data / "results")
-    assert second["runs"] == first["runs"] + 4 + 1 + 1  # train x4, transfer, report
-    assert second["models"] == 2 + 4 + 1 and second["datasets"] == 1 + 4
+    assert second["runs"] == first["runs"] + sets + 1 + 1  # train on each set, transfer, report
+    transfer_models = len(S.transfer_to_train(load_params(path)))  # D, and D_det but for its own architecture
+    assert second["models"] == 2 + sets + transfer_models and second["datasets"] == 1 + sets
     assert len(loads) == 2
     # job 3 finds everything done: only the report is rendered again
     assert main(["all", *common]) == 0
@@ -153,8 +157,9 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     pulled = save_model(model, standard, {k: meta[k] for k in ("model_id", "profile", "train_set", "training",
                                                                 "recipe", "run_id", "rebuild")})
     assert pulled["checkpoint_sha256"] != original
-    assert ran() == sorted(["construct@d_nr", "construct@d_rand", "construct@d_det", "train@d_rand", "train@d_det",
-                            "transfer", "report"])
+    from_standard = [n for n, s in SETS.items() if s.source == "standard"]
+    assert ran() == sorted([*(f"construct@{n}" for n in from_standard),
+                            *(f"train@{n}" for n in from_standard if SETS[n].kind != "match"), "transfer", "report"])
     assert json.loads((standard / "meta.json").read_text())["checkpoint_sha256"] == pulled["checkpoint_sha256"]
 
 
@@ -251,15 +256,16 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
     first = scored()
     assert ran_after(lambda prof: prof["transfer"].update(n=50)) == ["transfer"]
     assert scored() == first  # none scored twice
-    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == [
-        "construct@d_det", "construct@d_rand", "train@d_det", "train@d_rand", "transfer"]
+    pgd_sets = [n for n, s in SETS.items() if s.kind == "pgd"]
+    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == sorted(
+        [*(f"{stage}@{n}" for stage in ("construct", "train") for n in pgd_sets), "transfer"])
     assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == []  # nothing changed
     digest, updated = steps.code_digest, {}  # updated: a stand-in code digest per stage whose code changed
     monkeypatch.setattr(steps, "code_digest",
                         lambda params, step: updated.get(step.partition("@")[0]) or digest(params, step))
     updated["construct"] = "new"
-    assert ran_after(lambda prof: None) == [*(f"construct@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")),
-                                            *(f"train@{d}" for d in ("d_det", "d_nr", "d_r", "d_rand")), "transfer"]
+    assert ran_after(lambda prof: None) == [*(f"construct@{d}" for d in sorted(DATASETS)),
+                                            *(f"train@{d}" for d in sorted(DATASETS)), "transfer"]
     # new fetch code that writes the same arrays reruns fetch alone (the steps after it read the arrays)
     updated["fetch"] = "new"
     assert ran_after(lambda prof: None) == ["fetch"]
@@ -294,7 +300,8 @@ def test_an_architecture_edit_reaches_only_the_steps_that_build_it(monkeypatch):
     assert edited("archs/densenet.py") == set()
     assert edited("archs/resnet9.py") == set(steps) - {"fetch"}
     assert edited("layers.py") == set(steps) - {"fetch"}
-    assert edited("construct.py") == {"construct@d_r", "construct@d_nr", "construct@d_rand", "construct@d_det"}
+    assert edited("construct.py") == {f"construct@{n}" for n in DATASETS}
+    assert edited("sets.py") == set()  # each construct step hashes its own entry (tests/test_sets.py)
 
 
 def test_the_steps_of_all_read_what_dvc_yaml_declares():
@@ -302,7 +309,7 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
     by stage. dvc.yaml cannot pick a file by profile: it lists the code of every profile's architectures."""
     import yaml
 
-    from notbugs.steps import step_code, step_params, upstream_steps
+    from notbugs.steps import STEP_TABLES, step_code, step_params, upstream_steps
     from notbugs.config import PROFILES, load_params
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -338,7 +345,9 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
     assert set(declared) == set(STEPS) - {"report"}
     profiles = [load_params(ROOT / "params.yaml", profile=name) for name in PROFILES]
     for step, (keys, ups, code) in declared.items():
-        runs = sorted({f for params in profiles for f in step_code(params, step)})
+        # and the table of sets, whose entry (not file) the construct steps hash (steps.STEP_TABLES)
+        runs = sorted({f for params in profiles for f in step_code(params, step)}
+                      | set(STEP_TABLES.get(step.partition("@")[0], ())))
         assert code == runs, (f"dvc.yaml's {step} deps lack {sorted(set(runs) - set(code))} and have "
                               f"{sorted(set(code) - set(runs))} too many, of the library files it runs in some "
                               f"profile (steps.step_code: README, 'Extending')")
@@ -384,7 +393,12 @@ def test_a_profile_run_as_jobs_cut_after_every_batch_equals_one_run(tmp_path, mi
         assert len(codes) < 80, codes
     assert codes[-1] == 0 and len(codes) > 20, codes
     assert "stopped early" in capsys.readouterr().err
-    assert _artefacts(jobs) == _artefacts(one) and len(_artefacts(one)) == 7 + 8
+    from notbugs import stages as S
+
+    params = load_params(path)
+    models = 2 + len(DATASETS) + len(S.transfer_to_train(params))
+    shards = len(DATASETS) * len(C.shard_ranges(20 * 10, params.profile.construct.shard_size))  # 20 images a class
+    assert _artefacts(jobs) == _artefacts(one) and len(_artefacts(one)) == models + shards
     assert _scores(jobs) == _scores(one)
     runs = results.load("runs", jobs / "results")
     assert set(runs["status"]) == {"ok", "stopped"}
@@ -456,12 +470,12 @@ def test_ctrl_c_says_how_to_continue(tmp_path, params_file, monkeypatch, capsys)
 
 
 def test_every_constructed_set_names_its_source_model():
-    """A set added to config.DATASETS without a source model is an error, not silently the standard model."""
-    from notbugs.stages import SOURCE_MODEL, construct_source
+    """A set's source model is its entry's in notbugs/sets.py; an unknown set is an error, not silently the
+    standard model."""
+    from notbugs.stages import construct_source
 
-    assert set(SOURCE_MODEL) == set(DATASETS)
     assert construct_source("d_r") == "robust" and construct_source("d_nr") == "standard"
-    with pytest.raises(ValueError, match="SOURCE_MODEL"):
+    with pytest.raises(ValueError, match="notbugs/sets.py"):
         construct_source("d_r2")
 
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from notbugs.config import ConfigError, adversarial_for, load_params, recipe_for
+from notbugs.config import DATASETS, SOURCE_MODELS, ConfigError, adversarial_for, load_params, recipe_for
 from tests.conftest import ROOT, write_params
 
 
@@ -9,7 +9,7 @@ def test_every_profile_of_the_project_loads():
     for name in ("tiny", "cpu", "fast", "paper"):
         p = load_params(ROOT / "params.yaml", name)
         assert p.profile.name == name
-        assert set(p.profile.train_on) == {"d_r", "d_nr", "d_rand", "d_det"}
+        assert set(p.profile.train_on) == set(DATASETS)
 
 
 def test_paper_profile_is_the_protocol():
@@ -18,7 +18,7 @@ def test_paper_profile_is_the_protocol():
     p = load_params(ROOT / "params.yaml", "paper").profile
     assert (p.subset.train, p.subset.test, p.arch, p.width) == (0, 0, "resnet50", 1.0)  # all of CIFAR-10
     recipes = {"train": p.train, **p.source_on, **p.train_on}
-    assert set(recipes) == {"train", "standard", "robust", "d_r", "d_nr", "d_rand", "d_det"}
+    assert set(recipes) == {"train", *SOURCE_MODELS, *DATASETS}
     for name, t in recipes.items():
         assert (t.epochs, t.batch_size, t.momentum, t.nesterov, t.weight_decay) == (150, 128, 0.9, False, 5e-4), name
         assert (t.schedule, t.milestones, t.gamma, t.label_smoothing) == ("step", (50, 100), 0.1, 0.0), name

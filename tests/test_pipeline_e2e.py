@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from notbugs import results
+from notbugs.config import DATASETS
+from notbugs.sets import SETS
 from tests.conftest import ROOT, SHARED_MIRROR, copy_working_tree, make_mirror
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +94,7 @@ def _tiny_models(repo) -> int:
     on D and on D_det, but the profile's own architecture at its own width on D_det (train@d_det's, reused)."""
     t = _tiny(repo)
     reused = t["arch"] in t["transfer"]["archs"] and t["transfer"]["width"] == t["width"]
-    return 2 + 4 + 2 * len(t["transfer"]["archs"]) - reused
+    return 2 + len(DATASETS) + 2 * len(t["transfer"]["archs"]) - reused
 
 
 def test_repro_fills_the_result_tables(repo):
@@ -102,11 +104,11 @@ def test_repro_fills_the_result_tables(repo):
     assert (runs["status"] == "ok").all()
     stages = set(runs["stage"])
     assert {"fetch", "source@standard", "source@robust", "transfer", "report"} <= stages
-    assert {f"construct@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= stages
-    assert {f"train@{n}" for n in ("d_r", "d_nr", "d_rand", "d_det")} <= stages
-    assert len(runs) == 13
+    assert {f"construct@{n}" for n in DATASETS} <= stages
+    assert {f"train@{n}" for n in DATASETS} <= stages
+    assert len(runs) == 1 + 2 + 2 * len(DATASETS) + 2  # fetch, sources, construct and train each set, transfer, report
     n_models = _tiny_models(repo)
-    assert counts["models"] == n_models and counts["datasets"] == 1 + 4
+    assert counts["models"] == n_models and counts["datasets"] == 1 + len(DATASETS)
     assert counts["transfer"] == len(_tiny(repo)["transfer"]["archs"])
     ev = results.load("evaluations", root)
     assert len(ev) == n_models * 2 and set(ev["attack"]) == {"none", "pgd_l2"}
@@ -162,9 +164,10 @@ def _status_after(repo, edit) -> tuple[set[str], str]:
 
 def test_changing_one_parameter_invalidates_only_its_dependents(repo):
     changed, _ = _status_after(repo, lambda doc: doc["profiles"]["tiny"]["construct"]["pgd"].update(steps=6))
-    assert {"construct@d_rand", "construct@d_det", "transfer"} <= changed
-    assert not changed & {"fetch", "source@standard", "source@robust", "construct@d_r", "construct@d_nr",
-                          "train@d_r", "train@d_nr"}
+    pgd = {n for n, s in SETS.items() if s.kind == "pgd"}
+    assert {*(f"construct@{n}" for n in pgd), "transfer"} <= changed
+    assert not changed & {"fetch", "source@standard", "source@robust",
+                          *(f"{stage}@{n}" for stage in ("construct", "train") for n in set(SETS) - pgd)}
     # a parameter of another profile changes nothing; one of `paper` only the report's list of deviations
     _, out = _status_after(repo, lambda doc: doc["profiles"]["fast"]["train"].update(epochs=151))
     assert "up to date" in out, out

@@ -567,7 +567,8 @@ def finish_construct(params: Params, job: ConstructJob, data_dir, run_id: str) -
     if earlier is not None and (earlier.get("recipe_hash"), earlier.get("shards")) == (job.recipe_hash, shards):
         # A rerun that found every shard built (a UI rerun, --redo): the set is the one an earlier run made, so
         # its manifest stays, with that run's id. Rewritten, it would change under DVC (the set's folder is a
-        # persistent output) and make the next `dvc repro` rerun every step after it.
+        # persistent output) and make the next `dvc repro` rerun every step after it; dvc.yaml reruns every
+        # construct stage when notbugs/sets.py changes (a set added), and this keeps that from retraining.
         log.info("%s: every shard was built already, by run %s; its manifest is kept", job.name, earlier.get("run_id"))
         rows = results.load("datasets", results_root(data_dir))
         if not ((rows["name"] == job.name) & (rows["run_id"] == earlier.get("run_id"))).any():  # tables wiped

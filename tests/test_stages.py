@@ -600,6 +600,23 @@ def test_shards_built_by_other_code_are_rebuilt(sources, tmp_path, monkeypatch):
     assert codes == [package_digest(*C.CONSTRUCT_CODE, *models.arch_code(params.profile.arch)), "0123456789abcdef"]
 
 
+def test_a_rerun_that_builds_nothing_leaves_the_set_s_folder_as_it_was(sources, tmp_path, monkeypatch):
+    """`dvc repro` reruns every construct stage when notbugs/sets.py changes (a new set): a rerun that finds
+    every shard done keeps the manifest, run id and all, so that the folder DVC hashes is byte-identical and
+    nothing trained on it reruns."""
+    params, data = _copy(sources, tmp_path)
+    S.stage_construct(params, "d_det", data, "cpu")
+    folder = S.dataset_dir(data, "d_det")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real, rebuilt = C.build_shard, []
+    monkeypatch.setattr(C, "build_shard", lambda *a, **k: rebuilt.append(a[6]) or real(*a, **k))
+    S.stage_construct(params, "d_det", data, "cpu")
+    assert rebuilt == [] and {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    (folder / "shard-00001.npz").unlink()  # one shard to build: a new manifest, of this run
+    S.stage_construct(params, "d_det", data, "cpu")
+    assert rebuilt == [1] and (folder / "manifest.json").read_bytes() != before["manifest.json"]
+
+
 def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):
     """bf16 and fp32 build different sets (the recipe hash differs, so neither continues the other's
     shards), and the runs and models tables say which precision made what."""

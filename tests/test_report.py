@@ -611,6 +611,26 @@ def test_missing_everything_still_builds(tmp_path):
     assert summary["figure3"]["points"] == {} and summary["flags"] == []
 
 
+def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):
+    """A set the results hold models or a construction of, that Figure 2 and Table 1 have no row for (one added to
+    notbugs/sets.py, or one this code no longer knows), gets a visible note, not silence."""
+    write_results(tmp_path / "results")
+    results.append("models", [model_row("cpu", "standard", "d_new")], tmp_path / "results")
+    results.append("datasets", [dataset_row("cpu", "d_gone", {"success_rate": 0.5})], tmp_path / "results")
+    paths = report.build_report(tmp_path / "results", tmp_path / "nodata", tmp_path / "out")
+    for text in (paths["html"].read_text(), paths["markdown"].read_text()):
+        notes = [line for line in text.splitlines() if "FIGURE2 / TABLE1" in line]
+        assert len(notes) == 2 and "(d_gone)" in notes[0] and "(d_new)" in notes[1], notes
+        assert not any(f"({name})" in " ".join(notes) for name in report.CONSTRUCTED)
+
+
+def test_labels_come_from_the_table_of_sets():
+    assert report.SET_LABEL == {"d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
+    assert [report._row_label(r) for r in report.FIGURE2] == [
+        "Standard training on D", "Adversarial training on D", "Standard training on D_R", "Standard training on D_NR"]
+    assert [report._group(r) for r in report.FIGURE2] == ["standard (D)", "adversarial (D)", "D_R", "D_NR"]
+
+
 def test_no_transfer_yet_says_so(tmp_path):
     root = tmp_path / "results"
     results.append("models", [model_row("cpu", "standard", "d")], root)

@@ -183,6 +183,10 @@ def _load_tables(root, profile: str | None) -> tuple[dict[str, pd.DataFrame], st
     if profile is None:
         profile = _latest_profile(tables)
     filtered = {name: df[df["profile"] == profile].reset_index(drop=True) for name, df in tables.items()}
+    # D's row (where the arrays came from) is the fetch's, under the profile that fetched: every profile reads it
+    d = tables["datasets"]
+    filtered["datasets"] = pd.concat([filtered["datasets"], d[(d["name"] == "d") & (d["profile"] != profile)]],
+                                     ignore_index=True)
     return filtered, profile, profiles
 
 

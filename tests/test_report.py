@@ -600,6 +600,21 @@ def test_provenance_names_the_data_and_flags_arrays_that_are_not_canonical(tmp_p
 # ---------------------------------------------------------------- missing and partial inputs
 
 
+def test_the_data_source_shows_for_a_profile_that_did_not_fetch(tmp_path):
+    """Fetch reads no profile: a second profile in the same data folder skips it, and reads the first one's D."""
+    write_cifar(tmp_path / "data")
+    manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(counts={"train": 50000, "test": 10000}, array_sha256={"train": "a" * 64, "test": "b" * 64})
+    manifest_path.write_text(json.dumps(manifest))
+    root = tmp_path / "results"
+    results.append("datasets", [{**dataset_row("cpu", "d", {}), "source_model_id": None, "source_model_sha256": None,
+                                 "recipe": json.dumps({"source": "mirror", "origin": "/mirror/cifar10"})}], root)
+    write_results(root, "tiny")
+    md = report.build_report(root, tmp_path / "data", tmp_path / "out", profile="tiny")["markdown"].read_text()
+    assert "from the mirror source (/mirror/cifar10)" in md and "Other profiles in the tables, not shown: cpu" in md
+
+
 def test_missing_everything_still_builds(tmp_path):
     paths = report.build_report(tmp_path / "no-results", tmp_path / "no-data", tmp_path / "out")
     page, md = paths["html"].read_text(), paths["markdown"].read_text()

@@ -311,7 +311,11 @@ def check_sets(sets: dict[str, SetSpec]) -> None:
     where = "notbugs/sets.py"
     seen: dict[tuple, str] = {}
     streams: dict[int, str] = {}
+    labels: dict[str, str] = {}
     for name, s in sets.items():
+        _check(s.label not in labels, f"{where}: sets {labels.get(s.label)!r} and {name!r} are both labelled "
+                                      f"{s.label!r}: the report could not tell them apart")
+        labels[s.label] = name
         _check(s.kind in KINDS, f"{where}: set {name!r} has kind {s.kind!r}; accepted: {'|'.join(KINDS)}")
         _check(s.source in SOURCE_MODELS,
                f"{where}: set {name!r} has source {s.source!r}; accepted: {'|'.join(SOURCE_MODELS)}")

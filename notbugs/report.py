@@ -860,16 +860,17 @@ def _training_curves_svg(curves: dict[str, pd.DataFrame]) -> str:
 
 
 def _runs_behind(tables: dict[str, pd.DataFrame], models: pd.DataFrame, evals: pd.DataFrame,
-                 models_on_disk: dict[str, OnDisk], sets_on_disk: dict[str, str]) -> set[str]:
+                 models_on_disk: dict[str, OnDisk], sets_on_disk: dict[str, str],
+                 points: list[TransferPoint]) -> set[str]:
     """The runs that made what the report shows: the models described (the run that trained the weights on
     disk, else the latest row's), their evaluations shown, the sets (those on disk, else the latest rows'; D's
-    fetch), the latest transfer."""
+    fetch), the latest transfer where Figure 3 shows its rates."""
     ids = set(evals.loc[evals["model_id"].isin(models["model_id"]), "run_id"])
     for model_id, rows in _latest(models, ["model_id"], "created_at").groupby("model_id"):
         ids.add(models_on_disk[model_id].run_id if model_id in models_on_disk else rows["run_id"].iloc[0])
     for name, rows in _latest(tables["datasets"], ["name"], "created_at").groupby("name"):
         ids.add(sets_on_disk.get(name, rows["run_id"].iloc[0]))  # D's: its fetch
-    if not tables["transfer"].empty:
+    if any(p.success is not None for p in points):  # Figure 3 shows the latest transfer run's rates
         ids.add(tables["transfer"].sort_values("created_at", kind="stable")["run_id"].iloc[-1])
     return ids
 
@@ -918,17 +919,20 @@ def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame,
     span = (shown["ended_at"].max() - shown["started_at"].min()).total_seconds()
     blocks.append(Para(f"{len(shown)} stage runs behind these results, {_duration(total)} of stage time in all, "
                        f"{_duration(span)} from the first start to the last end."))
-    rest = runs[~runs["run_id"].isin(shown["run_id"])]
+    rest = runs[~runs["run_id"].isin(shown["run_id"]) & (runs["stage"] != "report")]  # the report's own: no numbers
     if not rest.empty:
-        # an attempt that failed after the run whose results are shown: the numbers are not the latest attempt's
-        last_shown = shown.groupby("stage")["started_at"].max()
-        later = rest[(rest["status"] != "ok") & (rest["started_at"] > rest["stage"].map(last_shown))]
-        blocks.append(Para(f"{len(rest)} other runs of this profile in the runs table are behind no number shown "
-                           "(earlier or superseded runs, and failed or stopped ones)."))
+        # an attempt that did not finish after the run whose results are shown (the numbers are not the latest
+        # attempt's), or of a stage with nothing shown (its numbers are "not run yet" for that reason)
+        last_shown = rest["stage"].map(shown.groupby("stage")["started_at"].max())
+        later = rest[(rest["status"] != "ok") & (last_shown.isna() | (rest["started_at"] > last_shown))]
+        blocks.append(Para(f"{len(rest)} other stage runs of this profile in the runs table are behind no number "
+                           "shown (earlier or superseded runs, and failed or stopped ones; the report's own runs not "
+                           "counted)."))
         if not later.empty:
-            what = "a later attempt of a stage" if len(later) == 1 else f"{len(later)} later attempts of stages"
-            blocks += [Bullets((Flag(f"{what} shown here did not finish: its numbers are from the run before",
-                                     "warn"),)), _runs_table(later)]
+            what = "a run" if len(later) == 1 else f"{len(later)} runs"
+            blocks += [Bullets((Flag(f"{what} did not finish after the last that made what is shown (or made nothing "
+                                     "shown yet): the numbers are not the latest attempt's", "warn"),)),
+                       _runs_table(later)]
     return blocks
 
 
@@ -1367,7 +1371,7 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     unrecorded = _unrecorded(tables["models"], models_on_disk)
     curves = _epoch_curves(tables["epochs"], tables["models"], models_on_disk)
 
-    behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk)
+    behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk, points)
     used = _images_used(models, evals[evals["model_id"].isin(models["model_id"])])
     blocks = (_header_blocks(profile, profiles, tables["runs"], behind)
               + _data_blocks(Path(data_dir), tables["datasets"], used) + _claim_blocks(claims)

@@ -379,8 +379,8 @@ def _writer(path: Path) -> str:
         except (pa.ArrowException, OSError, KeyError):
             continue  # another corrupt part: its own error names it
         stages.update(row["stage"] for row in runs if row["run_id"] == run_id)
-    if not stages:
-        return f"the stage that wrote it (run {run_id}; the runs table has no row of it)"
+    if not stages:  # killed before its row was written, or its row is in this very part
+        return f"the stage that wrote it (run {run_id}; the runs table has no readable row of it)"
     return f"the stage that wrote it: {', '.join(sorted(stages))} (run {run_id})"
 
 

@@ -171,6 +171,7 @@ def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inp
     `notbugs` command beside `dvc repro`) raises Busy before it starts, where it would do the same work beside
     the first and append its rows twice."""
     step = stage in steps.STEPS and stage != "report"
+    # flock conflicts between two open()s in one process too: a step's run must not start the same step inside it
     lock = Path(data_dir) / "work" / "locks" / f"{stage}.lock"
     with exclusive(lock, f"the step {stage} on this data folder") if step else contextlib.nullcontext():
         with _recorded(stage, params, data_dir, device, inputs, bf16, step) as run_id:
@@ -292,6 +293,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
     Out of time (`deadline`), it raises `Stopped` with a checkpoint saved instead."""
     prof = params.profile.name
     model_id = spec.model_id(prof)
+    built_by = train_set_run_id(data_dir, spec.train_set)  # now, beside the caller's load of the set, not hours on
     seed = _seed(params, spec.name)
     bf16 = bf16_for(params, device)
     torch.manual_seed(seed)
@@ -316,7 +318,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
               "precision": precision_name(bf16)}
     meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
                                    "training": spec.training, "recipe": recipe, "run_id": run_id,
-                                   "train_set_run_id": train_set_run_id(data_dir, spec.train_set),
+                                   "train_set_run_id": built_by,
                                    "rebuild": rebuild_command(spec.name, spec.train_set)})
     _write_curve(Path(data_dir) / "plots" / f"{spec.name}.csv", history)
     root = results_root(data_dir)
@@ -776,12 +778,19 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
     inputs = [Path(data_dir) / "cifar10/manifest.json", *(path / "meta.json" for path in folders)]
     with recorded_run("reevaluate", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
         split = load_split(params, data_dir)
-        metas = [(path, read_json(path / "meta.json")) for path in folders]
-        # models of other profiles were trained on other data subsets
-        metas = [(path, meta) for path, meta in metas if meta.get("profile") == params.profile.name]
+        damaged = []  # (folder, error): one damaged model must not cost the others their scores
+        metas = []
+        for path in folders:
+            try:
+                meta = read_json(path / "meta.json")
+            except ArtefactError as e:  # whose model it is cannot be told: it counts against this pass
+                log.error("%s: not scored, going on with the others: %s", path, e)
+                damaged.append((path, e))
+                continue
+            if meta.get("profile") == params.profile.name:  # other profiles' models saw other data subsets
+                metas.append((path, meta))
         recorded = _latest_checkpoints(data_dir)
         carried = []  # (model_id, run id) of the models an earlier, cut job of this pass scored
-        damaged = []  # (folder, error): one damaged model must not cost the others their scores
         for i, (path, meta) in enumerate(metas):
             scored = progress["scored"].get(meta["model_id"])
             if scored is not None and scored["sha256"] == meta["checkpoint_sha256"]:
@@ -806,8 +815,8 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
                               f"ones are listed in {progress_path}")
         _rows_again(data_dir, carried, run_id)
         if damaged:  # the pass fails, its progress kept: once they are rebuilt, a rerun scores only them
-            raise ArtefactError(f"reevaluate: {len(damaged)} of {len(metas)} models could not be loaded, the others "
-                                "were scored: " + "; ".join(str(e) for _, e in damaged))
+            raise ArtefactError(f"reevaluate: {len(damaged)} model folder(s) could not be read; every other model "
+                                "was scored: " + "; ".join(str(e) for _, e in damaged))
     progress_path.unlink(missing_ok=True)
     return {model_id: scored["metrics"] for model_id, scored in progress["scored"].items()}
 

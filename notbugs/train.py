@@ -206,8 +206,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             log.info("%s: resuming from %s at epoch %d/%d%s", desc, ckpt, start_epoch, cfg.epochs, at)
         else:  # this run's first save sets it aside, not over it: hours of GPU work, maybe wanted back
             foreign = ckpt.with_name(f"checkpoint-{state.get('signature', 'unsigned')}.pt")
-            log.warning("%s: not resuming checkpoint %s, made with another recipe, data or code (set aside as %s "
-                        "at this run's first save; left as it is if none comes)", desc, ckpt, foreign.name)
+            log.warning("%s: not resuming checkpoint %s, made with another recipe, data or code (kept as %s)",
+                        desc, ckpt, foreign.name)
 
     def kept() -> str:
         """What a failed run leaves on disk, for its error message."""

@@ -18,8 +18,9 @@ from notbugs.storage import ArtefactError
 log = logging.getLogger("notbugs")
 
 # Errors that a second try would meet again: damaged or missing data and artefacts (their message
-# names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time.
-REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped)
+# names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time,
+# the same step already running on the data folder (for minutes or hours, not the 10 s of a retry's delay).
+REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped, S.Busy)
 # CUDA errors after which the process's CUDA context is unusable: a retry in the same process fails the same
 # way (PyTorch's messages for them).
 STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",

@@ -340,7 +340,7 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
                 elif dep.startswith("data/datasets/"):
                     ups.add(f"construct@{dep.removeprefix('data/datasets/')}")
             declared[step] = (sorted(k for k in keys if k not in ("profile", "data")), ups, code)
-    # the same steps: a set added to config.DATASETS but not to dvc.yaml's foreach lists (or the reverse) would
+    # the same steps: a set added to notbugs/sets.py but not to dvc.yaml's foreach lists (or the reverse) would
     # be built by one runner and silently not by the other
     assert set(declared) == set(STEPS) - {"report"}
     profiles = [load_params(ROOT / "params.yaml", profile=name) for name in PROFILES]

@@ -176,7 +176,7 @@ def test_errors_that_would_repeat_are_not_retried():
     # a CUDA error that breaks the process's CUDA context fails again in the same process
     for repeats in (NonFiniteError("loss is nan"), ArtefactError("shard-00003.npz: checksum"), DataError("x"),
                     RuntimeError("CUDA error: an illegal memory access was encountered"),
-                    RuntimeError("CUDA error: device-side assert triggered")):
+                    RuntimeError("CUDA error: device-side assert triggered"), S.Busy("the step fetch is running")):
         assert not U.worth_retrying(None, None, Failed(data=repeats))
     # a dropped download is a DataError, but the next try may get through
     for transient in (OSError("stale file handle"), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),

@@ -127,6 +127,16 @@ def write_cifar(data_dir: Path, n_train: int = 40) -> None:
     (folder / "manifest.json").write_text(json.dumps({"files": files, "classes": list(CLASSES)}))
 
 
+def write_full_size_cifar(data_dir: Path) -> tuple[Path, dict]:
+    """A fetch manifest that says full CIFAR-10 (counts and array checksums) over small arrays."""
+    write_cifar(data_dir)
+    path = data_dir / "cifar10" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(counts={"train": 50000, "test": 10000}, array_sha256={"train": "a" * 64, "test": "b" * 64})
+    path.write_text(json.dumps(manifest))
+    return path, manifest
+
+
 def write_constructed(data_dir: Path, name: str, source_index: np.ndarray) -> None:
     """A one-shard constructed set in the format notbugs.construct.load_constructed reads."""
     rng = np.random.default_rng(len(name))
@@ -551,27 +561,26 @@ def test_provenance_lists_the_runs_behind_the_numbers_and_flags_a_later_failed_a
     results.append("runs", [run("r0", "source@standard", 0, version="0ld0ld0ld0ld"),  # superseded by r1
                             run("r1", "source@standard", 1), run("r2", "reevaluate", 5),
                             run("r3", "construct@d_r", 2, device="cpu (x86_64, 2 threads), fp32"),
-                            run("r4", "transfer", 4), run("r9", "source@standard", 9, status="failed")], root)
+                            run("r4", "transfer", 4), run("r9", "source@standard", 9, status="failed"),
+                            run("f1", "train@d_nr", 8, status="failed"),  # a stage that made nothing shown
+                            run("rp", "report", 10)], root)
     md = report.build_report(root, tmp_path / "data", tmp_path / "out")["markdown"].read_text()
     section = md.split("## Provenance\n")[1].split("\n## ")[0]
-    table = section.split("a later attempt")[0]
+    table = section.split("did not finish")[0]
     assert "0ld0ld0ld0ld" not in md and "code versions" not in md  # r0 made nothing shown: no mixed-version warning
     assert table.count("| source@standard |") == 1 and "| construct@d_r |" in table and "| transfer |" in table
     assert "4 stage runs behind these results" in section
-    assert "5 other runs of this profile" in section  # r0, r9 and write_results' own three
-    later = section.split("a later attempt of a stage shown here did not finish")[1]
+    assert "6 other stage runs of this profile" in section  # r0, r9, f1 and write_results' own three; not rp
+    later = section.split("2 runs did not finish after the last that made what is shown")[1]
     assert later.count("| source@standard | **failed** |") == 1 and later.count("| source@standard |") == 1
+    assert later.count("| train@d_nr | **failed** |") == 1 and "| report |" not in section
     deviations = md.split("## Deviations from the paper\n")[1].split("\n## ")[0]
     assert "bf16 autocast in reevaluate, source@standard, transfer" in deviations  # construct@d_r ran fp32
 
 
 def test_the_data_line_says_how_many_images_the_models_used(tmp_path):
     root = tmp_path / "results"
-    write_cifar(tmp_path / "data")
-    manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest.update(counts={"train": 50000, "test": 10000}, array_sha256={"train": "a" * 64, "test": "b" * 64})
-    manifest_path.write_text(json.dumps(manifest))
+    write_full_size_cifar(tmp_path / "data")
     results.append("models", [{**model_row("cpu", "standard", "d"), "recipe": results.to_json({"n_train": 5000})}],
                    root)
     results.append("evaluations", [eval_row("cpu", model_id("cpu", "standard", "d"), "none", 0.0, 0.5, T0)], root)
@@ -580,10 +589,7 @@ def test_the_data_line_says_how_many_images_the_models_used(tmp_path):
 
 
 def test_provenance_names_the_data_and_flags_arrays_that_are_not_canonical(tmp_path):
-    write_cifar(tmp_path / "data")
-    manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest.update(counts={"train": 50000, "test": 10000}, array_sha256={"train": "a" * 64, "test": "b" * 64})
+    manifest_path, manifest = write_full_size_cifar(tmp_path / "data")
     # where the arrays came from is the datasets table's row of D (the manifest, which DVC hashes, leaves it out)
     results.append("datasets", [{**dataset_row("cpu", "d", {}), "source_model_id": None, "source_model_sha256": None,
                                  "recipe": json.dumps({"source": "official", "origin": "https://example/cifar"})}],
@@ -602,11 +608,7 @@ def test_provenance_names_the_data_and_flags_arrays_that_are_not_canonical(tmp_p
 
 def test_the_data_source_shows_for_a_profile_that_did_not_fetch(tmp_path):
     """Fetch reads no profile: a second profile in the same data folder skips it, and reads the first one's D."""
-    write_cifar(tmp_path / "data")
-    manifest_path = tmp_path / "data" / "cifar10" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest.update(counts={"train": 50000, "test": 10000}, array_sha256={"train": "a" * 64, "test": "b" * 64})
-    manifest_path.write_text(json.dumps(manifest))
+    write_full_size_cifar(tmp_path / "data")
     root = tmp_path / "results"
     results.append("datasets", [{**dataset_row("cpu", "d", {}), "source_model_id": None, "source_model_sha256": None,
                                  "recipe": json.dumps({"source": "mirror", "origin": "/mirror/cifar10"})}], root)

@@ -404,7 +404,7 @@ def test_corrupt_part_of_a_run_without_a_runs_row_says_so(tmp_path):
     # A run killed before its runs row was written, or a corrupt runs part itself.
     part = results.append("runs", [sample_row("runs", 3)], root=tmp_path)
     part.write_bytes(b"x" * 50)
-    with pytest.raises(ValueError, match="the runs table has no row of it"):
+    with pytest.raises(ValueError, match="the runs table has no readable row of it"):
         results.load("runs", root=tmp_path)
 
 

@@ -70,6 +70,7 @@ def test_config_refuses_two_sets_built_alike(monkeypatch):
     (SetSpec("match", "robust", "next", 4, "x"), "a matching set takes None"),
     (SetSpec("fgsm", "robust", None, 4, "x"), "accepted: match|pgd"),
     (SetSpec("pgd", "cheap", "random", 4, "x"), "accepted: standard|robust"),
+    (SetSpec("pgd", "robust", "random", 4, "D_R"), "'d_r' and 'd_new' are both labelled 'D_R'"),
 ])
 def test_config_refuses_a_set_it_cannot_build(monkeypatch, entry, message):
     monkeypatch.setitem(SETS, "d_new", entry)

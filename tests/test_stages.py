@@ -139,23 +139,6 @@ def test_construction_out_of_time_keeps_finished_batches_and_jobs_chain_to_the_s
     assert sorted(statuses) == ["ok"] * 2 + ["stopped"] * 7
 
 
-def test_a_rerun_that_finds_the_set_built_keeps_its_manifest(sources, tmp_path):
-    """A UI rerun or --redo of a built set changes nothing DVC hashes: the set's folder is a persistent output,
-    and a rewritten manifest (its run id) would make the next `dvc repro` rerun every step after it."""
-    params, data = _copy(sources, tmp_path)
-    S.stage_construct(params, "d_det", data, "cpu")
-    folder = S.dataset_dir(data, "d_det")
-    before = {f.name: f.read_bytes() for f in folder.iterdir()}
-    rows = len(results.load("datasets", S.results_root(data)))
-    S.stage_construct(params, "d_det", data, "cpu")
-    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
-    assert len(results.load("datasets", S.results_root(data))) == rows  # the same build, recorded once
-    shutil.rmtree(S.results_root(data) / "datasets")  # tables lost: the rerun records the set again
-    S.stage_construct(params, "d_det", data, "cpu")
-    again = results.load("datasets", S.results_root(data))
-    assert list(again["run_id"]) == [json.loads(before["manifest.json"])["run_id"]]
-
-
 def test_a_partial_shard_of_another_recipe_is_not_continued(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     stopped = Deadline()
@@ -211,7 +194,8 @@ def test_a_damaged_model_costs_the_others_of_a_reevaluation_pass_nothing(sources
     weights = S.model_dir(data, "robust") / "model.pt"  # the first of the two folders the pass scores
     good = weights.read_bytes()
     weights.write_bytes(good[:-100])
-    with pytest.raises(ArtefactError, match=r"1 of 2 models could not be loaded, the others were scored: .*robust"):
+    with pytest.raises(ArtefactError, match=r"1 model folder\(s\) could not be read; every other model was scored: "
+                                            r".*robust"):
         S.stage_reevaluate(params, data, "cpu")
     progress = json.loads((data / "work" / "reevaluate.json").read_text())
     assert list(progress["scored"]) == ["tiny/standard-d-resnet9"]
@@ -221,6 +205,11 @@ def test_a_damaged_model_costs_the_others_of_a_reevaluation_pass_nothing(sources
     new = results.load("evaluations", S.results_root(data)).iloc[len(runs_before):]
     scored_now = new[new["evaluated_at"] > runs_before["evaluated_at"].max()]
     assert set(scored_now["model_id"]) == {"tiny/adversarial-d-resnet9"}
+    meta = S.model_dir(data, "standard") / "meta.json"  # a damaged meta.json: whose model, cannot be told
+    meta.write_text(meta.read_text()[:-20])
+    with pytest.raises(ArtefactError, match=r"1 model folder\(s\) could not be read; .*standard.*meta.json"):
+        S.stage_reevaluate(params, data, "cpu")
+    assert list(json.loads((data / "work" / "reevaluate.json").read_text())["scored"]) == ["tiny/adversarial-d-resnet9"]
 
 
 def test_one_reevaluation_pass_at_a_time(sources, tmp_path):
@@ -601,17 +590,23 @@ def test_shards_built_by_other_code_are_rebuilt(sources, tmp_path, monkeypatch):
 
 
 def test_a_rerun_that_builds_nothing_leaves_the_set_s_folder_as_it_was(sources, tmp_path, monkeypatch):
-    """`dvc repro` reruns every construct stage when notbugs/sets.py changes (a new set): a rerun that finds
-    every shard done keeps the manifest, run id and all, so that the folder DVC hashes is byte-identical and
-    nothing trained on it reruns."""
+    """`dvc repro` reruns every construct stage when notbugs/sets.py changes (a new set), and a UI rerun or
+    --redo reruns one: a rerun that finds every shard done keeps the manifest, run id and all, so that the
+    folder DVC hashes (a persistent output) is byte-identical and nothing trained on it reruns."""
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, "d_det", data, "cpu")
     folder = S.dataset_dir(data, "d_det")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    rows = len(results.load("datasets", S.results_root(data)))
     real, rebuilt = C.build_shard, []
     monkeypatch.setattr(C, "build_shard", lambda *a, **k: rebuilt.append(a[6]) or real(*a, **k))
     S.stage_construct(params, "d_det", data, "cpu")
     assert rebuilt == [] and {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert len(results.load("datasets", S.results_root(data))) == rows  # the same build, recorded once
+    shutil.rmtree(S.results_root(data) / "datasets")  # tables lost: the rerun records the set again
+    S.stage_construct(params, "d_det", data, "cpu")
+    assert list(results.load("datasets", S.results_root(data))["run_id"]) == [
+        json.loads(before["manifest.json"])["run_id"]]
     (folder / "shard-00001.npz").unlink()  # one shard to build: a new manifest, of this run
     S.stage_construct(params, "d_det", data, "cpu")
     assert rebuilt == [1] and (folder / "manifest.json").read_bytes() != before["manifest.json"]

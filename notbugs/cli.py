@@ -161,8 +161,6 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
         running the step (the marker alone would pass them off as this recipe's). The same recipe's weights from
         elsewhere (`dvc pull`) are kept; the steps that read them rerun (`inputs_changed`). Markers written before
         they recorded the output (2026-12-07) count only a missing one."""
-        if step.partition("@")[0] not in ("fetch", "source", "construct", "train", "transfer"):
-            return False
         now = steps.output_recipe(data_dir, step)
         if now is not None and steps.read_marker(data_dir, step).get("output", now) == now:
             return False

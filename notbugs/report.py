@@ -1076,8 +1076,8 @@ def _unreported_sets(models: pd.DataFrame, datasets: pd.DataFrame) -> list[str]:
 
 def _unreported_blocks(names: list[str]) -> list:
     return [Note(f"{SET_LABEL.get(name, name)} ({name}): the results hold its models or its construction, but this "
-                 f"report has no row of the paper's for it (notbugs/report.py FIGURE2 / TABLE1), so its models' "
-                 f"accuracies are not shown above.") for name in names]
+                 f"report has no row of the paper's for it (notbugs/report.py FIGURE2 / TABLE1), so Figure 2 and "
+                 f"Table 1 leave its models out; the list of evaluations at the end has them.") for name in names]
 
 
 def _table1_blocks(tab1: list[Measured]) -> list:

@@ -322,11 +322,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
                                    "rebuild": rebuild_command(spec.name, spec.train_set)})
     _write_curve(Path(data_dir) / "plots" / f"{spec.name}.csv", history)
     root = results_root(data_dir)
-    results.append("models", [{
-        "model_id": model_id, "profile": prof, "arch": spec.arch, "width": float(spec.width),
-        "train_set": spec.train_set, "training": spec.training, "recipe": results.to_json(recipe),
-        "checkpoint_path": str(out / "model.pt"), "checkpoint_sha256": meta["checkpoint_sha256"],
-        "run_id": run_id, "created_at": results.now_utc(), "train_set_run_id": meta["train_set_run_id"]}], root)
+    results.append("models", [_models_row(out, meta)], root)
     results.append("epochs", [{"model_id": model_id, "profile": prof, "run_id": run_id, **h} for h in history], root)
     return {"model": model, "meta": meta, "history": history}
 
@@ -779,13 +775,17 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
     with recorded_run("reevaluate", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
         split = load_split(params, data_dir)
         damaged = []  # (folder, error): one damaged model must not cost the others their scores
+
+        def note_damaged(path: Path, e: ArtefactError) -> None:
+            log.error("%s: not scored, going on with the others: %s", path, e)
+            damaged.append((path, e))
+
         metas = []
         for path in folders:
             try:
                 meta = read_json(path / "meta.json")
             except ArtefactError as e:  # whose model it is cannot be told: it counts against this pass
-                log.error("%s: not scored, going on with the others: %s", path, e)
-                damaged.append((path, e))
+                note_damaged(path, e)
                 continue
             if meta.get("profile") == params.profile.name:  # other profiles' models saw other data subsets
                 metas.append((path, meta))
@@ -800,8 +800,7 @@ def _reevaluate(params: Params, data_dir, device: str, units: Units, deadline: D
             try:
                 model, meta = load_model(path, dev)
             except ArtefactError as e:
-                log.error("%s: not scored, going on with the others: %s", path, e)
-                damaged.append((path, e))
+                note_damaged(path, e)
                 continue
             if recorded.get(meta["model_id"]) != meta["checkpoint_sha256"]:
                 _record_weights_on_disk(data_dir, path, meta)
@@ -846,12 +845,17 @@ def _record_weights_on_disk(data_dir, path: Path, meta: dict) -> None:
     its time is now, when they became the model's current weights again."""
     log.info("%s: the weights in %s (trained by run %s) are not the latest the models table lists; recorded",
              meta["model_id"], path, meta["run_id"])
-    results.append("models", [{
-        "model_id": meta["model_id"], "profile": meta["profile"], "arch": meta["arch"], "width": float(meta["width"]),
-        "train_set": meta["train_set"], "training": meta["training"], "recipe": results.to_json(meta["recipe"]),
-        "checkpoint_path": str(path / "model.pt"), "checkpoint_sha256": meta["checkpoint_sha256"],
-        "run_id": meta["run_id"], "created_at": results.now_utc(), "train_set_run_id": meta.get("train_set_run_id")}],
-        results_root(data_dir))
+    results.append("models", [_models_row(path, meta)], results_root(data_dir))
+
+
+def _models_row(folder: Path, meta: dict) -> dict:
+    """The `models` row of the checkpoint in `folder`, from its meta.json (`save_model`'s): the run that trained
+    it; the time is now, when the row is written."""
+    return {"model_id": meta["model_id"], "profile": meta["profile"], "arch": meta["arch"],
+            "width": float(meta["width"]), "train_set": meta["train_set"], "training": meta["training"],
+            "recipe": results.to_json(meta["recipe"]), "checkpoint_path": str(folder / "model.pt"),
+            "checkpoint_sha256": meta["checkpoint_sha256"], "run_id": meta["run_id"],
+            "created_at": results.now_utc(), "train_set_run_id": meta.get("train_set_run_id")}
 
 
 def _rows_again(data_dir, carried: list[tuple[str, str | None]], run_id: str) -> None:

@@ -27,6 +27,8 @@ import sys
 import threading
 from pathlib import Path
 
+import yaml
+
 from notbugs import steps
 from notbugs.config import DATASETS, PROFILES, ConfigError, load_params
 from notbugs.deadline import EXIT_INTERRUPTED, EXIT_STOPPED, Deadline, Stopped, expired
@@ -206,6 +208,26 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
             warmup.stop(warming)
 
 
+def dvc_hint(args, profile: str) -> str | None:
+    """What to run so that `dvc repro` takes up a finished `notbugs all` in a DVC checkout: DVC keeps its own
+    record (dvc.lock), which `notbugs all` does not write (the library imports no DVC). Only where the run is the
+    one dvc.yaml describes: its data folder, parameter file and profile, every stage."""
+    here = Path.cwd().resolve()
+    if not (here / "dvc.yaml").exists() or args.skip or args.profile:
+        return None
+    if Path(args.data_dir).resolve() != here / "data" or Path(args.params).resolve() != here / "params.yaml":
+        return None
+    try:
+        named = yaml.safe_load((here / "params.yaml").read_text()).get("profile")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if named != profile:  # NOTBUGS_PROFILE: dvc.lock would record params.yaml's profile for another's outputs
+        return None
+    return ("notbugs all: dvc.lock has no record of this run, so `dvc repro` would run its stages again (each "
+            "resuming what it finds done). To record it, run `dvc commit -f` now, before editing code or "
+            "params.yaml: DVC hashes what the stages read and wrote as they are at that moment.")
+
+
 def _stop_on_sigterm(deadline: Deadline):
     """SIGTERM (from `timeout`, a scheduler) asks the job to stop at its next safe point; a second
     one ends it at once. Returns the handler that was there before."""
@@ -257,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             out = results.summary(S.results_root(args.data_dir))
             if "report" not in args.skip:  # where to look next
                 out["report"] = str(Path(args.data_dir) / "report" / "report.html")
+            hint = dvc_hint(args, params.profile.name)
+            if hint:
+                print(hint, file=sys.stderr)
         elif args.stage == "clean":
             out = S.clean_checkpoints(args.data_dir, args.dry_run)
         else:

@@ -504,3 +504,20 @@ def test_clean_deletes_the_set_aside_checkpoints_only(tmp_path, mirror, capsys):
     assert sorted(n for n in files if (data / n).exists()) == sorted(n for n in files if "checkpoint-" not in n)
     assert main(["clean", *common]) == 0
     assert json.loads(capsys.readouterr().out) == {"removed": [], "bytes": 0}
+
+
+def test_all_says_how_to_record_its_run_for_dvc_only_where_dvc_would_describe_it(tmp_path, monkeypatch):
+    from notbugs.cli import dvc_hint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("profile: tiny\nprofiles: {}\n")
+    assert dvc_hint(build_parser().parse_args(["all"]), "tiny") is None  # no dvc.yaml: not a DVC checkout
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert "`dvc commit -f`" in dvc_hint(build_parser().parse_args(["all"]), "tiny")
+    assert "`dvc commit -f`" in dvc_hint(build_parser().parse_args(["all", "--data-dir", str(tmp_path / "data")]),
+                                         "tiny")
+    # dvc.lock would record params.yaml's profile, data folder and every stage: other runs are not DVC's to record
+    for argv, profile in ((["all"], "cpu"),  # NOTBUGS_PROFILE chose it
+                          (["all", "--profile", "tiny"], "tiny"), (["all", "--data-dir", "elsewhere"], "tiny"),
+                          (["all", "--params", "other.yaml"], "tiny"), (["all", "--skip", "transfer"], "tiny")):
+        assert dvc_hint(build_parser().parse_args(argv), profile) is None, argv

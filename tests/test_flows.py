@@ -205,3 +205,10 @@ def test_every_deployment_names_a_flow_and_only_its_parameters():
         assert required <= set(deployment["parameters"]), deployment["name"]
         names.add(deployment["name"])
     assert names == {"reevaluate", "reproduce", "fetch", "source", "construct", "train", "transfer", "report"}
+    # the UI shows a deployment's description where its `name` is typed in: it lists the sets of notbugs/sets.py
+    from notbugs.sets import SETS
+
+    for deployment in config["deployments"]:
+        if deployment["name"] in ("construct", "train"):
+            listed = deployment["description"].split("name ", 1)[1].split(" (", 1)[0]
+            assert listed.split(" | ") == list(SETS), deployment["name"]

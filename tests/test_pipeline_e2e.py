@@ -217,3 +217,23 @@ def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):
     again = results.load("runs", root)
     again = again[~again["run_id"].isin(runs["run_id"])]
     assert list(again["stage"]) == ["report"]
+
+
+def test_dvc_commit_records_a_notbugs_all_run(repo):
+    """`notbugs all` leaves dvc.lock as it was: it says how to record its run, and once recorded, `dvc repro` finds
+    every stage up to date. Last in the module: it leaves params.yaml with another PGD step count."""
+    params = repo["path"] / "params.yaml"
+    doc = yaml.safe_load(params.read_text())
+    doc["profiles"]["tiny"]["construct"]["pgd"]["steps"] += 1
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = subprocess.run([str(BIN / "notbugs"), "all"], cwd=repo["path"], env=repo["env"], capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-6000:]
+    assert "`dvc commit -f`" in out.stderr
+    pgd = {n for n, s in SETS.items() if s.kind == "pgd"}
+    stale = _stale_stages(_run([str(BIN / "dvc"), "status"], repo["path"], repo["env"]))
+    assert {*(f"construct@{n}" for n in pgd), "transfer", "report"} <= stale
+    _run([str(BIN / "dvc"), "commit", "-f"], repo["path"], repo["env"])
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
+    log = _run([str(BIN / "dvc"), "repro"], repo["path"], repo["env"])
+    assert "Running stage" not in log, log

@@ -95,9 +95,10 @@ def step_params(step: str) -> tuple[str, ...]:
 
 def step_hash(params, step: str, arrays: str | None = None) -> str:
     """Hash of what `step` reads: its parameters, its code, and what comes to it from the steps before.
-    For fetch, where the arrays go and how many per class (not the source, which is verified); for every
-    other step, the fetched arrays themselves (`arrays`: `arrays_digest`), as `dvc repro` sees them, so
-    that new fetch code that writes the same arrays reruns fetch alone, and the other upstream steps' hashes."""
+    For fetch, how many images per class (not the source, which is verified, nor the folder, which holds the
+    markers); for every other step, the fetched arrays themselves (`arrays`: `arrays_digest`), as `dvc repro`
+    sees them, so that new fetch code that writes the same arrays reruns fetch alone, and the other upstream
+    steps' hashes."""
     keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
     body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
                   "code": code_digest(params, step)}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from notbugs import report, results
+from notbugs import report, report_claims, report_paper, report_svg, report_tables, results
 from notbugs.storage import ArtefactError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# Our synthetic accuracies (fractions); the paper's numbers are in notbugs.report.
+# Our synthetic accuracies (fractions); the paper's numbers are in notbugs.report_paper.
 CLEAN_ROBUST = {
     ("standard", "d"): (0.913, 0.097),  # clean within 5 pts, robust above paper by 5.2 (bad: should be ~0)
     ("adversarial", "d"): (0.841, 0.751),  # below by 6.7 / 7.2
@@ -287,7 +287,8 @@ def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_pa
                               for e in range(1, n + 1)], root)
     results.append("models", [{**model_row("cpu", "standard", "d_r"), "checkpoint_sha256": "1" * 64, "run_id": "r9",
                                "created_at": later + timedelta(hours=2)}], root)
-    curves = report._epoch_curves(results.load("epochs", root), results.load("models", root), report._on_disk(data)[0])
+    curves = report_tables._epoch_curves(results.load("epochs", root), results.load("models", root),
+                                         report_tables._on_disk(data)[0])
     assert list(curves[mid]["run_id"]) == ["r1"] * 3
     # weights no row describes: no numbers, and a note that says how to get them
     (data / "models" / "d_r" / "meta.json").write_text(json.dumps({"model_id": mid, "checkpoint_sha256": "2" * 64,
@@ -368,7 +369,7 @@ def test_history_of_the_profile_does_not_stand_in_for_its_latest_run(tmp_path):
     assert summary["figure2"]["standard"]["model_id"] == "cpu/standard-d-resnet9"
     assert summary["figure2"]["standard"]["clean"] == pytest.approx(45.65)
     assert sorted(summary["figure3"]["points"]) == ["resnet9", "vgg16"]
-    curves = report._epoch_curves(results.load("epochs", root), results.load("models", root))
+    curves = report_tables._epoch_curves(results.load("epochs", root), results.load("models", root))
     assert list(curves["cpu/standard-d-resnet9"]["run_id"]) == ["r9", "r9"]
 
 
@@ -390,11 +391,12 @@ def test_models_of_another_architecture_do_not_stand_in(tmp_path):
 
 
 def test_clearly_above_counts_sampling_error():
+    above, chance = report_claims._clearly_above, report_paper.CHANCE
     # chance 10% over 1,000 images: 3 standard errors are 2.85 points
-    assert not report._clearly_above(12.1, 1000, report.CHANCE) and report._clearly_above(13.0, 1000, report.CHANCE)
-    assert report._clearly_above(12.1, 10000, report.CHANCE)  # 0.9 points at 10,000
-    assert not report._clearly_above(5.0, 1000, 4.0, 1000) and report._clearly_above(8.0, 1000, 4.0, 1000)
-    assert not report._clearly_above(0.0, 1000, 0.0, 1000)
+    assert not above(12.1, 1000, chance) and above(13.0, 1000, chance)
+    assert above(12.1, 10000, chance)  # 0.9 points at 10,000
+    assert not above(5.0, 1000, 4.0, 1000) and above(8.0, 1000, 4.0, 1000)
+    assert not above(0.0, 1000, 0.0, 1000)
 
 
 def transfer_results(root: Path, points: dict[str, tuple[float, float]], run: str = "r4") -> None:
@@ -638,14 +640,14 @@ def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):
     for text in (paths["html"].read_text(), paths["markdown"].read_text()):
         notes = [line for line in text.splitlines() if "FIGURE2 / TABLE1" in line]
         assert len(notes) == 2 and "(d_gone)" in notes[0] and "(d_new)" in notes[1], notes
-        assert not any(f"({name})" in " ".join(notes) for name in report.CONSTRUCTED)
+        assert not any(f"({name})" in " ".join(notes) for name in report_paper.CONSTRUCTED)
 
 
 def test_labels_come_from_the_table_of_sets():
-    assert report.SET_LABEL == {"d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
-    assert [report._row_label(r) for r in report.FIGURE2] == [
+    assert report_paper.SET_LABEL == {"d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
+    assert [report_paper._row_label(r) for r in report_paper.FIGURE2] == [
         "Standard training on D", "Adversarial training on D", "Standard training on D_R", "Standard training on D_NR"]
-    assert [report._group(r) for r in report.FIGURE2] == ["standard (D)", "adversarial (D)", "D_R", "D_NR"]
+    assert [report_paper._group(r) for r in report_paper.FIGURE2] == ["standard (D)", "adversarial (D)", "D_R", "D_NR"]
 
 
 def test_no_transfer_yet_says_so(tmp_path):
@@ -721,12 +723,12 @@ def test_a_report_that_cannot_be_written_says_which_file_and_what_is_left(tmp_pa
 
 
 def test_svg_helpers_handle_edge_cases():
-    bars = report._grouped_bars_svg(["a", "b"], [("ours", "#000", [None, 50.0])], "t")
+    bars = report_svg._grouped_bars_svg(["a", "b"], [("ours", "#000", [None, 50.0])], "t")
     assert "n/a" in bars and bars.count("<rect") == 3  # background, one bar, one legend swatch
-    scatter = report._scatter_svg([("resnet18", 40.0, 40.0)], "x", "y", "t")
+    scatter = report_svg._scatter_svg([("resnet18", 40.0, 40.0)], "x", "y", "t")
     assert "resnet18 (40.0, 40.0)" in scatter and "<circle" in scatter
     # the chance line stays inside the plot (y 40..350) even when every point is far above it
-    scatter = report._scatter_svg([("a", 40.0, 60.0), ("b", 50.0, 70.0)], "x", "y", "t", y_chance=10.0)
+    scatter = report_svg._scatter_svg([("a", 40.0, 60.0), ("b", 50.0, 70.0)], "x", "y", "t", y_chance=10.0)
     y = float(re.search(r'<line x1="[\d.]+" y1="([\d.]+)"[^>]*stroke-dasharray', scatter).group(1))
     assert 40 <= y <= 350
 

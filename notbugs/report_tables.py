@@ -1,0 +1,283 @@
+"""Reading the result tables for the report: one profile's rows, the latest of each (results are corrected by
+appending), and only those that describe what the data folder holds now (its models' weights and its sets, which
+DVC can put back from an earlier run without running a stage); our number for each of the paper's rows; Figure 3's
+points; the construction statistics and the training curves."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from notbugs import results
+from notbugs.report_paper import CONSTRUCTED, ROBUST_EPS, PaperRow
+from notbugs.storage import ArtefactError, read_json
+
+
+def _load_tables(root, profile: str | None) -> tuple[dict[str, pd.DataFrame], str | None, list[str]]:
+    """All tables filtered to one profile; without one, the profile written to most recently."""
+    tables = {name: results.load(name, root) for name in results.TABLES}
+    profiles = sorted({p for df in tables.values() for p in df["profile"].dropna().unique()})
+    if profile is None:
+        profile = _latest_profile(tables)
+    filtered = {name: df[df["profile"] == profile].reset_index(drop=True) for name, df in tables.items()}
+    # D's row (where the arrays came from) is the fetch's, under the profile that fetched: every profile reads it
+    d = tables["datasets"]
+    filtered["datasets"] = pd.concat([filtered["datasets"], d[(d["name"] == "d") & (d["profile"] != profile)]],
+                                     ignore_index=True)
+    return filtered, profile, profiles
+
+
+def _latest_profile(tables: dict[str, pd.DataFrame]) -> str | None:
+    stamps = []
+    for name, column in (("runs", "ended_at"), ("evaluations", "evaluated_at"), ("models", "created_at"),
+                         ("datasets", "created_at"), ("transfer", "created_at")):
+        df = tables[name]
+        if not df.empty:
+            row = df.loc[df[column].idxmax()]
+            stamps.append((row[column], row["profile"]))
+    return max(stamps)[1] if stamps else None
+
+
+def _latest(df: pd.DataFrame, keys: list[str], time_column: str) -> pd.DataFrame:
+    """One row per key: the one with the latest timestamp (results are corrected by appending)."""
+    if df.empty:
+        return df
+    return df.sort_values(time_column, kind="stable").drop_duplicates(keys, keep="last")
+
+
+@dataclass(frozen=True)
+class OnDisk:
+    sha256: str  # the checkpoint's
+    run_id: str  # the run that trained it
+
+
+def _on_disk(data_dir: Path) -> tuple[dict[str, OnDisk], dict[str, str]]:
+    """What the data folder holds now: its models (by id, from data/models/**/meta.json) and {set name: run id}
+    from the constructed sets' manifests. DVC can put back an earlier run's outputs (`dvc checkout`, its run
+    cache) without running the stage, so the tables' latest rows need not describe them."""
+    models, sets = {}, {}
+    for meta_path in sorted((data_dir / "models").rglob("meta.json")):
+        try:
+            meta = read_json(meta_path)
+            models[str(meta["model_id"])] = OnDisk(str(meta["checkpoint_sha256"]), str(meta["run_id"]))
+        except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+            continue  # unreadable: the tables' latest rows stand
+    for name in CONSTRUCTED:
+        try:
+            sets[name] = str(read_json(data_dir / "datasets" / name / "manifest.json")["run_id"])
+        except (OSError, ValueError, KeyError, TypeError, ArtefactError):
+            continue
+    return models, sets
+
+
+def _weight_periods(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> dict[str, list[tuple]]:
+    """Per model id, the periods (start, end or None) during which the weights it has now were its latest
+    recorded ones: those on disk where known, else those of its latest row. A retrained model changes its
+    checkpoint hash; a rerun that restores a finished checkpoint does not; weights put back from an earlier
+    run make its period current again."""
+    periods = {}
+    for model_id, rows in models.sort_values("created_at", kind="stable").groupby("model_id", sort=False):
+        shas, times = list(rows["checkpoint_sha256"]), list(rows["created_at"])
+        current = on_disk[model_id].sha256 if model_id in on_disk else shas[-1]
+        spans, start = [], None
+        for sha, t in zip(shas, times, strict=True):
+            if sha == current and start is None:
+                start = t
+            elif sha != current and start is not None:
+                spans.append((start, t))
+                start = None
+        if start is not None:
+            spans.append((start, None))
+        periods[model_id] = spans
+    return periods
+
+
+def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
+    """Whether a row made at `when` describes the model's current weights (a model no row lists: yes)."""
+    if model_id not in periods:
+        return True
+    return any(start <= when and (end is None or when < end) for start, end in periods[model_id])
+
+
+def _latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple]]) -> pd.DataFrame:
+    """The latest row of every attack setting of every model, leaving out those made on other weights of the
+    model than its current ones (before it was retrained, or those an earlier run's put back replaced)."""
+    current = np.array([_describes(periods, m, t)
+                        for m, t in zip(evaluations["model_id"], evaluations["evaluated_at"], strict=True)], dtype=bool)
+    ev = evaluations.loc[current]
+    ev = ev.assign(eps_key=ev["eps"].round(6))
+    keys = ["model_id", "test_set", "attack", "eps_key", "steps", "restarts"]
+    return _latest(ev, keys, "evaluated_at").reset_index(drop=True)
+
+
+def _current_models(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> pd.DataFrame:
+    """The models the report describes: those in the data folder, where it holds any of this profile's (after
+    `dvc checkout` of an earlier commit they may be another architecture's than the latest rows'), else all."""
+    here = models["model_id"].isin(on_disk)
+    return models[here] if here.any() else models
+
+
+def _unrecorded(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> list[str]:
+    """This profile's models whose weights in the data folder no `models` row describes: they have no numbers
+    until `notbugs reevaluate` records and scores them."""
+    listed = set(zip(models["model_id"], models["checkpoint_sha256"], strict=True))
+    ids = set(models["model_id"])
+    return sorted(m for m, d in on_disk.items() if m in ids and (m, d.sha256) not in listed)
+
+
+def _main_arch(models: pd.DataFrame) -> str | None:
+    """The architecture of the main experiment (the source models), as opposed to transfer targets: that of
+    the latest such model, since the tables keep the models of a profile's earlier `arch` too."""
+    if models.empty:
+        return None
+    for mask in (models["training"] == "adversarial", models["train_set"].isin(CONSTRUCTED), models["arch"].notna()):
+        if mask.any():
+            return str(models[mask].sort_values("created_at", kind="stable")["arch"].iloc[-1])
+    return None
+
+
+def _is_transfer(models: pd.DataFrame) -> pd.Series:
+    """Figure 3's extra models (ids `<profile>/transfer/...`), kept out of Figure 2 and Table 1."""
+    return models["model_id"].str.contains("/transfer/", regex=False)
+
+
+def _pick_model(models: pd.DataFrame, training: str, train_set: str, arch: str | None) -> pd.Series | None:
+    """The latest such model of the main architecture: never one of another architecture, which would
+    pair, say, a ResNet-9 source model with a ResNet-18 trained on its sets."""
+    main = models[~_is_transfer(models)]
+    found = main[(main["training"] == training) & (main["train_set"] == train_set)]
+    if arch is not None:
+        found = found[found["arch"] == arch]
+    if found.empty:
+        return None
+    return found.sort_values("created_at", kind="stable").iloc[-1]
+
+
+def _evaluation(evals: pd.DataFrame, model_id: str, attack: str, eps: float | None = None) -> pd.Series | None:
+    """The strongest attack setting evaluated (most steps x restarts; a quick weaker re-check does not
+    replace it), the latest among equals."""
+    found = evals[(evals["model_id"] == model_id) & (evals["attack"] == attack)]
+    if eps is not None:
+        found = found[np.isclose(found["eps"].astype(float), eps)]
+    if found.empty:
+        return None
+    found = found.assign(strength=found["steps"].astype(int) * found["restarts"].astype(int))
+    return found.sort_values(["strength", "evaluated_at"], kind="stable").iloc[-1]
+
+
+@dataclass(frozen=True)
+class Measured:
+    ref: PaperRow
+    model_id: str | None
+    clean: float | None  # percent
+    robust: float | None
+    robust_steps: int | None
+    clean_n: int | None = None  # test images behind each accuracy
+    robust_n: int | None = None
+
+
+def _measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None) -> Measured:
+    model = _pick_model(models, ref.training, ref.train_set, arch)
+    if model is None:
+        return Measured(ref, None, None, None, None)
+    clean = _evaluation(evals, model["model_id"], "none")
+    robust = _evaluation(evals, model["model_id"], "pgd_l2", ROBUST_EPS)
+    return Measured(ref, str(model["model_id"]),
+                    None if clean is None else 100.0 * float(clean["accuracy"]),
+                    None if robust is None else 100.0 * float(robust["accuracy"]),
+                    None if robust is None else int(robust["steps"]),
+                    None if clean is None else int(clean["n"]),
+                    None if robust is None else int(robust["n"]))
+
+
+@dataclass(frozen=True)
+class TransferPoint:
+    arch: str
+    success: float | None  # percent of transferred targeted examples that hit their target
+    d_det_acc: float | None  # percent clean test accuracy after training on D_det
+    source_model_id: str | None
+    d_det_model_id: str | None
+    d_det_n: int | None = None  # test images behind d_det_acc
+    stale: str | None = None  # why the transfer rate is left out: a model it was measured on was retrained since
+
+
+def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame,
+                     periods: dict[str, list[tuple]]) -> list[TransferPoint]:
+    """Figure 3's points: the architectures of the latest transfer measurement (one run writes them all),
+    not every one the profile ever measured; before any, those of the D_det models. A rate measured on a
+    source or target model that has been retrained since is left out: it no longer describes them."""
+    d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
+    if transfer.empty:
+        latest, archs, last_run = transfer, sorted(set(d_det["arch"])), None
+    else:
+        last_run = transfer.sort_values("created_at", kind="stable")["run_id"].iloc[-1]
+        latest = transfer[transfer["run_id"] == last_run]
+        archs = sorted(set(latest["target_arch"]))
+    points = []
+    for arch in archs:
+        row = latest[latest["target_arch"] == arch]
+        candidates = d_det[d_det["arch"] == arch]
+        # Figure 3's own D_det model, trained by the run that measured the transfer; else the main one it reuses
+        own = candidates[_is_transfer(candidates) & (candidates["run_id"] == last_run)]
+        candidates = own if not own.empty else candidates[~_is_transfer(candidates)]
+        model = None if candidates.empty else candidates.sort_values("created_at", kind="stable").iloc[-1]
+        clean = None if model is None else _evaluation(evals, model["model_id"], "none")
+        success, source, stale = None, None, None
+        if not row.empty:
+            row = row.iloc[0]
+            source = str(row["source_model_id"])
+            changed = [m for m in (row["source_model_id"], row["target_model_id"])
+                       if not _describes(periods, m, row["created_at"])]
+            if changed:
+                stale = f"{', '.join(changed)} has other weights now: transfer not measured on them yet"
+            else:
+                success = 100.0 * float(row["success_rate"])
+        points.append(TransferPoint(
+            arch, success,
+            None if clean is None else 100.0 * float(clean["accuracy"]),
+            source,
+            None if model is None else str(model["model_id"]),
+            None if clean is None else int(clean["n"]),
+            stale,
+        ))
+    return points
+
+
+def _construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[str, dict]:
+    """Recorded statistics per constructed set: those of the run that built the set on disk (`on_disk`: set name
+    -> run id) where its rows are there, else the latest; unreadable stats become an empty dict."""
+    built = datasets[datasets["name"].isin(CONSTRUCTED)]
+    mine = np.array([on_disk.get(name) == run for name, run in zip(built["name"], built["run_id"], strict=True)],
+                    dtype=bool)
+    # a set whose building run's rows are there: those rows only
+    built = built[mine | ~built["name"].isin(set(built["name"][mine]))]
+    latest = _latest(built, ["name"], "created_at")
+    stats = {}
+    for _, row in latest.iterrows():
+        try:
+            parsed = json.loads(row["stats"])
+        except (TypeError, json.JSONDecodeError):
+            parsed = {}
+        stats[str(row["name"])] = {"stats": parsed if isinstance(parsed, dict) else {},
+                                   "n_images": int(row["n_images"]),
+                                   "source_model_id": row["source_model_id"]}
+    return stats
+
+
+def _epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame,
+                  on_disk: dict[str, OnDisk] | None = None) -> dict[str, pd.DataFrame]:
+    """Per model, one row per epoch: those of the run that trained the weights in the data folder (else of its
+    latest row), which writes every epoch of the model, resumed ones included (`stages.train_unit`). So a model
+    trained again with fewer epochs does not keep the earlier run's later ones."""
+    saved_by = _latest(models, ["model_id"], "created_at").set_index("model_id")["run_id"].to_dict()
+    saved_by.update({model_id: d.run_id for model_id, d in (on_disk or {}).items()})
+    curves = {}
+    for model_id, rows in epochs.groupby("model_id", sort=True):
+        own = rows[rows["run_id"] == saved_by.get(model_id)]
+        rows = own if not own.empty else rows.drop_duplicates("epoch", keep="last")  # no models row: the last written
+        curves[str(model_id)] = rows.sort_values("epoch")
+    return curves

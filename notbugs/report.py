@@ -28,16 +28,16 @@ from pathlib import Path
 import pandas as pd
 
 from notbugs import results
-from notbugs.report_blocks import Bullets, Figure, Flag, Heading, Note, Para, Table, _render_html, _render_markdown
-from notbugs.report_claims import (CLEAR_SE, MIN_ARCHS, Claim, _claims, _clearly_above, _critical_r, _pearson,
-                                   _relation_holds)
+from notbugs.report_blocks import Bullets, Figure, Flag, Heading, Note, Para, Table, render_html, render_markdown
+from notbugs.report_claims import (CLEAR_SE, MIN_ARCHS, Claim, clearly_above, critical_r, judge_claims, pearson,
+                                   relation_holds)
 from notbugs.report_paper import (CHANCE, CONSTRUCTED, FIGURE2, PAPER_CLAIM, ROBUST_EPS, SET_LABEL, TABLE1, PaperRow,
-                                  _group, _row_label)
-from notbugs.report_samples import SAMPLE_SIZE, SampleGrid, _default_load_cifar, _default_load_samples, _sample_grid
-from notbugs.report_svg import SERIES_COLOURS, _grouped_bars_svg, _scatter_svg, _training_curves_svg
-from notbugs.report_tables import (Measured, OnDisk, TransferPoint, _construction_stats, _current_models,
-                                   _epoch_curves, _latest, _latest_evaluations, _load_tables, _main_arch, _measure,
-                                   _on_disk, _transfer_points, _unrecorded, _weight_periods)
+                                  bar_group, row_label)
+from notbugs.report_samples import SAMPLE_SIZE, SampleGrid, default_load_cifar, default_load_samples, sample_grid
+from notbugs.report_svg import SERIES_COLOURS, grouped_bars_svg, scatter_svg, training_curves_svg
+from notbugs.report_tables import (Measured, OnDisk, TransferPoint, construction_stats, current_models,
+                                   epoch_curves, latest_evaluations, latest_rows, load_tables, main_arch, measure,
+                                   read_on_disk, transfer_points, unrecorded_models, weight_periods)
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json
 
 FLAG_PTS = 5.0  # a result further than this from the paper's number is flagged
@@ -49,8 +49,8 @@ def current_evaluations(results_root="data/results", data_dir="data", profile: s
     weights: the model's before `dvc checkout` (or DVC's run cache) put earlier ones back without running its
     stage, which writes no rows. Rows of models no longer in the data folder are kept (by their latest weights).
     Every profile's rows, or `profile`'s only (the report shows one)."""
-    periods = _weight_periods(results.load("models", results_root), _on_disk(Path(data_dir))[0])
-    ev = _latest_evaluations(results.load("evaluations", results_root), periods).drop(columns="eps_key")
+    periods = weight_periods(results.load("models", results_root), read_on_disk(Path(data_dir))[0])
+    ev = latest_evaluations(results.load("evaluations", results_root), periods).drop(columns="eps_key")
     return ev if profile is None else ev[ev["profile"] == profile].reset_index(drop=True)
 
 
@@ -101,9 +101,9 @@ def _runs_behind(tables: dict[str, pd.DataFrame], models: pd.DataFrame, evals: p
     disk, else the latest row's), their evaluations shown, the sets (those on disk, else the latest rows'; D's
     fetch), the latest transfer where Figure 3 shows its rates."""
     ids = set(evals.loc[evals["model_id"].isin(models["model_id"]), "run_id"])
-    for model_id, rows in _latest(models, ["model_id"], "created_at").groupby("model_id"):
+    for model_id, rows in latest_rows(models, ["model_id"], "created_at").groupby("model_id"):
         ids.add(models_on_disk[model_id].run_id if model_id in models_on_disk else rows["run_id"].iloc[0])
-    for name, rows in _latest(tables["datasets"], ["name"], "created_at").groupby("name"):
+    for name, rows in latest_rows(tables["datasets"], ["name"], "created_at").groupby("name"):
         ids.add(sets_on_disk.get(name, rows["run_id"].iloc[0]))  # D's: its fetch
     if any(p.success is not None for p in points):  # Figure 3 shows the latest transfer run's rates
         ids.add(tables["transfer"].sort_values("created_at", kind="stable")["run_id"].iloc[-1])
@@ -199,7 +199,7 @@ def _data_blocks(data_dir: Path, datasets: pd.DataFrame, used: str = "") -> list
     except (OSError, ArtefactError, KeyError, TypeError):
         return []  # not fetched yet (the sample grid says so), or a manifest from before these fields
     where = ""
-    d = _latest(datasets[datasets["name"] == "d"], ["name"], "created_at")
+    d = latest_rows(datasets[datasets["name"] == "d"], ["name"], "created_at")
     if not d.empty:
         try:
             recipe = json.loads(d["recipe"].iloc[0])
@@ -227,7 +227,7 @@ def _flag_lines(fig2: list[Measured], tab1: list[Measured]) -> list[Flag]:
             flag = _compare(ours, paper, metric == "robust" and m.ref.robust_near_zero)
             if flag.kind in ("bad", "warn"):
                 quoted = _paper_robust(m.ref) if metric == "robust" else f"{paper:.1f}"
-                lines.append(Flag(f"{_row_label(m.ref)} ({m.model_id}), {metric} accuracy {ours:.1f} vs paper "
+                lines.append(Flag(f"{row_label(m.ref)} ({m.model_id}), {metric} accuracy {ours:.1f} vs paper "
                                   f"{quoted}: {flag.text}", flag.kind))
     return lines
 
@@ -290,10 +290,10 @@ def _figure2_blocks(fig2: list[Measured], unrecorded: list[str]) -> list:
               ("clean, paper", SERIES_COLOURS[1], [m.ref.clean for m in fig2]),
               ("robust (eps 0.25), ours", SERIES_COLOURS[2], [m.robust for m in fig2]),
               ("robust, paper", SERIES_COLOURS[3], [m.ref.robust for m in fig2])]
-    groups = [_group(m.ref) for m in fig2]
-    blocks.append(Figure("figure2", _grouped_bars_svg(groups, series, "Figure 2: test accuracy (%)"),
+    groups = [bar_group(m.ref) for m in fig2]
+    blocks.append(Figure("figure2", grouped_bars_svg(groups, series, "Figure 2: test accuracy (%)"),
                          "Figure 2: clean and robust (l2 eps 0.25) test accuracy, ours beside the paper's."))
-    rows = tuple((_row_label(m.ref), m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
+    rows = tuple((row_label(m.ref), m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
                   _compare(m.clean, m.ref.clean), _pct(m.robust), _paper_robust(m.ref),
                   _compare(m.robust, m.ref.robust, m.ref.robust_near_zero), m.ref.source) for m in fig2)
     blocks.append(Table(("training", "model", "clean, ours", "clean, paper", "clean vs paper", "robust, ours",
@@ -342,11 +342,11 @@ def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
     if not points:
         return blocks + [Note("Figure 3: no transfer measurement and no D_det model yet: not run yet.")], None
     complete = [(p.arch, p.success, p.d_det_acc) for p in points if p.success is not None and p.d_det_acc is not None]
-    r = _pearson([p[1] for p in complete], [p[2] for p in complete])
+    r = pearson([p[1] for p in complete], [p[2] for p in complete])
     if complete:
-        blocks.append(Figure("figure3", _scatter_svg(complete, "transfer success rate (%)",
-                                                     "test accuracy after training on D_det (%)",
-                                                     "Figure 3: transfer vs learning from D_det", y_chance=CHANCE),
+        blocks.append(Figure("figure3", scatter_svg(complete, "transfer success rate (%)",
+                                                    "test accuracy after training on D_det (%)",
+                                                    "Figure 3: transfer vs learning from D_det", y_chance=CHANCE),
                              "Figure 3: transfer success rate vs test accuracy after training on D_det, "
                              f"one point per architecture; the dashed line is chance ({CHANCE:.0f}%)."))
     else:
@@ -357,9 +357,9 @@ def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
     else:
         verdict = {True: Flag("positive, as in the paper", "ok"),
                    None: Flag(f"positive, but not significantly over {len(complete)} architectures", "warn"),
-                   False: Flag("not positive, unlike the paper", "bad")}[_relation_holds(r, len(complete))]
+                   False: Flag("not positive, unlike the paper", "bad")}[relation_holds(r, len(complete))]
         blocks.append(Bullets((f"Pearson r = {r:+.2f} over {len(complete)} architectures (positive at the one-sided "
-                               f"5% level from {_critical_r(len(complete)):.2f})", verdict)))
+                               f"5% level from {critical_r(len(complete)):.2f})", verdict)))
 
     def success_cell(p: TransferPoint):
         if p.stale is not None:
@@ -369,7 +369,7 @@ def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
     def chance_cell(p: TransferPoint):
         if p.d_det_acc is None:
             return Flag("not run yet", "missing")
-        if _clearly_above(p.d_det_acc, p.d_det_n, CHANCE):
+        if clearly_above(p.d_det_acc, p.d_det_n, CHANCE):
             return Flag("above chance", "ok")
         return Flag("not above chance", "bad")
 
@@ -427,7 +427,7 @@ def _curves_blocks(curves: dict[str, pd.DataFrame]) -> list:
     blocks = [Heading("Training curves")]
     if not curves:
         return blocks + [Note("No training epoch is recorded yet: not run yet.")]
-    return blocks + [Figure("training_curves", _training_curves_svg(curves),
+    return blocks + [Figure("training_curves", training_curves_svg(curves),
                             "Training loss and training accuracy per epoch, one row per model.")]
 
 
@@ -481,23 +481,23 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables, profile, profiles = _load_tables(results_root, profile)
-    models_on_disk, sets_on_disk = _on_disk(Path(data_dir))
-    periods = _weight_periods(tables["models"], models_on_disk)
-    evals = _latest_evaluations(tables["evaluations"], periods)
-    models = _current_models(tables["models"], models_on_disk)
-    arch = _main_arch(models)
-    fig2 = [_measure(ref, models, evals, arch) for ref in FIGURE2]
-    tab1 = [_measure(ref, models, evals, arch) for ref in TABLE1]
-    points = _transfer_points(tables["transfer"], models, evals, periods)
-    construction = _construction_stats(tables["datasets"], sets_on_disk)
-    grid, sample_notes = _sample_grid(Path(data_dir), n_samples, load_samples or _default_load_samples,
-                                      load_cifar or _default_load_cifar)
+    tables, profile, profiles = load_tables(results_root, profile)
+    models_on_disk, sets_on_disk = read_on_disk(Path(data_dir))
+    periods = weight_periods(tables["models"], models_on_disk)
+    evals = latest_evaluations(tables["evaluations"], periods)
+    models = current_models(tables["models"], models_on_disk)
+    arch = main_arch(models)
+    fig2 = [measure(ref, models, evals, arch) for ref in FIGURE2]
+    tab1 = [measure(ref, models, evals, arch) for ref in TABLE1]
+    points = transfer_points(tables["transfer"], models, evals, periods)
+    construction = construction_stats(tables["datasets"], sets_on_disk)
+    grid, sample_notes = sample_grid(Path(data_dir), n_samples, load_samples or default_load_samples,
+                                     load_cifar or default_load_cifar)
     flags = _flag_lines(fig2, tab1)
     figure3, r = _figure3_blocks(points)
-    claims = _claims(fig2, tab1, points, r, evals)
-    unrecorded = _unrecorded(tables["models"], models_on_disk)
-    curves = _epoch_curves(tables["epochs"], tables["models"], models_on_disk)
+    claims = judge_claims(fig2, tab1, points, r, evals)
+    unrecorded = unrecorded_models(tables["models"], models_on_disk)
+    curves = epoch_curves(tables["epochs"], tables["models"], models_on_disk)
 
     behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk, points)
     used = _images_used(models, evals[evals["model_id"].isin(models["model_id"])])
@@ -510,11 +510,11 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
               + _construction_blocks(construction) + _curves_blocks(curves) + _evaluations_blocks(evals))
 
     paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "summary": out_dir / "summary.json"}
-    markdown, files = _render_markdown(blocks)
+    markdown, files = render_markdown(blocks)
     paths.update({Path(name).stem: out_dir / name for name in files})
     summary = _summary(profile, fig2, tab1, points, r, claims, construction, flags, deviations)
     writes = [(out_dir / name, data) for name, data in files.items()]
-    writes += [(paths["html"], _render_html(blocks).encode()), (paths["markdown"], markdown.encode()),
+    writes += [(paths["html"], render_html(blocks).encode()), (paths["markdown"], markdown.encode()),
                (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())]
     for i, (path, data) in enumerate(writes):
         try:

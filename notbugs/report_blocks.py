@@ -9,7 +9,7 @@ import base64
 import html
 from dataclasses import dataclass
 
-from notbugs.report_samples import SampleGrid, _grid_png, _png_bytes
+from notbugs.report_samples import SampleGrid, grid_png, png_bytes
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Figure:
     caption: str
 
 
-def _esc(text) -> str:
+def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
@@ -86,41 +86,41 @@ table.samples .label { font-size: 0.8em; color: #333; }
 
 def _html_cell(value) -> str:
     if isinstance(value, Flag):
-        return f'<span class="badge {value.kind}">{_esc(value.text)}</span>'
-    return _esc(value)
+        return f'<span class="badge {value.kind}">{esc(value.text)}</span>'
+    return esc(value)
 
 
 def _html_samples(grid: SampleGrid) -> str:
-    head = "".join(f"<th>{_esc(c)}</th>" for c in ("set", *grid.columns))
+    head = "".join(f"<th>{esc(c)}</th>" for c in ("set", *grid.columns))
     rows = []
     for label, cells in grid.rows:
         tds = []
         for image, caption in cells:
             img = "—" if image is None else (
-                f'<img src="data:image/png;base64,{base64.b64encode(_png_bytes(image)).decode()}" '
-                f'width="{image.shape[1]}" height="{image.shape[0]}" alt="{_esc(label)}: {_esc(caption)}">')
-            tds.append(f'<td>{img}<div class="label">{_esc(caption)}</div></td>')
-        rows.append(f'<tr><th scope="row">{_esc(label)}</th>{"".join(tds)}</tr>')
+                f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(image)).decode()}" '
+                f'width="{image.shape[1]}" height="{image.shape[0]}" alt="{esc(label)}: {esc(caption)}">')
+            tds.append(f'<td>{img}<div class="label">{esc(caption)}</div></td>')
+        rows.append(f'<tr><th scope="row">{esc(label)}</th>{"".join(tds)}</tr>')
     return f'<table class="samples"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
-def _render_html(blocks: list) -> str:
+def render_html(blocks: list) -> str:
     parts = []
     for block in blocks:
         if isinstance(block, Heading):
-            parts.append(f"<h{block.level}>{_esc(block.text)}</h{block.level}>")
+            parts.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
         elif isinstance(block, Para):
-            parts.append(f"<p>{_esc(block.text)}</p>")
+            parts.append(f"<p>{esc(block.text)}</p>")
         elif isinstance(block, Note):
-            parts.append(f'<div class="note"><strong>Not available:</strong> {_esc(block.text)}</div>')
+            parts.append(f'<div class="note"><strong>Not available:</strong> {esc(block.text)}</div>')
         elif isinstance(block, Bullets):
             parts.append("<ul>" + "".join(f"<li>{_html_cell(item)}</li>" for item in block.items) + "</ul>")
         elif isinstance(block, Table):
-            head = "".join(f"<th>{_esc(h)}</th>" for h in block.headers)
+            head = "".join(f"<th>{esc(h)}</th>" for h in block.headers)
             body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in block.rows)
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(block, Figure):
-            parts.append(f"<figure>{block.svg}<figcaption>{_esc(block.caption)}</figcaption></figure>")
+            parts.append(f"<figure>{block.svg}<figcaption>{esc(block.caption)}</figcaption></figure>")
         elif isinstance(block, SampleGrid):
             parts.append(_html_samples(block))
     title = "notbugs reproduction report"
@@ -140,7 +140,7 @@ def _md_table(headers, rows) -> str:
     return "\n".join(lines)
 
 
-def _render_markdown(blocks: list) -> tuple[str, dict[str, bytes]]:
+def render_markdown(blocks: list) -> tuple[str, dict[str, bytes]]:
     """The Markdown text and the figure files it links to (name -> bytes)."""
     parts, files = [], {}
     for block in blocks:
@@ -158,7 +158,7 @@ def _render_markdown(blocks: list) -> tuple[str, dict[str, bytes]]:
             files[f"{block.name}.svg"] = block.svg.encode()
             parts.append(f"![{block.caption}]({block.name}.svg)\n\n*{block.caption}*")
         elif isinstance(block, SampleGrid):
-            files["samples.png"] = _grid_png(block)
+            files["samples.png"] = grid_png(block)
             labels = tuple((label, *(caption for _, caption in cells)) for label, cells in block.rows)
             parts.append("![Samples: rows " + ", ".join(r[0] for r in block.rows) + "](samples.png)\n\n"
                          + _md_table(("set", *block.columns), labels))

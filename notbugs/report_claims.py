@@ -32,14 +32,14 @@ class Claim:
     detail: str
 
 
-def _pearson(xs: list[float], ys: list[float]) -> float | None:
+def pearson(xs: list[float], ys: list[float]) -> float | None:
     """Pearson's r, only over MIN_ARCHS points or more (fewer always correlate almost perfectly)."""
     if len(xs) < MIN_ARCHS or np.std(xs) == 0 or np.std(ys) == 0:
         return None
     return float(np.corrcoef(xs, ys)[0, 1])
 
 
-def _clearly_above(a: float, n_a: int, b: float, n_b: int | None = None) -> bool:
+def clearly_above(a: float, n_a: int, b: float, n_b: int | None = None) -> bool:
     """Whether accuracy a (percent, over n_a test images) exceeds b by more than CLEAR_SE standard errors of
     the sampling: b is another accuracy over n_b images (a two-proportion test), or an exact rate such as
     chance (n_b None)."""
@@ -76,22 +76,22 @@ def _robust_pair(evals: pd.DataFrame, a: str | None, b: str | None) -> tuple | N
 T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812}
 
 
-def _critical_r(n: int) -> float:
+def critical_r(n: int) -> float:
     """The smallest Pearson r over n points that is positive at the one-sided 5% level."""
     t = T95[min(n - 2, 10)]
     return t / math.sqrt(n - 2 + t * t)
 
 
-def _relation_holds(r: float, n: int) -> bool | None:
+def relation_holds(r: float, n: int) -> bool | None:
     """Figure 3's claim from Pearson's r over n points: True when significantly positive, False when not
     positive, None when positive but not significantly."""
-    if r >= _critical_r(n):
+    if r >= critical_r(n):
         return True
     return False if r <= 0 else None
 
 
-def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoint], r: float | None,
-            evals: pd.DataFrame) -> list[Claim]:
+def judge_claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoint], r: float | None,
+                 evals: pd.DataFrame) -> list[Claim]:
     """The paper's CIFAR-10 claims, judged by direction rather than by distance from its figures: a weaker
     reproduction (a CPU profile, a smaller model) can bear every claim out while missing every number."""
     m = {row.ref.key: row for row in fig2 + tab1}
@@ -106,7 +106,7 @@ def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoi
                                                       "one under one attack setting"))
     else:
         a, na, b, nb, steps = pair
-        claims.append(Claim("d_r_robust", text, _clearly_above(a, na, b, nb),
+        claims.append(Claim("d_r_robust", text, clearly_above(a, na, b, nb),
                             f"robust accuracy ({steps} steps): D_R {a:.1f}, standard {b:.1f}"))
 
     text = ("Non-robust features alone give accuracy but no robustness: D_NR's model is well above chance on the "
@@ -117,7 +117,7 @@ def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoi
                                                 "under one attack setting"))
     else:
         a, na, b, nb, steps = pair
-        holds = _clearly_above(d_nr.clean, d_nr.clean_n, CHANCE) and _clearly_above(a, na, b, nb)
+        holds = clearly_above(d_nr.clean, d_nr.clean_n, CHANCE) and clearly_above(a, na, b, nb)
         claims.append(Claim("d_nr", text, holds, f"D_NR clean {d_nr.clean:.1f} (chance {CHANCE:.0f}); robust "
                                                  f"({steps} steps): D_NR {b:.1f}, D_R {a:.1f}"))
 
@@ -128,7 +128,7 @@ def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoi
         if row.clean is None:
             claims.append(Claim(key, text, None, f"needs the clean accuracy of {SET_LABEL[key]}'s model"))
         else:
-            claims.append(Claim(key, text, _clearly_above(row.clean, row.clean_n, CHANCE),
+            claims.append(Claim(key, text, clearly_above(row.clean, row.clean_n, CHANCE),
                                 f"{row.clean:.1f} (chance {CHANCE:.0f})"))
 
     complete = [p for p in points if p.success is not None and p.d_det_acc is not None]
@@ -139,7 +139,7 @@ def _claims(fig2: list[Measured], tab1: list[Measured], points: list[TransferPoi
                                                    f"{MIN_ARCHS} with some spread are needed to judge (the paper "
                                                    "has 5)"))
     else:
-        claims.append(Claim("figure3", text, _relation_holds(r, len(complete)),
+        claims.append(Claim("figure3", text, relation_holds(r, len(complete)),
                             f"Pearson r = {r:+.2f} over {len(complete)} architectures (positive at the one-sided 5% "
-                            f"level from {_critical_r(len(complete)):.2f})"))
+                            f"level from {critical_r(len(complete)):.2f})"))
     return claims

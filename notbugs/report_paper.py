@@ -55,11 +55,11 @@ TABLE1 = (
 )
 
 
-def _row_label(ref: PaperRow) -> str:
+def row_label(ref: PaperRow) -> str:
     """"Standard training on D_R": how the row's model was trained, and on which set."""
     return f"{ref.training.capitalize()} training on {SET_LABEL[ref.train_set]}"
 
 
-def _group(ref: PaperRow) -> str:
+def bar_group(ref: PaperRow) -> str:
     """The row's bar group in Figure 2: the training where the set is D ("adversarial (D)"), else the set."""
     return f"{ref.training} ({SET_LABEL['d']})" if ref.train_set == "d" else SET_LABEL[ref.train_set]

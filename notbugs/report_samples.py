@@ -21,13 +21,13 @@ class SampleGrid:
     rows: tuple  # of (set label, tuple of (uint8 HWC image or None, caption))
 
 
-def _default_load_samples(path: Path, choose) -> dict:
+def default_load_samples(path: Path, choose) -> dict:
     from notbugs.construct import load_samples  # imports torch: only when samples are drawn
 
     return load_samples(path, choose)
 
 
-def _default_load_cifar(path: Path):
+def default_load_cifar(path: Path):
     from notbugs.data import load
 
     return load(path)
@@ -71,7 +71,7 @@ def _choose_sources(source_index: np.ndarray, original_labels: np.ndarray | None
     return [int(source_index[p]) for p in positions]
 
 
-def _sample_grid(data_dir: Path, n: int, load_samples, load_cifar) -> tuple[SampleGrid | None, list[str]]:
+def sample_grid(data_dir: Path, n: int, load_samples, load_cifar) -> tuple[SampleGrid | None, list[str]]:
     """The grid of sample images and notes about what could not be shown."""
     errors = _missing_errors()
     notes = []
@@ -116,7 +116,7 @@ def _sample_grid(data_dir: Path, n: int, load_samples, load_cifar) -> tuple[Samp
     return SampleGrid(tuple(f"#{s}" for s in chosen), tuple(rows)), notes
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
+def png_bytes(image: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -124,7 +124,7 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _grid_png(grid: SampleGrid, gap: int = 4) -> bytes:
+def grid_png(grid: SampleGrid, gap: int = 4) -> bytes:
     """All sample images in one PNG (rows = sets) for the Markdown report; labels go in a table."""
     n_rows, n_cols = len(grid.rows), len(grid.columns)
     step = SAMPLE_SIZE + gap
@@ -134,4 +134,4 @@ def _grid_png(grid: SampleGrid, gap: int = 4) -> bytes:
             if image is not None:
                 y, x = gap + r * step, gap + c * step
                 canvas[y:y + image.shape[0], x:x + image.shape[1]] = image
-    return _png_bytes(canvas)
+    return png_bytes(canvas)

@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from notbugs.report_blocks import _esc
+from notbugs.report_blocks import esc
 
 SERIES_COLOURS = ("#1f5fa8", "#9fc3e9", "#c4501b", "#f4b48f")  # clean ours/paper, robust ours/paper
 
 
 def _svg(width: int, height: int, label: str, body: list[str]) -> str:
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(label)}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(label)}" '
             f'font-family="Helvetica, Arial, sans-serif" font-size="12">')
     # a white background so the standalone .svg files read well in any viewer
     return "\n".join([head, f'<rect width="{width}" height="{height}" fill="#fff"/>', *body, "</svg>"])
@@ -24,14 +24,14 @@ def _svg(width: int, height: int, label: str, body: list[str]) -> str:
 def _text(x: float, y: float, text, anchor: str = "middle", size: int = 12, fill: str = "#222",
           extra: str = "") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" fill="{fill}"'
-            f'{extra}>{_esc(text)}</text>')
+            f'{extra}>{esc(text)}</text>')
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, stroke: str = "#ccc") -> str:
     return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}"/>'
 
 
-def _grouped_bars_svg(groups: list[str], series: list[tuple[str, str, list]], title: str) -> str:
+def grouped_bars_svg(groups: list[str], series: list[tuple[str, str, list]], title: str) -> str:
     """Grouped vertical bars on a 0-100 (percent) axis; a missing value is written as 'n/a'."""
     width, height, left, right, top, bottom = 780, 360, 50, 12, 62, 44
     pw, ph = width - left - right, height - top - bottom
@@ -71,8 +71,8 @@ def _axis_range(values: list[float]) -> tuple[float, float, float]:
     return lo, hi, 10.0 if hi - lo > 40 else 5.0
 
 
-def _scatter_svg(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str,
-                 y_chance: float | None = None) -> str:
+def scatter_svg(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str,
+                y_chance: float | None = None) -> str:
     """y_chance: a dashed horizontal line at that value (the axis is stretched to show it)."""
     width, height, left, right, top, bottom = 560, 400, 60, 30, 40, 50
     pw, ph = width - left - right, height - top - bottom
@@ -132,7 +132,7 @@ def _line_panel(x: float, y: float, w: float, h: float, xs: list[int], ys: list[
     return body
 
 
-def _training_curves_svg(curves: dict[str, pd.DataFrame]) -> str:
+def training_curves_svg(curves: dict[str, pd.DataFrame]) -> str:
     """Small multiples: one row per model, training loss on the left, training accuracy on the right."""
     width, row_h, panel_w, panel_h = 780, 150, 320, 95
     body = []

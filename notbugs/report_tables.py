@@ -17,7 +17,7 @@ from notbugs.report_paper import CONSTRUCTED, ROBUST_EPS, PaperRow
 from notbugs.storage import ArtefactError, read_json
 
 
-def _load_tables(root, profile: str | None) -> tuple[dict[str, pd.DataFrame], str | None, list[str]]:
+def load_tables(root, profile: str | None) -> tuple[dict[str, pd.DataFrame], str | None, list[str]]:
     """All tables filtered to one profile; without one, the profile written to most recently."""
     tables = {name: results.load(name, root) for name in results.TABLES}
     profiles = sorted({p for df in tables.values() for p in df["profile"].dropna().unique()})
@@ -42,7 +42,7 @@ def _latest_profile(tables: dict[str, pd.DataFrame]) -> str | None:
     return max(stamps)[1] if stamps else None
 
 
-def _latest(df: pd.DataFrame, keys: list[str], time_column: str) -> pd.DataFrame:
+def latest_rows(df: pd.DataFrame, keys: list[str], time_column: str) -> pd.DataFrame:
     """One row per key: the one with the latest timestamp (results are corrected by appending)."""
     if df.empty:
         return df
@@ -55,7 +55,7 @@ class OnDisk:
     run_id: str  # the run that trained it
 
 
-def _on_disk(data_dir: Path) -> tuple[dict[str, OnDisk], dict[str, str]]:
+def read_on_disk(data_dir: Path) -> tuple[dict[str, OnDisk], dict[str, str]]:
     """What the data folder holds now: its models (by id, from data/models/**/meta.json) and {set name: run id}
     from the constructed sets' manifests. DVC can put back an earlier run's outputs (`dvc checkout`, its run
     cache) without running the stage, so the tables' latest rows need not describe them."""
@@ -74,7 +74,7 @@ def _on_disk(data_dir: Path) -> tuple[dict[str, OnDisk], dict[str, str]]:
     return models, sets
 
 
-def _weight_periods(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> dict[str, list[tuple]]:
+def weight_periods(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> dict[str, list[tuple]]:
     """Per model id, the periods (start, end or None) during which the weights it has now were its latest
     recorded ones: those on disk where known, else those of its latest row. A retrained model changes its
     checkpoint hash; a rerun that restores a finished checkpoint does not; weights put back from an earlier
@@ -103,7 +103,7 @@ def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
     return any(start <= when and (end is None or when < end) for start, end in periods[model_id])
 
 
-def _latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple]]) -> pd.DataFrame:
+def latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple]]) -> pd.DataFrame:
     """The latest row of every attack setting of every model, leaving out those made on other weights of the
     model than its current ones (before it was retrained, or those an earlier run's put back replaced)."""
     current = np.array([_describes(periods, m, t)
@@ -111,17 +111,17 @@ def _latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple
     ev = evaluations.loc[current]
     ev = ev.assign(eps_key=ev["eps"].round(6))
     keys = ["model_id", "test_set", "attack", "eps_key", "steps", "restarts"]
-    return _latest(ev, keys, "evaluated_at").reset_index(drop=True)
+    return latest_rows(ev, keys, "evaluated_at").reset_index(drop=True)
 
 
-def _current_models(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> pd.DataFrame:
+def current_models(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> pd.DataFrame:
     """The models the report describes: those in the data folder, where it holds any of this profile's (after
     `dvc checkout` of an earlier commit they may be another architecture's than the latest rows'), else all."""
     here = models["model_id"].isin(on_disk)
     return models[here] if here.any() else models
 
 
-def _unrecorded(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> list[str]:
+def unrecorded_models(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> list[str]:
     """This profile's models whose weights in the data folder no `models` row describes: they have no numbers
     until `notbugs reevaluate` records and scores them."""
     listed = set(zip(models["model_id"], models["checkpoint_sha256"], strict=True))
@@ -129,7 +129,7 @@ def _unrecorded(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> list[str]:
     return sorted(m for m, d in on_disk.items() if m in ids and (m, d.sha256) not in listed)
 
 
-def _main_arch(models: pd.DataFrame) -> str | None:
+def main_arch(models: pd.DataFrame) -> str | None:
     """The architecture of the main experiment (the source models), as opposed to transfer targets: that of
     the latest such model, since the tables keep the models of a profile's earlier `arch` too."""
     if models.empty:
@@ -180,7 +180,7 @@ class Measured:
     robust_n: int | None = None
 
 
-def _measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None) -> Measured:
+def measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None) -> Measured:
     model = _pick_model(models, ref.training, ref.train_set, arch)
     if model is None:
         return Measured(ref, None, None, None, None)
@@ -205,8 +205,8 @@ class TransferPoint:
     stale: str | None = None  # why the transfer rate is left out: a model it was measured on was retrained since
 
 
-def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame,
-                     periods: dict[str, list[tuple]]) -> list[TransferPoint]:
+def transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.DataFrame,
+                    periods: dict[str, list[tuple]]) -> list[TransferPoint]:
     """Figure 3's points: the architectures of the latest transfer measurement (one run writes them all),
     not every one the profile ever measured; before any, those of the D_det models. A rate measured on a
     source or target model that has been retrained since is left out: it no longer describes them."""
@@ -247,7 +247,7 @@ def _transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.Dat
     return points
 
 
-def _construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[str, dict]:
+def construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[str, dict]:
     """Recorded statistics per constructed set: those of the run that built the set on disk (`on_disk`: set name
     -> run id) where its rows are there, else the latest; unreadable stats become an empty dict."""
     built = datasets[datasets["name"].isin(CONSTRUCTED)]
@@ -255,7 +255,7 @@ def _construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict
                     dtype=bool)
     # a set whose building run's rows are there: those rows only
     built = built[mine | ~built["name"].isin(set(built["name"][mine]))]
-    latest = _latest(built, ["name"], "created_at")
+    latest = latest_rows(built, ["name"], "created_at")
     stats = {}
     for _, row in latest.iterrows():
         try:
@@ -268,12 +268,12 @@ def _construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict
     return stats
 
 
-def _epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame,
-                  on_disk: dict[str, OnDisk] | None = None) -> dict[str, pd.DataFrame]:
+def epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame,
+                 on_disk: dict[str, OnDisk] | None = None) -> dict[str, pd.DataFrame]:
     """Per model, one row per epoch: those of the run that trained the weights in the data folder (else of its
     latest row), which writes every epoch of the model, resumed ones included (`stages.train_unit`). So a model
     trained again with fewer epochs does not keep the earlier run's later ones."""
-    saved_by = _latest(models, ["model_id"], "created_at").set_index("model_id")["run_id"].to_dict()
+    saved_by = latest_rows(models, ["model_id"], "created_at").set_index("model_id")["run_id"].to_dict()
     saved_by.update({model_id: d.run_id for model_id, d in (on_disk or {}).items()})
     curves = {}
     for model_id, rows in epochs.groupby("model_id", sort=True):

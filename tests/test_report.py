@@ -287,8 +287,8 @@ def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_pa
                               for e in range(1, n + 1)], root)
     results.append("models", [{**model_row("cpu", "standard", "d_r"), "checkpoint_sha256": "1" * 64, "run_id": "r9",
                                "created_at": later + timedelta(hours=2)}], root)
-    curves = report_tables._epoch_curves(results.load("epochs", root), results.load("models", root),
-                                         report_tables._on_disk(data)[0])
+    curves = report_tables.epoch_curves(results.load("epochs", root), results.load("models", root),
+                                        report_tables.read_on_disk(data)[0])
     assert list(curves[mid]["run_id"]) == ["r1"] * 3
     # weights no row describes: no numbers, and a note that says how to get them
     (data / "models" / "d_r" / "meta.json").write_text(json.dumps({"model_id": mid, "checkpoint_sha256": "2" * 64,
@@ -369,7 +369,7 @@ def test_history_of_the_profile_does_not_stand_in_for_its_latest_run(tmp_path):
     assert summary["figure2"]["standard"]["model_id"] == "cpu/standard-d-resnet9"
     assert summary["figure2"]["standard"]["clean"] == pytest.approx(45.65)
     assert sorted(summary["figure3"]["points"]) == ["resnet9", "vgg16"]
-    curves = report_tables._epoch_curves(results.load("epochs", root), results.load("models", root))
+    curves = report_tables.epoch_curves(results.load("epochs", root), results.load("models", root))
     assert list(curves["cpu/standard-d-resnet9"]["run_id"]) == ["r9", "r9"]
 
 
@@ -391,7 +391,7 @@ def test_models_of_another_architecture_do_not_stand_in(tmp_path):
 
 
 def test_clearly_above_counts_sampling_error():
-    above, chance = report_claims._clearly_above, report_paper.CHANCE
+    above, chance = report_claims.clearly_above, report_paper.CHANCE
     # chance 10% over 1,000 images: 3 standard errors are 2.85 points
     assert not above(12.1, 1000, chance) and above(13.0, 1000, chance)
     assert above(12.1, 10000, chance)  # 0.9 points at 10,000
@@ -645,9 +645,10 @@ def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):
 
 def test_labels_come_from_the_table_of_sets():
     assert report_paper.SET_LABEL == {"d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
-    assert [report_paper._row_label(r) for r in report_paper.FIGURE2] == [
+    assert [report_paper.row_label(r) for r in report_paper.FIGURE2] == [
         "Standard training on D", "Adversarial training on D", "Standard training on D_R", "Standard training on D_NR"]
-    assert [report_paper._group(r) for r in report_paper.FIGURE2] == ["standard (D)", "adversarial (D)", "D_R", "D_NR"]
+    assert [report_paper.bar_group(r) for r in report_paper.FIGURE2] == [
+        "standard (D)", "adversarial (D)", "D_R", "D_NR"]
 
 
 def test_no_transfer_yet_says_so(tmp_path):
@@ -723,12 +724,12 @@ def test_a_report_that_cannot_be_written_says_which_file_and_what_is_left(tmp_pa
 
 
 def test_svg_helpers_handle_edge_cases():
-    bars = report_svg._grouped_bars_svg(["a", "b"], [("ours", "#000", [None, 50.0])], "t")
+    bars = report_svg.grouped_bars_svg(["a", "b"], [("ours", "#000", [None, 50.0])], "t")
     assert "n/a" in bars and bars.count("<rect") == 3  # background, one bar, one legend swatch
-    scatter = report_svg._scatter_svg([("resnet18", 40.0, 40.0)], "x", "y", "t")
+    scatter = report_svg.scatter_svg([("resnet18", 40.0, 40.0)], "x", "y", "t")
     assert "resnet18 (40.0, 40.0)" in scatter and "<circle" in scatter
     # the chance line stays inside the plot (y 40..350) even when every point is far above it
-    scatter = report_svg._scatter_svg([("a", 40.0, 60.0), ("b", 50.0, 70.0)], "x", "y", "t", y_chance=10.0)
+    scatter = report_svg.scatter_svg([("a", 40.0, 60.0), ("b", 50.0, 70.0)], "x", "y", "t", y_chance=10.0)
     y = float(re.search(r'<line x1="[\d.]+" y1="([\d.]+)"[^>]*stroke-dasharray', scatter).group(1))
     assert 40 <= y <= 350
 

@@ -110,14 +110,26 @@ def _runs_behind(tables: dict[str, pd.DataFrame], models: pd.DataFrame, evals: p
     return ids
 
 
+def _run_short(run_id) -> str:
+    """A run id as the report prints it: its first 8 hex digits (32 in the tables), enough to tell a profile's
+    runs apart and to find the row with `runs["run_id"].str.startswith(...)`."""
+    return str(run_id)[:8]
+
+
+def _runs_cell(m: Measured) -> str:
+    """Figure 2's and Table 1's `runs` column: the run that trained the model, then those that scored it, as the
+    Provenance table names them."""
+    return ", ".join(_run_short(r) for r in m.runs) or "—"
+
+
 def _runs_table(runs: pd.DataFrame) -> Table:
     rows = []
     for _, run in runs.sort_values("started_at", kind="stable").iterrows():
         # "stopped": a job out of time that saved its progress for the next one, not an error
         status = Flag(run["status"], {"ok": "ok", "stopped": "warn"}.get(run["status"], "bad"))
-        rows.append((run["stage"], status, run["code_version"], run["params_hash"], run["device"],
-                     _when(run["started_at"]), _when(run["ended_at"]), _duration(float(run["wall_s"]))))
-    return Table(("stage", "status", "code version", "parameters", "device", "started", "ended", "wall time"),
+        rows.append((_run_short(run["run_id"]), run["stage"], status, run["code_version"], run["params_hash"],
+                     run["device"], _when(run["started_at"]), _when(run["ended_at"]), _duration(float(run["wall_s"]))))
+    return Table(("run", "stage", "status", "code version", "parameters", "device", "started", "ended", "wall time"),
                  tuple(rows))
 
 
@@ -153,7 +165,9 @@ def _header_blocks(profile: str | None, profiles: list[str], runs: pd.DataFrame,
     total = float(shown["wall_s"].sum())
     span = (shown["ended_at"].max() - shown["started_at"].min()).total_seconds()
     blocks.append(Para(f"{len(shown)} stage runs behind these results, {_duration(total)} of stage time in all, "
-                       f"{_duration(span)} from the first start to the last end."))
+                       f"{_duration(span)} from the first start to the last end. Column \"run\": the first 8 "
+                       "characters of the run id (`run_id` in the result tables), by which Figure 2 and Table 1 "
+                       "name the runs behind each number."))
     rest = runs[~runs["run_id"].isin(shown["run_id"]) & (runs["stage"] != "report")]  # the report's own: no numbers
     if not rest.empty:
         # an attempt that did not finish after the run whose results are shown (the numbers are not the latest
@@ -275,7 +289,8 @@ def _figure2_blocks(fig2: list[Measured], unrecorded: list[str]) -> list:
     blocks = [Heading("Figure 2: robust and non-robust features"),
               Para("Clean test accuracy and robust accuracy (l2 PGD, eps 0.25) on the real CIFAR-10 test set, "
                    "ours beside the paper's. Standard and adversarial training are on the original D; D_R and "
-                   "D_NR are trained with standard training only.")]
+                   "D_NR are trained with standard training only. Column \"runs\" (here and in Table 1): the "
+                   "run that trained the model, then those that scored it, as Provenance lists them.")]
     steps = sorted({m.robust_steps for m in fig2 if m.robust_steps is not None})
     if steps:
         blocks.append(Para(f"Our robust accuracy: l2 PGD at eps {ROBUST_EPS} with {'/'.join(map(str, steps))} "
@@ -295,9 +310,10 @@ def _figure2_blocks(fig2: list[Measured], unrecorded: list[str]) -> list:
                          "Figure 2: clean and robust (l2 eps 0.25) test accuracy, ours beside the paper's."))
     rows = tuple((row_label(m.ref), m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
                   _compare(m.clean, m.ref.clean), _pct(m.robust), _paper_robust(m.ref),
-                  _compare(m.robust, m.ref.robust, m.ref.robust_near_zero), m.ref.source) for m in fig2)
+                  _compare(m.robust, m.ref.robust, m.ref.robust_near_zero), m.ref.source, _runs_cell(m))
+            for m in fig2)
     blocks.append(Table(("training", "model", "clean, ours", "clean, paper", "clean vs paper", "robust, ours",
-                         "robust, paper", "robust vs paper", "paper source"), rows))
+                         "robust, paper", "robust vs paper", "paper source", "runs"), rows))
     return blocks
 
 
@@ -325,9 +341,9 @@ def _table1_blocks(tab1: list[Measured]) -> list:
         blocks.append(Note("Table 1: no model is trained yet for this profile: not run yet."))
     rows = tuple((SET_LABEL[m.ref.train_set], m.model_id or "not run yet", _pct(m.clean), _pct(m.ref.clean),
                   _compare(m.clean, m.ref.clean), _pct(m.robust), _paper_robust(m.ref),
-                  _compare(m.robust, m.ref.robust, m.ref.robust_near_zero)) for m in tab1)
+                  _compare(m.robust, m.ref.robust, m.ref.robust_near_zero), _runs_cell(m)) for m in tab1)
     blocks.append(Table(("training set", "model", "test acc, ours", "test acc, paper", "vs paper",
-                         f"robust (eps {ROBUST_EPS}), ours", "robust, paper", "robust vs paper"), rows))
+                         f"robust (eps {ROBUST_EPS}), ours", "robust, paper", "robust vs paper", "runs"), rows))
     return blocks
 
 
@@ -487,8 +503,8 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     evals = latest_evaluations(tables["evaluations"], periods)
     models = current_models(tables["models"], models_on_disk)
     arch = main_arch(models)
-    fig2 = [measure(ref, models, evals, arch) for ref in FIGURE2]
-    tab1 = [measure(ref, models, evals, arch) for ref in TABLE1]
+    fig2 = [measure(ref, models, evals, arch, models_on_disk) for ref in FIGURE2]
+    tab1 = [measure(ref, models, evals, arch, models_on_disk) for ref in TABLE1]
     points = transfer_points(tables["transfer"], models, evals, periods)
     construction = construction_stats(tables["datasets"], sets_on_disk)
     grid, sample_notes = sample_grid(Path(data_dir), n_samples, load_samples or default_load_samples,

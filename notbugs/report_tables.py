@@ -178,20 +178,28 @@ class Measured:
     robust_steps: int | None
     clean_n: int | None = None  # test images behind each accuracy
     robust_n: int | None = None
+    runs: tuple[str, ...] = ()  # the run that trained the weights, then those that scored them (run ids)
 
 
-def measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None) -> Measured:
+def measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None,
+            on_disk: dict[str, OnDisk] | None = None) -> Measured:
+    """The row's model and its scores. Its training run is the one that made the weights on disk where the data
+    folder holds them (`on_disk`: `dvc checkout` can put back another run's), else the latest row's."""
     model = _pick_model(models, ref.training, ref.train_set, arch)
     if model is None:
         return Measured(ref, None, None, None, None)
-    clean = _evaluation(evals, model["model_id"], "none")
-    robust = _evaluation(evals, model["model_id"], "pgd_l2", ROBUST_EPS)
-    return Measured(ref, str(model["model_id"]),
+    model_id = str(model["model_id"])
+    clean = _evaluation(evals, model_id, "none")
+    robust = _evaluation(evals, model_id, "pgd_l2", ROBUST_EPS)
+    trained = on_disk[model_id].run_id if on_disk and model_id in on_disk else str(model["run_id"])
+    scored = [str(e["run_id"]) for e in (clean, robust) if e is not None]
+    return Measured(ref, model_id,
                     None if clean is None else 100.0 * float(clean["accuracy"]),
                     None if robust is None else 100.0 * float(robust["accuracy"]),
                     None if robust is None else int(robust["steps"]),
                     None if clean is None else int(clean["n"]),
-                    None if robust is None else int(robust["n"]))
+                    None if robust is None else int(robust["n"]),
+                    tuple(dict.fromkeys([trained, *scored])))
 
 
 @dataclass(frozen=True)

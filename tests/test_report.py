@@ -290,6 +290,10 @@ def test_weights_and_sets_put_back_by_dvc_are_described_by_their_own_rows(tmp_pa
     curves = report_tables.epoch_curves(results.load("epochs", root), results.load("models", root),
                                         report_tables.read_on_disk(data)[0])
     assert list(curves[mid]["run_id"]) == ["r1"] * 3
+    # and Figure 2 names r1 as the run that trained them, then r2, which scored them
+    md = report.build_report(root, data, tmp_path / "b2")["markdown"].read_text()
+    row = next(line for line in md.split("## Figure 2")[1].splitlines() if f"| {mid} |" in line)
+    assert row.endswith("| r1, r2 |"), row
     # weights no row describes: no numbers, and a note that says how to get them
     (data / "models" / "d_r" / "meta.json").write_text(json.dumps({"model_id": mid, "checkpoint_sha256": "2" * 64,
                                                                    "run_id": "r10"}))
@@ -571,6 +575,11 @@ def test_provenance_lists_the_runs_behind_the_numbers_and_flags_a_later_failed_a
     table = section.split("did not finish")[0]
     assert "0ld0ld0ld0ld" not in md and "code versions" not in md  # r0 made nothing shown: no mixed-version warning
     assert table.count("| source@standard |") == 1 and "| construct@d_r |" in table and "| transfer |" in table
+    # each number of Figure 2 and Table 1 names its runs as this table does: trained by r1, scored by r2
+    assert "| r1 | source@standard |" in table and "| r2 | reevaluate |" in table
+    for heading in ("## Figure 2", "## Table 1"):
+        rows = [line for line in md.split(heading)[1].split("\n## ")[0].splitlines() if "| cpu/" in line]
+        assert rows and all(line.endswith("| r1, r2 |") for line in rows), rows
     assert "4 stage runs behind these results" in section
     assert "6 other stage runs of this profile" in section  # r0, r9, f1 and write_results' own three; not rp
     later = section.split("2 runs did not finish after the last that made what is shown")[1]

@@ -37,7 +37,8 @@ from notbugs.report_samples import SAMPLE_SIZE, SampleGrid, default_load_cifar, 
 from notbugs.report_svg import SERIES_COLOURS, grouped_bars_svg, scatter_svg, training_curves_svg
 from notbugs.report_tables import (Measured, OnDisk, TransferPoint, construction_stats, current_models,
                                    epoch_curves, latest_evaluations, latest_rows, load_tables, main_arch, measure,
-                                   read_on_disk, transfer_points, unrecorded_models, weight_periods)
+                                   read_on_disk, trained_run, transfer_points, unrecorded_models,
+                                   weight_periods)
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json
 
 FLAG_PTS = 5.0  # a result further than this from the paper's number is flagged
@@ -97,12 +98,11 @@ def _when(stamp) -> str:
 def _runs_behind(tables: dict[str, pd.DataFrame], models: pd.DataFrame, evals: pd.DataFrame,
                  models_on_disk: dict[str, OnDisk], sets_on_disk: dict[str, str],
                  points: list[TransferPoint]) -> set[str]:
-    """The runs that made what the report shows: the models described (the run that trained the weights on
-    disk, else the latest row's), their evaluations shown, the sets (those on disk, else the latest rows'; D's
+    """The runs that made what the report shows: the models described (the run that trained their current
+    weights: `trained_run`), their evaluations shown, the sets (those on disk, else the latest rows'; D's
     fetch), the latest transfer where Figure 3 shows its rates."""
     ids = set(evals.loc[evals["model_id"].isin(models["model_id"]), "run_id"])
-    for model_id, rows in latest_rows(models, ["model_id"], "created_at").groupby("model_id"):
-        ids.add(models_on_disk[model_id].run_id if model_id in models_on_disk else rows["run_id"].iloc[0])
+    ids |= {trained_run(models, model_id, models_on_disk) for model_id in models["model_id"].unique()}
     for name, rows in latest_rows(tables["datasets"], ["name"], "created_at").groupby("name"):
         ids.add(sets_on_disk.get(name, rows["run_id"].iloc[0]))  # D's: its fetch
     if any(p.success is not None for p in points):  # Figure 3 shows the latest transfer run's rates

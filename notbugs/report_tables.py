@@ -52,7 +52,7 @@ def latest_rows(df: pd.DataFrame, keys: list[str], time_column: str) -> pd.DataF
 @dataclass(frozen=True)
 class OnDisk:
     sha256: str  # the checkpoint's
-    run_id: str  # the run that trained it
+    run_id: str  # the run that last saved it (a rerun that restores a finished checkpoint saves it again)
 
 
 def read_on_disk(data_dir: Path) -> tuple[dict[str, OnDisk], dict[str, str]]:
@@ -94,6 +94,19 @@ def weight_periods(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> dict[str
             spans.append((start, None))
         periods[model_id] = spans
     return periods
+
+
+def trained_run(models: pd.DataFrame, model_id: str, on_disk: dict[str, OnDisk]) -> str | None:
+    """The run that finished training the model's current weights (those on disk where known, else its latest
+    row's): the first `models` row with their checkpoint hash. Not meta.json's run, which names the last run
+    that saved them: a rerun that restores a finished checkpoint (`--redo`, `dvc repro -f`) trains nothing.
+    Weights no row describes: meta.json's run."""
+    rows = models[models["model_id"] == model_id].sort_values("created_at", kind="stable")
+    disk = on_disk.get(model_id)
+    if rows.empty:
+        return disk.run_id if disk else None
+    same = rows[rows["checkpoint_sha256"] == (disk.sha256 if disk else rows["checkpoint_sha256"].iloc[-1])]
+    return str(same["run_id"].iloc[0]) if not same.empty else disk.run_id
 
 
 def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
@@ -183,15 +196,16 @@ class Measured:
 
 def measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None,
             on_disk: dict[str, OnDisk] | None = None) -> Measured:
-    """The row's model and its scores. Its training run is the one that made the weights on disk where the data
-    folder holds them (`on_disk`: `dvc checkout` can put back another run's), else the latest row's."""
+    """The row's model and its scores, and the runs behind them: the one that trained the weights (those on disk
+    where the data folder holds them, `on_disk`: `dvc checkout` can put back another run's; `trained_run`), then
+    those that scored them."""
     model = _pick_model(models, ref.training, ref.train_set, arch)
     if model is None:
         return Measured(ref, None, None, None, None)
     model_id = str(model["model_id"])
     clean = _evaluation(evals, model_id, "none")
     robust = _evaluation(evals, model_id, "pgd_l2", ROBUST_EPS)
-    trained = on_disk[model_id].run_id if on_disk and model_id in on_disk else str(model["run_id"])
+    trained = trained_run(models, model_id, on_disk or {})
     scored = [str(e["run_id"]) for e in (clean, robust) if e is not None]
     return Measured(ref, model_id,
                     None if clean is None else 100.0 * float(clean["accuracy"]),

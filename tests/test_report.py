@@ -589,6 +589,28 @@ def test_provenance_lists_the_runs_behind_the_numbers_and_flags_a_later_failed_a
     assert "bf16 autocast in reevaluate, source@standard, transfer" in deviations  # construct@d_r ran fp32
 
 
+def test_a_rerun_that_restores_finished_weights_is_not_named_as_their_training(tmp_path):
+    """`--redo` or `dvc repro -f` restores a finished checkpoint: a new models row and meta.json name the rerun,
+    with the same weights. The run that trained them stays the one named; the rerun scored them again."""
+    root, data = tmp_path / "results", tmp_path / "data"
+    write_results(root)  # trained by r1, scored by r2
+    redo, later = "7" * 32, T0 + timedelta(days=1)
+    mid = model_id("cpu", "standard", "d")
+    results.append("models", [{**model_row("cpu", "standard", "d"), "run_id": redo, "created_at": later}], root)
+    results.append("evaluations", [{**eval_row("cpu", mid, attack, eps, 0.5, later), "run_id": redo}
+                                   for attack, eps in (("none", 0.0), ("pgd_l2", 0.25))], root)
+    results.append("runs", [{**run_row("cpu", "source@standard", 0, 60.0), "run_id": "r1"},
+                            {**run_row("cpu", "source@standard", 24 * 60, 3.0), "run_id": redo}], root)
+    (data / "models" / "standard").mkdir(parents=True)
+    (data / "models" / "standard" / "meta.json").write_text(json.dumps({"model_id": mid, "run_id": redo,
+                                                                        "checkpoint_sha256": "0" * 64}))
+    md = report.build_report(root, data, tmp_path / "out")["markdown"].read_text()
+    row = next(line for line in md.split("## Figure 2")[1].splitlines() if f"| {mid} |" in line)
+    assert row.endswith("| r1, 77777777 |"), row  # the short id the Provenance table prints
+    table = md.split("## Provenance\n")[1].split("\n## ")[0]
+    assert "| r1 | source@standard |" in table and "| 77777777 | source@standard |" in table
+
+
 def test_the_data_line_says_how_many_images_the_models_used(tmp_path):
     root = tmp_path / "results"
     write_full_size_cifar(tmp_path / "data")

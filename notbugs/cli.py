@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -208,23 +210,38 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
             warmup.stop(warming)
 
 
-def dvc_hint(args, profile: str) -> str | None:
+def checkout_digest(root: Path) -> str:
+    """A digest of what dvc.yaml's stages read from the checkout: params.yaml, dvc.yaml and the library's code."""
+    h = hashlib.sha256()
+    for path in [root / "params.yaml", root / "dvc.yaml", *sorted((root / "notbugs").rglob("*.py"))]:
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes() if path.is_file() else b"")
+    return h.hexdigest()
+
+
+def dvc_hint(args, profile: str, digest_before: str | None) -> str | None:
     """What to run so that `dvc repro` takes up a finished `notbugs all` in a DVC checkout: DVC keeps its own
-    record (dvc.lock), which `notbugs all` does not write (the library imports no DVC). Only where the run is the
-    one dvc.yaml describes: its data folder, parameter file and profile, every stage."""
+    record (dvc.lock), which `notbugs all` does not write (the library imports no DVC, and the GPU machine may
+    not have it). Only where the run is the one dvc.yaml describes: from the checkout's root, its data folder,
+    parameter file and profile, every stage; `digest_before`: `checkout_digest` when the run started."""
     here = Path.cwd().resolve()
-    if not (here / "dvc.yaml").exists() or args.skip or args.profile:
+    if not (here / "dvc.yaml").exists() or not (here / ".dvc").is_dir() or shutil.which("dvc") is None:
         return None
-    if Path(args.data_dir).resolve() != here / "data" or Path(args.params).resolve() != here / "params.yaml":
+    if args.skip or Path(args.data_dir).resolve() != (here / "data").resolve():
+        return None
+    if Path(args.params).resolve() != here / "params.yaml":
         return None
     try:
         named = yaml.safe_load((here / "params.yaml").read_text()).get("profile")
     except (OSError, yaml.YAMLError, AttributeError):
         return None
-    if named != profile:  # NOTBUGS_PROFILE: dvc.lock would record params.yaml's profile for another's outputs
+    if named != profile:  # --profile or NOTBUGS_PROFILE: dvc.lock would record params.yaml's for another's outputs
         return None
+    if digest_before != checkout_digest(here):
+        return ("notbugs all: params.yaml, dvc.yaml or the library's code changed while it ran, so dvc.lock cannot "
+                "record this run as it is: `dvc repro` runs the stages again (each resuming what it finds done).")
     return ("notbugs all: dvc.lock has no record of this run, so `dvc repro` would run its stages again (each "
-            "resuming what it finds done). To record it, run `dvc commit -f` now, before editing code or "
+            "resuming what it finds done). To record it, run `dvc commit -f dvc.yaml` now, before editing code or "
             "params.yaml: DVC hashes what the stages read and wrote as they are at that moment.")
 
 
@@ -275,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "reevaluate":
             out = S.stage_reevaluate(params, args.data_dir, args.device, deadline=deadline)
         elif args.stage == "all":
+            before = checkout_digest(Path.cwd().resolve()) if Path("dvc.yaml").exists() else None
             run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo, deadline)
             out = results.summary(S.results_root(args.data_dir))
             if "report" not in args.skip:  # where to look next
                 out["report"] = str(Path(args.data_dir) / "report" / "report.html")
-            hint = dvc_hint(args, params.profile.name)
+            hint = dvc_hint(args, params.profile.name, before)
             if hint:
                 print(hint, file=sys.stderr)
         elif args.stage == "clean":

@@ -290,7 +290,7 @@ def _figure2_blocks(fig2: list[Measured], unrecorded: list[str]) -> list:
               Para("Clean test accuracy and robust accuracy (l2 PGD, eps 0.25) on the real CIFAR-10 test set, "
                    "ours beside the paper's. Standard and adversarial training are on the original D; D_R and "
                    "D_NR are trained with standard training only. Column \"runs\" (here and in Table 1): the "
-                   "run that trained the model, then those that scored it, as Provenance lists them.")]
+                   "run that trained the model, then those that scored it, by the ids the Provenance table uses.")]
     steps = sorted({m.robust_steps for m in fig2 if m.robust_steps is not None})
     if steps:
         blocks.append(Para(f"Our robust accuracy: l2 PGD at eps {ROBUST_EPS} with {'/'.join(map(str, steps))} "

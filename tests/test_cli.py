@@ -2,8 +2,10 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -507,17 +509,57 @@ def test_clean_deletes_the_set_aside_checkpoints_only(tmp_path, mirror, capsys):
 
 
 def test_all_says_how_to_record_its_run_for_dvc_only_where_dvc_would_describe_it(tmp_path, monkeypatch):
-    from notbugs.cli import dvc_hint
+    from notbugs.cli import checkout_digest, dvc_hint
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # the venv's dvc
     (tmp_path / "params.yaml").write_text("profile: tiny\nprofiles: {}\n")
-    assert dvc_hint(build_parser().parse_args(["all"]), "tiny") is None  # no dvc.yaml: not a DVC checkout
+    (tmp_path / "notbugs").mkdir()
+    (tmp_path / "notbugs" / "train.py").write_text("x = 1\n")
+
+    def hint(*argv, profile="tiny", before=None):
+        return dvc_hint(build_parser().parse_args(["all", *argv]), profile, before or checkout_digest(tmp_path))
+
+    assert hint() is None  # no dvc.yaml: not a DVC checkout
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    assert "`dvc commit -f`" in dvc_hint(build_parser().parse_args(["all"]), "tiny")
-    assert "`dvc commit -f`" in dvc_hint(build_parser().parse_args(["all", "--data-dir", str(tmp_path / "data")]),
-                                         "tiny")
+    assert hint() is None  # no .dvc/: not a DVC repository
+    (tmp_path / ".dvc").mkdir()
+    assert "`dvc commit -f dvc.yaml`" in hint()
+    with monkeypatch.context() as m:
+        m.setenv("PATH", str(tmp_path / "no-bin"))
+        assert hint() is None  # no dvc command to run (a GPU machine with torch only)
+    assert "`dvc commit -f dvc.yaml`" in hint("--data-dir", str(tmp_path / "data"), "--profile", "tiny")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "data").symlink_to(tmp_path / "elsewhere")  # a data folder linked to scratch space, as on clusters
+    assert "`dvc commit -f dvc.yaml`" in hint()
     # dvc.lock would record params.yaml's profile, data folder and every stage: other runs are not DVC's to record
-    for argv, profile in ((["all"], "cpu"),  # NOTBUGS_PROFILE chose it
-                          (["all", "--profile", "tiny"], "tiny"), (["all", "--data-dir", "elsewhere"], "tiny"),
-                          (["all", "--params", "other.yaml"], "tiny"), (["all", "--skip", "transfer"], "tiny")):
-        assert dvc_hint(build_parser().parse_args(argv), profile) is None, argv
+    for argv, profile in (((), "cpu"),  # NOTBUGS_PROFILE chose it
+                          (("--profile", "cpu"), "cpu"), (("--data-dir", "other"), "tiny"),
+                          (("--params", "other.yaml"), "tiny"), (("--skip", "transfer"), "tiny")):
+        assert hint(*argv, profile=profile) is None, argv
+    # code edited during the run: committing would pair the new code's hashes with the old code's outputs
+    before = checkout_digest(tmp_path)
+    (tmp_path / "notbugs" / "train.py").write_text("x = 2\n")
+    said = hint(before=before)
+    assert "changed while it ran" in said and "dvc commit" not in said
+
+
+def test_the_report_stage_depends_on_every_library_module_the_report_imports():
+    """The report's modules (report*.py) read the tables, the models' and sets' files and sample images through
+    other library modules: under `dvc repro` a change to any of them must render the report again."""
+    import ast
+
+    import yaml
+
+    deps = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]["deps"])
+    for path in sorted((ROOT / "notbugs").glob("report*.py")):
+        assert f"notbugs/{path.name}" in deps, path.name
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "notbugs":
+                used = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("notbugs."):
+                used = [node.module.split(".")[1]]
+            else:
+                continue
+            for name in used:
+                assert f"notbugs/{name}.py" in deps, f"{path.name} imports notbugs.{name}, not in the report's deps"

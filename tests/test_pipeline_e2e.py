@@ -197,6 +197,36 @@ def test_reevaluate_once_appends_rows(repo):
     assert _stale_stages(out) == {"report"}
 
 
+def test_dvc_commit_records_a_notbugs_all_run(repo):
+    """`notbugs all` leaves dvc.lock as it was: it says how to record its run, and once recorded, dvc.lock holds
+    the new recipe and `dvc repro` finds every stage up to date. Before the `reproduce` test, which reruns every
+    step outside DVC; it leaves params.yaml with another PGD step count, which the tests after it run on."""
+    root = repo["path"] / "data" / "results"
+    before = results.load("runs", root)
+    params = repo["path"] / "params.yaml"
+    doc = yaml.safe_load(params.read_text())
+    doc["profiles"]["tiny"]["construct"]["pgd"]["steps"] += 1
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = subprocess.run([str(BIN / "notbugs"), "all"], cwd=repo["path"], env=repo["env"], capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-6000:]
+    assert "`dvc commit -f dvc.yaml`" in out.stderr
+    runs = results.load("runs", root)
+    ran = set(runs[~runs["run_id"].isin(before["run_id"])]["stage"])
+    pgd = {n for n, s in SETS.items() if s.kind == "pgd"}
+    assert ran == {*(f"{stage}@{n}" for stage in ("construct", "train") for n in pgd), "transfer", "report"}
+    # what DVC would run again is exactly what notbugs all ran
+    assert _stale_stages(_run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])) == ran
+    _run([str(BIN / "dvc"), "commit", "-f", "dvc.yaml"], repo["path"], repo["env"])
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
+    lock = yaml.safe_load((repo["path"] / "dvc.lock").read_text())["stages"]
+    for n in pgd:
+        recorded = lock[f"construct@{n}"]["params"]["params.yaml"]["profiles.tiny.construct.pgd"]
+        assert recorded["steps"] == doc["profiles"]["tiny"]["construct"]["pgd"]["steps"]
+    log = _run([str(BIN / "dvc"), "repro"], repo["path"], repo["env"])
+    assert "Running stage" not in log, log
+
+
 def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):
     """The `reproduce` flow (for users who drive everything from the UI): every stage as a subflow.
     After the dvc repro above, whose stage runs left their markers, it only renders the report again;
@@ -218,22 +248,3 @@ def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):
     again = again[~again["run_id"].isin(runs["run_id"])]
     assert list(again["stage"]) == ["report"]
 
-
-def test_dvc_commit_records_a_notbugs_all_run(repo):
-    """`notbugs all` leaves dvc.lock as it was: it says how to record its run, and once recorded, `dvc repro` finds
-    every stage up to date. Last in the module: it leaves params.yaml with another PGD step count."""
-    params = repo["path"] / "params.yaml"
-    doc = yaml.safe_load(params.read_text())
-    doc["profiles"]["tiny"]["construct"]["pgd"]["steps"] += 1
-    params.write_text(yaml.safe_dump(doc, sort_keys=False))
-    out = subprocess.run([str(BIN / "notbugs"), "all"], cwd=repo["path"], env=repo["env"], capture_output=True,
-                         text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-6000:]
-    assert "`dvc commit -f`" in out.stderr
-    pgd = {n for n, s in SETS.items() if s.kind == "pgd"}
-    stale = _stale_stages(_run([str(BIN / "dvc"), "status"], repo["path"], repo["env"]))
-    assert {*(f"construct@{n}" for n in pgd), "transfer", "report"} <= stale
-    _run([str(BIN / "dvc"), "commit", "-f"], repo["path"], repo["env"])
-    assert "up to date" in _run([str(BIN / "dvc"), "status"], repo["path"], repo["env"])
-    log = _run([str(BIN / "dvc"), "repro"], repo["path"], repo["env"])
-    assert "Running stage" not in log, log

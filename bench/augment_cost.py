@@ -26,7 +26,7 @@ from notbugs.attacks import autocast  # noqa: E402
 from notbugs.augment import augment  # noqa: E402
 from notbugs.config import load_params  # noqa: E402
 from notbugs.models import make_model  # noqa: E402
-from notbugs.stages import bf16_for  # noqa: E402
+from notbugs.record import bf16_for  # noqa: E402
 from notbugs.train import pick_device  # noqa: E402
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for notbugs
 
 from notbugs import results  # noqa: E402
+from notbugs import record as R  # noqa: E402
 from notbugs import stages as S  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def shards(data: Path) -> dict:
 
 
 def scores(data: Path, profile: str) -> dict:
-    ev = results.load("evaluations", S.results_root(data))
+    ev = results.load("evaluations", R.results_root(data))
     ev = ev[ev["profile"] == profile]
     return {(r.model_id, r.attack, float(r.eps), int(r.steps)): float(r.accuracy) for r in ev.itertuples()}
 

@@ -11,8 +11,9 @@ import torch
 from notbugs.config import AdversarialConfig, Params, TrainConfig, load_params
 from notbugs.evaluate import evaluate
 from notbugs.models import make_model
-from notbugs.stages import Split, bf16_for
+from notbugs.record import bf16_for
 from notbugs.train import pick_device, train
+from notbugs.units import Split
 
 
 def add_common_options(ap: argparse.ArgumentParser) -> None:

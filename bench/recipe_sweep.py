@@ -40,7 +40,9 @@ import yaml
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
+from notbugs import record as R  # noqa: E402
 from notbugs import stages as S  # noqa: E402
+from notbugs import units as U  # noqa: E402
 from notbugs.config import DATASETS, SOURCE_MODELS, ConfigError, adversarial_for, recipe_for  # noqa: E402
 from notbugs.evaluate import predict  # noqa: E402
 from notbugs.models import ARCHS  # noqa: E402
@@ -96,14 +98,14 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"bad variant: {e}", file=sys.stderr)
         return 2
-    bf16 = S.bf16_for(params, dev)  # the profile's precision, as in the pipeline
-    split = S.load_split(params, args.data_dir)
+    bf16 = R.bf16_for(params, dev)  # the profile's precision, as in the pipeline
+    split = U.load_split(params, args.data_dir)
     if args.name in SOURCE_MODELS:
         x, y = split.train_x, split.train_y
     else:
         x, y = S.load_training_set(args.data_dir, args.name)
     print(f"{args.name}: {len(y)} training images, {p.arch} x{p.width:g}, test on {len(split.test_y)} real images, "
-          f"device {S.device_name(dev, bf16)}")
+          f"device {R.device_name(dev, bf16)}")
 
     rows = []
     for variant, recipe, attack, (arch, width) in zip(variants, recipes, attacks, networks):
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
 
     if args.json:
         result = {"command": " ".join(sys.argv), "set": args.name, "profile": p.name, "n_train": len(y),
-                  "device": S.device_name(dev, bf16), "rows": rows}
+                  "device": R.device_name(dev, bf16), "rows": rows}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

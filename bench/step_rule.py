@@ -54,7 +54,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
 from notbugs import construct as C  # noqa: E402
 from notbugs.subset import balanced_subset  # noqa: E402
+from notbugs import record as R  # noqa: E402
 from notbugs import stages as S  # noqa: E402
+from notbugs import units as U  # noqa: E402
 from notbugs.attacks import autocast, frozen, match_representation, pgd_l2  # noqa: E402
 from notbugs.sets import SETS  # noqa: E402
 from notbugs.train import load_model  # noqa: E402
@@ -181,8 +183,8 @@ def main(argv=None) -> int:
         return 2
     params, dev = params_and_device(args)
     p = params.profile
-    model, meta = load_model(S.model_dir(args.data_dir, S.construct_source(args.name)), dev)
-    split = S.load_split(params, args.data_dir)
+    model, meta = load_model(R.model_dir(args.data_dir, S.construct_source(args.name)), dev)
+    split = U.load_split(params, args.data_dir)
     try:  # N/10 positions per class: the split is stored class by class
         positions = torch.as_tensor(balanced_subset(split.train_y.numpy(), args.n, p.construct.seed))
     except ValueError as e:
@@ -197,12 +199,12 @@ def main(argv=None) -> int:
         labels = split.train_y[positions]
         starts = split.train_x[torch.as_tensor(assign["start"][positions.numpy()])]
     recipe = p.train_on[args.name]
-    bf16 = S.bf16_for(params, dev)  # the profile's precision, as in the pipeline
+    bf16 = R.bf16_for(params, dev)  # the profile's precision, as in the pipeline
     use_best = p.construct.pgd.use_best if targeted else p.construct.match.use_best  # and its iterate rule
     what = f"attacked (targeted l2 PGD, eps {p.construct.pgd.eps:g})" if targeted else "matched"
     print(f"{args.name}: {n} images ({n // 10} per class) {what} on the {meta['training']} {meta['arch']} "
           f"({meta['model_id']}), "
-          f"device {S.device_name(dev, bf16)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
+          f"device {R.device_name(dev, bf16)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
           f"test on {len(split.test_y)} real images")
 
     rows = []
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
 
     result = {"command": " ".join(sys.argv), "set": args.name, "n": n, "profile": p.name,
               "class_counts": torch.bincount(split.train_y[positions], minlength=10).tolist(),
-              "source_model_id": meta["model_id"], "device": S.device_name(dev, bf16), "seeds": args.seeds,
+              "source_model_id": meta["model_id"], "device": R.device_name(dev, bf16), "seeds": args.seeds,
               "use_best": use_best, "rules": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

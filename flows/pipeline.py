@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from notbugs import stages as S
 from notbugs.cli import run_all
 from notbugs.config import load_params
+from notbugs.units import Units, run_in_order, stage_devices
 from tasks import build_shard, evaluate_model, fetch_data, publish_table, render_report, train_model
 
 
@@ -44,7 +45,7 @@ RUNNER = ThreadPoolTaskRunner(max_workers=max(torch.cuda.device_count(), 1))
 def submit_all(task, calls: list[tuple], lanes: int) -> list:
     """Submit every call to the flow's task runner (one worker per GPU), then wait for all of them.
 
-    The stage puts call i on device i % lanes (`notbugs.stages.Units`), so each call waits for the one
+    The stage puts call i on device i % lanes (`notbugs.units.Units`), so each call waits for the one
     before it on its device: never two units on one card, whichever finishes first. (Without the wait, a
     worker freed on card 1 would take the next call in the queue, which may be card 0's.) A call only waits
     for one submitted before it, so the pool cannot deadlock."""
@@ -54,7 +55,7 @@ def submit_all(task, calls: list[tuple], lanes: int) -> list:
     return [f.result() for f in futures]
 
 
-def units(device: str = "auto", gpu_tag: str | None = None) -> S.Units:
+def units(device: str = "auto", gpu_tag: str | None = None) -> Units:
     """A stage's unit runners as Prefect tasks.
 
     Independent units (shards, transfer models) go to the flow's task runner only when the stage
@@ -73,9 +74,9 @@ def units(device: str = "auto", gpu_tag: str | None = None) -> S.Units:
     train, evaluate, build = train_model, evaluate_model, build_shard
     if gpu_tag:
         train, evaluate, build = (t.with_options(tags=[gpu_tag]) for t in (train, evaluate, build))
-    lanes = len(S.stage_devices(device, parallel=True))  # the stage's own rule
-    spread = functools.partial(submit_all, lanes=lanes) if lanes > 1 else S.run_in_order
-    return S.Units(train=train, evaluate=evaluate, build=build, map=spread, parallel=True)
+    lanes = len(stage_devices(device, parallel=True))  # the stage's own rule
+    spread = functools.partial(submit_all, lanes=lanes) if lanes > 1 else run_in_order
+    return Units(train=train, evaluate=evaluate, build=build, map=spread, parallel=True)
 
 
 def _rows(metrics: dict, **key) -> list[dict]:

@@ -118,10 +118,12 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
     """
     from notbugs import stages as S
     from notbugs import warmup
+    from notbugs.record import exclusive
+    from notbugs.units import load_split
 
     @functools.cache
     def split():  # the data, read once (after fetch, and only if a stage needs it) for every stage
-        return S.load_split(params, data_dir)
+        return load_split(params, data_dir)
 
     def run_here(step: str) -> None:
         stage, _, item = step.partition("@")
@@ -174,13 +176,13 @@ def run_all(params, data_dir: str, device: str, skip: tuple[str, ...] = (), redo
 
     # one at a time on a data folder: a second would run every step again beside the first, appending every row twice
     lock = Path(data_dir) / "work" / "all.lock"
-    with S.exclusive(lock, "`notbugs all` (or the flow `reproduce`) on this data folder"):
+    with exclusive(lock, "`notbugs all` (or the flow `reproduce`) on this data folder"):
         # fetch first: the steps after it depend on the arrays it writes (their SHA-256s), not on its code
         ran = False
         if "fetch" not in skip:
             h = steps.step_hash(params, "fetch")
             if to_do("fetch", h):
-                run("fetch")  # its marker left by the stage (`stages.recorded_run`), as every step's
+                run("fetch")  # its marker left by the stage (`record.recorded_run`), as every step's
                 ran = True
         arrays = steps.arrays_digest(data_dir)
         expected = {step: steps.step_hash(params, step, arrays) for step, stage in order
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from notbugs import results
     from notbugs import stages as S
+    from notbugs.record import results_root
 
     chosen = "--profile" if args.profile else f"from {args.params}"  # NOTBUGS_PROFILE logs its own warning
     logging.getLogger("notbugs").info("profile %s (%s)", params.profile.name, chosen)
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "all":
             before = checkout_digest(Path.cwd().resolve()) if Path("dvc.yaml").exists() else None
             run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo, deadline)
-            out = results.summary(S.results_root(args.data_dir))
+            out = results.summary(results_root(args.data_dir))
             if "report" not in args.skip:  # where to look next
                 out["report"] = str(Path(args.data_dir) / "report" / "report.html")
             hint = dvc_hint(args, params.profile.name, before)
@@ -303,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "clean":
             out = S.clean_checkpoints(args.data_dir, args.dry_run)
         else:
-            out = results.summary(S.results_root(args.data_dir))
+            out = results.summary(results_root(args.data_dir))
     except Stopped as e:
         print(f"notbugs {args.stage}: stopped early: {e}. Progress is saved; run the same command again to "
               f"continue (exit {EXIT_STOPPED}).", file=sys.stderr)

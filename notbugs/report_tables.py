@@ -293,7 +293,7 @@ def construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[
 def epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame,
                  on_disk: dict[str, OnDisk] | None = None) -> dict[str, pd.DataFrame]:
     """Per model, one row per epoch: those of the run that trained the weights in the data folder (else of its
-    latest row), which writes every epoch of the model, resumed ones included (`stages.train_unit`). So a model
+    latest row), which writes every epoch of the model, resumed ones included (`units.train_unit`). So a model
     trained again with fewer epochs does not keep the earlier run's later ones."""
     saved_by = latest_rows(models, ["model_id"], "created_at").set_index("model_id")["run_id"].to_dict()
     saved_by.update({model_id: d.run_id for model_id, d in (on_disk or {}).items()})

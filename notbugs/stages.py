@@ -2,10 +2,11 @@
 
 Each stage reads its recipe from a `Params`, its inputs from `data_dir`, writes its artefacts there
 atomically, appends rows to the result tables and a metrics JSON for DVC, and records one `runs`
-row with its provenance. The command line (`notbugs.cli`) and the Prefect flows (`flows/`) both
-call these functions. A stage runs its finer units (one model, one shard, one evaluation) through a
-`Units`: by default here, one after the other; the flows pass Prefect tasks instead, so that every
-unit is a task of its own and independent units can run on several GPUs side by side.
+row with its provenance (`notbugs.record.recorded_run`). The command line (`notbugs.cli`) and the
+Prefect flows (`flows/`) both call these functions. A stage runs its finer units (one model, one
+shard, one evaluation: `notbugs.units`) through a `Units`: by default here, one after the other; the
+flows pass Prefect tasks instead, so that every unit is a task of its own and independent units can
+run on several GPUs side by side.
 
 Layout under data_dir (default `data/`):
   cifar10/                 canonical arrays + manifest            (fetch)
@@ -20,418 +21,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
-import importlib.metadata
 import logging
-import os
-import platform
-import socket
-import subprocess
-import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from notbugs import construct as C
 from notbugs import data as D
-from notbugs import results, steps
-from notbugs.attacks import precision_name, use_bf16
-from notbugs.compiling import keep_compiled_kernels, try_compile, uncompiled
-from notbugs.config import AdversarialConfig, EvalConfig, Params, TrainConfig
+from notbugs import results
+from notbugs.attacks import precision_name
+from notbugs.compiling import keep_compiled_kernels, try_compile
+from notbugs.config import Params
 from notbugs.deadline import Deadline, Stopped, expired
-from notbugs.evaluate import evaluate, make_transfer_examples, predict, transfer_success
-from notbugs.models import arch_code, make_model
+from notbugs.evaluate import make_transfer_examples, predict, transfer_success
+from notbugs.models import arch_code
+from notbugs.record import bf16_for, dataset_dir, exclusive, model_dir, recorded_run, results_root, write_metrics
 from notbugs.sets import construction, set_spec
 from notbugs.subset import balanced_subset
-from notbugs.storage import (ArtefactError, atomic_write_bytes, package_digest, read_json, sha256_bytes, sha256_file,
-                             write_json)
-from notbugs.train import load_model, pick_device, save_model, train
+from notbugs.storage import ArtefactError, atomic_write_bytes, package_digest, read_json, sha256_bytes, write_json
+from notbugs.train import load_model, pick_device
+from notbugs.units import (LOCAL, ConstructJob, ModelSpec, Split, Units, load_made_model, load_split, models_row,
+                           rebuild_command, stage_devices)
 
 log = logging.getLogger("notbugs")
-
-
-class Busy(RuntimeError):
-    """Another process is doing the same work on the same data folder."""
-
-
-@contextlib.contextmanager
-def exclusive(path: Path, what: str):
-    """Hold an exclusive lock on `path` while the block runs, or raise Busy naming the holder. The lock is
-    flock's: the kernel drops it when its process dies, so a killed run leaves no stale lock behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise Busy(f"{what} is already running ({holder}; lock file {path}): let it finish, or stop it "
-                       f"first") from None
-        except OSError as e:  # a file system without flock (NFS without lockd, Lustre without -o flock)
-            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            log.warning("%s: %s cannot be locked on this file system (%s); running without the lock, so start no "
-                        "second one on this data folder", what, path, e.strerror)
-            yield
-            return
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------- paths and provenance
-
-def model_dir(data_dir, name: str) -> Path:
-    return Path(data_dir) / "models" / name
-
-
-def dataset_dir(data_dir, name: str) -> Path:
-    return Path(data_dir) / "datasets" / name
-
-
-def results_root(data_dir) -> Path:
-    return Path(data_dir) / "results"
-
-
-# What "+dirty" looks at: the code a stage runs. Not dvc.lock, which `dvc repro` rewrites after every stage
-# (every stage after the first would read dirty), nor params.yaml, whose values each row records (params_hash,
-# the models' recipe). New files count: a module not yet committed may be what ran.
-CODE_PATHS = ("notbugs", "flows", "tasks", "pyproject.toml")
-
-
-def code_version(root: str | Path | None = None) -> str:
-    """The commit (12 hex digits) of the git tree holding `root` (the library by default), with "+dirty" when
-    CODE_PATHS differ from it; "unknown" outside git."""
-    cwd = Path(root) if root is not None else Path(__file__).parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=cwd).stdout.strip()
-        if not rev:
-            return "unknown"
-        # ":/path": relative to the top of the tree, wherever `cwd` is in it
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *(f":/{p}" for p in CODE_PATHS)],
-                               capture_output=True, text=True, timeout=10, cwd=cwd).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def device_name(device: torch.device, bf16: bool | None = None) -> str:
-    """What a stage ran on, and in which precision when it computes with a model."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return name if bf16 is None else f"{name}, {precision_name(bf16)}"
-
-
-def library_versions() -> dict:
-    """The versions a result may depend on, and the host: a number measured under torch 2.11 and 2.14 can
-    differ (a kernel, a default), and `device` alone does not say which ran."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                "platform": platform.platform(), "host": socket.gethostname()}
-    for package in ("torchvision", "numpy", "pandas", "pyarrow"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def bf16_for(params: Params, device: torch.device) -> bool:
-    """The profile's `precision` resolved on this device (auto: bf16 where the device has it natively)."""
-    return use_bf16(params.profile.precision, device)
-
-
-def _input_hashes(paths: list[Path]) -> str:
-    """SHA-256 of each input's manifest / meta file (small files that hold the big files' checksums)."""
-    out = {str(p): sha256_file(p) for p in paths if Path(p).exists()}
-    return results.to_json(out)
-
-
-@contextlib.contextmanager
-def recorded_run(stage: str, params: Params, data_dir, device: torch.device, inputs: list[Path] = (),
-                 bf16: bool | None = None):
-    """Yield a run id; on exit append the stage's `runs` row, status ok or failed. `bf16`: the
-    precision of a stage that computes with a model, recorded beside the device. A step of the pipeline
-    (`steps.STEPS`) that finishes leaves its marker, so that `notbugs all` skips it however it was run
-    (`notbugs <stage>`, a Prefect deployment, `dvc repro`); with the hash of what it read when it began.
-    One run of a step at a time per data folder: a second (the same deployment run twice from the UI, a
-    `notbugs` command beside `dvc repro`) raises Busy before it starts, where it would do the same work beside
-    the first and append its rows twice."""
-    step = stage in steps.STEPS and stage != "report"
-    # flock conflicts between two open()s in one process too: a step's run must not start the same step inside it
-    lock = Path(data_dir) / "work" / "locks" / f"{stage}.lock"
-    with exclusive(lock, f"the step {stage} on this data folder") if step else contextlib.nullcontext():
-        with _recorded(stage, params, data_dir, device, inputs, bf16, step) as run_id:
-            yield run_id
-
-
-@contextlib.contextmanager
-def _recorded(stage: str, params: Params, data_dir, device: torch.device, inputs, bf16: bool | None, step: bool):
-    run_id = results.new_run_id()
-    started, t0 = results.now_utc(), time.perf_counter()
-    status = "failed"
-    step_hash = steps.current_hash(params, data_dir, stage) if step else None
-    try:
-        yield run_id
-        status = "ok"
-    except Stopped:
-        status = "stopped"  # out of time: progress saved, the next job continues
-        raise
-    finally:
-        try:
-            results.append("runs", [{
-                "run_id": run_id, "stage": stage, "profile": params.profile.name, "params_hash": params.hash(),
-                "code_version": code_version(), "input_hashes": _input_hashes(list(inputs)),
-                "device": device_name(device, bf16), "started_at": started, "ended_at": results.now_utc(),
-                "wall_s": time.perf_counter() - t0, "status": status,
-                "params": results.to_json({"profile": params.raw, "data": dataclasses.asdict(params.data)}),
-                "versions": results.to_json(library_versions())}], results_root(data_dir))
-        except Exception as e:
-            if status == "ok":
-                raise
-            # The stage's own error (often the same cause, e.g. a full disk) names what it was writing;
-            # an error raised here would replace it, and a second traceback would bury it.
-            log.error("%s: could not record this %s run in the runs table either (%s)", stage, status, e)
-    if step_hash is not None:  # last, once everything the step writes (outputs, metrics, rows) is written
-        steps.mark_done(params, data_dir, stage, step_hash)
-
-
-def _seed(params: Params, name: str) -> int:
-    """A distinct, stable seed per model name, derived from the profile's seed."""
-    return params.profile.subset.seed * 1_000 + zlib.crc32(name.encode()) % 1_000
-
-
-def _metric_key(row: dict) -> str:
-    return "clean" if row["attack"] == "none" else f"{row['attack']}_eps{row['eps']:g}"
-
-
-# ---------------------------------------------------------------- data
-
-@dataclass(frozen=True)
-class Split:
-    """One profile's view of CIFAR-10: float images in [0,1], NCHW, with their canonical indices."""
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    train_index: np.ndarray
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-def to_float(images_nhwc: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float().div_(255).contiguous()
-
-
-def training_images(params: Params) -> int:
-    """How many training images `load_split` gives this profile, without reading them."""
-    everything = 10 * params.data.train_per_class  # fetch verified that many per class
-    return everything if params.profile.subset.train == 0 else min(params.profile.subset.train, everything)
-
-
-def load_split(params: Params, data_dir) -> Split:
-    """The profile's training and test images as float tensors. Stages take a loaded one (`split=`)
-    so that a process running several of them (`notbugs all`, 11 stages that read it) reads and converts
-    the data once: full CIFAR-10 is 600 MB of floats, 0.7-2.1 s a load on the 2-core CPU (5 loads)."""
-    cifar = D.load(Path(data_dir) / "cifar10")
-    s = params.profile.subset
-    tr = balanced_subset(cifar.train_labels, s.train, s.seed)
-    te = balanced_subset(cifar.test_labels, s.test, s.seed)
-    return Split(to_float(cifar.train_images[tr]), torch.from_numpy(cifar.train_labels[tr]), tr,
-                 to_float(cifar.test_images[te]), torch.from_numpy(cifar.test_labels[te]))
-
-
-# ---------------------------------------------------------------- units: one model, one evaluation
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str        # folder under models/
-    arch: str
-    width: float
-    train_set: str   # "d", or a constructed set (notbugs/sets.py)
-    training: str    # standard | adversarial
-    recipe: TrainConfig
-    adversarial: AdversarialConfig | None = None
-    group: str = ""  # "transfer" for Figure 3's models, which must not be mistaken for the main ones
-
-    def model_id(self, profile: str) -> str:
-        group = f"{self.group}/" if self.group else ""
-        return f"{profile}/{group}{self.training}-{self.train_set}-{self.arch}"
-
-
-def rebuild_command(name: str, train_set: str) -> str:
-    """The commands that remake the model in models/<name>, for the error that finds it corrupt or missing."""
-    if name.startswith("transfer/"):
-        return "dvc repro transfer  (or: notbugs transfer)"
-    if train_set == "d":
-        return f"dvc repro source@{name}  (or: notbugs source {name})"
-    return f"dvc repro train@{name}  (or: notbugs train {name})"
-
-
-def load_made_model(folder: Path, device, rebuild: str) -> tuple[torch.nn.Module, dict]:
-    """`load_model`, with the command that makes the model in the error where there is none yet (here, not in
-    train.py: an edit there is a code change of every training step, and would rerun them all)."""
-    if not (Path(folder) / "meta.json").exists():
-        raise ArtefactError(f"{folder} holds no trained model (no meta.json); build it with `{rebuild}`")
-    return load_model(folder, device)
-
-
-def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,
-               run_id: str, deadline: Deadline | None = None) -> dict:
-    """Train (or resume) one model, save it, and record its `models` and `epochs` rows.
-    Out of time (`deadline`), it raises `Stopped` with a checkpoint saved instead."""
-    prof = params.profile.name
-    model_id = spec.model_id(prof)
-    built_by = train_set_run_id(data_dir, spec.train_set)  # now, beside the caller's load of the set, not hours on
-    seed = _seed(params, spec.name)
-    bf16 = bf16_for(params, device)
-    torch.manual_seed(seed)
-    model = make_model(spec.arch, width=spec.width, init=spec.recipe.init)
-    log.info("training %s (%s, width %g, %s init) on %s, %d images, %d epochs", model_id, spec.arch, spec.width,
-             spec.recipe.init, spec.train_set, len(y), spec.recipe.epochs)
-    mode = params.profile.compile_train
-    if mode != "eager":
-        keep_compiled_kernels(data_dir)
-        # compiled at the training batch's shape and memory format, on the device, as train() will run it
-        model.to(device).to(memory_format=torch.channels_last)
-        example = x[:spec.recipe.batch_size].to(device).contiguous(memory_format=torch.channels_last)
-        reason = try_compile(model, example, train=True, bf16=bf16, mode=None if mode == "default" else mode)
-        log.info("%s: training runs %s", model_id, f"compiled ({mode})" if reason is None else f"eager ({reason})")
-    history = train(model, x, y, spec.recipe, seed, device, adversarial=spec.adversarial,
-                    workdir=Path(data_dir) / "work" / spec.name, desc=model_id, deadline=deadline, bf16=bf16,
-                    checkpoint_seconds=60 * params.profile.checkpoint_minutes)
-    uncompiled(model)  # saved and evaluated eager: evaluation's batch shape would need another compile
-    out = model_dir(data_dir, spec.name)
-    adversarial = dataclasses.asdict(spec.adversarial) if spec.adversarial else None
-    recipe = {"train": dataclasses.asdict(spec.recipe), "adversarial": adversarial, "seed": seed, "n_train": len(y),
-              "precision": precision_name(bf16)}
-    meta = save_model(model, out, {"model_id": model_id, "profile": prof, "train_set": spec.train_set,
-                                   "training": spec.training, "recipe": recipe, "run_id": run_id,
-                                   "train_set_run_id": built_by,
-                                   "rebuild": rebuild_command(spec.name, spec.train_set)})
-    _write_curve(Path(data_dir) / "plots" / f"{spec.name}.csv", history)
-    root = results_root(data_dir)
-    results.append("models", [_models_row(out, meta)], root)
-    results.append("epochs", [{"model_id": model_id, "profile": prof, "run_id": run_id, **h} for h in history], root)
-    return {"model": model, "meta": meta, "history": history}
-
-
-def train_set_run_id(data_dir, train_set: str) -> str | None:
-    """The run that built constructed set `train_set` (its manifest's); None for D, CIFAR-10 itself."""
-    if train_set == "d":
-        return None
-    return read_json(dataset_dir(data_dir, train_set) / "manifest.json").get("run_id")
-
-
-def _write_curve(path: Path, history: list[dict]) -> None:
-    lines = [",".join(["epoch", "train_loss", "train_acc", "lr", "wall_s"])]
-    lines += [",".join(f"{h[k]}" for k in ("epoch", "train_loss", "train_acc", "lr", "wall_s")) for h in history]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def evaluate_unit(params: Params, model, model_id: str, checkpoint_sha256: str, split: Split, cfg: EvalConfig,
-                  data_dir, device, run_id: str) -> dict:
-    """Clean and robust accuracy on the real test set of the weights `checkpoint_sha256` (their meta.json's);
-    rows appended; returns {metric: accuracy}."""
-    rows = evaluate(model, model_id, split.test_x, split.test_y, cfg.eps, cfg.steps, cfg.step_factor,
-                    cfg.restarts, cfg.batch_size, device, bf16=bf16_for(params, device), use_best=cfg.use_best)
-    stamp = results.now_utc()
-    for r in rows:
-        r.update(profile=params.profile.name, run_id=run_id, evaluated_at=stamp, checkpoint_sha256=checkpoint_sha256)
-    results.append("evaluations", rows, results_root(data_dir))
-    metrics = {_metric_key(r): round(r["accuracy"], 4) for r in rows}
-    log.info("%s on the real test set: %s", model_id,
-             ", ".join(f"{k} {100 * v:.1f}%" for k, v in metrics.items()))
-    return metrics
-
-
-def _write_metrics(data_dir, stage: str, metrics: dict) -> None:
-    write_json(Path(data_dir) / "metrics" / f"{stage}.json", metrics)
-
-
-# ---------------------------------------------------------------- how a stage runs its units
-
-@dataclass
-class ConstructJob:
-    """Everything needed to build the shards of one constructed set; `build(k)` builds shard k."""
-    name: str
-    model: torch.nn.Module
-    source_meta: dict
-    images: torch.Tensor
-    labels: np.ndarray
-    source_index: np.ndarray
-    assign: dict
-    recipe: dict
-    recipe_hash: str
-    ranges: list
-    out_dir: Path
-    device: torch.device
-    deadline: Deadline | None = None
-
-    def pending(self) -> list[int]:
-        return [k for k in range(len(self.ranges)) if not C.shard_done(self.out_dir, k, self.recipe_hash)]
-
-    def build(self, k: int) -> dict:
-        a, b = self.ranges[k]
-        stats = C.build_shard(self.name, self.model, self.images, self.labels, self.source_index, self.assign,
-                              k, a, b, self.recipe, self.recipe_hash, self.out_dir, self.device, self.deadline)
-        # numbered from 0, as the shard's file, its progress bar and its errors are; the count beside it
-        log.info("built %s shard %d (%d of %d) from the %s %s: %s", self.name, k, k + 1, len(self.ranges),
-                 self.source_meta["training"], self.source_meta["arch"], _describe(stats))
-        if expired(self.deadline):  # the shard is whole; the next job starts with the next one
-            raise Stopped(f"{self.name} shard {k}: {self.deadline.reason} after finishing the shard")
-        return stats
-
-
-def _describe(stats: dict) -> str:
-    if "final_distance" in stats:
-        return (f"mean representation distance {stats['start_distance']:.3f} -> {stats['final_distance']:.3f} "
-                f"(relative {stats['start_relative']:.2f} -> {stats['final_relative']:.2f})")
-    return f"targeted attack success on the source model {100 * stats['success_rate']:.1f}%"
-
-
-def build_shard(job: ConstructJob, k: int) -> dict:
-    return job.build(k)
-
-
-def run_in_order(fn: Callable, calls: list[tuple]) -> list:
-    return [fn(*args) for args in calls]
-
-
-@dataclass(frozen=True)
-class Units:
-    """How a stage runs its units of work. `train`, `evaluate` and `build` take the arguments of
-    `train_unit` (all eight), `evaluate_unit` and `build_shard`; `map(fn, calls)` runs independent calls of one
-    of them and returns their results in order. With `parallel`, a stage asked for device "auto"
-    spreads independent units over every visible GPU (only useful when `map` runs calls concurrently):
-    call i goes to device i % n of the n that `stage_devices` gives, so a concurrent `map` must not start a
-    call before the one n places earlier has finished."""
-    train: Callable[..., dict] = train_unit
-    evaluate: Callable[..., dict] = evaluate_unit
-    build: Callable[..., dict] = build_shard
-    map: Callable[[Callable, list[tuple]], list] = run_in_order
-    parallel: bool = False
-
-
-LOCAL = Units()  # every unit here, in order, on one device
-
-
-def stage_devices(device: str, parallel: bool) -> list[torch.device]:
-    """Every visible GPU for a parallel runner asked for "auto" on a machine with several; else one."""
-    if parallel and device == "auto" and torch.cuda.device_count() > 1:
-        return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
-    return [pick_device(device)]
 
 
 # ---------------------------------------------------------------- stages
@@ -466,7 +78,7 @@ def stage_fetch(params: Params, data_dir="data", device: str = "auto") -> dict:
                          "train_per_class": d.train_per_class, "test_per_class": d.test_per_class},
                         {"counts": manifest["counts"], "array_sha256": manifest["array_sha256"],
                          "canonical": manifest["canonical"]})
-        _write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
+        write_metrics(data_dir, "fetch", {"train": manifest["counts"]["train"], "test": manifest["counts"]["test"]})
     return manifest
 
 
@@ -490,7 +102,7 @@ def stage_source(params: Params, kind: str, data_dir="data", device: str = "auto
         out = units.train(params, spec, split.train_x, split.train_y, data_dir, dev, run_id, deadline)
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], out["meta"]["checkpoint_sha256"],
                                  split, params.profile.evaluate, data_dir, dev, run_id)
-        _write_metrics(data_dir, f"source_{kind}", metrics)
+        write_metrics(data_dir, f"source_{kind}", metrics)
     return metrics
 
 
@@ -609,7 +221,7 @@ def stage_construct(params: Params, name: str, data_dir="data", device: str = "a
                      len(jobs[0].ranges))
         units.map(units.build, [(jobs[i % len(jobs)], k) for i, k in enumerate(pending)])
         stats = finish_construct(params, jobs[0], data_dir, run_id)
-        _write_metrics(data_dir, f"construct_{name}", {k: round(v, 4) for k, v in stats.items()})
+        write_metrics(data_dir, f"construct_{name}", {k: round(v, 4) for k, v in stats.items()})
     return stats
 
 
@@ -639,7 +251,7 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
         metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], out["meta"]["checkpoint_sha256"],
                                  split, p.evaluate, data_dir, dev, run_id)
         metrics["train_acc_final"] = round(out["history"][-1]["train_acc"], 4)
-        _write_metrics(data_dir, f"train_{name}", metrics)
+        write_metrics(data_dir, f"train_{name}", metrics)
     return metrics
 
 
@@ -738,7 +350,7 @@ def stage_transfer(params: Params, data_dir="data", device: str = "auto", units:
                            dev, run_id)
         trained.update(reused_models(params, data_dir, dev))  # trained and evaluated by their own stage
         metrics = measure_transfer(params, trained, split, data_dir, dev, run_id)
-        _write_metrics(data_dir, "transfer", metrics)
+        write_metrics(data_dir, "transfer", metrics)
     return metrics
 
 
@@ -845,17 +457,7 @@ def _record_weights_on_disk(data_dir, path: Path, meta: dict) -> None:
     its time is now, when they became the model's current weights again."""
     log.info("%s: the weights in %s (trained by run %s) are not the latest the models table lists; recorded",
              meta["model_id"], path, meta["run_id"])
-    results.append("models", [_models_row(path, meta)], results_root(data_dir))
-
-
-def _models_row(folder: Path, meta: dict) -> dict:
-    """The `models` row of the checkpoint in `folder`, from its meta.json (`save_model`'s): the run that trained
-    it; the time is now, when the row is written."""
-    return {"model_id": meta["model_id"], "profile": meta["profile"], "arch": meta["arch"],
-            "width": float(meta["width"]), "train_set": meta["train_set"], "training": meta["training"],
-            "recipe": results.to_json(meta["recipe"]), "checkpoint_path": str(folder / "model.pt"),
-            "checkpoint_sha256": meta["checkpoint_sha256"], "run_id": meta["run_id"],
-            "created_at": results.now_utc(), "train_set_run_id": meta.get("train_set_run_id")}
+    results.append("models", [models_row(path, meta)], results_root(data_dir))
 
 
 def _rows_again(data_dir, carried: list[tuple[str, str | None]], run_id: str) -> None:

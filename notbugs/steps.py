@@ -1,6 +1,6 @@
 """The steps of the pipeline and what each reads (parameters, code, the steps before it), and the marker a
 finished step leaves (data/work/done/<step>.json), by which `notbugs all` and the Prefect flow `reproduce`
-skip what is done. Every run of a step leaves its marker (`stages.recorded_run`), however it was run (`notbugs
+skip what is done. Every run of a step leaves its marker (`record.recorded_run`), however it was run (`notbugs
 all`, `notbugs <stage>`, a Prefect deployment, `dvc repro`), so `notbugs all` after `dvc repro` skips the
 steps DVC ran. The report (rendered every time) and `reevaluate` (no step of the pipeline) leave none."""
 
@@ -18,8 +18,8 @@ from notbugs.storage import ArtefactError, package_digest, read_json, sha256_byt
 # checks that the two agree): the profile's parameters (dotted keys under the profile), the library files
 # whose code it runs, and the steps whose outputs it reads. A step reruns when any of them changes, so
 # editing one recipe reruns that recipe's steps and their dependents, not every step (which would score
-# every model again), and updated science code (STEP_CODE; not stages.py, config.py or data.py's subset draw)
-# reruns what it computes.
+# every model again), and updated science code (STEP_CODE; not the plumbing, stages.py, record.py, units.py,
+# nor config.py or data.py's subset draw) reruns what it computes.
 STEP_PARAMS = {
     "fetch": (),
     # {own}: the section only that source model reads, as dvc.yaml's foreach item names it
@@ -131,7 +131,7 @@ def output_digest(data_dir, step: str) -> str | None:
     """What a finished step left for the steps after it, by content: fetch's arrays (`arrays_digest`), a model's
     checkpoint hash (its meta.json), a set's shard hashes (its manifest); None where missing or unreadable. Not
     their run ids: a rerun that restores a finished checkpoint writes a new one."""
-    from notbugs.stages import dataset_dir, model_dir
+    from notbugs.record import dataset_dir, model_dir
 
     stage, _, item = step.partition("@")
     try:
@@ -160,7 +160,7 @@ def output_recipe(data_dir, step: str) -> str | None:
     models' ids and recipes (transfer). None where the output, or a file of it, is missing or unreadable. The
     same recipe's weights trained elsewhere (another GPU's, brought by `dvc pull`) are the same output here,
     where `output_digest` tells them apart for the steps that read them."""
-    from notbugs.stages import dataset_dir, model_dir
+    from notbugs.record import dataset_dir, model_dir
 
     stage, _, item = step.partition("@")
     if stage == "fetch":  # the arrays are both what was made and how

@@ -69,7 +69,8 @@ def command(params, names, device: torch.device) -> list[str]:
     `notbugs.stages.prepare_construct`: the source model's architecture, eval mode, channels_last, a
     batch of the construction's size, the profile's precision)."""
     from notbugs.attacks import precision_name
-    from notbugs.stages import bf16_for, training_images
+    from notbugs.record import bf16_for
+    from notbugs.units import training_images
 
     p = params.profile
     batch = min(p.construct.batch_size, training_images(params))

@@ -1,4 +1,4 @@
-"""Prefect tasks: thin wrappers over the units of `notbugs.stages` (one model, one shard, one evaluation).
+"""Prefect tasks: thin wrappers over the units of `notbugs.units` (one model, one shard, one evaluation).
 
 The tasks carry no tag. A flow asked for a GPU tag (`flows.pipeline.units`) gives it to the units that
 use the accelerator, so that a server-side tag concurrency limit can bound them across flows. One task

@@ -13,14 +13,16 @@ from notbugs.attacks import NonFiniteError
 from notbugs.config import ConfigError
 from notbugs.data import DataError, DownloadError
 from notbugs.deadline import Stopped
+from notbugs.record import Busy
 from notbugs.storage import ArtefactError
+from notbugs.units import ConstructJob, ModelSpec, evaluate_unit, train_unit
 
 log = logging.getLogger("notbugs")
 
 # Errors that a second try would meet again: damaged or missing data and artefacts (their message
 # names the file and the command that rebuilds it), a diverged training, bad parameters, a job out of time,
 # the same step already running on the data folder (for minutes or hours, not the 10 s of a retry's delay).
-REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped, S.Busy)
+REPEATS = (ArtefactError, DataError, NonFiniteError, ConfigError, Stopped, Busy)
 # CUDA errors after which the process's CUDA context is unusable: a retry in the same process fails the same
 # way (PyTorch's messages for them).
 STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",
@@ -50,18 +52,18 @@ def fetch_data(params, data_dir: str, device: str) -> dict:
 
 
 @task(name="train model", task_run_name="train {spec.name}", **RETRY)
-def train_model(params, spec: S.ModelSpec, x, y, data_dir: str, device, run_id: str, deadline=None) -> dict:
-    return S.train_unit(params, spec, x, y, data_dir, device, run_id, deadline)
+def train_model(params, spec: ModelSpec, x, y, data_dir: str, device, run_id: str, deadline=None) -> dict:
+    return train_unit(params, spec, x, y, data_dir, device, run_id, deadline)
 
 
 @task(name="evaluate model", task_run_name="evaluate {model_id}", **RETRY)
 def evaluate_model(params, model, model_id: str, checkpoint_sha256: str, split, cfg, data_dir: str, device,
                    run_id: str) -> dict:
-    return S.evaluate_unit(params, model, model_id, checkpoint_sha256, split, cfg, data_dir, device, run_id)
+    return evaluate_unit(params, model, model_id, checkpoint_sha256, split, cfg, data_dir, device, run_id)
 
 
 @task(name="build shard", task_run_name="build {job.name} shard {k}", **RETRY)
-def build_shard(job: S.ConstructJob, k: int) -> dict:
+def build_shard(job: ConstructJob, k: int) -> dict:
     return job.build(k)
 
 

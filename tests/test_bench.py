@@ -64,7 +64,7 @@ def test_bench_profile_runs_each_stage_as_the_profile_does(tmp_path):
 
 def test_bench_profile_plans_the_pipeline_s_compile_settings():
     """The paper profile compiles construction (torch's default mode), trains with CUDA graphs and
-    evaluates eager, as stages.py does; --batch and --eager override every stage."""
+    evaluates eager, as units.py does; --batch and --eager override every stage."""
     sys.path.insert(0, str(ROOT / "bench"))
     import bench
 

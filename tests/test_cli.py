@@ -85,11 +85,17 @@ def test_all_skips_finished_steps_so_consecutive_jobs_resume(tmp_path, mirror, m
     finished step's rows are not appended twice. Each job reads the data once, whatever it runs."""
     from notbugs import results
     from notbugs import stages as S
+    from notbugs import units as U
     from tests.conftest import write_params
 
     loads = []
-    real_load_split = S.load_split
-    monkeypatch.setattr(S, "load_split", lambda *a: loads.append(1) or real_load_split(*a))
+    real_load_split = U.load_split
+
+    def counted(*a):
+        return loads.append(1) or real_load_split(*a)
+
+    monkeypatch.setattr(U, "load_split", counted)  # where run_all reads it once for every stage
+    monkeypatch.setattr(S, "load_split", counted)  # and where a stage would read it again itself
 
     path = write_params(tmp_path / "p.yaml", mirror,
                         edit=lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["resnet9"]))
@@ -187,7 +193,7 @@ def test_a_step_run_on_its_own_is_skipped_by_all(tmp_path, mirror):
 
 def test_a_second_all_on_the_same_data_folder_is_refused(tmp_path, params_file, capsys):
     """Two at once would each run every step, and append every row twice: the second says who holds the folder."""
-    from notbugs.stages import exclusive
+    from notbugs.record import exclusive
 
     data = tmp_path / "data"
     with exclusive(data / "work" / "all.lock", "a test"):
@@ -203,7 +209,7 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monk
     import errno
     import fcntl
 
-    from notbugs.stages import exclusive
+    from notbugs.record import exclusive
 
     def no_locks(f, how):
         raise OSError(errno.ENOLCK, "No locks available")
@@ -445,7 +451,7 @@ def test_rebuild_hints_name_a_real_dvc_stage_and_cli_command(name, train_set):
     """A corrupt or missing model's error says how to remake it: both commands it gives must exist."""
     import yaml
 
-    from notbugs.stages import rebuild_command
+    from notbugs.units import rebuild_command
 
     hint = rebuild_command(name, train_set)
     dvc_part, _, cli_part = hint.partition("(or: ")

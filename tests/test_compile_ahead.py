@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 
+from notbugs import record as R
 from notbugs import stages as S
+from notbugs import units as U
 from notbugs import warmup
 from notbugs.cli import main
 from notbugs.compiling import CACHE_ENV
@@ -41,7 +43,7 @@ def test_training_images_is_what_load_split_reads(tmp_path, mirror, subset):
                         edit=lambda d: d["profiles"]["tiny"]["subset"].update(train=subset))
     params = load_params(path)
     S.stage_fetch(params, tmp_path / "data", "cpu")
-    assert S.training_images(params) == len(S.load_split(params, tmp_path / "data").train_y)
+    assert U.training_images(params) == len(U.load_split(params, tmp_path / "data").train_y)
 
 
 def test_the_command_compiles_the_construction_batch(params_file):
@@ -111,9 +113,9 @@ def test_the_construct_stage_finds_what_the_warm_up_compiled(tmp_path, mirror, m
     for folder in ("cifar10", "models"):
         shutil.copytree(data / folder, eager_data / folder)
     for name, stat, tolerance in (("d_r", "final_distance", 1e-3), ("d_rand", "success_rate", 0.02)):
-        compiled = read_json(S.dataset_dir(data, name) / "manifest.json")
+        compiled = read_json(R.dataset_dir(data, name) / "manifest.json")
         S.stage_construct(eager, name, eager_data, "cpu")
-        built = read_json(S.dataset_dir(eager_data, name) / "manifest.json")
+        built = read_json(R.dataset_dir(eager_data, name) / "manifest.json")
         assert compiled["recipe_hash"] == built["recipe_hash"]
         assert abs(compiled["stats"][stat] - built["stats"][stat]) <= tolerance * max(1.0, built["stats"][stat])
 

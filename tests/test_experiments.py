@@ -14,7 +14,9 @@ import pytest
 import torch
 import yaml
 
+from notbugs import record as R
 from notbugs import stages as S
+from notbugs import units as U
 from notbugs.attacks import frozen, match_representation
 from notbugs.config import load_params
 from tests.conftest import ROOT, bench_script, write_params
@@ -48,8 +50,8 @@ def test_a_constant_rule_run_in_segments_is_one_run(pipeline, monkeypatch):
     the same computation as one uninterrupted run."""
     path, data = pipeline
     step_rule = bench_script("step_rule", monkeypatch)
-    model, _ = S.load_model(S.model_dir(data, "robust"), "cpu")
-    x = S.load_split(load_params(path), data).train_x[:12]
+    model, _ = S.load_model(R.model_dir(data, "robust"), "cpu")
+    x = U.load_split(load_params(path), data).train_x[:12]
     starts = x.roll(1, dims=0)
     with frozen(model):
         z, rel, start_rel, curve, moved = step_rule.match_set(model, x, starts, (9, 0.1, 0.1, 0.0, False), 5,
@@ -108,8 +110,8 @@ def test_pgd_rule_of_the_profile_rebuilds_the_pipelines_set(pipeline, monkeypatc
     params = load_params(path)
     p = params.profile
     step_rule = bench_script("step_rule", monkeypatch)
-    model, _ = S.load_model(S.model_dir(data, "standard"), "cpu")
-    x = S.load_split(params, data).train_x
+    model, _ = S.load_model(R.model_dir(data, "standard"), "cpu")
+    x = U.load_split(params, data).train_x
     built, targets = S.load_training_set(data, "d_rand")
     rule = (p.construct.pgd.steps, p.construct.pgd.step_size, p.construct.pgd.step_size)
     with frozen(model):
@@ -190,7 +192,7 @@ def test_recipe_sweep_trains_the_source_models(pipeline, tmp_path, capsys, monke
         return real_train(*args, **kwargs)
 
     monkeypatch.setitem(sweep.train_and_score.__globals__, "train", spy)
-    n_train = len(S.load_split(load_params(path), data).train_y)
+    n_train = len(U.load_split(load_params(path), data).train_y)
     out = tmp_path / "robust.json"
     rc = sweep.main(["--params", str(path), "--data-dir", str(data), "--set", "robust", "--device", "cpu",
                      "--robust", "--variant", "{epochs: 1}",

@@ -11,7 +11,8 @@ import torch
 
 pytest.importorskip("prefect")
 from flows.pipeline import submit_all, units  # noqa: E402
-from notbugs import stages as S  # noqa: E402
+from notbugs.record import Busy  # noqa: E402
+from notbugs.units import run_in_order  # noqa: E402
 
 
 class RecordingTask:
@@ -46,7 +47,7 @@ def test_units_spread_over_several_gpus_go_to_the_task_runner(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     spread = units("auto").map
     assert spread.func is submit_all and spread.keywords == {"lanes": 2}
-    assert units("cuda:0").map is S.run_in_order  # one card named: one unit at a time on it
+    assert units("cuda:0").map is run_in_order  # one card named: one unit at a time on it
     task = RecordingTask()
     assert [k for k, _ in spread(task, [(0,), (1,), (2,)])] == [0, 1, 2]
     assert task.submitted == 3
@@ -176,7 +177,7 @@ def test_errors_that_would_repeat_are_not_retried():
     # a CUDA error that breaks the process's CUDA context fails again in the same process
     for repeats in (NonFiniteError("loss is nan"), ArtefactError("shard-00003.npz: checksum"), DataError("x"),
                     RuntimeError("CUDA error: an illegal memory access was encountered"),
-                    RuntimeError("CUDA error: device-side assert triggered"), S.Busy("the step fetch is running")):
+                    RuntimeError("CUDA error: device-side assert triggered"), Busy("the step fetch is running")):
         assert not U.worth_retrying(None, None, Failed(data=repeats))
     # a dropped download is a DataError, but the next try may get through
     for transient in (OSError("stale file handle"), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),

@@ -22,6 +22,7 @@ import pytest
 
 from notbugs import construct as C
 from notbugs import results
+from notbugs import record as R
 from notbugs import stages as S
 from notbugs.cli import main
 from notbugs.config import load_params
@@ -149,7 +150,7 @@ CONSTRUCTED = {
 @pytest.mark.parametrize("case", list(CONSTRUCTED))
 def test_malformed_constructed_set_stops_training(built, data, capsys, case):
     damage, message = CONSTRUCTED[case]
-    damage(S.dataset_dir(data, "d_det"))
+    damage(R.dataset_dir(data, "d_det"))
     before = _snapshot(data)
     rc, err = _cli(capsys, built, data, "train", "d_det")
     assert rc == 1
@@ -196,22 +197,22 @@ def test_malformed_canonical_arrays_stop_training(built, data, capsys, case):
 # ---------------------------------------------------------------- saved models, through `notbugs construct`
 
 def test_planted_pickle_as_model_is_refused_and_never_runs(built, data, capsys):
-    model = S.model_dir(data, "standard")
+    model = R.model_dir(data, "standard")
     (model / "model.pt").write_bytes(pickle.dumps({"conv.weight": Planted(data / "PWNED")}, protocol=2))
     meta = json.loads((model / "meta.json").read_text())
     meta["checkpoint_sha256"] = _sha(model / "model.pt")  # the attacker fixed the checksum too
     (model / "meta.json").write_text(json.dumps(meta))
-    shutil.rmtree(S.dataset_dir(data, "d_det"))
+    shutil.rmtree(R.dataset_dir(data, "d_det"))
     before = _snapshot(data)
     rc, err = _cli(capsys, built, data, "construct", "d_det")
     assert rc == 1 and "models/standard/model.pt cannot be loaded as a tensors-only checkpoint" in err, err
     assert not (data / "PWNED").exists()
     _assert_untouched(before, data)
-    assert not S.dataset_dir(data, "d_det").exists()
+    assert not R.dataset_dir(data, "d_det").exists()
 
 
 def test_replaced_model_file_fails_its_checksum(built, data, capsys):
-    model = S.model_dir(data, "standard")
+    model = R.model_dir(data, "standard")
     (model / "model.pt").write_bytes(pickle.dumps({"conv.weight": Planted(data / "PWNED")}, protocol=2))
     before = _snapshot(data)
     rc, err = _cli(capsys, built, data, "construct", "d_det")
@@ -221,7 +222,7 @@ def test_replaced_model_file_fails_its_checksum(built, data, capsys):
 
 
 def test_model_meta_that_is_not_json_is_refused(built, data, capsys):
-    (S.model_dir(data, "standard") / "meta.json").write_text('{"arch": "resnet9",')
+    (R.model_dir(data, "standard") / "meta.json").write_text('{"arch": "resnet9",')
     before = _snapshot(data)
     rc, err = _cli(capsys, built, data, "construct", "d_det")
     assert rc == 1 and "models/standard/meta.json is not valid JSON" in err, err
@@ -344,10 +345,10 @@ def test_a_stage_s_own_error_survives_a_runs_row_that_cannot_be_written(tmp_path
     monkeypatch.setattr(results, "append", full)
     model_error = ArtefactError(f"disk full while writing {tmp_path}/models/standard/model.pt; nothing was written")
     with pytest.raises(ArtefactError, match="model.pt"), caplog.at_level("ERROR", logger="notbugs"):
-        with S.recorded_run("source@standard", params, tmp_path, S.pick_device("cpu")):
+        with R.recorded_run("source@standard", params, tmp_path, S.pick_device("cpu")):
             raise model_error
     assert "could not record this failed run in the runs table either" in caplog.text
     # a stage that succeeded but cannot record its run fails with the runs table's error
     with pytest.raises(OSError, match="result table 'runs'"):
-        with S.recorded_run("source@standard", params, tmp_path, S.pick_device("cpu")):
+        with R.recorded_run("source@standard", params, tmp_path, S.pick_device("cpu")):
             pass

@@ -16,7 +16,9 @@ import torch
 from notbugs import construct as C
 from notbugs import models
 from notbugs import results
+from notbugs import record as R
 from notbugs import stages as S
+from notbugs import units as U
 from notbugs.attacks import pgd_l2
 from notbugs.compiling import CACHE_ENV
 from notbugs.config import load_params
@@ -60,7 +62,7 @@ def _copy(sources, tmp_path):
 
 def test_source_stage_records_models_epochs_evaluations_and_runs(sources):
     params, data = sources
-    root = S.results_root(data)
+    root = R.results_root(data)
     models = results.load("models", root)
     assert sorted(models["training"]) == ["adversarial", "standard"]
     assert set(results.load("epochs", root)["epoch"]) == {1, 2}
@@ -83,10 +85,10 @@ def test_source_stage_records_models_epochs_evaluations_and_runs(sources):
 def test_construction_killed_midway_resumes_to_the_same_shards(sources, tmp_path, monkeypatch, name):
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, name, data, "cpu")
-    reference = {p.name: p.read_bytes() for p in S.dataset_dir(data, name).glob("shard-*.npz")}
+    reference = {p.name: p.read_bytes() for p in R.dataset_dir(data, name).glob("shard-*.npz")}
     assert len(reference) == 4
 
-    shutil.rmtree(S.dataset_dir(data, name))
+    shutil.rmtree(R.dataset_dir(data, name))
     real, calls = C.build_shard, []
 
     def dies_on_third(*args, **kw):
@@ -98,15 +100,15 @@ def test_construction_killed_midway_resumes_to_the_same_shards(sources, tmp_path
     monkeypatch.setattr(C, "build_shard", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         S.stage_construct(params, name, data, "cpu")
-    assert not (S.dataset_dir(data, name) / "manifest.json").exists()
+    assert not (R.dataset_dir(data, name) / "manifest.json").exists()
     monkeypatch.setattr(C, "build_shard", real)
 
     rebuilt = []
     monkeypatch.setattr(C, "build_shard", lambda *a, **k: rebuilt.append(a[6]) or real(*a, **k))
     S.stage_construct(params, name, data, "cpu")
     assert rebuilt == [2, 3]  # finished shards are not redone
-    assert {p.name: p.read_bytes() for p in S.dataset_dir(data, name).glob("shard-*.npz")} == reference
-    runs = results.load("runs", S.results_root(data))
+    assert {p.name: p.read_bytes() for p in R.dataset_dir(data, name).glob("shard-*.npz")} == reference
+    runs = results.load("runs", R.results_root(data))
     assert list(runs[runs["stage"] == f"construct@{name}"]["status"].sort_values()) == ["failed", "ok", "ok"]
 
 
@@ -115,7 +117,7 @@ def test_construction_out_of_time_keeps_finished_batches_and_jobs_chain_to_the_s
     """Each job may build one batch (40 of a 60-image shard): the next job continues after it."""
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, name, data, "cpu")
-    out = S.dataset_dir(data, name)
+    out = R.dataset_dir(data, name)
     reference = {p.name: p.read_bytes() for p in out.glob("shard-*")}
     shutil.rmtree(out)
 
@@ -135,7 +137,7 @@ def test_construction_out_of_time_keeps_finished_batches_and_jobs_chain_to_the_s
     assert not list(out.glob("*.partial.*"))
     shards = {p.name: p.read_bytes() for p in out.glob("shard-*") if p.suffix == ".npz"}
     assert shards == {k: v for k, v in reference.items() if k.endswith(".npz")}
-    statuses = results.load("runs", S.results_root(data)).query(f"stage == 'construct@{name}'")["status"]
+    statuses = results.load("runs", R.results_root(data)).query(f"stage == 'construct@{name}'")["status"]
     assert sorted(statuses) == ["ok"] * 2 + ["stopped"] * 7
 
 
@@ -145,7 +147,7 @@ def test_a_partial_shard_of_another_recipe_is_not_continued(sources, tmp_path):
     stopped.stop("SIGTERM received")
     with pytest.raises(Stopped, match="SIGTERM received after 40 of its 60 images"):
         S.stage_construct(params, "d_rand", data, "cpu", deadline=stopped)
-    out = S.dataset_dir(data, "d_rand")
+    out = R.dataset_dir(data, "d_rand")
     # another recipe's batches (black images, consistent checksum) must not end up in this set
     black = C.npz_bytes({"images": np.zeros((40, 3, 32, 32), np.float16)})
     (out / "shard-00000.partial.npz").write_bytes(black)
@@ -160,7 +162,7 @@ def test_a_partial_shard_of_another_recipe_is_not_continued(sources, tmp_path):
 
 def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
-    root = S.results_root(data)
+    root = R.results_root(data)
     before = len(results.load("evaluations", root))
     with pytest.raises(Stopped, match="after 1 of 2 models"):
         S.stage_reevaluate(params, data, "cpu", deadline=Deadline(1, clock=ticks()))
@@ -191,7 +193,7 @@ def test_reevaluation_cut_short_continues_with_the_models_left(sources, tmp_path
 
 def test_a_damaged_model_costs_the_others_of_a_reevaluation_pass_nothing(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
-    weights = S.model_dir(data, "robust") / "model.pt"  # the first of the two folders the pass scores
+    weights = R.model_dir(data, "robust") / "model.pt"  # the first of the two folders the pass scores
     good = weights.read_bytes()
     weights.write_bytes(good[:-100])
     with pytest.raises(ArtefactError, match=r"1 model folder\(s\) could not be read; every other model was scored: "
@@ -200,12 +202,12 @@ def test_a_damaged_model_costs_the_others_of_a_reevaluation_pass_nothing(sources
     progress = json.loads((data / "work" / "reevaluate.json").read_text())
     assert list(progress["scored"]) == ["tiny/standard-d-resnet9"]
     weights.write_bytes(good)  # rebuilt: the rerun scores only the model left
-    runs_before = results.load("evaluations", S.results_root(data))
+    runs_before = results.load("evaluations", R.results_root(data))
     assert sorted(S.stage_reevaluate(params, data, "cpu")) == ["tiny/adversarial-d-resnet9", "tiny/standard-d-resnet9"]
-    new = results.load("evaluations", S.results_root(data)).iloc[len(runs_before):]
+    new = results.load("evaluations", R.results_root(data)).iloc[len(runs_before):]
     scored_now = new[new["evaluated_at"] > runs_before["evaluated_at"].max()]
     assert set(scored_now["model_id"]) == {"tiny/adversarial-d-resnet9"}
-    meta = S.model_dir(data, "standard") / "meta.json"  # a damaged meta.json: whose model, cannot be told
+    meta = R.model_dir(data, "standard") / "meta.json"  # a damaged meta.json: whose model, cannot be told
     meta.write_text(meta.read_text()[:-20])
     with pytest.raises(ArtefactError, match=r"1 model folder\(s\) could not be read; .*standard.*meta.json"):
         S.stage_reevaluate(params, data, "cpu")
@@ -216,8 +218,8 @@ def test_one_reevaluation_pass_at_a_time(sources, tmp_path):
     """A second pass on the same data folder (a manual run during the scheduled one) is refused while the first
     holds the lock: both would share work/reevaluate.json and score models twice."""
     params, data = _copy(sources, tmp_path)
-    with S.exclusive(data / "work" / "reevaluate.lock", "the test's pass"):
-        with pytest.raises(S.Busy, match=r"already running \(pid \d+ on .*lock file .*reevaluate.lock"):
+    with R.exclusive(data / "work" / "reevaluate.lock", "the test's pass"):
+        with pytest.raises(R.Busy, match=r"already running \(pid \d+ on .*lock file .*reevaluate.lock"):
             S.stage_reevaluate(params, data, "cpu")
     assert len(S.stage_reevaluate(params, data, "cpu")) == 2  # released: the next pass runs
 
@@ -227,8 +229,8 @@ def test_reevaluation_records_weights_put_back_without_running_code(sources, tmp
     models table's latest row describes other weights. The pass records the weights on disk first, so that the
     report matches the rows it scores to them."""
     params, data = _copy(sources, tmp_path)
-    root = S.results_root(data)
-    meta = json.loads((S.model_dir(data, "standard") / "meta.json").read_text())
+    root = R.results_root(data)
+    meta = json.loads((R.model_dir(data, "standard") / "meta.json").read_text())
     later = {**results.load("models", root).iloc[-1].to_dict(), "model_id": meta["model_id"],
              "checkpoint_sha256": "f" * 64, "run_id": "a-later-run", "created_at": results.now_utc()}
     results.append("models", [later], root)  # as if a later run had trained other weights, since put back
@@ -245,7 +247,7 @@ def test_reevaluation_records_weights_put_back_without_running_code(sources, tmp
 
 def test_constructed_sets_follow_the_recipe(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
-    split = S.load_split(params, data)
+    split = U.load_split(params, data)
     standard, _ = load_model(data / "models" / "standard", torch.device("cpu"))
     robust, _ = load_model(data / "models" / "robust", torch.device("cpu"))
     with torch.no_grad():
@@ -253,7 +255,7 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
     seed = params.profile.construct.seed
     for name in ("d_r", "d_nr", "d_rand", "d_det"):
         S.stage_construct(params, name, data, "cpu")
-        arrays = C.load_constructed(S.dataset_dir(data, name))
+        arrays = C.load_constructed(R.dataset_dir(data, name))
         assert arrays["images"].dtype == np.float16 and arrays["images"].shape == (200, 3, 32, 32)
         assert np.array_equal(arrays["source_index"], split.train_index)
         y = split.train_y.numpy()
@@ -298,7 +300,7 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
                 after = standard(torch.from_numpy(arrays["images"].astype(np.float32))).argmax(1)
             # the tiny model is weak (21% / 10% after against 9% / 0.5% before, measured): well above before
             assert (after == targets).float().mean() > (before == targets).float().mean() + 0.05, name
-    ds = results.load("datasets", S.results_root(data)).set_index("name")
+    ds = results.load("datasets", R.results_root(data)).set_index("name")
     assert sorted(ds.index) == ["d", "d_det", "d_nr", "d_r", "d_rand"]
     # D_R from the robust model; D_NR, D_rand, D_det from the standard one (the paper's C_R and C)
     source = {name: str(ds.loc[name, "source_model_id"]).split("/")[-1] for name in ("d_r", "d_nr", "d_rand", "d_det")}
@@ -311,7 +313,7 @@ def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):
     from a compressed shard; a shard cut short or a NaN image is an error naming the set."""
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, "d_r", data, "cpu")
-    out = S.dataset_dir(data, "d_r")
+    out = R.dataset_dir(data, "d_r")
     full = C.load_constructed(out)
     assert len(full["manifest"]["shards"]) >= 2
     picks = [len(full["labels"]) - 1, 0, 5, params.profile.construct.shard_size + 3]  # across shards, any order
@@ -345,16 +347,16 @@ def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):
 def test_corrupt_shard_is_detected(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, "d_det", data, "cpu")
-    shard = S.dataset_dir(data, "d_det") / "shard-00001.npz"
+    shard = R.dataset_dir(data, "d_det") / "shard-00001.npz"
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ArtefactError, match="shard-00001.npz is missing or corrupt.*construct@d_det"):
-        C.load_constructed(S.dataset_dir(data, "d_det"))
+        C.load_constructed(R.dataset_dir(data, "d_det"))
 
 
 def test_nan_in_a_constructed_set_is_refused(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, "d_det", data, "cpu")
-    out = S.dataset_dir(data, "d_det")
+    out = R.dataset_dir(data, "d_det")
     manifest = json.loads((out / "manifest.json").read_text())
     with np.load(out / "shard-00000.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -372,7 +374,7 @@ def test_transfer_attacks_test_images_of_every_class(sources, monkeypatch):
     by class, and their first n (the `cpu` profile's 500 of 1,000) were of five classes only."""
     params, data = sources
     params = _with(params, transfer=dataclasses.replace(params.profile.transfer, n=50))
-    split = S.load_split(params, data)
+    split = U.load_split(params, data)
     attacked = []
 
     class Enough(Exception):
@@ -396,12 +398,12 @@ def test_evaluation_and_transfer_attack_with_the_profile_s_settings(sources, tmp
 
     params, data = sources
     p = params.profile
-    split = S.load_split(params, data)
-    model, _ = load_model(S.model_dir(data, "standard"))
+    split = U.load_split(params, data)
+    model, _ = load_model(R.model_dir(data, "standard"))
     attack = Recorder(pgd_l2, lambda a: a["x"].clone())
     monkeypatch.setattr(E, "pgd_l2", attack)
     cfg = p.reevaluate  # two radii
-    S.evaluate_unit(params, model, "m", "0" * 64, split, cfg, tmp_path, torch.device("cpu"),
+    U.evaluate_unit(params, model, "m", "0" * 64, split, cfg, tmp_path, torch.device("cpu"),
                     "run")  # rows to an empty folder
     assert [c["eps"] for c in attack.calls] == list(cfg.eps) and cfg.use_best
     for call in attack.calls:
@@ -439,12 +441,12 @@ def test_whole_pipeline_fills_every_table(sources, tmp_path):
     S.stage_reevaluate(params, data, "cpu")
     paths = S.stage_report(params, data, None, "cpu")
     assert "report.html" in paths["html"]
-    counts = results.summary(S.results_root(data))
+    counts = results.summary(R.results_root(data))
     # 2 source + 4 train + 1 transfer target (on D) models, each clean + 1 eps, then re-evaluated at 2 eps
     assert counts["models"] == 7 and counts["transfer"] == 1 and counts["datasets"] == 1 + 4  # D, then the four
     assert counts["evaluations"] == 7 * 2 + 7 * 3
     assert counts["runs"] == 3 + 4 + 4 + 1 + 1 + 1
-    _rows_join_to_the_weights_and_sets_they_describe(S.results_root(data))
+    _rows_join_to_the_weights_and_sets_they_describe(R.results_root(data))
 
 
 def _rows_join_to_the_weights_and_sets_they_describe(root):
@@ -472,18 +474,18 @@ def _rows_join_to_the_weights_and_sets_they_describe(root):
 
 def test_a_second_run_of_a_step_on_one_data_folder_is_refused_before_it_starts(sources, tmp_path):
     params, data = _copy(sources, tmp_path)
-    runs = len(results.load("runs", S.results_root(data)))
-    with S.exclusive(data / "work" / "locks" / "source@standard.lock", "a first run"):  # as a run in progress
-        with pytest.raises(S.Busy, match=r"the step source@standard on this data folder is already running"):
+    runs = len(results.load("runs", R.results_root(data)))
+    with R.exclusive(data / "work" / "locks" / "source@standard.lock", "a first run"):  # as a run in progress
+        with pytest.raises(R.Busy, match=r"the step source@standard on this data folder is already running"):
             S.stage_source(params, "standard", data, "cpu")
         S.stage_source(params, "robust", data, "cpu")  # another step runs
-    assert len(results.load("runs", S.results_root(data))) == runs + 1  # the refused one recorded nothing
+    assert len(results.load("runs", R.results_root(data))) == runs + 1  # the refused one recorded nothing
     S.stage_source(params, "standard", data, "cpu")  # once the first has ended
 
 
 def test_runs_record_the_resolved_parameters_and_library_versions(sources):
     params, data = sources
-    runs = results.load("runs", S.results_root(data))
+    runs = results.load("runs", R.results_root(data))
     for _, run in runs.iterrows():
         recorded = json.loads(run["params"])
         assert recorded["profile"] == json.loads(json.dumps(params.raw))  # every value, not just a hash
@@ -500,9 +502,9 @@ def test_training_set_is_the_constructed_one(sources, tmp_path):
     S.stage_construct(params, "d_det", data, "cpu")
     x, y = S.load_training_set(data, "d_det")
     assert x.dtype == torch.float32 and x.shape[0] == len(y) == 200
-    arrays = C.load_constructed(S.dataset_dir(data, "d_det"))
+    arrays = C.load_constructed(R.dataset_dir(data, "d_det"))
     assert torch.equal(x, torch.from_numpy(arrays["images"]).float())  # the perturbed images, not the originals
-    split = S.load_split(params, data)
+    split = U.load_split(params, data)
     assert torch.equal(y, (split.train_y + 1) % 10)  # relabelled as their targets, t = y + 1
 
 
@@ -516,11 +518,11 @@ def test_compiled_training_trains_saves_and_resumes_as_eager(sources, tmp_path, 
     training batch's shape with the profile's mode, and is saved, checkpointed and handed to
     evaluation under the eager model's names, so that compiled and eager runs resume each other."""
     params, data = _copy(sources, tmp_path)
-    split = S.load_split(params, data)
+    split = U.load_split(params, data)
     spec = S.source_spec(params, "standard")
     cpu = torch.device("cpu")
     shutil.rmtree(data / "work", ignore_errors=True)
-    eager = _weights(S.train_unit(params, spec, split.train_x, split.train_y, data, cpu, "eager")["model"])
+    eager = _weights(U.train_unit(params, spec, split.train_x, split.train_y, data, cpu, "eager")["model"])
 
     calls = []
 
@@ -533,20 +535,20 @@ def test_compiled_training_trains_saves_and_resumes_as_eager(sources, tmp_path, 
     other = tmp_path / "other"
     shutil.copytree(data, other)
     shutil.rmtree(other / "work")
-    out = S.train_unit(compiled_params, spec, split.train_x, split.train_y, other, cpu, "compiled")
+    out = U.train_unit(compiled_params, spec, split.train_x, split.train_y, other, cpu, "compiled")
     assert calls == [{"dynamic": False, "mode": "reduce-overhead"}]
     assert os.environ[CACHE_ENV] == str(other.resolve() / "work" / "compile-cache")  # kept with the data
     assert not isinstance(out["model"].backbone, CompiledStandIn)  # evaluation runs eager
     weights = _weights(out["model"])
     assert weights.keys() == eager.keys() and all(torch.equal(weights[k], eager[k]) for k in eager)
-    saved, _ = S.load_model(S.model_dir(other, "standard"))
+    saved, _ = S.load_model(R.model_dir(other, "standard"))
     assert all(torch.equal(saved.state_dict()[k], eager[k]) for k in eager)
     checkpoint = load_tensors(other / "work" / "standard" / "checkpoint.pt")
     assert set(checkpoint["model"]) == set(eager)
 
     # the compiled run finds the eager run's finished checkpoint and resumes it (nothing left to train)
     calls.clear()
-    resumed = S.train_unit(compiled_params, spec, split.train_x, split.train_y, data, cpu, "resumed")
+    resumed = U.train_unit(compiled_params, spec, split.train_x, split.train_y, data, cpu, "resumed")
     assert len(calls) == 1 and all(torch.equal(_weights(resumed["model"])[k], eager[k]) for k in eager)
 
 
@@ -557,21 +559,21 @@ def test_really_compiled_training_learns_like_eager(sources, tmp_path, monkeypat
     with the tiny profile's ResNet-9 this test took 39 s on a 2-core CPU, with this one 18 s)."""
     monkeypatch.setitem(models.ARCHS, "small", lambda width: SmallBackbone())
     params, data = _copy(sources, tmp_path)
-    split = S.load_split(params, data)
+    split = U.load_split(params, data)
     spec = dataclasses.replace(S.source_spec(params, "standard"), arch="small")
     cpu = torch.device("cpu")
     shutil.rmtree(data / "work", ignore_errors=True)
-    eager = S.train_unit(params, spec, split.train_x, split.train_y, data, cpu, "eager")
+    eager = U.train_unit(params, spec, split.train_x, split.train_y, data, cpu, "eager")
     shutil.rmtree(data / "work")
     with caplog.at_level("INFO", logger="notbugs"):
-        compiled = S.train_unit(_with(params, compile_train="default"), spec, split.train_x, split.train_y, data,
+        compiled = U.train_unit(_with(params, compile_train="default"), spec, split.train_x, split.train_y, data,
                                 cpu, "compiled")
     ran = [r.getMessage() for r in caplog.records if "training runs" in r.getMessage()]
     assert len(ran) == 1
     require_compiled(None if "training runs compiled" in ran[0] else ran[0])
     for a, b in zip(eager["history"], compiled["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
-    assert not any("_orig_mod" in k for k in load_tensors(S.model_dir(data, "standard") / "model.pt"))
+    assert not any("_orig_mod" in k for k in load_tensors(R.model_dir(data, "standard") / "model.pt"))
 
 
 def test_shards_built_by_other_code_are_rebuilt(sources, tmp_path, monkeypatch):
@@ -584,7 +586,7 @@ def test_shards_built_by_other_code_are_rebuilt(sources, tmp_path, monkeypatch):
     monkeypatch.setattr(C, "build_shard", lambda *a, **k: rebuilt.append(a[6]) or real(*a, **k))
     S.stage_construct(params, "d_det", data, "cpu")
     assert rebuilt == [0, 1, 2, 3]
-    rows = results.load("datasets", S.results_root(data))
+    rows = results.load("datasets", R.results_root(data))
     codes = [json.loads(r)["code"] for r in rows[rows["name"] == "d_det"].sort_values("created_at")["recipe"]]
     assert codes == [package_digest(*C.CONSTRUCT_CODE, *models.arch_code(params.profile.arch)), "0123456789abcdef"]
 
@@ -595,17 +597,17 @@ def test_a_rerun_that_builds_nothing_leaves_the_set_s_folder_as_it_was(sources, 
     folder DVC hashes (a persistent output) is byte-identical and nothing trained on it reruns."""
     params, data = _copy(sources, tmp_path)
     S.stage_construct(params, "d_det", data, "cpu")
-    folder = S.dataset_dir(data, "d_det")
+    folder = R.dataset_dir(data, "d_det")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    rows = len(results.load("datasets", S.results_root(data)))
+    rows = len(results.load("datasets", R.results_root(data)))
     real, rebuilt = C.build_shard, []
     monkeypatch.setattr(C, "build_shard", lambda *a, **k: rebuilt.append(a[6]) or real(*a, **k))
     S.stage_construct(params, "d_det", data, "cpu")
     assert rebuilt == [] and {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert len(results.load("datasets", S.results_root(data))) == rows  # the same build, recorded once
-    shutil.rmtree(S.results_root(data) / "datasets")  # tables lost: the rerun records the set again
+    assert len(results.load("datasets", R.results_root(data))) == rows  # the same build, recorded once
+    shutil.rmtree(R.results_root(data) / "datasets")  # tables lost: the rerun records the set again
     S.stage_construct(params, "d_det", data, "cpu")
-    assert list(results.load("datasets", S.results_root(data))["run_id"]) == [
+    assert list(results.load("datasets", R.results_root(data))["run_id"]) == [
         json.loads(before["manifest.json"])["run_id"]]
     (folder / "shard-00001.npz").unlink()  # one shard to build: a new manifest, of this run
     S.stage_construct(params, "d_det", data, "cpu")
@@ -621,7 +623,7 @@ def test_precision_is_part_of_the_recipe_and_recorded(sources, tmp_path):
             != S.prepare_construct(params, "d_nr", data, "cpu").recipe_hash)
     S.stage_construct(bf16, "d_nr", data, "cpu")
     S.stage_train(bf16, "d_nr", data, "cpu")
-    root = S.results_root(data)
+    root = R.results_root(data)
     device = results.load("runs", root).set_index("stage")["device"]
     assert device["construct@d_nr"].endswith(", bf16") and device["train@d_nr"].endswith(", bf16")
     assert device["source@standard"].endswith(", fp32")  # the tiny profile's fp32
@@ -644,17 +646,17 @@ def test_a_recipe_s_init_chooses_that_model_s_initial_weights_and_is_recorded(so
         built.append(kwargs.get("init"))
         return make_model(arch, *args, **kwargs)
 
-    make_model = S.make_model
-    monkeypatch.setattr(S, "make_model", spy)
+    make_model = U.make_model
+    monkeypatch.setattr(U, "make_model", spy)  # where train_unit looks it up
     for kind in ("standard", "robust"):
         S.stage_source(changed, kind, data, "cpu")
     assert built == ["he", "torch"]
-    models = results.load("models", S.results_root(data))
+    models = results.load("models", R.results_root(data))
     recipes = models.sort_values("created_at").groupby("training")["recipe"].last()
     assert json.loads(recipes["standard"])["train"]["init"] == "he"
     assert json.loads(recipes["adversarial"])["train"]["init"] == "torch"
-    before, _ = load_model(S.model_dir(sources[1], "standard"))
-    after, _ = load_model(S.model_dir(data, "standard"))
+    before, _ = load_model(R.model_dir(sources[1], "standard"))
+    after, _ = load_model(R.model_dir(data, "standard"))
     assert not torch.equal(before.head.weight, after.head.weight)  # trained anew, not resumed
 
 
@@ -673,11 +675,11 @@ def test_stages_route_every_unit_through_the_runner_they_are_given(sources, tmp_
     def backwards(fn, jobs):
         return [fn(*args) for args in reversed(jobs)][::-1]
 
-    units = S.Units(train=recorded("train", S.train_unit), evaluate=recorded("evaluate", S.evaluate_unit),
-                    build=recorded("build", S.build_shard), map=backwards)
+    units = U.Units(train=recorded("train", U.train_unit), evaluate=recorded("evaluate", U.evaluate_unit),
+                    build=recorded("build", U.build_shard), map=backwards)
     stats = S.stage_construct(params, "d_det", data, "cpu", units)
     assert calls == ["build"] * 4
-    assert json.loads((S.dataset_dir(data, "d_det") / "manifest.json").read_text())["n"] == 200
+    assert json.loads((R.dataset_dir(data, "d_det") / "manifest.json").read_text())["n"] == 200
     assert 0 < stats["success_rate"] <= 1
     calls.clear()
     S.stage_train(params, "d_det", data, "cpu", units)
@@ -685,7 +687,7 @@ def test_stages_route_every_unit_through_the_runner_they_are_given(sources, tmp_
     calls.clear()
     transfer = S.stage_transfer(params, data, "cpu", units)
     assert calls == ["train", "evaluate"]  # the D target; the D_det model is train@d_det's
-    models = results.load("models", S.results_root(data))
+    models = results.load("models", R.results_root(data))
     assert "tiny/transfer/standard-d-resnet9" in set(models["model_id"]) and set(transfer) == {"resnet9"}
     calls.clear()
     S.stage_reevaluate(params, data, "cpu", units)
@@ -730,19 +732,19 @@ def test_code_version_is_dirty_for_code_only(tmp_path):
     rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=tmp_path, capture_output=True,
                          text=True).stdout.strip()
     inside = tmp_path / "notbugs"
-    assert S.code_version(inside) == rev
+    assert R.code_version(inside) == rev
 
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     (tmp_path / "params.yaml").write_text("profile: fast\n")
     (tmp_path / "notes.txt").write_text("not code\n")
-    assert S.code_version(inside) == rev
+    assert R.code_version(inside) == rev
 
     (tmp_path / "notbugs" / "vit.py").write_text("B = 2\n")  # a new module, not yet committed
-    assert S.code_version(inside) == rev + "+dirty"
+    assert R.code_version(inside) == rev + "+dirty"
     (tmp_path / "notbugs" / "vit.py").unlink()
     (tmp_path / "notbugs" / "models.py").write_text("A = 2\n")
-    assert S.code_version(inside) == rev + "+dirty"
+    assert R.code_version(inside) == rev + "+dirty"
 
 
 def test_code_version_outside_git_is_unknown(tmp_path):
-    assert S.code_version(tmp_path) == "unknown"
+    assert R.code_version(tmp_path) == "unknown"

@@ -25,8 +25,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from experiment import train_and_score  # noqa: E402
 from notbugs import construct as C  # noqa: E402
 from notbugs.config import load_params  # noqa: E402
-from notbugs.stages import bf16_for, load_split, source_spec, train_spec  # noqa: E402
+from notbugs.record import bf16_for  # noqa: E402
+from notbugs.stages import source_spec, train_spec  # noqa: E402
 from notbugs.train import pick_device  # noqa: E402
+from notbugs.units import load_split  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data-dir", required=True)

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from experiment import train_and_score  # noqa: E402
 from notbugs.config import load_params  # noqa: E402
-from notbugs.stages import load_split  # noqa: E402
 from notbugs.train import pick_device  # noqa: E402
+from notbugs.units import load_split  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data-dir", required=True)

@@ -14,7 +14,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[3]), str(Path(__file__).resolve().parents[2])]
 from experiment import add_common_options, params_and_device, train_and_score  # noqa: E402
-from notbugs import stages as S  # noqa: E402
+from notbugs import record as R  # noqa: E402
+from notbugs import units as U  # noqa: E402
 from notbugs.attacks import autocast  # noqa: E402
 from notbugs.config import adversarial_for, recipe_for  # noqa: E402
 from notbugs.evaluate import evaluate, predict  # noqa: E402
@@ -24,8 +25,8 @@ add_common_options(ap)
 args = ap.parse_args()
 params, dev = params_and_device(args)
 p = params.profile
-bf16 = S.bf16_for(params, dev)
-split = S.load_split(params, args.data_dir)
+bf16 = R.bf16_for(params, dev)
+split = U.load_split(params, args.data_dir)
 x, y = split.train_x, split.train_y
 recipe = dataclasses.replace(recipe_for(params, "robust"), ema=0.99)
 rows = []

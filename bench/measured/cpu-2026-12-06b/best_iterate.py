@@ -19,8 +19,9 @@ from notbugs import construct as C
 from notbugs.attacks import as_in_the_steps, autocast, frozen, match_representation, pgd_l2
 from notbugs.config import load_params
 from notbugs.evaluate import predict
-from notbugs.stages import construct_source, load_split, trained_models
+from notbugs.stages import construct_source, trained_models
 from notbugs.train import load_model
+from notbugs.units import load_split
 
 data_dir, out_path = Path(sys.argv[1]), Path(sys.argv[2])
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 500

@@ -11,8 +11,8 @@ import torch
 
 from notbugs.attacks import frozen, pgd_l2
 from notbugs.config import load_params
-from notbugs.stages import load_split
 from notbugs.train import load_model
+from notbugs.units import load_split
 
 ATTACKS = [(2, 0.3), (3, 0.25), (7, 0.1)]  # cpu, fast, paper
 

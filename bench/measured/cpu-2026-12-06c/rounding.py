@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from notbugs.attacks import autocast, frozen, l2_step
 from notbugs.config import load_params
-from notbugs.stages import load_split
 from notbugs.train import load_model
+from notbugs.units import load_split
 
 
 def main(data_dir: str) -> None:

@@ -5,7 +5,7 @@ tables (see ``SCHEMAS`` and docs/results.md). A table is a folder under a root
 (default ``data/results``); every call to :func:`append` adds one new Parquet
 part file to that folder and never touches earlier ones::
 
-    data/results/evaluations/part-20240101T120000-4242-1a2b3c4d.parquet
+    data/results/evaluations/part-20240101T120000123456-4242-1a2b3c4d-run-<run_id>.parquet
 
 A part is first written to a hidden temp file in the same folder, fsynced and
 then renamed into place with ``os.replace``. The rename is atomic, so several
@@ -276,11 +276,11 @@ def _table_dir(table: str, root: str | Path) -> Path:
 
 
 def _part_name(run_id: str | None) -> str:
-    # Time first so names sort roughly by write time; pid and a random suffix
-    # make names unique across processes writing in the same second. The run
-    # id, when all rows share one, lets a corrupt part's error name the stage
-    # that wrote it: its rows can no longer say so themselves.
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    # Time first, to the microsecond, so that names sort by write time and `load` gives rows in the order
+    # they were appended (two parts of one process in the same second came back in random order); pid and a
+    # random suffix make names unique across processes. The run id, when all rows share one, lets a corrupt
+    # part's error name the stage that wrote it: its rows can no longer say so themselves.
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     run = f"{RUN_MARK}{run_id}" if run_id and run_id.isalnum() else ""
     return f"{PART_PREFIX}{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}{run}{PART_SUFFIX}"
 

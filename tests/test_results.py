@@ -234,6 +234,14 @@ def test_load_empty_table_has_schema_columns_and_dtypes(tmp_path, table):
     assert results.dataset(table, root=tmp_path).to_table().num_rows == 0
 
 
+def test_load_gives_rows_in_the_order_they_were_appended(tmp_path):
+    """Parts written by one process in the same second come back in the order written, not by their random
+    suffix: readers take `load(...).iloc[n:]` as the rows appended after n."""
+    for i in range(30):
+        results.append("epochs", [sample_row("epochs", i)], tmp_path)
+    assert list(results.load("epochs", tmp_path)["epoch"]) == [sample_row("epochs", i)["epoch"] for i in range(30)]
+
+
 def test_empty_rows_write_nothing(tmp_path):
     assert results.append("runs", [], root=tmp_path) is None
     assert not (tmp_path / "runs").exists()

@@ -227,9 +227,13 @@ def dvc_hint(args, profile: str, digest_before: str | None) -> str | None:
     not have it). Only where the run is the one dvc.yaml describes: from the checkout's root, its data folder,
     parameter file and profile, every stage; `digest_before`: `checkout_digest` when the run started."""
     here = Path.cwd().resolve()
-    if not (here / "dvc.yaml").exists() or not (here / ".dvc").is_dir() or shutil.which("dvc") is None:
+    if not (here / "dvc.yaml").exists() or not (here / ".dvc").is_dir():
         return None
-    if args.skip or Path(args.data_dir).resolve() != (here / "data").resolve():
+    if shutil.which("dvc") is None and not (Path(sys.executable).parent / "dvc").exists():  # a venv not activated
+        return None
+    data = (here / "data").resolve()
+    # a data folder linked outside the checkout is DVC's to refuse ("outside of git repository"), not to record
+    if args.skip or Path(args.data_dir).resolve() != data or not data.is_relative_to(here):
         return None
     if Path(args.params).resolve() != here / "params.yaml":
         return None
@@ -239,9 +243,14 @@ def dvc_hint(args, profile: str, digest_before: str | None) -> str | None:
         return None
     if named != profile:  # --profile or NOTBUGS_PROFILE: dvc.lock would record params.yaml's for another's outputs
         return None
-    if digest_before != checkout_digest(here):
-        return ("notbugs all: params.yaml, dvc.yaml or the library's code changed while it ran, so dvc.lock cannot "
-                "record this run as it is: `dvc repro` runs the stages again (each resuming what it finds done).")
+    try:
+        changed = digest_before != checkout_digest(here)
+    except OSError:  # a file gone or unreadable since the run started (a `git checkout` under way)
+        changed = True
+    if changed:
+        return ("notbugs all: params.yaml, dvc.yaml or the library's code changed while it ran, so `dvc commit` "
+                "could record the new files beside outputs of the old: `dvc repro` runs the stages that changed "
+                "again (each resuming what it finds done).")
     return ("notbugs all: dvc.lock has no record of this run, so `dvc repro` would run its stages again (each "
             "resuming what it finds done). To record it, run `dvc commit -f dvc.yaml` now, before editing code or "
             "params.yaml: DVC hashes what the stages read and wrote as they are at that moment.")
@@ -295,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "reevaluate":
             out = S.stage_reevaluate(params, args.data_dir, args.device, deadline=deadline)
         elif args.stage == "all":
-            before = checkout_digest(Path.cwd().resolve()) if Path("dvc.yaml").exists() else None
+            try:
+                before = checkout_digest(Path.cwd().resolve()) if Path("dvc.yaml").exists() else None
+            except OSError:  # unreadable code or params: no hint at the end, and no reason to refuse the run
+                before = None
             run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo, deadline)
             out = results.summary(results_root(args.data_dir))
             if "report" not in args.skip:  # where to look next

@@ -98,15 +98,20 @@ def weight_periods(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> dict[str
 
 def trained_run(models: pd.DataFrame, model_id: str, on_disk: dict[str, OnDisk]) -> str | None:
     """The run that finished training the model's current weights (those on disk where known, else its latest
-    row's): the first `models` row with their checkpoint hash. Not meta.json's run, which names the last run
-    that saved them: a rerun that restores a finished checkpoint (`--redo`, `dvc repro -f`) trains nothing.
-    Weights no row describes: meta.json's run."""
+    row's): the first `models` row of the last span of rows with their checkpoint hash. Not meta.json's run,
+    which names the last run that saved them: a rerun that restores a finished checkpoint (`--redo`,
+    `dvc repro -f`) trains nothing. Weights no row describes: meta.json's run."""
     rows = models[models["model_id"] == model_id].sort_values("created_at", kind="stable")
     disk = on_disk.get(model_id)
-    if rows.empty:
-        return disk.run_id if disk else None
-    same = rows[rows["checkpoint_sha256"] == (disk.sha256 if disk else rows["checkpoint_sha256"].iloc[-1])]
-    return str(same["run_id"].iloc[0]) if not same.empty else disk.run_id
+    shas, ids = list(rows["checkpoint_sha256"]), [str(r) for r in rows["run_id"]]
+    current = disk.sha256 if disk else (shas[-1] if shas else None)
+    found = None
+    for i, sha in enumerate(shas):
+        if sha == current and (i == 0 or shas[i - 1] != current):
+            found = ids[i]  # a span starts: weights made again since (a deterministic retrain) name their run
+    if found is not None:
+        return found
+    return disk.run_id if disk else (ids[-1] if ids else None)
 
 
 def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
@@ -292,14 +297,13 @@ def construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[
 
 def epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame,
                  on_disk: dict[str, OnDisk] | None = None) -> dict[str, pd.DataFrame]:
-    """Per model, one row per epoch: those of the run that trained the weights in the data folder (else of its
-    latest row), which writes every epoch of the model, resumed ones included (`units.train_unit`). So a model
-    trained again with fewer epochs does not keep the earlier run's later ones."""
-    saved_by = latest_rows(models, ["model_id"], "created_at").set_index("model_id")["run_id"].to_dict()
-    saved_by.update({model_id: d.run_id for model_id, d in (on_disk or {}).items()})
+    """Per model, one row per epoch: those of the run that trained the weights in the data folder (else those of
+    its latest row; `trained_run`, as Figure 2 names it), which writes every epoch of the model, resumed ones
+    included (`units.train_unit`). So a model trained again with fewer epochs does not keep the earlier run's
+    later ones."""
     curves = {}
     for model_id, rows in epochs.groupby("model_id", sort=True):
-        own = rows[rows["run_id"] == saved_by.get(model_id)]
+        own = rows[rows["run_id"] == trained_run(models, str(model_id), on_disk or {})]
         rows = own if not own.empty else rows.drop_duplicates("epoch", keep="last")  # no models row: the last written
         curves[str(model_id)] = rows.sort_values("epoch")
     return curves

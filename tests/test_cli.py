@@ -533,11 +533,19 @@ def test_all_says_how_to_record_its_run_for_dvc_only_where_dvc_would_describe_it
     assert "`dvc commit -f dvc.yaml`" in hint()
     with monkeypatch.context() as m:
         m.setenv("PATH", str(tmp_path / "no-bin"))
+        assert "`dvc commit -f dvc.yaml`" in hint()  # the venv's own dvc, not activated
+        m.setattr(sys, "executable", str(tmp_path / "no-bin" / "python"))
         assert hint() is None  # no dvc command to run (a GPU machine with torch only)
     assert "`dvc commit -f dvc.yaml`" in hint("--data-dir", str(tmp_path / "data"), "--profile", "tiny")
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "data").symlink_to(tmp_path / "elsewhere")  # a data folder linked to scratch space, as on clusters
-    assert "`dvc commit -f dvc.yaml`" in hint()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data-link").symlink_to(tmp_path / "data")  # another name for the same folder
+    assert "`dvc commit -f dvc.yaml`" in hint("--data-dir", "data-link")
+    (tmp_path / "data").rmdir()
+    scratch = tmp_path.parent / f"{tmp_path.name}-scratch"
+    scratch.mkdir()
+    (tmp_path / "data").symlink_to(scratch)  # linked outside the checkout: DVC refuses it, nothing to record
+    assert hint() is None
+    (tmp_path / "data").unlink()
     # dvc.lock would record params.yaml's profile, data folder and every stage: other runs are not DVC's to record
     for argv, profile in (((), "cpu"),  # NOTBUGS_PROFILE chose it
                           (("--profile", "cpu"), "cpu"), (("--data-dir", "other"), "tiny"),
@@ -547,7 +555,15 @@ def test_all_says_how_to_record_its_run_for_dvc_only_where_dvc_would_describe_it
     before = checkout_digest(tmp_path)
     (tmp_path / "notbugs" / "train.py").write_text("x = 2\n")
     said = hint(before=before)
-    assert "changed while it ran" in said and "dvc commit" not in said
+    assert "changed while it ran" in said and "dvc commit -f" not in said
+    import notbugs.cli
+
+    def unreadable(root):
+        raise PermissionError(f"{root}/params.yaml")  # a file gone or unreadable since the run started
+
+    monkeypatch.setattr(notbugs.cli, "checkout_digest", unreadable)
+    said = dvc_hint(build_parser().parse_args(["all"]), "tiny", before)
+    assert "changed while it ran" in said and "dvc commit -f" not in said
 
 
 def test_the_report_stage_depends_on_every_library_module_the_report_imports():

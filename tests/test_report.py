@@ -609,6 +609,13 @@ def test_a_rerun_that_restores_finished_weights_is_not_named_as_their_training(t
     assert row.endswith("| r1, 77777777 |"), row  # the short id the Provenance table prints
     table = md.split("## Provenance\n")[1].split("\n## ")[0]
     assert "| r1 | source@standard |" in table and "| 77777777 | source@standard |" in table
+    # retrained to other weights (r3), then to these same ones again (a deterministic rerun, r4): r4 made them
+    results.append("models", [{**model_row("cpu", "standard", "d"), "run_id": run, "checkpoint_sha256": sha * 64,
+                               "created_at": later + timedelta(hours=h)} for run, sha, h in (("r3", "1", 1),
+                                                                                             ("4" * 32, "0", 2))], root)
+    md = report.build_report(root, data, tmp_path / "out2")["markdown"].read_text()
+    row = next(line for line in md.split("## Figure 2")[1].splitlines() if f"| {mid} |" in line)
+    assert row.endswith("| 44444444, 77777777 |"), row  # the same bytes the rerun scored before
 
 
 def test_the_data_line_says_how_many_images_the_models_used(tmp_path):

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "all":
             try:
                 before = checkout_digest(Path.cwd().resolve()) if Path("dvc.yaml").exists() else None
-            except OSError:  # unreadable code or params: no hint at the end, and no reason to refuse the run
+            except OSError:  # unreadable code or params: the run goes on, and its end advises no commit
                 before = None
             run_all(params, args.data_dir, args.device, tuple(args.skip), args.redo, deadline)
             out = results.summary(results_root(args.data_dir))

@@ -247,4 +247,3 @@ def test_reproduce_flow_runs_the_whole_dag_from_prefect(repo):
     again = results.load("runs", root)
     again = again[~again["run_id"].isin(runs["run_id"])]
     assert list(again["stage"]) == ["report"]
-

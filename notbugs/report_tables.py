@@ -74,25 +74,30 @@ def read_on_disk(data_dir: Path) -> tuple[dict[str, OnDisk], dict[str, str]]:
     return models, sets
 
 
+def _spans(shas: list, current) -> list[tuple[int, int | None]]:
+    """Index ranges [start, end) of the runs of consecutive rows (in time order) whose checkpoint hash is
+    `current`; end None for the span still open. A retrained model changes its checkpoint hash; a rerun that
+    restores a finished checkpoint does not; weights put back from an earlier run make their span current again."""
+    spans, start = [], None
+    for i, sha in enumerate(shas):
+        if sha == current and start is None:
+            start = i
+        elif sha != current and start is not None:
+            spans.append((start, i))
+            start = None
+    if start is not None:
+        spans.append((start, None))
+    return spans
+
+
 def weight_periods(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> dict[str, list[tuple]]:
     """Per model id, the periods (start, end or None) during which the weights it has now were its latest
-    recorded ones: those on disk where known, else those of its latest row. A retrained model changes its
-    checkpoint hash; a rerun that restores a finished checkpoint does not; weights put back from an earlier
-    run make its period current again."""
+    recorded ones: those on disk where known, else those of its latest row (`_spans`)."""
     periods = {}
     for model_id, rows in models.sort_values("created_at", kind="stable").groupby("model_id", sort=False):
         shas, times = list(rows["checkpoint_sha256"]), list(rows["created_at"])
         current = on_disk[model_id].sha256 if model_id in on_disk else shas[-1]
-        spans, start = [], None
-        for sha, t in zip(shas, times, strict=True):
-            if sha == current and start is None:
-                start = t
-            elif sha != current and start is not None:
-                spans.append((start, t))
-                start = None
-        if start is not None:
-            spans.append((start, None))
-        periods[model_id] = spans
+        periods[model_id] = [(times[a], None if b is None else times[b]) for a, b in _spans(shas, current)]
     return periods
 
 
@@ -104,13 +109,9 @@ def trained_run(models: pd.DataFrame, model_id: str, on_disk: dict[str, OnDisk])
     rows = models[models["model_id"] == model_id].sort_values("created_at", kind="stable")
     disk = on_disk.get(model_id)
     shas, ids = list(rows["checkpoint_sha256"]), [str(r) for r in rows["run_id"]]
-    current = disk.sha256 if disk else (shas[-1] if shas else None)
-    found = None
-    for i, sha in enumerate(shas):
-        if sha == current and (i == 0 or shas[i - 1] != current):
-            found = ids[i]  # a span starts: weights made again since (a deterministic retrain) name their run
-    if found is not None:
-        return found
+    spans = _spans(shas, disk.sha256 if disk else (shas[-1] if shas else None))
+    if spans:  # the last span's first row: weights made again since (a deterministic retrain) name their run
+        return ids[spans[-1][0]]
     return disk.run_id if disk else (ids[-1] if ids else None)
 
 

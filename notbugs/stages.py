@@ -121,12 +121,8 @@ def construct_recipe(params: Params, name: str, source_meta: dict, bf16: bool) -
               "set": construction(name),
               "source_model_id": source_meta["model_id"], "source_model_sha256": source_meta["checkpoint_sha256"],
               "code": package_digest(*C.CONSTRUCT_CODE, *arch_code(source_meta["arch"]))}
-    if s.kind == "match":
-        recipe["match"] = dataclasses.asdict(c.match)
-    elif s.kind == "pgd":
-        recipe["pgd"] = dataclasses.asdict(c.pgd)
-    else:
-        raise ValueError(f"set {name!r}: unknown kind {s.kind!r} (notbugs/sets.py)")
+    # the kind's parameters, under its name: "match" or "pgd" (config.check_sets refuses any other at load)
+    recipe[s.kind] = dataclasses.asdict(c.match if s.kind == "match" else c.pgd)
     return recipe
 
 
@@ -453,9 +449,9 @@ def _latest_checkpoints(data_dir) -> dict[str, str]:
 
 def _record_weights_on_disk(data_dir, path: Path, meta: dict) -> None:
     """A `models` row for the checkpoint in `path`, from its meta.json: weights that the model's latest row
-    does not describe (put back by DVC without running a stage). The row keeps the run that trained them;
-    its time is now, when they became the model's current weights again."""
-    log.info("%s: the weights in %s (trained by run %s) are not the latest the models table lists; recorded",
+    does not describe (put back by DVC without running a stage). The row keeps the run its meta.json names
+    (the last to save them); its time is now, when they became the model's current weights again."""
+    log.info("%s: the weights in %s (saved by run %s) are not the latest the models table lists; recorded",
              meta["model_id"], path, meta["run_id"])
     results.append("models", [models_row(path, meta)], results_root(data_dir))
 

@@ -162,8 +162,9 @@ def _write_curve(path: Path, history: list[dict]) -> None:
 
 
 def models_row(folder: Path, meta: dict) -> dict:
-    """The `models` row of the checkpoint in `folder`, from its meta.json (`save_model`'s): the run that trained
-    it; the time is now, when the row is written."""
+    """The `models` row of the checkpoint in `folder`, from its meta.json (`save_model`'s): the run that saved it
+    (a rerun that restores a finished checkpoint saves it again; the report names the first row of its weights
+    as their training, `report_tables.trained_run`); the time is now, when the row is written."""
     return {"model_id": meta["model_id"], "profile": meta["profile"], "arch": meta["arch"],
             "width": float(meta["width"]), "train_set": meta["train_set"], "training": meta["training"],
             "recipe": results.to_json(meta["recipe"]), "checkpoint_path": str(folder / "model.pt"),

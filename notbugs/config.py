@@ -152,6 +152,9 @@ class Profile:
     evaluate: EvalConfig
     reevaluate: EvalConfig
     transfer: TransferConfig
+    # models trained on each constructed set, each from its own seed: 1 is the paper's; n > 1 gives the report a
+    # mean and spread over n (the first is the one every table shows)
+    trainees: int
     compile: bool  # torch.compile the model for construction (D_R, D_NR, D_rand, D_det): speed only
     compile_train: str  # eager | default | reduce-overhead (CUDA graphs): torch.compile for training; speed only
     # `notbugs all`: compile construction's graphs in a second process while the source models train; speed only
@@ -174,7 +177,8 @@ class Params:
             return []
         ours, theirs = dataclasses.asdict(self.profile), dataclasses.asdict(self.paper)
         speed_only = ("compile", "compile_train", "compile_ahead", "checkpoint_minutes")
-        for key in ("name", *speed_only):  # a label, and switches of speed only
+        # a label, switches of speed only, and more models of the same recipe (the first is the paper's one)
+        for key in ("name", "trainees", *speed_only):
             ours.pop(key), theirs.pop(key)
         out = []
         for key, a, b in _diff(ours, theirs):
@@ -396,6 +400,8 @@ def validate(p: Profile) -> None:
     _check(p.transfer.n > 0 and p.transfer.n % 10 == 0,
            f"{where}.transfer.n must be > 0 and a multiple of the 10 classes (n / 10 test images of each), "
            f"got {p.transfer.n}")
+    _check(p.trainees >= 1, f"{where}.trainees (models trained on each constructed set) must be >= 1, got "
+                            f"{p.trainees}")
     _check(p.checkpoint_minutes >= 0, f"{where}.checkpoint_minutes must be >= 0, got {p.checkpoint_minutes}")
     _check(p.compile_train in TRAIN_COMPILE,
            f"{where}.compile_train must be one of {'|'.join(TRAIN_COMPILE)}, got {p.compile_train!r}")

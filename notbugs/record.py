@@ -70,6 +70,13 @@ def model_dir(data_dir, name: str) -> Path:
     return Path(data_dir) / "models" / name
 
 
+def trainee_dirs(data_dir, name: str) -> list[Path]:
+    """The folders of the models beyond the first trained on constructed set `name` (the profile's `trainees`),
+    data/models/<name>/trainee-<k>, in order of k."""
+    found = [p for p in model_dir(data_dir, name).glob("trainee-*") if p.name.removeprefix("trainee-").isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("trainee-")))
+
+
 def dataset_dir(data_dir, name: str) -> Path:
     return Path(data_dir) / "datasets" / name
 

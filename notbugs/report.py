@@ -21,6 +21,7 @@ their HTML and Markdown rendering).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -314,7 +315,27 @@ def _figure2_blocks(fig2: list[Measured], unrecorded: list[str]) -> list:
             for m in fig2)
     blocks.append(Table(("training", "model", "clean, ours", "clean, paper", "clean vs paper", "robust, ours",
                          "robust, paper", "robust vs paper", "paper source", "runs"), rows))
-    return blocks
+    return blocks + _spread_blocks(fig2)
+
+
+def _spread_cell(value: float | None, sd: float | None) -> str:
+    return "" if value is None or sd is None else f"{value:.1f} ± {sd:.1f}"
+
+
+def _spread_blocks(measured: list[Measured]) -> list:
+    """Where sets have more than one model (the profile's `trainees`), the mean and spread over them."""
+    spread = [m for m in measured if m.spread is not None]
+    if not spread:
+        return []
+    rows = tuple((SET_LABEL.get(m.ref.train_set, m.ref.train_set), str(m.spread.n),
+                  _spread_cell(m.spread.clean_mean, m.spread.clean_sd),
+                  _spread_cell(m.spread.robust_mean, m.spread.robust_sd), _pct(m.clean), _pct(m.robust))
+                 for m in spread)
+    return [Para("Over every model trained on the set (the profile's `trainees`, each from its own seed, on the "
+                 "same build of the set): mean ± sample standard deviation, beside the first model's numbers shown "
+                 "above. The spread is that of training alone: every one learns from the same constructed images."),
+            Table(("training set", "models", "clean, mean ± sd", f"robust (eps {ROBUST_EPS}), mean ± sd",
+                   "clean, first", "robust, first"), rows)]
 
 
 def _unreported_sets(models: pd.DataFrame, datasets: pd.DataFrame) -> list[str]:
@@ -344,7 +365,7 @@ def _table1_blocks(tab1: list[Measured]) -> list:
                   _compare(m.robust, m.ref.robust, m.ref.robust_near_zero), _runs_cell(m)) for m in tab1)
     blocks.append(Table(("training set", "model", "test acc, ours", "test acc, paper", "vs paper",
                          f"robust (eps {ROBUST_EPS}), ours", "robust, paper", "robust vs paper", "runs"), rows))
-    return blocks
+    return blocks + _spread_blocks(tab1)
 
 
 def _figure3_blocks(points: list[TransferPoint]) -> tuple[list, float | None]:
@@ -465,12 +486,18 @@ def _summary(profile, fig2, tab1, points, r, claims, construction, flags, deviat
     def rounded(v):
         return None if v is None else round(v, 2)
 
+    def entry(m: Measured) -> dict:
+        out = {"model_id": m.model_id, "clean": rounded(m.clean), "robust": rounded(m.robust),
+               "paper_clean": m.ref.clean, "paper_robust": m.ref.robust}
+        if m.spread is not None:  # the profile's `trainees` > 1
+            out["trainees"] = {key: rounded(v) if isinstance(v, float) else v
+                               for key, v in dataclasses.asdict(m.spread).items()}
+        return out
+
     return {
         "profile": profile,
-        "figure2": {m.ref.key: {"model_id": m.model_id, "clean": rounded(m.clean), "robust": rounded(m.robust),
-                                "paper_clean": m.ref.clean, "paper_robust": m.ref.robust} for m in fig2},
-        "table1": {m.ref.key: {"model_id": m.model_id, "clean": rounded(m.clean), "robust": rounded(m.robust),
-                               "paper_clean": m.ref.clean, "paper_robust": m.ref.robust} for m in tab1},
+        "figure2": {m.ref.key: entry(m) for m in fig2},
+        "table1": {m.ref.key: entry(m) for m in tab1},
         "figure3": {"points": {p.arch: {"transfer_success": rounded(p.success), "d_det_acc": rounded(p.d_det_acc)}
                                for p in points},
                     "pearson_r": rounded(r)},
@@ -514,6 +541,8 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     claims = judge_claims(fig2, tab1, points, r, evals)
     unrecorded = unrecorded_models(tables["models"], models_on_disk)
     curves = epoch_curves(tables["epochs"], tables["models"], models_on_disk)
+    # a set's first model stands for its trainees, as in the tables
+    curves = {model_id: rows for model_id, rows in curves.items() if "/trainee-" not in model_id}
 
     behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk, points)
     used = _images_used(models, evals[evals["model_id"].isin(models["model_id"])])

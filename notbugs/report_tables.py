@@ -164,10 +164,16 @@ def _is_transfer(models: pd.DataFrame) -> pd.Series:
     return models["model_id"].str.contains("/transfer/", regex=False)
 
 
+def _is_trainee(models: pd.DataFrame) -> pd.Series:
+    """A set's models beyond its first (the profile's `trainees`; ids `<first's id>/trainee-<k>`): counted in
+    its mean and spread, never shown as the set's model."""
+    return models["model_id"].str.contains("/trainee-", regex=False)
+
+
 def _pick_model(models: pd.DataFrame, training: str, train_set: str, arch: str | None) -> pd.Series | None:
     """The latest such model of the main architecture: never one of another architecture, which would
     pair, say, a ResNet-9 source model with a ResNet-18 trained on its sets."""
-    main = models[~_is_transfer(models)]
+    main = models[~_is_transfer(models) & ~_is_trainee(models)]
     found = main[(main["training"] == training) & (main["train_set"] == train_set)]
     if arch is not None:
         found = found[found["arch"] == arch]
@@ -189,6 +195,17 @@ def _evaluation(evals: pd.DataFrame, model_id: str, attack: str, eps: float | No
 
 
 @dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (n - 1), in percent, over the models trained on one build of a set: the
+    one shown and its other trainees (the profile's `trainees`)."""
+    n: int
+    clean_mean: float
+    clean_sd: float
+    robust_mean: float | None  # None unless every one of the n has a robust score
+    robust_sd: float | None
+
+
+@dataclass(frozen=True)
 class Measured:
     ref: PaperRow
     model_id: str | None
@@ -198,6 +215,7 @@ class Measured:
     clean_n: int | None = None  # test images behind each accuracy
     robust_n: int | None = None
     runs: tuple[str, ...] = ()  # the run that trained the weights, then those that scored them (run ids)
+    spread: Spread | None = None  # over this model and its set's other trainees, where there are any
 
 
 def measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str | None,
@@ -219,7 +237,35 @@ def measure(ref: PaperRow, models: pd.DataFrame, evals: pd.DataFrame, arch: str 
                     None if robust is None else int(robust["steps"]),
                     None if clean is None else int(clean["n"]),
                     None if robust is None else int(robust["n"]),
-                    tuple(dict.fromkeys([trained, *scored])))
+                    tuple(dict.fromkeys([trained, *scored])),
+                    trainee_spread(model, models, evals))
+
+
+def _text(value) -> str | None:
+    return None if pd.isna(value) else str(value)
+
+
+def trainee_spread(first: pd.Series, models: pd.DataFrame, evals: pd.DataFrame) -> Spread | None:
+    """The spread of the scores of `first` (a set's model shown) and its set's other trainees trained on the same
+    build of the set (their latest rows' `train_set_run_id`); None where no other one has a clean score."""
+    ids = f"{first['model_id']}/trainee-"
+    rows = models[models["model_id"].str.startswith(ids)].sort_values("created_at", kind="stable")
+    latest = rows.drop_duplicates("model_id", keep="last")
+    same_set = latest.loc[np.array([_text(v) == _text(first["train_set_run_id"]) for v in latest["train_set_run_id"]],
+                                   dtype=bool)]
+    clean, robust = [], []
+    for model_id in [str(first["model_id"]), *sorted(same_set["model_id"])]:
+        c = _evaluation(evals, model_id, "none")
+        if c is None:
+            continue
+        clean.append(100.0 * float(c["accuracy"]))
+        r = _evaluation(evals, model_id, "pgd_l2", ROBUST_EPS)
+        robust.append(None if r is None else 100.0 * float(r["accuracy"]))
+    if len(clean) < 2:
+        return None
+    whole = all(v is not None for v in robust)
+    return Spread(len(clean), float(np.mean(clean)), float(np.std(clean, ddof=1)),
+                  float(np.mean(robust)) if whole else None, float(np.std(robust, ddof=1)) if whole else None)
 
 
 @dataclass(frozen=True)
@@ -238,7 +284,7 @@ def transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.Data
     """Figure 3's points: the architectures of the latest transfer measurement (one run writes them all),
     not every one the profile ever measured; before any, those of the D_det models. A rate measured on a
     source or target model that has been retrained since is left out: it no longer describes them."""
-    d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard")]
+    d_det = models[(models["train_set"] == "d_det") & (models["training"] == "standard") & ~_is_trainee(models)]
     if transfer.empty:
         latest, archs, last_run = transfer, sorted(set(d_det["arch"])), None
     else:

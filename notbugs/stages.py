@@ -11,6 +11,7 @@ run on several GPUs side by side.
 Layout under data_dir (default `data/`):
   cifar10/                 canonical arrays + manifest            (fetch)
   models/<name>/           model.pt + meta.json                   (source, train, transfer)
+  models/<set>/trainee-<k>/  the set's other models (`trainees`)   (train)
   datasets/<name>/         shards + manifest.json                 (construct)
   work/<name>/             in-progress checkpoints (resume)
   metrics/<stage>.json     DVC metrics;  plots/<name>.csv: training curves
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,7 +37,8 @@ from notbugs.config import Params
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import make_transfer_examples, predict, transfer_success
 from notbugs.models import arch_code
-from notbugs.record import bf16_for, dataset_dir, exclusive, model_dir, recorded_run, results_root, write_metrics
+from notbugs.record import (bf16_for, dataset_dir, exclusive, model_dir, recorded_run, results_root, trainee_dirs,
+                            write_metrics)
 from notbugs.sets import construction, set_spec
 from notbugs.subset import balanced_subset
 from notbugs.storage import ArtefactError, atomic_write_bytes, package_digest, read_json, sha256_bytes, write_json
@@ -232,21 +235,57 @@ def train_spec(params: Params, name: str) -> ModelSpec:
     return ModelSpec(name, p.arch, p.width, name, "standard", p.train_on[name])
 
 
+def train_specs(params: Params, name: str) -> list[ModelSpec]:
+    """The profile's `trainees` models of set `name`: the first (models/<name>, the one every table shows), then
+    the others, models/<name>/trainee-<k>: the same recipe, each from the seed its own name gives (units._seed)."""
+    first = train_spec(params, name)
+    return [first] + [dataclasses.replace(first, name=f"{name}/trainee-{k}", trainee=k)
+                      for k in range(2, params.profile.trainees + 1)]
+
+
+def retire_trainees(data_dir, name: str, keep: int) -> list[Path]:
+    """Delete the model folders of set `name`'s trainees beyond the first `keep` (a profile that trains fewer
+    than a run before), which DVC would otherwise keep in the set's output and the report count. Their finished
+    checkpoints stay in work/<name>/trainee-<k>/: a run that trains that many again restores them."""
+    gone = [path for path in trainee_dirs(data_dir, name) if int(path.name.removeprefix("trainee-")) > keep]
+    for path in gone:
+        shutil.rmtree(path)
+        log.info("%s: removed; the profile trains %d model(s) on %s (its checkpoint stays in work/)", path, keep, name)
+    return gone
+
+
+def spread(scores: list[dict]) -> dict:
+    """Mean and sample standard deviation (n - 1) of each metric over the trainees' scores ({metric: accuracy})."""
+    out: dict = {"n": len(scores)}
+    for key in scores[0]:
+        values = torch.tensor([float(s[key]) for s in scores], dtype=torch.float64)
+        out[key] = {"mean": round(float(values.mean()), 4), "sd": round(float(values.std()), 4)}
+    return out
+
+
 def stage_train(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
                 deadline: Deadline | None = None, split: Split | None = None) -> dict:
-    """Standard training of the profile's architecture on a constructed set; test on the real test set."""
+    """Standard training of the profile's architecture on a constructed set; test on the real test set. With the
+    profile's `trainees` above 1, as many models from seeds of their own (side by side on several GPUs with a
+    parallel runner), and the metrics add their mean and spread (`trainees`)."""
     set_spec(name)  # an unknown set's error names notbugs/sets.py
-    dev = pick_device(device)
+    devs = stage_devices(device, units.parallel)
+    dev = devs[0]
     p = params.profile
-    spec = train_spec(params, name)
+    specs = train_specs(params, name)
+    retire_trainees(data_dir, name, len(specs))
     inputs = [dataset_dir(data_dir, name) / "manifest.json"]
     with recorded_run(f"train@{name}", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
         x, y = load_training_set(data_dir, name)
         split = split or load_split(params, data_dir)
-        out = units.train(params, spec, x, y, data_dir, dev, run_id, deadline)
-        metrics = units.evaluate(params, out["model"], out["meta"]["model_id"], out["meta"]["checkpoint_sha256"],
-                                 split, p.evaluate, data_dir, dev, run_id)
-        metrics["train_acc_final"] = round(out["history"][-1]["train_acc"], 4)
+        calls = [(params, spec, x, y, data_dir, devs[i % len(devs)], run_id, deadline) for i, spec in enumerate(specs)]
+        outs = units.map(units.train, calls)
+        scores = [units.evaluate(params, out["model"].to(dev), out["meta"]["model_id"],
+                                 out["meta"]["checkpoint_sha256"], split, p.evaluate, data_dir, dev, run_id)
+                  for out in outs]
+        metrics = {**scores[0], "train_acc_final": round(outs[0]["history"][-1]["train_acc"], 4)}
+        if len(scores) > 1:
+            metrics["trainees"] = spread(scores)
         write_metrics(data_dir, f"train_{name}", metrics)
     return metrics
 

@@ -26,7 +26,7 @@ STEP_PARAMS = {
     "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "{own}", "evaluate"),
     "construct": ("subset", "precision", "construct.seed", "construct.shard_size", "construct.batch_size",
                   "construct.{recipe}"),
-    "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate"),
+    "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate", "trainees"),
     "transfer": ("subset", "precision", "transfer", "train", "source_on.standard", "train_on.d_det", "construct.pgd",
                  "evaluate"),
 }
@@ -160,7 +160,7 @@ def output_recipe(data_dir, step: str) -> str | None:
     models' ids and recipes (transfer). None where the output, or a file of it, is missing or unreadable. The
     same recipe's weights trained elsewhere (another GPU's, brought by `dvc pull`) are the same output here,
     where `output_digest` tells them apart for the steps that read them."""
-    from notbugs.record import dataset_dir, model_dir
+    from notbugs.record import dataset_dir, model_dir, trainee_dirs
 
     stage, _, item = step.partition("@")
     if stage == "fetch":  # the arrays are both what was made and how
@@ -168,8 +168,13 @@ def output_recipe(data_dir, step: str) -> str | None:
     if stage in ("source", "train", "construct") and output_digest(data_dir, step) is None:
         return None
     try:
-        if stage in ("source", "train"):
+        if stage == "source":
             metas = [read_json(model_dir(data_dir, item) / "meta.json")]
+        elif stage == "train":  # the set's first model, then its other trainees (the profile's `trainees`)
+            folders = [model_dir(data_dir, item), *trainee_dirs(data_dir, item)]
+            if not all((f / "model.pt").is_file() for f in folders):
+                return None
+            metas = [read_json(f / "meta.json") for f in folders]
         elif stage == "construct":
             return str(read_json(dataset_dir(data_dir, item) / "manifest.json")["recipe_hash"])
         elif stage == "transfer":

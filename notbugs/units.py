@@ -80,10 +80,12 @@ class ModelSpec:
     recipe: TrainConfig
     adversarial: AdversarialConfig | None = None
     group: str = ""  # "transfer" for Figure 3's models, which must not be mistaken for the main ones
+    trainee: int = 1  # k of the profile's `trainees` models on this set: those after the first have ids of their own
 
     def model_id(self, profile: str) -> str:
         group = f"{self.group}/" if self.group else ""
-        return f"{profile}/{group}{self.training}-{self.train_set}-{self.arch}"
+        trainee = f"/trainee-{self.trainee}" if self.trainee > 1 else ""
+        return f"{profile}/{group}{self.training}-{self.train_set}-{self.arch}{trainee}"
 
 
 def rebuild_command(name: str, train_set: str) -> str:
@@ -92,7 +94,7 @@ def rebuild_command(name: str, train_set: str) -> str:
         return "dvc repro transfer  (or: notbugs transfer)"
     if train_set == "d":
         return f"dvc repro source@{name}  (or: notbugs source {name})"
-    return f"dvc repro train@{name}  (or: notbugs train {name})"
+    return f"dvc repro train@{train_set}  (or: notbugs train {train_set})"  # name: <set>/trainee-<k> for the others
 
 
 def load_made_model(folder: Path, device, rebuild: str) -> tuple[torch.nn.Module, dict]:

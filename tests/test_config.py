@@ -51,6 +51,15 @@ def test_speed_switches_are_not_deviations_from_the_paper():
     assert tiny.profile.checkpoint_minutes != tiny.paper.checkpoint_minutes
 
 
+def test_more_trainees_are_not_a_deviation_from_the_paper(tmp_path, mirror):
+    """Models beyond the first on each set add a spread; the first is trained as before, so nothing deviates."""
+    path = write_params(tmp_path / "p.yaml", mirror, edit=lambda d: d["profiles"]["tiny"].update(trainees=3))
+    params = load_params(path)
+    assert params.profile.trainees == 3 and params.paper.trainees == 1
+    assert not any(d.startswith("trainees") for d in params.deviations())
+    assert params.deviations() == load_params(write_params(tmp_path / "q.yaml", mirror)).deviations()
+
+
 def _edited(tmp_path, mirror, edit):
     return write_params(tmp_path / "p.yaml", mirror, edit=edit)
 
@@ -103,6 +112,9 @@ def _fake_relu_on_vgg16(doc):
      "profiles.tiny.subset: sizes must be multiples of the 10 classes (class-balanced), got train 5005"),
     (lambda d: d["profiles"]["tiny"].update(precision="fp16"), "precision must be one of auto|bf16|fp32"),
     (lambda d: d["profiles"]["tiny"].update(checkpoint_minutes=-1), "checkpoint_minutes must be >= 0, got -1"),
+    (lambda d: d["profiles"]["tiny"].update(trainees=0), "profiles.tiny.trainees (models trained on each constructed "
+                                                         "set) must be >= 1, got 0"),
+    (lambda d: d["profiles"]["tiny"].update(trainees=2.0), "profiles.tiny.trainees: expected an integer"),
     (lambda d: d["profiles"]["tiny"]["train"].update(checkpoint_every=4), "unknown key(s) ['checkpoint_every']"),
     (lambda d: d["profiles"]["tiny"].update(compile_train="max"),
      "compile_train must be one of eager|default|reduce-overhead, got 'max'"),

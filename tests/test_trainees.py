@@ -1,0 +1,163 @@
+"""The profile's `trainees`: more models of the same recipe on each constructed set, each from its own seed, and
+their mean and spread in the metrics and the report. On synthetic data, through the plain library."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from notbugs import record as R
+from notbugs import results
+from notbugs import stages as S
+from notbugs import steps
+from notbugs.config import load_params
+from notbugs.report import build_report
+from notbugs.report_tables import transfer_points
+from notbugs.train import load_model
+from tests.conftest import write_params
+from tests.test_stages import _fast, _with
+
+FIRST = "tiny/standard-d_det-resnet9"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, mirror):
+    """fetch, the standard source model and D_det, shared by this module's tests (copied before mutation)."""
+    root = tmp_path_factory.mktemp("trainees")
+    params = load_params(write_params(root / "params.yaml", mirror, edit=_fast))
+    data = root / "data"
+    S.stage_fetch(params, data, "cpu")
+    S.stage_source(params, "standard", data, "cpu")
+    S.stage_construct(params, "d_det", data, "cpu")
+    return params, data
+
+
+def _copy(built, tmp_path):
+    params, data = built
+    shutil.copytree(data, tmp_path / "data")
+    return params, tmp_path / "data"
+
+
+def _meta(data, folder: str) -> dict:
+    return json.loads((data / "models" / folder / "meta.json").read_text())
+
+
+def test_each_trainee_has_its_own_seed_folder_and_id_and_the_metrics_give_their_spread(built, tmp_path):
+    params, data = _copy(built, tmp_path)
+    metrics = S.stage_train(_with(params, trainees=3), "d_det", data, "cpu")
+    folders = ["d_det", "d_det/trainee-2", "d_det/trainee-3"]
+    metas = [_meta(data, f) for f in folders]
+    assert [m["model_id"] for m in metas] == [FIRST, f"{FIRST}/trainee-2", f"{FIRST}/trainee-3"]
+    assert len({m["recipe"]["seed"] for m in metas}) == 3
+    assert len({m["checkpoint_sha256"] for m in metas}) == 3
+    assert all(m["rebuild"].startswith("dvc repro train@d_det ") for m in metas)
+
+    evals = results.load("evaluations", R.results_root(data))
+    clean = [float(evals[(evals["model_id"] == m["model_id"]) & (evals["attack"] == "none")]["accuracy"].iloc[-1])
+             for m in metas]
+    assert metrics["clean"] == round(clean[0], 4)  # the first model's numbers stay the stage's own
+    spread = metrics["trainees"]
+    assert spread["n"] == 3
+    assert spread["clean"]["mean"] == pytest.approx(np.mean(clean), abs=1e-4)
+    assert spread["clean"]["sd"] == pytest.approx(np.std(clean, ddof=1), abs=1e-4)
+    robust = [float(evals[(evals["model_id"] == m["model_id"]) & (evals["attack"] == "pgd_l2")]["accuracy"].iloc[-1])
+              for m in metas]
+    assert spread["pgd_l2_eps0.25"]["mean"] == pytest.approx(np.mean(robust), abs=1e-4)
+    assert spread["pgd_l2_eps0.25"]["sd"] == pytest.approx(np.std(robust, ddof=1), abs=1e-4)
+    assert set(spread) == {"n", *(k for k in metrics if k not in ("trainees", "train_acc_final"))}
+    on_disk = json.loads((data / "metrics" / "train_d_det.json").read_text())
+    assert on_disk["trainees"] == spread
+
+
+def test_the_first_model_is_the_one_a_single_trainee_run_makes(built, tmp_path):
+    """Adding trainees changes nothing of the first: same seed, same weights as with one."""
+    params, data = _copy(built, tmp_path / "one")
+    S.stage_train(params, "d_det", data, "cpu")
+    _, more = _copy(built, tmp_path / "three")
+    S.stage_train(_with(params, trainees=2), "d_det", more, "cpu")
+    assert _meta(data, "d_det")["checkpoint_sha256"] == _meta(more, "d_det")["checkpoint_sha256"]
+    assert not R.trainee_dirs(data, "d_det")
+
+
+def test_fewer_trainees_remove_the_extra_folders_and_more_again_restore_them(built, tmp_path):
+    params, data = _copy(built, tmp_path)
+    S.stage_train(_with(params, trainees=3), "d_det", data, "cpu")
+    third = _meta(data, "d_det/trainee-3")
+    done = steps.output_recipe(data, "train@d_det")
+
+    metrics = S.stage_train(_with(params, trainees=2), "d_det", data, "cpu")
+    assert [p.name for p in R.trainee_dirs(data, "d_det")] == ["trainee-2"]
+    assert metrics["trainees"]["n"] == 2
+    assert steps.output_recipe(data, "train@d_det") != done
+    assert (data / "work" / "d_det" / "trainee-3" / "checkpoint.pt").is_file()  # nothing trained is lost
+
+    epochs_before = len(results.load("epochs", R.results_root(data)))
+    S.stage_train(_with(params, trainees=3), "d_det", data, "cpu")
+    assert _meta(data, "d_det/trainee-3")["checkpoint_sha256"] == third["checkpoint_sha256"]
+    model, _ = load_model(data / "models" / "d_det" / "trainee-3")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    assert steps.output_recipe(data, "train@d_det") == done
+    epochs = results.load("epochs", R.results_root(data)).iloc[epochs_before:]
+    assert set(epochs["model_id"]) == {FIRST, f"{FIRST}/trainee-2", f"{FIRST}/trainee-3"}
+
+
+def test_a_missing_trainee_makes_the_train_step_not_done(built, tmp_path):
+    params, data = _copy(built, tmp_path)
+    S.stage_train(_with(params, trainees=2), "d_det", data, "cpu")
+    assert steps.output_recipe(data, "train@d_det") is not None
+    (data / "models" / "d_det" / "trainee-2" / "model.pt").unlink()
+    assert steps.output_recipe(data, "train@d_det") is None
+
+
+def test_trainees_are_in_the_step_hash(built):
+    params, _ = built
+    assert "trainees" in steps.step_params("train@d_det")
+    raw = {**params.raw, "trainees": 2}
+    more = type(params)(profile=params.profile, data=params.data, raw=raw, paper=params.paper)
+    assert steps.step_hash(more, "train@d_det", "a") != steps.step_hash(params, "train@d_det", "a")
+
+
+def test_the_report_shows_the_first_model_and_the_spread_over_all(built, tmp_path):
+    params, data = _copy(built, tmp_path)
+    metrics = S.stage_train(_with(params, trainees=3), "d_det", data, "cpu")
+    paths = build_report(R.results_root(data), data, tmp_path / "report", "tiny")
+    summary = json.loads(paths["summary"].read_text())
+    d_det = summary["table1"]["d_det"]
+    assert d_det["model_id"] == FIRST
+    assert d_det["clean"] == pytest.approx(100 * metrics["clean"], abs=0.01)
+    spread = d_det["trainees"]
+    assert spread["n"] == 3
+    assert spread["clean_mean"] == pytest.approx(100 * metrics["trainees"]["clean"]["mean"], abs=0.02)
+    assert spread["clean_sd"] == pytest.approx(100 * metrics["trainees"]["clean"]["sd"], abs=0.02)
+    assert spread["robust_mean"] == pytest.approx(100 * metrics["trainees"]["pgd_l2_eps0.25"]["mean"], abs=0.02)
+    assert spread["robust_sd"] == pytest.approx(100 * metrics["trainees"]["pgd_l2_eps0.25"]["sd"], abs=0.02)
+    assert "trainees" not in summary["table1"]["d"]
+    root = R.results_root(data)
+    [point] = transfer_points(results.load("transfer", root), results.load("models", root),
+                              results.load("evaluations", root), {})
+    assert point.d_det_model_id == FIRST  # Figure 3's D_det model is the first, not a trainee
+    md = paths["markdown"].read_text()
+    assert "clean, mean ± sd" in md
+    line = next(line for line in md.splitlines() if line.startswith("| D_det | 3 |"))
+    assert f"{spread['clean_mean']:.1f} ± {spread['clean_sd']:.1f} | {spread['robust_mean']:.1f} ± " in line
+
+
+def test_the_spread_leaves_out_trainees_of_an_earlier_build_of_the_set(built, tmp_path):
+    """A trainee's latest row names another build of the set than the first model's: not counted."""
+    params, data = _copy(built, tmp_path)
+    S.stage_train(_with(params, trainees=3), "d_det", data, "cpu")
+    root = R.results_root(data)
+    models = results.load("models", root)
+    row = models[models["model_id"] == f"{FIRST}/trainee-3"].iloc[-1].to_dict()
+    results.append("models", [{**row, "train_set_run_id": "an-earlier-build", "created_at": results.now_utc()}], root)
+    paths = build_report(root, data, tmp_path / "report", "tiny")
+    assert json.loads(paths["summary"].read_text())["table1"]["d_det"]["trainees"]["n"] == 2
+
+
+def test_reevaluation_scores_every_trainee(built, tmp_path):
+    params, data = _copy(built, tmp_path)
+    S.stage_train(_with(params, trainees=2), "d_det", data, "cpu")
+    scored = S.stage_reevaluate(params, data, "cpu")
+    assert {FIRST, f"{FIRST}/trainee-2"} <= set(scored)

@@ -36,7 +36,7 @@ from notbugs.report_paper import (CHANCE, CONSTRUCTED, FIGURE2, PAPER_CLAIM, ROB
                                   bar_group, row_label)
 from notbugs.report_samples import SAMPLE_SIZE, SampleGrid, default_load_cifar, default_load_samples, sample_grid
 from notbugs.report_svg import SERIES_COLOURS, grouped_bars_svg, scatter_svg, training_curves_svg
-from notbugs.report_tables import (Measured, OnDisk, TransferPoint, construction_stats, current_models,
+from notbugs.report_tables import (Measured, OnDisk, Spread, TransferPoint, construction_stats, current_models,
                                    epoch_curves, latest_evaluations, latest_rows, load_tables, main_arch, measure,
                                    read_on_disk, trained_run, transfer_points, unrecorded_models,
                                    weight_periods)
@@ -322,18 +322,26 @@ def _spread_cell(value: float | None, sd: float | None) -> str:
     return "" if value is None or sd is None else f"{value:.1f} ± {sd:.1f}"
 
 
+def _models_cell(spread: Spread) -> str:
+    if not spread.left_out:
+        return str(spread.n)
+    return (f"{spread.n} ({spread.left_out} more not scored with the first's attack settings: `notbugs reevaluate` "
+            "scores them all alike)")
+
+
 def _spread_blocks(measured: list[Measured]) -> list:
     """Where sets have more than one model (the profile's `trainees`), the mean and spread over them."""
     spread = [m for m in measured if m.spread is not None]
     if not spread:
         return []
-    rows = tuple((SET_LABEL.get(m.ref.train_set, m.ref.train_set), str(m.spread.n),
+    rows = tuple((SET_LABEL.get(m.ref.train_set, m.ref.train_set), _models_cell(m.spread),
                   _spread_cell(m.spread.clean_mean, m.spread.clean_sd),
                   _spread_cell(m.spread.robust_mean, m.spread.robust_sd), _pct(m.clean), _pct(m.robust))
                  for m in spread)
-    return [Para("Over every model trained on the set (the profile's `trainees`, each from its own seed, on the "
-                 "same build of the set): mean ± sample standard deviation, beside the first model's numbers shown "
-                 "above. The spread is that of training alone: every one learns from the same constructed images."),
+    return [Para("Over the models trained on the set (the profile's `trainees`): the first, shown above, and those "
+                 "trained by its recipe from other seeds on the same build of the set, scored with the same attack "
+                 "settings. Mean ± sample standard deviation, beside the first model's numbers. The spread is that of "
+                 "training alone: every one learns from the same constructed images."),
             Table(("training set", "models", "clean, mean ± sd", f"robust (eps {ROBUST_EPS}), mean ± sd",
                    "clean, first", "robust, first"), rows)]
 

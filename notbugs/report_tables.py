@@ -200,9 +200,10 @@ class Spread:
     one shown and its other trainees (the profile's `trainees`)."""
     n: int
     clean_mean: float
-    clean_sd: float
-    robust_mean: float | None  # None unless every one of the n has a robust score
+    clean_sd: float | None  # None for n = 1 (every other trainee left out)
+    robust_mean: float | None  # None where the first model shown has no robust score
     robust_sd: float | None
+    left_out: int = 0  # trainees of that build and recipe not scored as the first is shown (`notbugs reevaluate`)
 
 
 @dataclass(frozen=True)
@@ -245,27 +246,58 @@ def _text(value) -> str | None:
     return None if pd.isna(value) else str(value)
 
 
+def _recipe_but_seed(recipe) -> dict | None:
+    """A `models.recipe` (JSON) without its seed; None for one that is not JSON (rows before 2026-12-07)."""
+    try:
+        out = json.loads(recipe)
+    except (TypeError, ValueError):
+        return None
+    return {k: v for k, v in out.items() if k != "seed"} if isinstance(out, dict) else None
+
+
+def _score_like(evals: pd.DataFrame, model_id: str, like: pd.Series) -> pd.Series | None:
+    """The model's latest score under the attack setting of `like` (a score of another model): the same attack,
+    eps, steps, restarts and number of test images."""
+    found = evals[(evals["model_id"] == model_id) & (evals["attack"] == like["attack"])
+                  & np.isclose(evals["eps"].astype(float), float(like["eps"]), equal_nan=True)
+                  & (evals["steps"] == like["steps"]) & (evals["restarts"] == like["restarts"])
+                  & (evals["n"] == like["n"])]
+    return None if found.empty else found.sort_values("evaluated_at", kind="stable").iloc[-1]
+
+
 def trainee_spread(first: pd.Series, models: pd.DataFrame, evals: pd.DataFrame) -> Spread | None:
-    """The spread of the scores of `first` (a set's model shown) and its set's other trainees trained on the same
-    build of the set (their latest rows' `train_set_run_id`); None where no other one has a clean score."""
-    ids = f"{first['model_id']}/trainee-"
-    rows = models[models["model_id"].str.startswith(ids)].sort_values("created_at", kind="stable")
-    latest = rows.drop_duplicates("model_id", keep="last")
-    same_set = latest.loc[np.array([_text(v) == _text(first["train_set_run_id"]) for v in latest["train_set_run_id"]],
-                                   dtype=bool)]
-    clean, robust = [], []
-    for model_id in [str(first["model_id"]), *sorted(same_set["model_id"])]:
-        c = _evaluation(evals, model_id, "none")
-        if c is None:
+    """The spread of the scores of `first` (the latest row of a set's model shown) and of its set's other trainees
+    that share its recipe but for the seed and its build of the set (their latest rows'), each scored as the first
+    is shown (the same attack settings; those that are not are counted as left out); None where the first has no
+    score or it has no such trainee."""
+    clean0 = _evaluation(evals, str(first["model_id"]), "none")
+    if clean0 is None:
+        return None
+    robust0 = _evaluation(evals, str(first["model_id"]), "pgd_l2", ROBUST_EPS)
+    rows = models[models["model_id"].str.startswith(f"{first['model_id']}/trainee-")]
+    latest = rows.sort_values("created_at", kind="stable").drop_duplicates("model_id", keep="last")
+    recipe, build = _recipe_but_seed(first["recipe"]), _text(first["train_set_run_id"])
+    clean, left_out = [100.0 * float(clean0["accuracy"])], 0
+    robust = [] if robust0 is None else [100.0 * float(robust0["accuracy"])]
+    for row in latest.sort_values("model_id").itertuples():
+        if _text(row.train_set_run_id) != build or _recipe_but_seed(row.recipe) != recipe:
+            continue  # trained on another build of the set, or by another recipe (a rerun stopped before it)
+        c = _score_like(evals, row.model_id, clean0)
+        r = None if robust0 is None else _score_like(evals, row.model_id, robust0)
+        if c is None or (robust0 is not None and r is None):
+            left_out += 1
             continue
         clean.append(100.0 * float(c["accuracy"]))
-        r = _evaluation(evals, model_id, "pgd_l2", ROBUST_EPS)
-        robust.append(None if r is None else 100.0 * float(r["accuracy"]))
-    if len(clean) < 2:
+        if r is not None:
+            robust.append(100.0 * float(r["accuracy"]))
+    if len(clean) < 2 and not left_out:
         return None
-    whole = all(v is not None for v in robust)
-    return Spread(len(clean), float(np.mean(clean)), float(np.std(clean, ddof=1)),
-                  float(np.mean(robust)) if whole else None, float(np.std(robust, ddof=1)) if whole else None)
+
+    def sd(values: list[float]) -> float | None:
+        return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+    return Spread(len(clean), float(np.mean(clean)), sd(clean), float(np.mean(robust)) if robust else None,
+                  sd(robust), left_out)
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,7 @@ def retire_trainees(data_dir, name: str, keep: int) -> list[Path]:
     gone = [path for path in trainee_dirs(data_dir, name) if int(path.name.removeprefix("trainee-")) > keep]
     for path in gone:
         shutil.rmtree(path)
+        (Path(data_dir) / "plots" / name / f"{path.name}.csv").unlink(missing_ok=True)  # its training curve
         log.info("%s: removed; the profile trains %d model(s) on %s (its checkpoint stays in work/)", path, keep, name)
     return gone
 
@@ -266,24 +267,24 @@ def spread(scores: list[dict]) -> dict:
 def stage_train(params: Params, name: str, data_dir="data", device: str = "auto", units: Units = LOCAL,
                 deadline: Deadline | None = None, split: Split | None = None) -> dict:
     """Standard training of the profile's architecture on a constructed set; test on the real test set. With the
-    profile's `trainees` above 1, as many models from seeds of their own (side by side on several GPUs with a
-    parallel runner), and the metrics add their mean and spread (`trainees`)."""
+    profile's `trainees` above 1, as many models from seeds of their own, each scored as soon as it is trained (a
+    job stopped in a later one leaves none unscored), and the metrics add their mean and spread (`trainees`)."""
     set_spec(name)  # an unknown set's error names notbugs/sets.py
-    devs = stage_devices(device, units.parallel)
-    dev = devs[0]
+    dev = pick_device(device)
     p = params.profile
     specs = train_specs(params, name)
-    retire_trainees(data_dir, name, len(specs))
     inputs = [dataset_dir(data_dir, name) / "manifest.json"]
     with recorded_run(f"train@{name}", params, data_dir, dev, inputs, bf16_for(params, dev)) as run_id:
+        retire_trainees(data_dir, name, len(specs))  # under the step's lock: a run under way may be saving them
         x, y = load_training_set(data_dir, name)
         split = split or load_split(params, data_dir)
-        calls = [(params, spec, x, y, data_dir, devs[i % len(devs)], run_id, deadline) for i, spec in enumerate(specs)]
-        outs = units.map(units.train, calls)
-        scores = [units.evaluate(params, out["model"].to(dev), out["meta"]["model_id"],
-                                 out["meta"]["checkpoint_sha256"], split, p.evaluate, data_dir, dev, run_id)
-                  for out in outs]
-        metrics = {**scores[0], "train_acc_final": round(outs[0]["history"][-1]["train_acc"], 4)}
+        scores, train_acc = [], []
+        for spec in specs:
+            out = units.train(params, spec, x, y, data_dir, dev, run_id, deadline)
+            scores.append(units.evaluate(params, out["model"], out["meta"]["model_id"],
+                                         out["meta"]["checkpoint_sha256"], split, p.evaluate, data_dir, dev, run_id))
+            train_acc.append(round(out["history"][-1]["train_acc"], 4))
+        metrics = {**scores[0], "train_acc_final": train_acc[0]}
         if len(scores) > 1:
             metrics["trainees"] = spread(scores)
         write_metrics(data_dir, f"train_{name}", metrics)

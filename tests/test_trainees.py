@@ -13,11 +13,13 @@ from notbugs import results
 from notbugs import stages as S
 from notbugs import steps
 from notbugs.config import load_params
+from notbugs.deadline import Deadline, Stopped
 from notbugs.report import build_report
-from notbugs.report_tables import transfer_points
+from notbugs.report_tables import trainee_spread, transfer_points
 from notbugs.train import load_model
 from tests.conftest import write_params
 from tests.test_stages import _fast, _with
+from tests.test_train import ticks
 
 FIRST = "tiny/standard-d_det-resnet9"
 
@@ -78,7 +80,6 @@ def test_the_first_model_is_the_one_a_single_trainee_run_makes(built, tmp_path):
     _, more = _copy(built, tmp_path / "three")
     S.stage_train(_with(params, trainees=2), "d_det", more, "cpu")
     assert _meta(data, "d_det")["checkpoint_sha256"] == _meta(more, "d_det")["checkpoint_sha256"]
-    assert not R.trainee_dirs(data, "d_det")
 
 
 def test_fewer_trainees_remove_the_extra_folders_and_more_again_restore_them(built, tmp_path):
@@ -87,8 +88,10 @@ def test_fewer_trainees_remove_the_extra_folders_and_more_again_restore_them(bui
     third = _meta(data, "d_det/trainee-3")
     done = steps.output_recipe(data, "train@d_det")
 
+    assert (data / "plots" / "d_det" / "trainee-3.csv").is_file()
     metrics = S.stage_train(_with(params, trainees=2), "d_det", data, "cpu")
     assert [p.name for p in R.trainee_dirs(data, "d_det")] == ["trainee-2"]
+    assert not (data / "plots" / "d_det" / "trainee-3.csv").exists()
     assert metrics["trainees"]["n"] == 2
     assert steps.output_recipe(data, "train@d_det") != done
     assert (data / "work" / "d_det" / "trainee-3" / "checkpoint.pt").is_file()  # nothing trained is lost
@@ -161,3 +164,76 @@ def test_reevaluation_scores_every_trainee(built, tmp_path):
     S.stage_train(_with(params, trainees=2), "d_det", data, "cpu")
     scored = S.stage_reevaluate(params, data, "cpu")
     assert {FIRST, f"{FIRST}/trainee-2"} <= set(scored)
+
+
+def test_a_job_stopped_in_a_later_trainee_leaves_every_saved_model_scored(built, tmp_path):
+    """Jobs cut short chain to the same models, and a model saved by a cut job was scored by it."""
+    params, data = _copy(built, tmp_path)
+    params = _with(params, trainees=3)
+    stops = 0
+    while True:
+        try:
+            metrics = S.stage_train(params, "d_det", data, "cpu", deadline=Deadline(5, clock=ticks()))
+            break
+        except Stopped:
+            stops += 1
+        evals = results.load("evaluations", R.results_root(data))
+        scored = set(zip(evals["model_id"], evals["checkpoint_sha256"], strict=True))
+        for folder in [R.model_dir(data, "d_det"), *R.trainee_dirs(data, "d_det")]:
+            if (folder / "meta.json").exists():
+                meta = json.loads((folder / "meta.json").read_text())
+                assert (meta["model_id"], meta["checkpoint_sha256"]) in scored, folder
+    assert stops >= 2 and metrics["trainees"]["n"] == 3
+
+
+def _spread(data, tmp_path) -> dict | None:
+    paths = build_report(R.results_root(data), data, tmp_path / "report", "tiny")
+    return json.loads(paths["summary"].read_text())["table1"]["d_det"].get("trainees"), paths["markdown"].read_text()
+
+
+def test_the_spread_counts_only_trainees_scored_as_the_first_is_shown(built, tmp_path):
+    """A stronger attack on the first model alone (a reevaluate pass before trainees were added) is what the report
+    shows for it; trainees without that score are left out, and said to be, until they have it."""
+    params, data = _copy(built, tmp_path)
+    S.stage_train(_with(params, trainees=3), "d_det", data, "cpu")
+    root = R.results_root(data)
+    evals = results.load("evaluations", root)
+    ids = [FIRST, f"{FIRST}/trainee-2", f"{FIRST}/trainee-3"]
+    robust = evals[(evals["attack"] == "pgd_l2") & evals["model_id"].isin(ids)].drop_duplicates("model_id", keep="last")
+    stronger = [{**row, "steps": 50, "accuracy": accuracy, "evaluated_at": results.now_utc()}
+                for row, accuracy in zip(robust.to_dict("records"), (0.3, 0.1, 0.2), strict=True)]
+    first, others = [r for r in stronger if r["model_id"] == FIRST], [r for r in stronger if r["model_id"] != FIRST]
+    results.append("evaluations", first, root)
+    spread, md = _spread(data, tmp_path / "a")
+    assert (spread["n"], spread["left_out"], spread["robust_sd"]) == (1, 2, None)
+    assert "| D_det | 1 (2 more not scored with the first's attack settings" in md
+    results.append("evaluations", others, root)
+    spread, _ = _spread(data, tmp_path / "b")
+    assert (spread["n"], spread["left_out"]) == (3, 0)
+    assert spread["robust_mean"] == pytest.approx(100 * np.mean([r["accuracy"] for r in stronger]), abs=0.01)
+
+
+def test_the_spread_leaves_out_a_trainee_of_another_recipe(built, tmp_path):
+    """A trainee whose latest row holds another recipe (a rerun with a new recipe stopped before reaching it) is
+    not one of the first's trainees."""
+    params, data = _copy(built, tmp_path)
+    S.stage_train(_with(params, trainees=3), "d_det", data, "cpu")
+    root = R.results_root(data)
+    models = results.load("models", root)
+    row = models[models["model_id"] == f"{FIRST}/trainee-3"].iloc[-1].to_dict()
+    recipe = json.loads(row["recipe"])
+    recipe["train"]["epochs"] += 1
+    results.append("models", [{**row, "recipe": json.dumps(recipe), "created_at": results.now_utc()}], root)
+    spread, _ = _spread(data, tmp_path)
+    assert (spread["n"], spread["left_out"]) == (2, 0)
+
+
+def test_no_spread_without_a_score_of_the_first(built, tmp_path):
+    params, data = _copy(built, tmp_path)
+    S.stage_train(_with(params, trainees=2), "d_det", data, "cpu")
+    root = R.results_root(data)
+    models = results.load("models", root)
+    evals = results.load("evaluations", root)
+    first = models[models["model_id"] == FIRST].iloc[-1]
+    assert trainee_spread(first, models, evals).n == 2
+    assert trainee_spread(first, models, evals[evals["model_id"] != FIRST]) is None

@@ -119,13 +119,19 @@ def train_flow(name: str, params_path: str = "params.yaml", profile: str | None 
     params = load_params(params_path, profile)
     metrics = S.stage_train(params, name, data_dir, device, units(device, gpu_tag))
     model_id = S.train_spec(params, name).model_id(params.profile.name)
+    publish_table(params, f"train-{name}", train_rows(metrics, model_id), "accuracy on the real CIFAR-10 test set")
+    return metrics
+
+
+def train_rows(metrics: dict, model_id: str) -> list[dict]:
+    """The train stage's artifact: the first model's metrics, then, with the profile's `trainees` above 1, the mean
+    and sd of each over all of them."""
     rows = _rows({k: v for k, v in metrics.items() if k != "trainees"}, model=model_id)
-    spread = metrics.get("trainees")  # the profile's `trainees` > 1: mean and sd over them
+    spread = metrics.get("trainees")
     if spread:
         rows += [{"model": f"all {spread['n']} trainees", "metric": f"{k} ({stat})", "value": v[stat]}
                  for k, v in spread.items() if k != "n" for stat in ("mean", "sd")]
-    publish_table(params, f"train-{name}", rows, "accuracy on the real CIFAR-10 test set")
-    return metrics
+    return rows
 
 
 @flow(name="transfer", flow_run_name="transfer", log_prints=True, task_runner=RUNNER)

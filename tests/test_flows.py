@@ -213,3 +213,17 @@ def test_every_deployment_names_a_flow_and_only_its_parameters():
         if deployment["name"] in ("construct", "train"):
             listed = deployment["description"].split("name ", 1)[1].split(" (", 1)[0]
             assert listed.split(" | ") == list(SETS), deployment["name"]
+
+
+def test_the_train_artifact_lists_the_first_model_then_the_spread_over_the_trainees():
+    from flows.pipeline import train_rows
+
+    one = {"clean": 0.5, "pgd_l2_eps0.25": 0.2, "train_acc_final": 0.9}
+    assert train_rows(one, "m") == [{"model": "m", "metric": k, "value": v} for k, v in one.items()]
+    spread = {"n": 3, "clean": {"mean": 0.4, "sd": 0.1}, "pgd_l2_eps0.25": {"mean": 0.2, "sd": 0.05}}
+    rows = train_rows({**one, "trainees": spread}, "m")
+    assert rows[:3] == train_rows(one, "m")
+    assert rows[3:] == [{"model": "all 3 trainees", "metric": "clean (mean)", "value": 0.4},
+                        {"model": "all 3 trainees", "metric": "clean (sd)", "value": 0.1},
+                        {"model": "all 3 trainees", "metric": "pgd_l2_eps0.25 (mean)", "value": 0.2},
+                        {"model": "all 3 trainees", "metric": "pgd_l2_eps0.25 (sd)", "value": 0.05}]

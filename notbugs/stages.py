@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
+import statistics
 from pathlib import Path
 
 import torch
@@ -237,7 +238,7 @@ def train_spec(params: Params, name: str) -> ModelSpec:
 
 def train_specs(params: Params, name: str) -> list[ModelSpec]:
     """The profile's `trainees` models of set `name`: the first (models/<name>, the one every table shows), then
-    the others, models/<name>/trainee-<k>: the same recipe, each from the seed its own name gives (units._seed)."""
+    the others, models/<name>/trainee-<k>: the same recipe, each from a seed of its own (units.model_seed)."""
     first = train_spec(params, name)
     return [first] + [dataclasses.replace(first, name=f"{name}/trainee-{k}", trainee=k)
                       for k in range(2, params.profile.trainees + 1)]
@@ -259,8 +260,8 @@ def spread(scores: list[dict]) -> dict:
     """Mean and sample standard deviation (n - 1) of each metric over the trainees' scores ({metric: accuracy})."""
     out: dict = {"n": len(scores)}
     for key in scores[0]:
-        values = torch.tensor([float(s[key]) for s in scores], dtype=torch.float64)
-        out[key] = {"mean": round(float(values.mean()), 4), "sd": round(float(values.std()), 4)}
+        values = [float(s[key]) for s in scores]
+        out[key] = {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4)}
     return out
 
 

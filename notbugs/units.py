@@ -110,6 +110,14 @@ def _seed(params: Params, name: str) -> int:
     return params.profile.subset.seed * 1_000 + zlib.crc32(name.encode()) % 1_000
 
 
+def model_seed(params: Params, spec: ModelSpec) -> int:
+    """The model's seed: its name's (`_seed`); a set's trainee k > 1 takes its first model's plus k - 1 millions,
+    so that no two of a set's trainees share one (seeds drawn from 1,000 by name would, among a few dozen)."""
+    if spec.trainee == 1:
+        return _seed(params, spec.name)
+    return _seed(params, spec.train_set) + 1_000_000 * (spec.trainee - 1)
+
+
 def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,
                run_id: str, deadline: Deadline | None = None) -> dict:
     """Train (or resume) one model, save it, and record its `models` and `epochs` rows.
@@ -117,7 +125,7 @@ def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
     prof = params.profile.name
     model_id = spec.model_id(prof)
     built_by = train_set_run_id(data_dir, spec.train_set)  # now, beside the caller's load of the set, not hours on
-    seed = _seed(params, spec.name)
+    seed = model_seed(params, spec)
     bf16 = bf16_for(params, device)
     torch.manual_seed(seed)
     model = make_model(spec.arch, width=spec.width, init=spec.recipe.init)

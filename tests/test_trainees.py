@@ -52,7 +52,8 @@ def test_each_trainee_has_its_own_seed_folder_and_id_and_the_metrics_give_their_
     folders = ["d_det", "d_det/trainee-2", "d_det/trainee-3"]
     metas = [_meta(data, f) for f in folders]
     assert [m["model_id"] for m in metas] == [FIRST, f"{FIRST}/trainee-2", f"{FIRST}/trainee-3"]
-    assert len({m["recipe"]["seed"] for m in metas}) == 3
+    seeds = [m["recipe"]["seed"] for m in metas]
+    assert seeds[1:] == [seeds[0] + 1_000_000, seeds[0] + 2_000_000]
     assert len({m["checkpoint_sha256"] for m in metas}) == 3
     assert all(m["rebuild"].startswith("dvc repro train@d_det ") for m in metas)
 

@@ -187,7 +187,8 @@ def test_a_job_stopped_in_a_later_trainee_leaves_every_saved_model_scored(built,
     assert stops >= 2 and metrics["trainees"]["n"] == 3
 
 
-def _spread(data, tmp_path) -> dict | None:
+def _spread(data, tmp_path) -> tuple[dict | None, str]:
+    """D_det's spread in the report's summary, and the report's Markdown."""
     paths = build_report(R.results_root(data), data, tmp_path / "report", "tiny")
     return json.loads(paths["summary"].read_text())["table1"]["d_det"].get("trainees"), paths["markdown"].read_text()
 

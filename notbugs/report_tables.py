@@ -257,7 +257,8 @@ def _recipe_but_seed(recipe) -> dict | None:
 
 def _score_like(evals: pd.DataFrame, model_id: str, like: pd.Series) -> pd.Series | None:
     """The model's latest score under the attack setting of `like` (a score of another model): the same attack,
-    eps, steps, restarts and number of test images."""
+    eps, steps, restarts and number of test images. The rows hold no step size or `use_best`: a suite that changed
+    only those is taken as the same."""
     found = evals[(evals["model_id"] == model_id) & (evals["attack"] == like["attack"])
                   & np.isclose(evals["eps"].astype(float), float(like["eps"]), equal_nan=True)
                   & (evals["steps"] == like["steps"]) & (evals["restarts"] == like["restarts"])

@@ -279,13 +279,14 @@ def stage_train(params: Params, name: str, data_dir="data", device: str = "auto"
         retire_trainees(data_dir, name, len(specs))  # under the step's lock: a run under way may be saving them
         x, y = load_training_set(data_dir, name)
         split = split or load_split(params, data_dir)
-        scores, train_acc = [], []
-        for spec in specs:
+        scores = []
+        for spec in specs:  # one after another, on one device, even where a parallel runner could spread them
             out = units.train(params, spec, x, y, data_dir, dev, run_id, deadline)
             scores.append(units.evaluate(params, out["model"], out["meta"]["model_id"],
                                          out["meta"]["checkpoint_sha256"], split, p.evaluate, data_dir, dev, run_id))
-            train_acc.append(round(out["history"][-1]["train_acc"], 4))
-        metrics = {**scores[0], "train_acc_final": train_acc[0]}
+            if spec.trainee == 1:
+                first_train_acc = round(out["history"][-1]["train_acc"], 4)
+        metrics = {**scores[0], "train_acc_final": first_train_acc}
         if len(scores) > 1:
             metrics["trainees"] = spread(scores)
         write_metrics(data_dir, f"train_{name}", metrics)

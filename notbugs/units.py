@@ -115,7 +115,8 @@ def model_seed(params: Params, spec: ModelSpec) -> int:
     so that no two of a set's trainees share one (seeds drawn from 1,000 by name would, among a few dozen)."""
     if spec.trainee == 1:
         return _seed(params, spec.name)
-    return _seed(params, spec.train_set) + 1_000_000 * (spec.trainee - 1)
+    first = spec.name.rsplit("/trainee-", 1)[0]  # <set>/trainee-<k>: the first is named <set> (stages.train_spec)
+    return _seed(params, first) + 1_000_000 * (spec.trainee - 1)
 
 
 def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,

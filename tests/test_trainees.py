@@ -81,6 +81,7 @@ def test_the_first_model_is_the_one_a_single_trainee_run_makes(built, tmp_path):
     _, more = _copy(built, tmp_path / "three")
     S.stage_train(_with(params, trainees=2), "d_det", more, "cpu")
     assert _meta(data, "d_det")["checkpoint_sha256"] == _meta(more, "d_det")["checkpoint_sha256"]
+    assert not R.trainee_dirs(data, "d_det") and len(R.trainee_dirs(more, "d_det")) == 1
 
 
 def test_fewer_trainees_remove_the_extra_folders_and_more_again_restore_them(built, tmp_path):

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,7 +16,9 @@ from notbugs import steps
 from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
 from notbugs.report import build_report
-from notbugs.report_tables import trainee_spread, transfer_points
+from notbugs.report_claims import judge_claims, seeds_lower_bound
+from notbugs.report_paper import FIGURE2, TABLE1
+from notbugs.report_tables import Measured, Spread, trainee_spread, transfer_points
 from notbugs.train import load_model
 from tests.conftest import write_params
 from tests.test_stages import _fast, _with
@@ -240,3 +243,24 @@ def test_no_spread_without_a_score_of_the_first(built, tmp_path):
     first = models[models["model_id"] == FIRST].iloc[-1]
     assert trainee_spread(first, models, evals).n == 2
     assert trainee_spread(first, models, evals[evals["model_id"] != FIRST]) is None
+
+
+def _claims(d_det_spread):
+    """The report's claims where only D_det's model is scored: 21.5% over 1,000 test images, with `d_det_spread`."""
+    rows = {ref.key: Measured(ref, None, None, None, None) for ref in FIGURE2 + TABLE1}
+    det = rows["d_det"].ref
+    rows["d_det"] = Measured(det, FIRST, 21.5, 0.0, 10, 1000, 1000, spread=d_det_spread)
+    evals = pd.DataFrame(columns=["model_id", "attack", "eps", "steps", "restarts", "accuracy", "n"])
+    tab1 = [rows[ref.key] for ref in TABLE1]
+    return {c.key: c for c in judge_claims([rows[ref.key] for ref in FIGURE2], tab1, [], None, evals)}
+
+
+def test_above_chance_over_trainees_also_needs_their_mean_clear_of_chance_by_its_spread():
+    assert _claims(None)["d_det"].holds  # 21.5 is 11.5 points, 12 test-set standard errors, above chance
+    tight = _claims(Spread(3, 19.4, 2.95, 0.0, 0.0))["d_det"]  # the cpu profile's three D_det models
+    assert tight.holds and "over its 3 trainees 19.4 ± 3.0, one-sided 95% lower bound 14.4" in tight.detail
+    loose = _claims(Spread(3, 14.0, 4.0, 0.0, 0.0))["d_det"]  # the first's 21.5 alone would pass; the seeds do not
+    assert loose.holds is False and "lower bound 7.3" in loose.detail
+    assert seeds_lower_bound(Spread(1, 21.5, None, 0.0, None, left_out=2)) is None
+    many = seeds_lower_bound(Spread(30, 20.0, 3.0, 0.0, 0.0))  # beyond 10 degrees of freedom: t for 10, 1.812
+    assert many == pytest.approx(20.0 - 1.812 * 3.0 / 30 ** 0.5)

@@ -36,9 +36,9 @@ from notbugs.report_paper import (CHANCE, CONSTRUCTED, FIGURE2, PAPER_CLAIM, ROB
                                   bar_group, row_label)
 from notbugs.report_samples import SAMPLE_SIZE, SampleGrid, default_load_cifar, default_load_samples, sample_grid
 from notbugs.report_svg import SERIES_COLOURS, grouped_bars_svg, scatter_svg, training_curves_svg
-from notbugs.report_tables import (Measured, OnDisk, Spread, TransferPoint, construction_stats, current_models,
-                                   epoch_curves, latest_evaluations, latest_rows, load_tables, main_arch, measure,
-                                   read_on_disk, trained_run, transfer_points, unrecorded_models,
+from notbugs.report_tables import (TRAINEE_MARK, Measured, OnDisk, Spread, TransferPoint, construction_stats,
+                                   current_models, epoch_curves, latest_evaluations, latest_rows, load_tables,
+                                   main_arch, measure, read_on_disk, trained_run, transfer_points, unrecorded_models,
                                    weight_periods)
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json
 
@@ -550,7 +550,7 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     unrecorded = unrecorded_models(tables["models"], models_on_disk)
     curves = epoch_curves(tables["epochs"], tables["models"], models_on_disk)
     # a set's first model stands for its trainees, as in the tables
-    curves = {model_id: rows for model_id, rows in curves.items() if "/trainee-" not in model_id}
+    curves = {model_id: rows for model_id, rows in curves.items() if TRAINEE_MARK not in model_id}
 
     behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk, points)
     used = _images_used(models, evals[evals["model_id"].isin(models["model_id"])])

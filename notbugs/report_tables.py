@@ -164,10 +164,14 @@ def _is_transfer(models: pd.DataFrame) -> pd.Series:
     return models["model_id"].str.contains("/transfer/", regex=False)
 
 
+# What a trainee's id adds to its first model's: `<first's id>/trainee-<k>` (units.ModelSpec.model_id)
+TRAINEE_MARK = "/trainee-"
+
+
 def _is_trainee(models: pd.DataFrame) -> pd.Series:
-    """A set's models beyond its first (the profile's `trainees`; ids `<first's id>/trainee-<k>`): counted in
-    its mean and spread, never shown as the set's model."""
-    return models["model_id"].str.contains("/trainee-", regex=False)
+    """A set's models beyond its first (the profile's `trainees`): counted in its mean and spread, never shown
+    as the set's model."""
+    return models["model_id"].str.contains(TRAINEE_MARK, regex=False)
 
 
 def _pick_model(models: pd.DataFrame, training: str, train_set: str, arch: str | None) -> pd.Series | None:
@@ -275,7 +279,7 @@ def trainee_spread(first: pd.Series, models: pd.DataFrame, evals: pd.DataFrame) 
     if clean0 is None:
         return None
     robust0 = _evaluation(evals, str(first["model_id"]), "pgd_l2", ROBUST_EPS)
-    rows = models[models["model_id"].str.startswith(f"{first['model_id']}/trainee-")]
+    rows = models[models["model_id"].str.startswith(f"{first['model_id']}{TRAINEE_MARK}")]
     latest = rows.sort_values("created_at", kind="stable").drop_duplicates("model_id", keep="last")
     recipe, build = _recipe_but_seed(first["recipe"]), _text(first["train_set_run_id"])
     clean, left_out = [100.0 * float(clean0["accuracy"])], 0

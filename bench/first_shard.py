@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from notbugs import construct as C  # noqa: E402
 from notbugs.attacks import PRECISIONS, use_bf16  # noqa: E402
 from notbugs.compiling import try_compile  # noqa: E402
-from notbugs.config import load_params  # noqa: E402
+from notbugs.config import construct_params, load_params  # noqa: E402
 from notbugs.models import make_model  # noqa: E402
 from notbugs.sets import SETS  # noqa: E402
 
@@ -64,13 +64,14 @@ def main(argv=None) -> dict:
     n = args.shards * args.batch
     images = torch.rand(n, 3, 32, 32)  # contiguous NCHW, as the construct stage's images (the model is channels_last)
     labels = np.random.default_rng(0).integers(0, 10, n)
-    # The profile's step rules (as the construct stage passes them), with this run's number of steps.
-    c = load_params(ROOT / "params.yaml", args.profile).profile.construct
-    match = dataclasses.replace(c.match, steps=args.steps)
-    pgd = dataclasses.replace(c.pgd, steps=args.steps)
+    # The set's step rule in the profile (as the construct stage passes it: its construct_on overrides applied),
+    # with this run's number of steps.
+    kind = SETS[args.set].kind
+    own = dataclasses.replace(construct_params(load_params(ROOT / "params.yaml", args.profile).profile, args.set),
+                              steps=args.steps)
     recipe = {"name": args.set, "precision": "bf16" if bf16 else "fp32", "batch_size": args.batch,
-              "match": dataclasses.asdict(match), "pgd": dataclasses.asdict(pgd)}
-    fake_relu = SETS[args.set].kind == "match" and match.fake_relu
+              kind: dataclasses.asdict(own)}
+    fake_relu = kind == "match" and own.fake_relu
     out = {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "torch": torch.__version__, "set": args.set, "arch": args.arch, "width": args.width,
            "profile": args.profile, "steps": args.steps, "batch": args.batch, "precision": recipe["precision"]}

@@ -49,7 +49,8 @@ def shrink(doc: dict, profile: str, train: int, test: int, width: float, epochs:
         for recipe in p[section].values():
             if recipe:
                 _cap_epochs(recipe, epochs)
-    for attack in (p["construct"]["match"], p["construct"]["pgd"], p["evaluate"], p["reevaluate"]):
+    overrides = [o for o in p["construct_on"].values() if o and "steps" in o]  # a set's own steps, capped alike
+    for attack in (p["construct"]["match"], p["construct"]["pgd"], p["evaluate"], p["reevaluate"], *overrides):
         attack["steps"] = min(attack["steps"], attack_steps)
     mirror = Path(doc["data"]["mirror"])
     if not mirror.is_absolute():  # params.yaml's path is relative to the repository, not to where it is copied

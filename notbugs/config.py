@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from notbugs.sets import KINDS, SETS, TARGETS, SetSpec
+from notbugs.sets import KINDS, SETS, TARGETS, SetSpec, set_spec
 
 DATASETS = tuple(SETS)  # the constructed training sets' names (notbugs/sets.py), in the paper's order
 SOURCE_MODELS = ("standard", "robust")  # the two source models trained on D
@@ -149,6 +149,9 @@ class Profile:
     source_on: dict  # standard | robust -> TrainConfig (the base recipe with that source model's overrides)
     train_on: dict  # dataset name -> TrainConfig (the base recipe with that set's overrides)
     construct: ConstructConfig
+    # dataset name -> the overrides of its kind's construction parameters (construct.match | construct.pgd), e.g.
+    # {"eps": 1.0}; read through construct_params, which applies them to the section as it is (not a copy)
+    construct_on: dict
     evaluate: EvalConfig
     reevaluate: EvalConfig
     transfer: TransferConfig
@@ -176,6 +179,8 @@ class Params:
         if self.paper is None:
             return []
         ours, theirs = dataclasses.asdict(self.profile), dataclasses.asdict(self.paper)
+        for tree, prof in ((ours, self.profile), (theirs, self.paper)):  # each set as it is built, overrides applied
+            tree["construct_on"] = {n: dataclasses.asdict(construct_params(prof, n)) for n in prof.construct_on}
         speed_only = ("compile", "compile_train", "compile_ahead", "checkpoint_minutes")
         # a label, switches of speed only, and more models of the same recipe (the first is the paper's one)
         for key in ("name", "trainees", *speed_only):
@@ -183,9 +188,11 @@ class Params:
         out = []
         for key, a, b in _diff(ours, theirs):
             parts = key.split(".")
-            if parts[0] in ("train_on", "source_on"):  # per-model recipes: only where they differ beyond the base
-                base = ".".join(["train", *parts[2:]])
-                if (a, b) == (_get(ours, base), _get(theirs, base)):
+            # per-model recipes and per-set construction: only where they differ beyond the base they override
+            if parts[0] in ("train_on", "source_on", "construct_on"):
+                base = ".".join(["train", *parts[2:]] if parts[0] != "construct_on"
+                                else ["construct", set_spec(parts[1]).kind, *parts[2:]])
+                if (a, b) == (dotted(ours, base), dotted(theirs, base)):
                     continue
             out.append(f"{key}: {a!r} (paper: {b!r})")
         return out
@@ -193,8 +200,15 @@ class Params:
     def hash(self, *sections: str) -> str:
         """Short hash of the named profile sections (all when none), each a key or a dotted path such
         as "construct.pgd" (None where the profile lacks it): provenance of a stage's recipe."""
-        body = self.raw if not sections else {s: _get(self.raw, s) for s in sections}
+        body = self.raw if not sections else {s: dotted(self.raw, s) for s in sections}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def construct_params(p: Profile, name: str) -> MatchConfig | PGDConfig:
+    """The parameters that build set `name`: its kind's section of the profile (construct.match | construct.pgd)
+    with the set's own overrides (construct_on.<name>; none for a set added to notbugs/sets.py in a test only)."""
+    base = p.construct.match if set_spec(name).kind == "match" else p.construct.pgd
+    return dataclasses.replace(base, **p.construct_on.get(name, {}))
 
 
 def recipe_for(params: Params, name: str, override: dict | None = None) -> TrainConfig:
@@ -218,9 +232,9 @@ def adversarial_for(params: Params, override: dict | None = None) -> Adversarial
     return cfg
 
 
-def _get(tree: dict, dotted: str):
+def dotted(tree: dict, path: str):
     """The value at a dotted path such as "construct.pgd"; None for a path the tree lacks."""
-    for key in dotted.split("."):
+    for key in path.split("."):
         tree = tree.get(key) if isinstance(tree, dict) else None
     return tree
 
@@ -311,9 +325,9 @@ def _check(ok: bool, message: str) -> None:
 
 def check_sets(sets: dict[str, SetSpec]) -> None:
     """The table of constructed sets (notbugs/sets.py) is one the pipeline can build: known kinds, sources and
-    targets, a random stream of its own for each set, and no two sets built alike."""
+    targets, and a random stream of its own for each set. That no two sets are built alike depends on the
+    profile's parameters as well: `validate` checks it."""
     where = "notbugs/sets.py"
-    seen: dict[tuple, str] = {}
     streams: dict[int, str] = {}
     labels: dict[str, str] = {}
     for name, s in sets.items():
@@ -331,15 +345,6 @@ def check_sets(sets: dict[str, SetSpec]) -> None:
                + (f"the stream of {streams[s.stream]!r}" if s.stream in streams else "not an integer >= 0")
                + f"; give it one no other set has (taken: {sorted(streams)})")
         streams[s.stream] = name
-        built = (s.kind, s.source, s.targets)
-        # construction parameters are per kind, so such a set would be built exactly as the other (its own
-        # draws apart): "D_det at eps 1.0" would silently be D_det at the profile's construct.pgd.eps
-        _check(built not in seen,
-               f"{where}: sets {seen.get(built)!r} and {name!r} are both kind {s.kind!r} from the {s.source} model "
-               f"with targets {s.targets!r}. Construction parameters are per kind (the profile's construct.match / "
-               f"construct.pgd), not per set, so they would be built alike; a variant of a set needs per-set "
-               f"parameters, which are not supported yet")
-        seen[built] = name
 
 
 def validate(p: Profile) -> None:
@@ -387,12 +392,27 @@ def validate(p: Profile) -> None:
            f"{where}.adversarial.use_best needs method pgd: free training keeps no attack iterates to choose from")
     c = p.construct
     _check(c.shard_size > 0 and c.batch_size > 0, f"{where}.construct: shard_size and batch_size must be > 0")
-    _check(c.match.steps > 0 and c.match.step_size > 0 and c.match.final_step_size > 0,
-           f"{where}.construct.match: steps and step sizes must be > 0")
-    _check(not c.match.fake_relu or p.arch in FAKE_RELU_ARCHS,
-           f"{where}.construct.match.fake_relu: not implemented for {p.arch}; it is for {', '.join(FAKE_RELU_ARCHS)}")
-    _check(c.pgd.eps > 0 and c.pgd.steps > 0 and c.pgd.step_size > 0,
-           f"{where}.construct.pgd: eps, steps, step_size must be > 0")
+    _check(set(p.construct_on) == set(DATASETS), f"{where}.construct_on: needs exactly {list(DATASETS)}")
+    per_set = [(f"construct_on.{name}", construct_params(p, name)) for name in p.construct_on]
+    for name, m in [("construct.match", c.match), ("construct.pgd", c.pgd)] + per_set:
+        w = f"{where}.{name}"
+        if isinstance(m, MatchConfig):
+            _check(m.steps > 0 and m.step_size > 0 and m.final_step_size > 0, f"{w}: steps and step sizes must be > 0")
+            _check(not m.fake_relu or p.arch in FAKE_RELU_ARCHS,
+                   f"{w}.fake_relu: not implemented for {p.arch}; it is for {', '.join(FAKE_RELU_ARCHS)}")
+        else:
+            _check(m.eps > 0 and m.steps > 0 and m.step_size > 0, f"{w}: eps, steps, step_size must be > 0")
+    built: dict[tuple, str] = {}
+    for name, s in SETS.items():
+        # same kind, source, targets and parameters: the same images (a PGD set's draws are its targets, which
+        # `next` fixes), or the same recipe on other draws; either way not a variant the report could tell apart
+        how = (s.kind, s.source, s.targets, construct_params(p, name))
+        _check(how not in built,
+               f"{where}: sets {built.get(how)!r} and {name!r} (notbugs/sets.py) are both kind {s.kind!r} from the "
+               f"{s.source} model with targets {s.targets!r}, built with the same parameters. A variant of a set "
+               f"differs in its construction parameters: give it its own in construct_on.{name} (README, "
+               f"'Extending')")
+        built[how] = name
     for name, e in (("evaluate", p.evaluate), ("reevaluate", p.reevaluate)):
         _check(all(x > 0 for x in e.eps), f"{where}.{name}.eps: every eps must be > 0, got {list(e.eps)}")
         _check(e.steps > 0 and e.restarts > 0 and e.batch_size > 0 and e.step_factor > 0,
@@ -476,10 +496,30 @@ def _profile(name: str, raw: dict) -> Profile:
     per_model = {section: {k: _build(TrainConfig, _merge(raw["train"], v or {}, f"{where}.{section}.{k}"),
                                      f"{where}.{section}.{k}") for k, v in raw[section].items()}
                  for section in ("source_on", "train_on")}
-    fields = {k: ({} if k in per_model else v) for k, v in raw.items()}
+    fields = {k: ({} if k in (*per_model, "construct_on") else v) for k, v in raw.items()}
     prof = dataclasses.replace(_build(Profile, fields, where), name=name, **per_model)
+    prof = dataclasses.replace(prof, construct_on=_construct_on(raw, where))
     validate(prof)
     return prof
+
+
+def _construct_on(raw: dict, where: str) -> dict:
+    """Each set's overrides of its kind's section of `construct`, checked against it and typed as its fields."""
+    sets = raw.get("construct_on")
+    if not isinstance(sets, dict):
+        raise ConfigError(f"{where}.construct_on: expected a mapping of constructed sets to overrides of their "
+                          f"kind's construction parameters (e.g. {{d_det: {{eps: 1.0}}}}), got {sets!r}")
+    out = {}
+    for name, override in sets.items():
+        w = f"{where}.construct_on.{name}"
+        try:
+            kind = set_spec(name).kind
+        except ValueError as e:
+            raise ConfigError(f"{w}: {e}") from None
+        cls = MatchConfig if kind == "match" else PGDConfig
+        built = _build(cls, _merge(raw["construct"][kind], override or {}, f"{w} (over construct.{kind})"), w)
+        out[name] = {key: getattr(built, key) for key in override or {}}
+    return out
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -36,10 +36,10 @@ from notbugs.report_paper import (CHANCE, CONSTRUCTED, FIGURE2, PAPER_CLAIM, ROB
                                   bar_group, row_label)
 from notbugs.report_samples import SAMPLE_SIZE, SampleGrid, default_load_cifar, default_load_samples, sample_grid
 from notbugs.report_svg import SERIES_COLOURS, grouped_bars_svg, scatter_svg, training_curves_svg
-from notbugs.report_tables import (TRAINEE_MARK, Measured, OnDisk, Spread, TransferPoint, construction_stats,
-                                   current_models, epoch_curves, latest_evaluations, latest_rows, load_tables,
-                                   main_arch, measure, read_on_disk, trained_run, transfer_points, unrecorded_models,
-                                   weight_periods)
+from notbugs.report_tables import (TRAINEE_MARK, Measured, OnDisk, Spread, TransferPoint, built_with,
+                                   construction_stats, current_models, epoch_curves, latest_evaluations, latest_rows,
+                                   load_tables, main_arch, measure, read_on_disk, trained_run, transfer_points,
+                                   unrecorded_models, weight_periods)
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json
 
 FLAG_PTS = 5.0  # a result further than this from the paper's number is flagged
@@ -443,7 +443,8 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
                    "image's, at the start (the random start image) and at the end of the matching, absolute and "
                    "relative to the target representation's norm. D_rand / D_det: success rate of the targeted "
                    "attack on the source model. The paper reports neither; they show whether construction did "
-                   "its job.")]
+                   "its job. \"Built with\": the parameters its recorded recipe holds (an l2 step size for "
+                   "matching, which decays linearly where two are given).")]
     if not construction:
         return blocks + [Note("No constructed set is recorded in the datasets table yet: not run yet.")]
 
@@ -456,15 +457,15 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
     rows = []
     for name in CONSTRUCTED:
         if name not in construction:
-            rows.append((SET_LABEL[name], Flag("not run yet", "missing"), "", "", "", ""))
+            rows.append((SET_LABEL[name], Flag("not run yet", "missing"), "", "", "", "", ""))
             continue
         entry, stats = construction[name], construction[name]["stats"]
         success = stats.get("success_rate")
         rows.append((SET_LABEL[name], str(entry["n_images"]), entry["source_model_id"] or "—",
-                     start_final(stats, "distance"), start_final(stats, "relative"),
+                     built_with(entry["recipe"]), start_final(stats, "distance"), start_final(stats, "relative"),
                      "—" if success is None else _pct(100.0 * float(success))))
-    blocks.append(Table(("set", "images", "source model", "distance start → final", "relative start → final",
-                         "attack success (%)"), tuple(rows)))
+    blocks.append(Table(("set", "images", "source model", "built with", "distance start → final",
+                         "relative start → final", "attack success (%)"), tuple(rows)))
     return blocks
 
 

@@ -359,8 +359,8 @@ def transfer_points(transfer: pd.DataFrame, models: pd.DataFrame, evals: pd.Data
 
 
 def construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[str, dict]:
-    """Recorded statistics per constructed set: those of the run that built the set on disk (`on_disk`: set name
-    -> run id) where its rows are there, else the latest; unreadable stats become an empty dict."""
+    """Recorded statistics and recipe per constructed set: those of the run that built the set on disk (`on_disk`:
+    set name -> run id) where its rows are there, else the latest; unreadable ones become an empty dict."""
     built = datasets[datasets["name"].isin(CONSTRUCTED)]
     mine = np.array([on_disk.get(name) == run for name, run in zip(built["name"], built["run_id"], strict=True)],
                     dtype=bool)
@@ -369,14 +369,34 @@ def construction_stats(datasets: pd.DataFrame, on_disk: dict[str, str]) -> dict[
     latest = latest_rows(built, ["name"], "created_at")
     stats = {}
     for _, row in latest.iterrows():
-        try:
-            parsed = json.loads(row["stats"])
-        except (TypeError, json.JSONDecodeError):
-            parsed = {}
-        stats[str(row["name"])] = {"stats": parsed if isinstance(parsed, dict) else {},
+        stats[str(row["name"])] = {"stats": _json_dict(row["stats"]), "recipe": _json_dict(row["recipe"]),
                                    "n_images": int(row["n_images"]),
                                    "source_model_id": row["source_model_id"]}
     return stats
+
+
+def _json_dict(text) -> dict:
+    try:
+        parsed = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def built_with(recipe: dict) -> str:
+    """A constructed set's parameters as its recipe recorded them (its kind's, with its own overrides), in a few
+    words; "—" for a recipe that holds none (unreadable, or written by other code)."""
+    m, p = recipe.get("match"), recipe.get("pgd")
+    try:
+        if isinstance(m, dict):
+            rule = f"{m['step_size']:g}" + ("" if m["final_step_size"] == m["step_size"]
+                                             else f" → {m['final_step_size']:g}")
+            return f"matching, {m['steps']:d} steps of {rule}"
+        if isinstance(p, dict):
+            return f"targeted PGD, eps {p['eps']:g}, {p['steps']:d} steps of {p['step_size']:g}"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return "—"
 
 
 def epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame,

@@ -34,7 +34,7 @@ from notbugs import data as D
 from notbugs import results
 from notbugs.attacks import precision_name
 from notbugs.compiling import keep_compiled_kernels, try_compile
-from notbugs.config import Params
+from notbugs.config import Params, construct_params
 from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import make_transfer_examples, predict, transfer_success
 from notbugs.models import arch_code
@@ -116,17 +116,18 @@ def construct_source(name: str) -> str:
 
 
 def construct_recipe(params: Params, name: str, source_meta: dict, bf16: bool) -> dict:
-    """What builds set `name`'s images, hashed into its recipe hash: the profile's construction parameters
-    of the set's kind, the set's own entry (not the table's: a new set leaves this hash alone), the source
-    model, and the code's digest."""
+    """What builds set `name`'s images, hashed into its recipe hash: its construction parameters (its kind's
+    section of the profile with its construct_on overrides), the set's own entry (not the table's: a new set
+    leaves this hash alone), the source model, and the code's digest."""
     c, s = params.profile.construct, set_spec(name)
     recipe = {"name": name, "seed": c.seed, "precision": precision_name(bf16), "batch_size": c.batch_size,
               "shard_size": c.shard_size, "subset": dataclasses.asdict(params.profile.subset),
               "set": construction(name),
               "source_model_id": source_meta["model_id"], "source_model_sha256": source_meta["checkpoint_sha256"],
               "code": package_digest(*C.CONSTRUCT_CODE, *arch_code(source_meta["arch"]))}
-    # the kind's parameters, under its name: "match" or "pgd" (config.check_sets refuses any other at load)
-    recipe[s.kind] = dataclasses.asdict(c.match if s.kind == "match" else c.pgd)
+    # the set's parameters (its kind's, with its construct_on overrides), under its kind's name: "match" or
+    # "pgd" (config.check_sets refuses any other at load)
+    recipe[s.kind] = dataclasses.asdict(construct_params(params.profile, name))
     return recipe
 
 
@@ -149,7 +150,7 @@ def prepare_construct(params: Params, name: str, data_dir="data", device: str | 
     if params.profile.compile and job.pending():  # compiled once for every shard left to build
         keep_compiled_kernels(data_dir)
         reason = try_compile(model, split.train_x[:min(c.batch_size, len(labels))].to(dev), bf16=bf16,
-                             fake_relu=s.kind == "match" and c.match.fake_relu)
+                             fake_relu=s.kind == "match" and construct_params(params.profile, name).fake_relu)
         log.info("%s: construction runs %s", name, "compiled" if reason is None else f"eager ({reason})")
     return job
 
@@ -338,7 +339,7 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
     # n / 10 test images of each class (the test arrays are sorted by class: their first n would not be)
     pick = torch.from_numpy(balanced_subset(split.test_y.numpy(), t.n, p.subset.seed))
     n = len(pick)
-    pgd = p.construct.pgd
+    pgd = construct_params(p, "d_det")  # D_det's construction, as Figure 3's "D_det-style" says
     bf16 = bf16_for(params, device)
     adv, targets = make_transfer_examples(source, split.test_x[pick], split.test_y[pick], pgd.eps, pgd.steps,
                                           pgd.step_size, p.evaluate.batch_size, device, bf16=bf16,

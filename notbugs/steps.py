@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from notbugs.config import DATASETS
+from notbugs.config import DATASETS, dotted
 from notbugs.models import arch_code
 from notbugs.sets import construction, set_spec
 from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
@@ -25,11 +25,14 @@ STEP_PARAMS = {
     # {own}: the section only that source model reads, as dvc.yaml's foreach item names it
     "source": ("subset", "precision", "arch", "width", "train", "source_on.{item}", "{own}", "evaluate"),
     "construct": ("subset", "precision", "construct.seed", "construct.shard_size", "construct.batch_size",
-                  "construct.{recipe}"),
+                  "construct.{recipe}", "construct_on.{item}"),
     "train": ("subset", "precision", "arch", "width", "train_on.{item}", "train", "evaluate", "trainees"),
     "transfer": ("subset", "precision", "transfer", "train", "source_on.standard", "train_on.d_det", "construct.pgd",
-                 "evaluate"),
+                 "construct_on.d_det", "evaluate"),
 }
+# Keys hashed only where they hold something: a set with no construction overrides hashes as before
+# construct_on existed, so that upgrading leaves every finished step done.
+HASHED_WHEN_SET = ("construct_on.",)
 
 
 # A rerun step's checkpoints and shards made by other code are not reused (train.TRAIN_CODE,
@@ -99,7 +102,8 @@ def step_hash(params, step: str, arrays: str | None = None) -> str:
     markers); for every other step, the fetched arrays themselves (`arrays`: `arrays_digest`), as `dvc repro`
     sees them, so that new fetch code that writes the same arrays reruns fetch alone, and the other upstream
     steps' hashes."""
-    keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
+    keys = tuple(k for k in step_params(step)  # none for fetch, where params.hash() would hash the whole profile
+                 if not k.startswith(HASHED_WHEN_SET) or dotted(params.raw, k))
     body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
                   "code": code_digest(params, step)}
     stage, _, item = step.partition("@")

@@ -58,10 +58,12 @@ def sets_to_warm(params, todo: set[str], device: torch.device) -> list[str]:
 def graphs(params, names) -> list[bool]:
     """The fake-ReLU flag of each distinct graph that building the sets `names` compiles: matching sets
     differentiate through the fake ReLU when the recipe says so, PGD sets never."""
+    from notbugs.config import construct_params
     from notbugs.sets import set_spec
 
-    match = params.profile.construct.match
-    return sorted({set_spec(name).kind == "match" and match.fake_relu for name in names}, reverse=True)
+    p = params.profile
+    return sorted({set_spec(name).kind == "match" and construct_params(p, name).fake_relu for name in names},
+                  reverse=True)
 
 
 def command(params, names, device: torch.device) -> list[str]:

@@ -35,6 +35,9 @@ def test_one_graph_per_fake_relu_flag_the_sets_use(params_file):
     assert warmup.graphs(params, ["d_rand", "d_det"]) == [False]
     assert warmup.graphs(params, ["d_nr"]) == [True]
     assert warmup.graphs(_with_match(params, fake_relu=False), DATASETS) == [False]
+    # a set's own flag (construct_on) decides its graph
+    own = _with(params, construct_on={**params.profile.construct_on, "d_r": {"fake_relu": False}})
+    assert warmup.graphs(own, ["d_r"]) == [False] and warmup.graphs(own, ["d_r", "d_nr"]) == [True, False]
 
 
 @pytest.mark.parametrize("subset", [0, 100, 1000])

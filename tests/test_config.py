@@ -69,6 +69,12 @@ def _fake_relu_on_vgg16(doc):
     doc["profiles"]["tiny"]["arch"] = "vgg16"
 
 
+def _fake_relu_on_vgg16_for_d_r(doc):
+    doc["profiles"]["tiny"]["construct"]["match"]["fake_relu"] = False
+    doc["profiles"]["tiny"]["construct_on"]["d_r"] = {"fake_relu": True}
+    doc["profiles"]["tiny"]["arch"] = "vgg16"
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d["profiles"]["tiny"].update(arch="resnet1000"), "tiny.arch: unknown architecture 'resnet1000'"),
     (lambda d: d["profiles"]["tiny"]["transfer"].update(archs=["resnet9", "lenet"]),
@@ -116,6 +122,20 @@ def _fake_relu_on_vgg16(doc):
                                                          "set) must be >= 1, got 0"),
     (lambda d: d["profiles"]["tiny"].update(trainees=2.0), "profiles.tiny.trainees: expected an integer"),
     (lambda d: d["profiles"]["tiny"]["train"].update(checkpoint_every=4), "unknown key(s) ['checkpoint_every']"),
+    # per-set construction: overrides of the set's kind's section, range-checked as it is
+    (lambda d: d["profiles"]["tiny"]["construct_on"].update(d_det={"eps": -1.0}),
+     "profiles.tiny.construct_on.d_det: eps, steps, step_size must be > 0"),
+    (lambda d: d["profiles"]["tiny"]["construct_on"].update(d_det={"final_step_size": 0.1}),  # a matching key
+     "profiles.tiny.construct_on.d_det (over construct.pgd): unknown key 'final_step_size'; accepted: ['eps', "),
+    (lambda d: d["profiles"]["tiny"]["construct_on"].update(d_nr={"steps": 0}),
+     "profiles.tiny.construct_on.d_nr: steps and step sizes must be > 0"),
+    (lambda d: d["profiles"]["tiny"]["construct_on"].update(d_r={"steps": 2.5}),
+     "profiles.tiny.construct_on.d_r.steps: expected an integer"),
+    (lambda d: d["profiles"]["tiny"]["construct_on"].update(d_x={}), "construct_on.d_x: unknown constructed set 'd_x'"),
+    (lambda d: d["profiles"]["tiny"]["construct_on"].pop("d_rand"), "profiles.tiny.construct_on: needs exactly"),
+    (lambda d: d["profiles"]["tiny"].pop("construct_on"), "profiles.tiny: missing key(s) ['construct_on']"),
+    (lambda d: d["profiles"]["tiny"].update(construct_on=[]), "profiles.tiny.construct_on: expected a mapping"),
+    (_fake_relu_on_vgg16_for_d_r, "construct_on.d_r.fake_relu: not implemented for vgg16"),
     (lambda d: d["profiles"]["tiny"].update(compile_train="max"),
      "compile_train must be one of eager|default|reduce-overhead, got 'max'"),
     (lambda d: d["profiles"]["tiny"].update(compile_train=False), "compile_train"),  # YAML reads `off` as false

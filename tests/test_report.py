@@ -668,6 +668,22 @@ def test_missing_everything_still_builds(tmp_path):
     assert summary["figure3"]["points"] == {} and summary["flags"] == []
 
 
+def test_construction_table_gives_each_set_s_recorded_parameters(tmp_path):
+    """What each set was built with comes from its recorded recipe (its own overrides included), not params.yaml."""
+    write_results(tmp_path / "results")
+    match = {"steps": 100, "step_size": 0.3, "final_step_size": 0.02, "use_best": True, "fake_relu": True}
+    pgd = {"eps": 1.0, "steps": 15, "step_size": 0.1, "use_best": True}
+    results.append("datasets", [
+        {**dataset_row("cpu", "d_r", {}), "recipe": results.to_json({"match": match}), "run_id": "r4"},
+        {**dataset_row("cpu", "d_det", {}), "recipe": results.to_json({"pgd": pgd}), "run_id": "r4"},
+    ], tmp_path / "results")
+    page = report.build_report(tmp_path / "results", tmp_path / "nodata", tmp_path / "out")["html"].read_text()
+    assert "matching, 100 steps of 0.3 → 0.02" in page and "targeted PGD, eps 1, 15 steps of 0.1" in page
+    assert report_tables.built_with({"match": {**match, "final_step_size": 0.3}}) == "matching, 100 steps of 0.3"
+    for unreadable in ({}, {"pgd": {"eps": 1.0}}, {"pgd": "eps 1"}, {"match": {**match, "steps": None}}):
+        assert report_tables.built_with(unreadable) == "—", unreadable
+
+
 def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):
     """A set the results hold models or a construction of, that Figure 2 and Table 1 have no row for (one added to
     notbugs/sets.py, or one this code no longer knows), gets a visible note, not silence."""

@@ -3,6 +3,7 @@ that a new entry leaves the other sets' recipes and steps alone."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,14 @@ from notbugs import construct as C
 from notbugs import results, sets, steps
 from notbugs.config import DATASETS, ConfigError, load_params
 from notbugs.sets import SETS, SetSpec
+from notbugs.stages import construct_recipe
 from notbugs.storage import sha256_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 # a set that no entry builds alike: PGD on the robust model towards random targets
 NEW = SetSpec(kind="pgd", source="robust", targets="random", stream=4, label="D_rand_R")
+# the source model's meta.json, as far as a construction recipe reads it
+STAND_IN = {"model_id": "cpu/standard-d-resnet9", "checkpoint_sha256": "0" * 64, "arch": "resnet9"}
 
 
 def _assignments_before_sets_py(name: str, labels: np.ndarray, seed: int, num_classes: int = 10) -> dict:
@@ -57,11 +61,78 @@ def test_an_unknown_set_names_the_table():
 
 
 def test_config_refuses_two_sets_built_alike(monkeypatch):
-    """"D_det at eps 1.0" as one more entry would be built at the profile's construct.pgd eps, as D_det."""
+    """"D_det at eps 1.0" as one more entry, without its own eps, would be built exactly as D_det."""
     monkeypatch.setitem(SETS, "d_det_eps1", SetSpec("pgd", "standard", "next", 4, "D_det (eps 1.0)"))
-    with pytest.raises(ConfigError, match="per kind") as e:
+    with pytest.raises(ConfigError, match="same parameters") as e:
         load_params(ROOT / "params.yaml", profile="cpu")
-    assert "'d_det'" in str(e.value) and "'d_det_eps1'" in str(e.value) and "not supported yet" in str(e.value)
+    assert "'d_det'" in str(e.value) and "'d_det_eps1'" in str(e.value) and "construct_on.d_det_eps1" in str(e.value)
+
+
+def _with_variant(monkeypatch, tmp_path, cpu_override: dict | None, paper_override: dict | None = None):
+    """params.yaml with a variant of D_det, `d_det_eps1`, in the table and in the profiles' train_on and
+    construct_on (its overrides: `cpu_override`, `paper_override`), as README's 'Extending' asks."""
+    import yaml
+
+    monkeypatch.setitem(SETS, "d_det_eps1", SetSpec("pgd", "standard", "next", 4, "D_det (eps 1.0)"))
+    monkeypatch.setattr("notbugs.config.DATASETS", (*DATASETS, "d_det_eps1"))
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, override in (("cpu", cpu_override), ("paper", paper_override or cpu_override)):
+        doc["profiles"][name]["train_on"]["d_det_eps1"] = {}
+        doc["profiles"][name]["construct_on"]["d_det_eps1"] = override
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_a_variant_of_a_set_is_built_with_its_own_parameters(monkeypatch, tmp_path):
+    """D_det at eps 1.0: its recipe holds its eps (the profile's other PGD settings kept), D_det's is as before,
+    and only the variant's steps are new: the others' recipes and step hashes stay as they were."""
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    recipes, hashes = _recipe_hashes(params), _step_hashes(params)
+    path = _with_variant(monkeypatch, tmp_path, {"eps": 1.0})
+    variant = load_params(path, profile="cpu")
+    assert _recipe_hashes(variant) == recipes and _step_hashes(variant) == hashes
+    pgd = params.profile.construct.pgd
+    recipe = construct_recipe(variant, "d_det_eps1", STAND_IN, bf16=False)
+    assert recipe["pgd"] == {**dataclasses.asdict(pgd), "eps": 1.0} and pgd.eps == 0.5
+    assert steps.step_params("construct@d_det_eps1")[-1] == "construct_on.d_det_eps1"
+    assert steps.step_hash(variant, "construct@d_det_eps1", "arrays") not in hashes.values()
+    # the variant against the paper's build of it: no deviation beyond those the profile has anyway
+    assert variant.deviations() == params.deviations()
+    other = load_params(_with_variant(monkeypatch, tmp_path, {"eps": 1.0}, {"eps": 2.0}), profile="cpu")
+    assert "construct_on.d_det_eps1.eps: 1.0 (paper: 2.0)" in other.deviations()
+
+
+def test_a_set_s_own_parameters_reach_its_steps_only(monkeypatch, tmp_path):
+    """An override of a paper set (D_det at eps 1.0 in place of 0.5) is a deviation, changes D_det's recipe and the
+    steps that read it (its construction, what trains on it, Figure 3's transfer, which attacks as D_det), and no
+    other."""
+    import yaml
+
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    recipes, hashes = _recipe_hashes(params), _step_hashes(params)
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["profiles"]["cpu"]["construct_on"]["d_det"] = {"eps": 1.0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    changed = load_params(tmp_path / "params.yaml", profile="cpu")
+    after_recipes, after = _recipe_hashes(changed), _step_hashes(changed)
+    assert {n for n in recipes if after_recipes[n][1] != recipes[n][1]} == {"d_det"}
+    assert after_recipes["d_det"][0]["pgd"]["eps"] == 1.0
+    assert {s for s in hashes if after[s] != hashes[s]} == {"construct@d_det", "train@d_det", "transfer"}
+    assert set(changed.deviations()) - set(params.deviations()) == {"construct_on.d_det.eps: 1.0 (paper: 0.5)"}
+
+
+def test_empty_overrides_hash_as_before_construct_on():
+    """Upgrading to per-set parameters leaves every finished step done: with every override empty, each step's
+    hash is the one it had when its parameters did not list construct_on."""
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    now = _step_hashes(params)
+    before = {stage: tuple(k for k in keys if not k.startswith("construct_on."))
+              for stage, keys in steps.STEP_PARAMS.items()}
+    assert before != steps.STEP_PARAMS
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(steps, "STEP_PARAMS", before)
+        assert _step_hashes(params) == now
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -82,12 +153,9 @@ def test_config_refuses_a_set_it_cannot_build(monkeypatch, entry, message):
 def _recipe_hashes(params) -> dict:
     """Each set's construction recipe and its hash (as stages.prepare_construct makes them) for a stand-in
     source model."""
-    from notbugs.stages import construct_recipe
-
-    meta = {"model_id": "cpu/standard-d-resnet9", "checkpoint_sha256": "0" * 64, "arch": params.profile.arch}
     out = {}
     for name in DATASETS:
-        recipe = construct_recipe(params, name, meta, bf16=False)
+        recipe = construct_recipe(params, name, STAND_IN, bf16=False)
         out[name] = (recipe, sha256_bytes(results.to_json(recipe).encode())[:16])
     return out
 
@@ -105,7 +173,7 @@ def test_a_new_set_leaves_the_others_recipes_and_steps_alone(monkeypatch):
     assert _recipe_hashes(params) == recipes and _step_hashes(params) == hashes
     assert steps.step_hash(params, "construct@d_new", "arrays") not in hashes.values()
     assert steps.upstream_steps("construct@d_new") == ("fetch", "source@robust")
-    assert steps.step_params("construct@d_new")[-1] == "construct.pgd"
+    assert steps.step_params("construct@d_new")[-2:] == ("construct.pgd", "construct_on.d_new")
 
 
 def test_editing_one_entry_reaches_that_set_only(monkeypatch):

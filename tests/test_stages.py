@@ -308,6 +308,31 @@ def test_constructed_sets_follow_the_recipe(sources, tmp_path):
                       "d_det": "standard-d-resnet9"}
 
 
+def test_a_variant_set_is_built_with_its_own_parameters(sources, tmp_path, monkeypatch):
+    """D_det at eps 1.0 (a new entry of the sets' table with its own construct_on eps and step size) is attacked
+    to that radius, beyond D_det's 0.5, and records its parameters; D_det is built as before beside it."""
+    from notbugs.sets import SETS, SetSpec
+
+    params, data = _copy(sources, tmp_path)
+    pgd = params.profile.construct.pgd
+    monkeypatch.setitem(SETS, "d_det_eps1", SetSpec("pgd", "standard", "next", 4, "D_det (eps 1.0)"))
+    wide = dataclasses.replace(pgd, eps=1.0, step_size=0.3)  # 5 steps of 0.1 could not leave the 0.5 ball
+    params = _with(params, construct_on={**params.profile.construct_on, "d_det_eps1": {"eps": 1.0, "step_size": 0.3}})
+    x = U.load_split(params, data).train_x.numpy().reshape(200, -1)
+    dist = {}
+    for name in ("d_det", "d_det_eps1"):
+        S.stage_construct(params, name, data, "cpu")
+        images = C.load_constructed(R.dataset_dir(data, name))["images"].astype(np.float32).reshape(200, -1)
+        dist[name] = np.linalg.norm(images - x, axis=1)
+    assert dist["d_det"].max() <= pgd.eps + 0.01 and dist["d_det_eps1"].max() <= 1.0 + 0.01
+    assert dist["d_det_eps1"].mean() > pgd.eps + 0.1  # the wider ball used: beyond every D_det image
+    ds = results.load("datasets", R.results_root(data)).set_index("name")
+    recipes = {name: json.loads(ds.loc[name, "recipe"]) for name in ("d_det", "d_det_eps1")}
+    assert recipes["d_det_eps1"]["pgd"] == dataclasses.asdict(wide)
+    assert recipes["d_det"]["pgd"] == dataclasses.asdict(pgd)
+    assert recipes["d_det_eps1"]["set"]["stream"] == 4
+
+
 def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):
     """The report's few samples come from seeking in the shards; they equal the loaded set's, also
     from a compressed shard; a shard cut short or a NaN image is an error naming the set."""
@@ -425,6 +450,12 @@ def test_evaluation_and_transfer_attack_with_the_profile_s_settings(sources, tmp
     pgd = p.construct.pgd
     assert (call["eps"], call["steps"], call["step_size"]) == (pgd.eps, pgd.steps, pgd.step_size)
     assert call["targeted"] is True and call["use_best"] is pgd.use_best is True
+    # D_det built with its own parameters: Figure 3's examples are made as D_det's images are
+    attack.calls.clear()
+    with pytest.raises(Enough):
+        own = _with(params, construct_on={**p.construct_on, "d_det": {"eps": 0.75, "steps": 3}})
+        S.measure_transfer(own, {}, split, data, torch.device("cpu"), "run")
+    assert (attack.calls[0]["eps"], attack.calls[0]["steps"]) == (0.75, 3)
 
 
 def test_whole_pipeline_fills_every_table(sources, tmp_path):

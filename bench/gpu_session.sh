@@ -246,7 +246,8 @@ RUNBOOK
     # a parsed edit, not a sed of the line: the match line has gained keys before (use_best, 2026-12-06)
     if $PY -c 'import sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
-doc["profiles"][sys.argv[2]]["construct"]["match"]["steps"] = 200
+own = doc["profiles"][sys.argv[2]]["construct_on"]  # D_NR only: its own steps, so D_R is not rebuilt
+own["d_nr"] = {**(own.get("d_nr") or {}), "steps": 200}
 yaml.safe_dump(doc, open(sys.argv[3], "w"), sort_keys=False)' "$params" "$profile" .gpu/params200.yaml; then
       for stage in "construct d_nr" "train d_nr"; do
         TORCHINDUCTOR_CACHE_DIR=$PWD/.gpu/data/work/compile-cache step "D_NR-200 $stage" $PY -m notbugs $stage \

@@ -26,6 +26,26 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from notbugs.cli import main as notbugs_main  # noqa: E402
 from notbugs.config import PROFILES  # noqa: E402
+from notbugs.sets import KINDS, set_spec  # noqa: E402
+
+
+def _shrink_construction(p: dict, cap: int) -> None:
+    """Cap construction's steps at `cap`: each kind's section and the sets' own steps (construct_on) scaled by
+    one factor, so that a variant of a set by its steps stays apart from it (config refuses two sets built alike);
+    then PGD step sizes raised where the fewer steps would no longer reach the set's eps (config refuses that too)."""
+    own = p.get("construct_on") or {}
+    for kind in KINDS:
+        base = p["construct"][kind]
+        overrides = [o for name, o in own.items() if o and "steps" in o and set_spec(name).kind == kind]
+        scale = min(1.0, cap / max([base["steps"], *(o["steps"] for o in overrides)]))
+        for attack in (base, *overrides):
+            attack["steps"] = max(1, round(attack["steps"] * scale))
+    pgd = p["construct"]["pgd"]
+    pgd["step_size"] = max(pgd["step_size"], pgd["eps"] / pgd["steps"])
+    for name, o in own.items():
+        built = {**pgd, **(o or {})}
+        if set_spec(name).kind == "pgd" and built["steps"] * built["step_size"] < built["eps"]:
+            own[name] = {**(o or {}), "step_size": built["eps"] / built["steps"]}
 
 
 def _cap_epochs(recipe: dict, cap: int) -> None:
@@ -49,9 +69,9 @@ def shrink(doc: dict, profile: str, train: int, test: int, width: float, epochs:
         for recipe in p[section].values():
             if recipe:
                 _cap_epochs(recipe, epochs)
-    overrides = [o for o in p["construct_on"].values() if o and "steps" in o]  # a set's own steps, capped alike
-    for attack in (p["construct"]["match"], p["construct"]["pgd"], p["evaluate"], p["reevaluate"], *overrides):
+    for attack in (p["evaluate"], p["reevaluate"]):
         attack["steps"] = min(attack["steps"], attack_steps)
+    _shrink_construction(p, attack_steps)
     mirror = Path(doc["data"]["mirror"])
     if not mirror.is_absolute():  # params.yaml's path is relative to the repository, not to where it is copied
         doc["data"]["mirror"] = str((ROOT / mirror).resolve())

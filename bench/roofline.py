@@ -82,6 +82,7 @@ try:  # notbugs.config imports yaml at module level; a GPU machine may lack pyya
 except ImportError:
     sys.modules["yaml"] = types.ModuleType("yaml")
 
+from notbugs.config import construct_params  # noqa: E402
 from notbugs.models import make_model  # noqa: E402
 from notbugs.sets import SETS  # noqa: E402
 
@@ -379,8 +380,7 @@ def profile_work(params) -> list[dict]:
                 cfg.epochs * n_train * p.adversarial.steps)
     c = p.construct
     for name, spec in SETS.items():  # a set's kind is its stage here: "match" or "pgd"
-        steps = {"match": c.match.steps, "pgd": c.pgd.steps}[spec.kind]
-        add(f"construct {name}", spec.kind, c.batch_size, n_train * steps)
+        add(f"construct {name}", spec.kind, c.batch_size, n_train * construct_params(p, name).steps)
     for name, cfg in p.train_on.items():
         add(f"train on {name}", "train", cfg.batch_size, cfg.epochs * n_train)
     n_models = len(p.source_on) + len(p.train_on)
@@ -394,7 +394,9 @@ def profile_work(params) -> list[dict]:
         add(f"figure 3: {arch} on D", "train", std.batch_size, std.epochs * n_train, arch, t.width, True)
         if not (arch == p.arch and t.width == p.width):
             add(f"figure 3: {arch} on D_det", "train", det.batch_size, det.epochs * n_train, arch, t.width, True)
-    add("figure 3: transfer examples", "pgd", e.batch_size, min(t.n, n_test) * c.pgd.steps, figure3=True)
+    # made as D_det's images are (stages.measure_transfer)
+    add("figure 3: transfer examples", "pgd", e.batch_size, min(t.n, n_test) * construct_params(p, "d_det").steps,
+        figure3=True)
     return work
 
 

@@ -24,7 +24,8 @@ last iterate or the best one as the profile's construction does (`use_best`); wi
 constant rule prints no trajectory.
 
 For D_rand / D_det (`--set d_rand|d_det`) a rule is STEPS:STEP_SIZE of targeted l2 PGD on the
-standard model at the profile's `construct.pgd.eps` (the paper's is 100:0.1 at eps 0.5), towards the
+standard model at the set's eps in the profile (`construct.pgd.eps`, or the set's own in `construct_on`;
+the paper's is 100:0.1 at eps 0.5), towards the
 pipeline's own targets; what it reaches is the targeted success rate on the source model (the
 share of images it classifies as their new label), with the mean targeted loss before and after
 and the mean perturbation norm; downstream, the model is trained on the images with their target
@@ -58,6 +59,7 @@ from notbugs import record as R  # noqa: E402
 from notbugs import stages as S  # noqa: E402
 from notbugs import units as U  # noqa: E402
 from notbugs.attacks import autocast, frozen, match_representation, pgd_l2  # noqa: E402
+from notbugs.config import construct_params  # noqa: E402
 from notbugs.sets import SETS  # noqa: E402
 from notbugs.train import load_model  # noqa: E402
 
@@ -200,8 +202,9 @@ def main(argv=None) -> int:
         starts = split.train_x[torch.as_tensor(assign["start"][positions.numpy()])]
     recipe = p.train_on[args.name]
     bf16 = R.bf16_for(params, dev)  # the profile's precision, as in the pipeline
-    use_best = p.construct.pgd.use_best if targeted else p.construct.match.use_best  # and its iterate rule
-    what = f"attacked (targeted l2 PGD, eps {p.construct.pgd.eps:g})" if targeted else "matched"
+    own = construct_params(p, args.name)  # the set's parameters: its kind's section with its own overrides
+    use_best = own.use_best  # and its iterate rule
+    what = f"attacked (targeted l2 PGD, eps {own.eps:g})" if targeted else "matched"
     print(f"{args.name}: {n} images ({n // 10} per class) {what} on the {meta['training']} {meta['arch']} "
           f"({meta['model_id']}), "
           f"device {R.device_name(dev, bf16)}; downstream: {p.arch} x{p.width:g}, {recipe.epochs} epochs, "
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         with frozen(model):
             if targeted:
-                z, reached = attack_set(model, images, labels, p.construct.pgd.eps, rule, p.construct.batch_size,
+                z, reached = attack_set(model, images, labels, own.eps, rule, p.construct.batch_size,
                                         dev, bf16, use_best)
             else:
                 z, reached = reach_by_matching(model, images, starts, rule, p.construct.batch_size, dev,

@@ -188,6 +188,8 @@ class Params:
         out = []
         for key, a, b in _diff(ours, theirs):
             parts = key.split(".")
+            if parts[0] == "construct" and parts[1] in KINDS and not _inherited(self.profile, parts[1], parts[2]):
+                continue  # every set of the kind overrides it: the section's value builds nothing
             # per-model recipes and per-set construction: only where they differ beyond the base they override
             if parts[0] in ("train_on", "source_on", "construct_on"):
                 base = ".".join(["train", *parts[2:]] if parts[0] != "construct_on"
@@ -209,6 +211,18 @@ def construct_params(p: Profile, name: str) -> MatchConfig | PGDConfig:
     with the set's own overrides (construct_on.<name>; none for a set added to notbugs/sets.py in a test only)."""
     base = p.construct.match if set_spec(name).kind == "match" else p.construct.pgd
     return dataclasses.replace(base, **p.construct_on.get(name, {}))
+
+
+def _inherited(p: Profile, kind: str, key: str) -> bool:
+    """Whether some set of `kind` is built with its kind's section's `key`, not an override of its own."""
+    return any(set_spec(name).kind == kind and key not in override for name, override in p.construct_on.items())
+
+
+def construct_changes(p: Profile, name: str) -> dict:
+    """What set `name`'s overrides change: those of its construct_on keys whose value differs from its kind's
+    section (restating a value changes nothing), with their values."""
+    base = dataclasses.asdict(p.construct.match if set_spec(name).kind == "match" else p.construct.pgd)
+    return {key: value for key, value in p.construct_on.get(name, {}).items() if value != base[key]}
 
 
 def recipe_for(params: Params, name: str, override: dict | None = None) -> TrainConfig:
@@ -402,6 +416,11 @@ def validate(p: Profile) -> None:
                    f"{w}.fake_relu: not implemented for {p.arch}; it is for {', '.join(FAKE_RELU_ARCHS)}")
         else:
             _check(m.eps > 0 and m.steps > 0 and m.step_size > 0, f"{w}: eps, steps, step_size must be > 0")
+            # each step moves an image by step_size (l2), and nothing starts it elsewhere: an eps beyond their sum
+            # is never reached, so the set would be built as at that sum, whatever its eps says
+            _check(m.steps * m.step_size >= m.eps * (1 - 1e-9),
+                   f"{w}: {m.steps} steps of {m.step_size:g} move an image at most {m.steps * m.step_size:g}, short "
+                   f"of eps {m.eps:g}, so eps would change nothing; give it a larger step_size or more steps")
     built: dict[tuple, str] = {}
     for name, s in SETS.items():
         # same kind, source, targets and parameters: the same images (a PGD set's draws are its targets, which
@@ -493,8 +512,10 @@ def _profile(name: str, raw: dict) -> Profile:
         raise ConfigError(f"{where}: needs mappings 'train', 'source_on' and 'train_on'")
     # The shared recipe first, so that its errors name `train`, not the first per-model copy of it.
     _build(TrainConfig, raw["train"], f"{where}.train")
-    per_model = {section: {k: _build(TrainConfig, _merge(raw["train"], v or {}, f"{where}.{section}.{k}"),
-                                     f"{where}.{section}.{k}") for k, v in raw[section].items()}
+    # an empty entry is {} or nothing (YAML's null); 0, false, "" or [] are refused by _merge, not taken as empty
+    per_model = {section: {k: _build(TrainConfig, _merge(raw["train"], {} if v is None else v,
+                                                         f"{where}.{section}.{k}"), f"{where}.{section}.{k}")
+                           for k, v in raw[section].items()}
                  for section in ("source_on", "train_on")}
     fields = {k: ({} if k in (*per_model, "construct_on") else v) for k, v in raw.items()}
     prof = dataclasses.replace(_build(Profile, fields, where), name=name, **per_model)
@@ -517,8 +538,9 @@ def _construct_on(raw: dict, where: str) -> dict:
         except ValueError as e:
             raise ConfigError(f"{w}: {e}") from None
         cls = MatchConfig if kind == "match" else PGDConfig
-        built = _build(cls, _merge(raw["construct"][kind], override or {}, f"{w} (over construct.{kind})"), w)
-        out[name] = {key: getattr(built, key) for key in override or {}}
+        override = {} if override is None else override  # null as {}; 0, false, "" or [] refused by _merge
+        built = _build(cls, _merge(raw["construct"][kind], override, f"{w} (over construct.{kind})"), w)
+        out[name] = {key: getattr(built, key) for key in override}
     return out
 
 

@@ -387,16 +387,21 @@ def built_with(recipe: dict) -> str:
     """A constructed set's parameters as its recipe recorded them (its kind's, with its own overrides), in a few
     words; "—" for a recipe that holds none (unreadable, or written by other code)."""
     m, p = recipe.get("match"), recipe.get("pgd")
+    # the paper's choices (the best iterate, matching through the fake ReLU) go unsaid; the others are named
+    flags = {"use_best": "last iterate", "fake_relu": "true ReLU"}
     try:
         if isinstance(m, dict):
             rule = f"{m['step_size']:g}" + ("" if m["final_step_size"] == m["step_size"]
                                              else f" → {m['final_step_size']:g}")
-            return f"matching, {m['steps']:d} steps of {rule}"
-        if isinstance(p, dict):
-            return f"targeted PGD, eps {p['eps']:g}, {p['steps']:d} steps of {p['step_size']:g}"
+            text = f"matching, {m['steps']:d} steps of {rule}"
+        elif isinstance(p, dict):
+            text = f"targeted PGD, eps {p['eps']:g}, {p['steps']:d} steps of {p['step_size']:g}"
+        else:
+            return "—"
     except (KeyError, TypeError, ValueError):
-        pass
-    return "—"
+        return "—"
+    section = m if isinstance(m, dict) else p
+    return ", ".join([text, *(words for key, words in flags.items() if section.get(key) is False)])
 
 
 def epoch_curves(epochs: pd.DataFrame, models: pd.DataFrame,

@@ -19,7 +19,9 @@ TARGETS = ("random", "next")  # a PGD set's target: uniform over the classes | (
 
 @dataclass(frozen=True)
 class SetSpec:
-    kind: str  # KINDS; its parameters are the profile's construct.match / construct.pgd (one per kind)
+    # KINDS; its parameters are the profile's construct.match / construct.pgd with the set's own overrides, the
+    # profile's construct_on.<name> (config.construct_params)
+    kind: str
     source: str  # the source model it is built from: "standard" | "robust" (config.SOURCE_MODELS)
     targets: str | None  # TARGETS for a PGD set; None for a matching set, which keeps each image's label
     # The random stream of its draws (start images, random targets): numpy's default_rng([seed, stream]).

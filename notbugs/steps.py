@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from notbugs.config import DATASETS, dotted
+from notbugs.config import DATASETS, construct_changes
 from notbugs.models import arch_code
 from notbugs.sets import construction, set_spec
 from notbugs.storage import ArtefactError, package_digest, read_json, sha256_bytes, write_json
@@ -30,9 +30,10 @@ STEP_PARAMS = {
     "transfer": ("subset", "precision", "transfer", "train", "source_on.standard", "train_on.d_det", "construct.pgd",
                  "construct_on.d_det", "evaluate"),
 }
-# Keys hashed only where they hold something: a set with no construction overrides hashes as before
-# construct_on existed, so that upgrading leaves every finished step done.
-HASHED_WHEN_SET = ("construct_on.",)
+# A set's construction overrides are hashed as what they change (config.construct_changes), and only where they
+# change something: a set with none hashes as before construct_on existed, so that upgrading leaves every finished
+# step done, and restating a value of its kind's section reruns nothing.
+PER_SET = "construct_on."
 
 
 # A rerun step's checkpoints and shards made by other code are not reused (train.TRAIN_CODE,
@@ -102,10 +103,13 @@ def step_hash(params, step: str, arrays: str | None = None) -> str:
     markers); for every other step, the fetched arrays themselves (`arrays`: `arrays_digest`), as `dvc repro`
     sees them, so that new fetch code that writes the same arrays reruns fetch alone, and the other upstream
     steps' hashes."""
-    keys = tuple(k for k in step_params(step)  # none for fetch, where params.hash() would hash the whole profile
-                 if not k.startswith(HASHED_WHEN_SET) or dotted(params.raw, k))
-    body: dict = {"profile": params.profile.name, "params": params.hash(*keys) if keys else None,
+    keys = step_params(step)  # none for fetch, where params.hash() would hash the whole profile
+    plain = tuple(k for k in keys if not k.startswith(PER_SET))
+    body: dict = {"profile": params.profile.name, "params": params.hash(*plain) if keys else None,
                   "code": code_digest(params, step)}
+    changes = {k: construct_changes(params.profile, k[len(PER_SET):]) for k in keys if k.startswith(PER_SET)}
+    if any(changes.values()):
+        body["construct_on"] = {k: v for k, v in changes.items() if v}
     stage, _, item = step.partition("@")
     if stage == "construct":  # its own entry of sets.py, not the file: a new set leaves this hash alone
         body["set"] = construction(item)

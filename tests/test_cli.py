@@ -232,7 +232,8 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monk
 
 def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror, monkeypatch):
     """As `dvc repro` does: a new transfer recipe reruns transfer alone; a new PGD recipe for the
-    constructed sets reruns D_rand and D_det, what is trained on them, and transfer; the steps left
+    constructed sets reruns D_rand and D_det, what is trained on them, and transfer (D_det's own, D_det alone
+    of them); the steps left
     alone score no model again. New construction code reruns every construction and what follows. New
     fetch code reruns fetch, and what follows only where the arrays it writes change."""
     import yaml
@@ -265,9 +266,13 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
     assert ran_after(lambda prof: prof["transfer"].update(n=50)) == ["transfer"]
     assert scored() == first  # none scored twice
     pgd_sets = [n for n, s in SETS.items() if s.kind == "pgd"]
-    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == sorted(
+    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=6)) == sorted(
         [*(f"{stage}@{n}" for stage in ("construct", "train") for n in pgd_sets), "transfer"])
-    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=4)) == []  # nothing changed
+    assert ran_after(lambda prof: prof["construct"]["pgd"].update(steps=6)) == []  # nothing changed
+    # one set's own parameters: that set, what trains on it and (D_det's) transfer; restated values nothing
+    assert ran_after(lambda prof: prof["construct_on"].update(d_det={"eps": 0.55})) == [
+        "construct@d_det", "train@d_det", "transfer"]
+    assert ran_after(lambda prof: prof["construct_on"].update(d_det={"eps": 0.55, "steps": 6})) == []
     digest, updated = steps.code_digest, {}  # updated: a stand-in code digest per stage whose code changed
     monkeypatch.setattr(steps, "code_digest",
                         lambda params, step: updated.get(step.partition("@")[0]) or digest(params, step))

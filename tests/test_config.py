@@ -136,6 +136,15 @@ def _fake_relu_on_vgg16_for_d_r(doc):
     (lambda d: d["profiles"]["tiny"].pop("construct_on"), "profiles.tiny: missing key(s) ['construct_on']"),
     (lambda d: d["profiles"]["tiny"].update(construct_on=[]), "profiles.tiny.construct_on: expected a mapping"),
     (_fake_relu_on_vgg16_for_d_r, "construct_on.d_r.fake_relu: not implemented for vgg16"),
+    # tiny's 5 PGD steps of 0.1 never leave the 0.5 ball: "D_det at eps 1.0" would be D_det
+    (lambda d: d["profiles"]["tiny"]["construct_on"].update(d_det={"eps": 1.0}),
+     "profiles.tiny.construct_on.d_det: 5 steps of 0.1 move an image at most 0.5, short of eps 1, so eps would "
+     "change nothing"),
+    (lambda d: d["profiles"]["tiny"]["construct"]["pgd"].update(steps=4), "profiles.tiny.construct.pgd: 4 steps of"),
+    (lambda d: d["profiles"]["tiny"]["construct_on"].update(d_rand=0),
+     "profiles.tiny.construct_on.d_rand (over construct.pgd): expected a mapping of overrides"),
+    (lambda d: d["profiles"]["tiny"]["train_on"].update(d_rand=[]),
+     "profiles.tiny.train_on.d_rand: expected a mapping of overrides"),
     (lambda d: d["profiles"]["tiny"].update(compile_train="max"),
      "compile_train must be one of eager|default|reduce-overhead, got 'max'"),
     (lambda d: d["profiles"]["tiny"].update(compile_train=False), "compile_train"),  # YAML reads `off` as false

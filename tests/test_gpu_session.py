@@ -65,8 +65,8 @@ def test_parts_3_and_4_run_on_a_cpu_with_the_tiny_profile(tmp_path):
     assert len(list(out.iterdir())) <= 8
     ours = yaml.safe_load((work / "params.yaml").read_text())
     theirs = yaml.safe_load((work / ".gpu" / "params200.yaml").read_text())
-    assert theirs["profiles"]["tiny"]["construct"]["match"]["steps"] == 200
-    theirs["profiles"]["tiny"]["construct"]["match"]["steps"] = ours["profiles"]["tiny"]["construct"]["match"]["steps"]
+    assert theirs["profiles"]["tiny"]["construct_on"]["d_nr"] == {"steps": 200}  # D_NR's own, not D_R's
+    theirs["profiles"]["tiny"]["construct_on"]["d_nr"] = ours["profiles"]["tiny"]["construct_on"]["d_nr"]
     assert theirs == ours  # only that one number differs
     built = results.load("datasets", work / ".gpu" / "data200" / "results")
     assert list(built["name"]) == ["d_nr"]

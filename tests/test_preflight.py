@@ -34,6 +34,31 @@ def test_shrunken_profiles_keep_their_code_paths_and_cap_their_cost(tmp_path, mo
     assert load_params(path).profile.train.milestones == ()  # a 1-epoch step schedule has none left
 
 
+def test_a_variant_by_its_steps_stays_a_variant_when_shrunk(tmp_path, monkeypatch):
+    """D_det from 200 PGD steps beside `fast`'s 30: capped at 10 alike they would be one set (refused on load);
+    scaled by one factor they stay apart, and every PGD set still reaches its eps."""
+    from notbugs.sets import SETS, SetSpec
+
+    pf = bench_script("preflight", monkeypatch)
+    monkeypatch.setitem(SETS, "d_det_long", SetSpec("pgd", "standard", "next", 4, "D_det (200 steps)"))
+    monkeypatch.setattr("notbugs.config.DATASETS", (*SETS,))
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name in ("fast", "paper"):
+        doc["profiles"][name]["train_on"]["d_det_long"] = {}
+        doc["profiles"][name]["construct_on"]["d_det_long"] = {"steps": 200}
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(doc))
+    load_params(tmp_path / "full.yaml", "fast")  # valid before shrinking
+    small = pf.shrink(doc, "fast", 300, 100, 0.125, 3, 10)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small))
+    p = load_params(path).profile  # valid: apart, and each reaching its eps
+    from notbugs.config import construct_params
+
+    det, long = construct_params(p, "d_det"), construct_params(p, "d_det_long")
+    assert (long.steps, det.steps) == (10, 2) and p.construct.match.steps == 10  # 200 : 30 as 10 : 1.5
+    assert det.steps * det.step_size >= det.eps and long.steps * long.step_size >= long.eps
+
+
 def test_preflight_runs_the_profile_end_to_end(tmp_path, mirror, monkeypatch):
     pf = bench_script("preflight", monkeypatch)
     params = write_params(tmp_path / "p.yaml", mirror)

@@ -680,6 +680,11 @@ def test_construction_table_gives_each_set_s_recorded_parameters(tmp_path):
     page = report.build_report(tmp_path / "results", tmp_path / "nodata", tmp_path / "out")["html"].read_text()
     assert "matching, 100 steps of 0.3 → 0.02" in page and "targeted PGD, eps 1, 15 steps of 0.1" in page
     assert report_tables.built_with({"match": {**match, "final_step_size": 0.3}}) == "matching, 100 steps of 0.3"
+    # variants that differ in a flag only are told apart: the paper's choices go unsaid, the others are named
+    assert report_tables.built_with({"match": {**match, "use_best": False, "fake_relu": False}}) == (
+        "matching, 100 steps of 0.3 → 0.02, last iterate, true ReLU")
+    assert report_tables.built_with({"pgd": {**pgd, "use_best": False}}) == (
+        "targeted PGD, eps 1, 15 steps of 0.1, last iterate")
     for unreadable in ({}, {"pgd": {"eps": 1.0}}, {"pgd": "eps 1"}, {"match": {**match, "steps": None}}):
         assert report_tables.built_with(unreadable) == "—", unreadable
 

@@ -122,6 +122,36 @@ def test_a_set_s_own_parameters_reach_its_steps_only(monkeypatch, tmp_path):
     assert set(changed.deviations()) - set(params.deviations()) == {"construct_on.d_det.eps: 1.0 (paper: 0.5)"}
 
 
+def test_a_section_value_no_set_is_built_with_is_no_deviation(tmp_path):
+    """`cpu` builds with 15 PGD steps where the paper takes 100; with every PGD set at 100 steps of its own, no set
+    is built with 15, and the deviations say nothing of PGD steps."""
+    import yaml
+
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    assert "construct.pgd.steps: 15 (paper: 100)" in params.deviations()
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["profiles"]["cpu"]["construct_on"].update(d_rand={"steps": 100}, d_det={"steps": 100})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    own = load_params(tmp_path / "params.yaml", profile="cpu")
+    assert not any("steps" in d and "pgd" in d or d.startswith("construct_on") for d in own.deviations())
+    assert set(params.deviations()) - set(own.deviations()) == {"construct.pgd.steps: 15 (paper: 100)"}
+
+
+def test_restating_a_value_of_the_kind_s_section_changes_no_hash(tmp_path):
+    """`d_det: {eps: 0.5}` where construct.pgd's eps is 0.5 builds D_det as before: no step reruns, its recipe is
+    the same; `d_det: null` (YAML's empty entry) is no override either."""
+    import yaml
+
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    recipes, hashes = _recipe_hashes(params), _step_hashes(params)
+    for override in ({"eps": 0.5, "use_best": True}, None):
+        doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+        doc["profiles"]["cpu"]["construct_on"]["d_det"] = override
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        same = load_params(tmp_path / "params.yaml", profile="cpu")
+        assert _recipe_hashes(same) == recipes and _step_hashes(same) == hashes, override
+
+
 def test_empty_overrides_hash_as_before_construct_on():
     """Upgrading to per-set parameters leaves every finished step done: with every override empty, each step's
     hash is the one it had when its parameters did not list construct_on."""

@@ -6,6 +6,7 @@ import yaml
 
 from notbugs import results
 from notbugs.config import load_params
+from notbugs.sets import SETS
 from tests.conftest import ROOT, bench_script, write_params
 
 
@@ -37,10 +38,11 @@ def test_shrunken_profiles_keep_their_code_paths_and_cap_their_cost(tmp_path, mo
 def test_a_variant_by_its_steps_stays_a_variant_when_shrunk(tmp_path, monkeypatch):
     """D_det from 200 PGD steps beside `fast`'s 30: capped at 10 alike they would be one set (refused on load);
     scaled by one factor they stay apart, and every PGD set still reaches its eps."""
-    from notbugs.sets import SETS, SetSpec
+    from notbugs.sets import SetSpec
 
     pf = bench_script("preflight", monkeypatch)
-    monkeypatch.setitem(SETS, "d_det_long", SetSpec("pgd", "standard", "next", 4, "D_det (200 steps)"))
+    stream = 1 + max(s.stream for s in SETS.values())  # one no entry has, yours included
+    monkeypatch.setitem(SETS, "d_det_long", SetSpec("pgd", "standard", "next", stream, "D_det (200 steps)"))
     monkeypatch.setattr("notbugs.config.DATASETS", (*SETS,))
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name in ("fast", "paper"):
@@ -66,6 +68,8 @@ def test_preflight_runs_the_profile_end_to_end(tmp_path, mirror, monkeypatch):
     assert pf.main(["--profile", "tiny", "--params", str(params), "--data-dir", str(data), "--train", "100",
                     "--test", "50", "--epochs", "1", "--attack-steps", "2", "--skip", "transfer"]) == 0
     summary = results.summary(data / "results")
-    assert summary["models"] == 6 and summary["datasets"] == 1 + 4 and summary["evaluations"] == 12
+    models = 2 + len(SETS)  # both source models and one on each constructed set (notbugs/sets.py: yours too)
+    assert summary["models"] == models and summary["datasets"] == 1 + len(SETS)
+    assert summary["evaluations"] == 2 * models
     assert (data / "report" / "report.html").exists()
     assert load_params(data / "params.yaml").profile.subset.train == 100

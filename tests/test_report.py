@@ -694,16 +694,31 @@ def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):
     notbugs/sets.py, or one this code no longer knows), gets a visible note, not silence."""
     write_results(tmp_path / "results")
     results.append("models", [model_row("cpu", "standard", "d_new")], tmp_path / "results")
+    new = model_id("cpu", "standard", "d_new")
+    results.append("evaluations", [eval_row("cpu", new, "none", 0.0, 0.311, T0 + timedelta(hours=2)),
+                                   eval_row("cpu", new, "pgd_l2", 0.25, 0.004, T0 + timedelta(hours=2))],
+                   tmp_path / "results")
     results.append("datasets", [dataset_row("cpu", "d_gone", {"success_rate": 0.5})], tmp_path / "results")
     paths = report.build_report(tmp_path / "results", tmp_path / "nodata", tmp_path / "out")
     for text in (paths["html"].read_text(), paths["markdown"].read_text()):
         notes = [line for line in text.splitlines() if "FIGURE2 / TABLE1" in line]
         assert len(notes) == 2 and "(d_gone)" in notes[0] and "(d_new)" in notes[1], notes
         assert not any(f"({name})" in " ".join(notes) for name in report_paper.CONSTRUCTED)
+        assert "Other constructed sets" in text
+    # its model's numbers, as Figure 2 and Table 1 give the paper's sets' (the set without models: not run yet)
+    md = paths["markdown"].read_text()
+    assert f"| d_new | {new} | 31.1 | 0.4 | 20 |" in md and "| d_gone | not run yet |" in md
+    other = json.loads(paths["summary"].read_text())["other_sets"]
+    assert other["d_new"]["clean"] == 31.1 and other["d_new"]["paper_clean"] is None
+    assert other["d_gone"]["model_id"] is None and set(other) == {"d_new", "d_gone"}
 
 
 def test_labels_come_from_the_table_of_sets():
-    assert report_paper.SET_LABEL == {"d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
+    from notbugs.sets import SETS
+
+    assert report_paper.SET_LABEL == {"d": "D", **{name: s.label for name, s in SETS.items()}}
+    assert {k: report_paper.SET_LABEL[k] for k in ("d", "d_r", "d_nr", "d_rand", "d_det")} == {
+        "d": "D", "d_r": "D_R", "d_nr": "D_NR", "d_rand": "D_rand", "d_det": "D_det"}
     assert [report_paper.row_label(r) for r in report_paper.FIGURE2] == [
         "Standard training on D", "Adversarial training on D", "Standard training on D_R", "Standard training on D_NR"]
     assert [report_paper.bar_group(r) for r in report_paper.FIGURE2] == [

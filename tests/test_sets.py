@@ -10,15 +10,20 @@ import numpy as np
 import pytest
 
 from notbugs import construct as C
-from notbugs import results, sets, steps
+from notbugs import config, results, sets, steps
 from notbugs.config import DATASETS, ConfigError, load_params
 from notbugs.sets import SETS, SetSpec
 from notbugs.stages import construct_recipe
 from notbugs.storage import sha256_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-# a set that no entry builds alike: PGD on the robust model towards random targets
-NEW = SetSpec(kind="pgd", source="robust", targets="random", stream=4, label="D_rand_R")
+# These tests hold with sets of your own in the table (README, "Extending"): the paper's four come first, and the
+# sets the tests add take a stream no entry has and names of their own.
+PAPER_SETS = ("d_r", "d_nr", "d_rand", "d_det")
+FREE = 1 + max(s.stream for s in SETS.values())
+# a set that no entry of the paper's builds alike: PGD on the robust model towards random targets
+NEW = SetSpec(kind="pgd", source="robust", targets="random", stream=FREE, label="D_rand_R")
+VARIANT = "d_test_variant"  # D_det at eps 1.0, as README's d_det_eps1
 # the source model's meta.json, as far as a construction recipe reads it
 STAND_IN = {"model_id": "cpu/standard-d-resnet9", "checkpoint_sha256": "0" * 64, "arch": "resnet9"}
 
@@ -46,8 +51,8 @@ def test_every_set_draws_what_it_drew_before_the_table(name):
 
 
 def test_the_paper_sets_in_its_order():
-    assert tuple(SETS) == DATASETS == ("d_r", "d_nr", "d_rand", "d_det")
-    assert [s.label for s in SETS.values()] == ["D_R", "D_NR", "D_rand", "D_det"]
+    assert tuple(SETS) == DATASETS and DATASETS[:4] == PAPER_SETS  # then yours, if any
+    assert [SETS[name].label for name in PAPER_SETS] == ["D_R", "D_NR", "D_rand", "D_det"]
 
 
 def test_an_unknown_set_names_the_table():
@@ -62,23 +67,23 @@ def test_an_unknown_set_names_the_table():
 
 def test_config_refuses_two_sets_built_alike(monkeypatch):
     """"D_det at eps 1.0" as one more entry, without its own eps, would be built exactly as D_det."""
-    monkeypatch.setitem(SETS, "d_det_eps1", SetSpec("pgd", "standard", "next", 4, "D_det (eps 1.0)"))
+    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (eps 1.0)"))
     with pytest.raises(ConfigError, match="same parameters") as e:
         load_params(ROOT / "params.yaml", profile="cpu")
-    assert "'d_det'" in str(e.value) and "'d_det_eps1'" in str(e.value) and "construct_on.d_det_eps1" in str(e.value)
+    assert "'d_det'" in str(e.value) and f"'{VARIANT}'" in str(e.value) and f"construct_on.{VARIANT}" in str(e.value)
 
 
 def _with_variant(monkeypatch, tmp_path, cpu_override: dict | None, paper_override: dict | None = None):
-    """params.yaml with a variant of D_det, `d_det_eps1`, in the table and in the profiles' train_on and
-    construct_on (its overrides: `cpu_override`, `paper_override`), as README's 'Extending' asks."""
+    """params.yaml with a variant of D_det (VARIANT) in the table and in the profiles' train_on and construct_on
+    (its overrides: `cpu_override`, `paper_override`), as README's 'Extending' asks."""
     import yaml
 
-    monkeypatch.setitem(SETS, "d_det_eps1", SetSpec("pgd", "standard", "next", 4, "D_det (eps 1.0)"))
-    monkeypatch.setattr("notbugs.config.DATASETS", (*DATASETS, "d_det_eps1"))
+    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (eps 1.0)"))
+    monkeypatch.setattr("notbugs.config.DATASETS", (*DATASETS, VARIANT))
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, override in (("cpu", cpu_override), ("paper", paper_override or cpu_override)):
-        doc["profiles"][name]["train_on"]["d_det_eps1"] = {}
-        doc["profiles"][name]["construct_on"]["d_det_eps1"] = override
+        doc["profiles"][name]["train_on"][VARIANT] = {}
+        doc["profiles"][name]["construct_on"][VARIANT] = override
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -93,18 +98,18 @@ def test_a_variant_of_a_set_is_built_with_its_own_parameters(monkeypatch, tmp_pa
     variant = load_params(path, profile="cpu")
     assert _recipe_hashes(variant) == recipes and _step_hashes(variant) == hashes
     pgd = params.profile.construct.pgd
-    recipe = construct_recipe(variant, "d_det_eps1", STAND_IN, bf16=False)
+    recipe = construct_recipe(variant, VARIANT, STAND_IN, bf16=False)
     assert recipe["pgd"] == {**dataclasses.asdict(pgd), "eps": 1.0} and pgd.eps == 0.5
-    assert steps.step_params("construct@d_det_eps1")[-1] == "construct_on.d_det_eps1"
-    assert steps.step_hash(variant, "construct@d_det_eps1", "arrays") not in hashes.values()
+    assert steps.step_params(f"construct@{VARIANT}")[-1] == f"construct_on.{VARIANT}"
+    assert steps.step_hash(variant, f"construct@{VARIANT}", "arrays") not in hashes.values()
     # the variant against the paper's build of it: no deviation beyond those the profile has anyway
     assert variant.deviations() == params.deviations()
     other = load_params(_with_variant(monkeypatch, tmp_path, {"eps": 1.0}, {"eps": 2.0}), profile="cpu")
-    assert "construct_on.d_det_eps1.eps: 1.0 (paper: 2.0)" in other.deviations()
+    assert f"construct_on.{VARIANT}.eps: 1.0 (paper: 2.0)" in other.deviations()
 
 
 def test_a_set_s_own_parameters_reach_its_steps_only(monkeypatch, tmp_path):
-    """An override of a paper set (D_det at eps 1.0 in place of 0.5) is a deviation, changes D_det's recipe and the
+    """An override of a paper set (D_det at eps 0.625 in place of 0.5) is a deviation, changes D_det's recipe and the
     steps that read it (its construction, what trains on it, Figure 3's transfer, which attacks as D_det), and no
     other."""
     import yaml
@@ -112,14 +117,14 @@ def test_a_set_s_own_parameters_reach_its_steps_only(monkeypatch, tmp_path):
     params = load_params(ROOT / "params.yaml", profile="cpu")
     recipes, hashes = _recipe_hashes(params), _step_hashes(params)
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    doc["profiles"]["cpu"]["construct_on"]["d_det"] = {"eps": 1.0}
+    doc["profiles"]["cpu"]["construct_on"]["d_det"] = {"eps": 0.625}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     changed = load_params(tmp_path / "params.yaml", profile="cpu")
     after_recipes, after = _recipe_hashes(changed), _step_hashes(changed)
     assert {n for n in recipes if after_recipes[n][1] != recipes[n][1]} == {"d_det"}
-    assert after_recipes["d_det"][0]["pgd"]["eps"] == 1.0
+    assert after_recipes["d_det"][0]["pgd"]["eps"] == 0.625
     assert {s for s in hashes if after[s] != hashes[s]} == {"construct@d_det", "train@d_det", "transfer"}
-    assert set(changed.deviations()) - set(params.deviations()) == {"construct_on.d_det.eps: 1.0 (paper: 0.5)"}
+    assert set(changed.deviations()) - set(params.deviations()) == {"construct_on.d_det.eps: 0.625 (paper: 0.5)"}
 
 
 def test_a_section_value_no_set_is_built_with_is_no_deviation(tmp_path):
@@ -130,11 +135,13 @@ def test_a_section_value_no_set_is_built_with_is_no_deviation(tmp_path):
     params = load_params(ROOT / "params.yaml", profile="cpu")
     assert "construct.pgd.steps: 15 (paper: 100)" in params.deviations()
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    doc["profiles"]["cpu"]["construct_on"].update(d_rand={"steps": 100}, d_det={"steps": 100})
+    own = doc["profiles"]["cpu"]["construct_on"]
+    for name in (n for n, s in SETS.items() if s.kind == "pgd"):
+        own[name] = {**(own[name] or {}), "steps": 100}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     own = load_params(tmp_path / "params.yaml", profile="cpu")
-    assert not any("steps" in d and "pgd" in d or d.startswith("construct_on") for d in own.deviations())
     assert set(params.deviations()) - set(own.deviations()) == {"construct.pgd.steps: 15 (paper: 100)"}
+    assert set(own.deviations()) <= set(params.deviations())
 
 
 def test_restating_a_value_of_the_kind_s_section_changes_no_hash(tmp_path):
@@ -160,9 +167,14 @@ def test_empty_overrides_hash_as_before_construct_on():
     before = {stage: tuple(k for k in keys if not k.startswith("construct_on."))
               for stage, keys in steps.STEP_PARAMS.items()}
     assert before != steps.STEP_PARAMS
+    # the steps of sets with overrides of your own excepted, and what follows them
+    own = {n for n in SETS if config.construct_changes(params.profile, n)}
+    empty = {s for s in now if s.partition("@")[2] not in own and not (s == "transfer" and "d_det" in own)}
+    assert any(s.startswith("construct@") for s in empty)  # in this repository's params.yaml: every step
     with pytest.MonkeyPatch.context() as m:
         m.setattr(steps, "STEP_PARAMS", before)
-        assert _step_hashes(params) == now
+        then = _step_hashes(params)
+    assert {s: then[s] for s in empty} == {s: now[s] for s in empty}
 
 
 @pytest.mark.parametrize("entry, message", [

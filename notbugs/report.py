@@ -355,23 +355,22 @@ def _unreported_sets(models: pd.DataFrame, datasets: pd.DataFrame) -> list[str]:
 
 
 def _unreported_blocks(others: list[Measured]) -> list:
-    """The sets without a row of the paper's (a variant of a set, a new one): a note each, and their models'
+    """The sets without a row of the paper's (a variant of a set, a new one): a line each, and their models'
     numbers, as Figure 2 and Table 1 give them for the paper's sets, with no paper's number to compare."""
     if not others:
         return []
-    blocks = [Note(f"{SET_LABEL.get(m.ref.train_set, m.ref.train_set)} ({m.ref.train_set}): the results hold its "
-                   f"models or its construction, but this report has no row of the paper's for it "
-                   f"(notbugs/report_paper.py FIGURE2 / TABLE1), so Figure 2 and Table 1 leave its models out; "
-                   f"\"Other constructed sets\" below gives them.") for m in others]
     rows = tuple((SET_LABEL.get(m.ref.train_set, m.ref.train_set), m.model_id or "not run yet", _pct(m.clean),
                   _pct(m.robust), "" if m.robust_steps is None else str(m.robust_steps), _runs_cell(m))
                  for m in others)
-    blocks += [Heading("Other constructed sets"),
-               Para("Sets the paper does not build (notbugs/sets.py beyond its four, or sets this code no longer "
-                    "knows): the standard-trained model on each, on the real CIFAR-10 test set, as Figure 2 and "
-                    "Table 1 give the paper's sets' (the construction table below says how each was built)."),
-               Table(("training set", "model", "clean", f"robust (eps {ROBUST_EPS})", "attack steps", "runs"), rows)]
-    return blocks + _spread_blocks(others)
+    return ([Heading("Other constructed sets"),
+             Para("Sets the paper does not build (notbugs/sets.py beyond its four, or sets this code no longer "
+                  "knows): the standard-trained model on each, on the real CIFAR-10 test set, as Figure 2 and Table 1 "
+                  "give the paper's sets' (the construction table below says how each was built).")]
+            + [Para(f"{SET_LABEL.get(m.ref.train_set, m.ref.train_set)} ({m.ref.train_set}): no row of the paper's "
+                    f"(notbugs/report_paper.py FIGURE2 / TABLE1), so Figure 2 and Table 1 leave its models out; this "
+                    f"table has them.") for m in others]
+            + [Table(("training set", "model", "clean", f"robust (eps {ROBUST_EPS})", "attack steps", "runs"), rows)]
+            + _spread_blocks(others))
 
 
 def _table1_blocks(tab1: list[Measured]) -> list:

@@ -67,7 +67,7 @@ def test_an_unknown_set_names_the_table():
 
 def test_config_refuses_two_sets_built_alike(monkeypatch):
     """"D_det at eps 1.0" as one more entry, without its own eps, would be built exactly as D_det."""
-    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (eps 1.0)"))
+    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (test variant)"))
     with pytest.raises(ConfigError, match="same parameters") as e:
         load_params(ROOT / "params.yaml", profile="cpu")
     assert "'d_det'" in str(e.value) and f"'{VARIANT}'" in str(e.value) and f"construct_on.{VARIANT}" in str(e.value)
@@ -78,7 +78,7 @@ def _with_variant(monkeypatch, tmp_path, cpu_override: dict | None, paper_overri
     (its overrides: `cpu_override`, `paper_override`), as README's 'Extending' asks."""
     import yaml
 
-    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (eps 1.0)"))
+    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (test variant)"))
     monkeypatch.setattr("notbugs.config.DATASETS", (*DATASETS, VARIANT))
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, override in (("cpu", cpu_override), ("paper", paper_override or cpu_override)):

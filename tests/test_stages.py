@@ -315,22 +315,24 @@ def test_a_variant_set_is_built_with_its_own_parameters(sources, tmp_path, monke
 
     params, data = _copy(sources, tmp_path)
     pgd = params.profile.construct.pgd
-    monkeypatch.setitem(SETS, "d_det_eps1", SetSpec("pgd", "standard", "next", 4, "D_det (eps 1.0)"))
+    stream = 1 + max(s.stream for s in SETS.values())  # one no entry has, yours included
+    monkeypatch.setitem(SETS, "d_test_variant", SetSpec("pgd", "standard", "next", stream, "D_det (test variant)"))
     wide = dataclasses.replace(pgd, eps=1.0, step_size=0.3)  # 5 steps of 0.1 could not leave the 0.5 ball
-    params = _with(params, construct_on={**params.profile.construct_on, "d_det_eps1": {"eps": 1.0, "step_size": 0.3}})
+    params = _with(params, construct_on={**params.profile.construct_on,
+                                         "d_test_variant": {"eps": 1.0, "step_size": 0.3}})
     x = U.load_split(params, data).train_x.numpy().reshape(200, -1)
     dist = {}
-    for name in ("d_det", "d_det_eps1"):
+    for name in ("d_det", "d_test_variant"):
         S.stage_construct(params, name, data, "cpu")
         images = C.load_constructed(R.dataset_dir(data, name))["images"].astype(np.float32).reshape(200, -1)
         dist[name] = np.linalg.norm(images - x, axis=1)
-    assert dist["d_det"].max() <= pgd.eps + 0.01 and dist["d_det_eps1"].max() <= 1.0 + 0.01
-    assert dist["d_det_eps1"].mean() > pgd.eps + 0.1  # the wider ball used: beyond every D_det image
+    assert dist["d_det"].max() <= pgd.eps + 0.01 and dist["d_test_variant"].max() <= 1.0 + 0.01
+    assert dist["d_test_variant"].mean() > pgd.eps + 0.1  # the wider ball used: beyond every D_det image
     ds = results.load("datasets", R.results_root(data)).set_index("name")
-    recipes = {name: json.loads(ds.loc[name, "recipe"]) for name in ("d_det", "d_det_eps1")}
-    assert recipes["d_det_eps1"]["pgd"] == dataclasses.asdict(wide)
+    recipes = {name: json.loads(ds.loc[name, "recipe"]) for name in ("d_det", "d_test_variant")}
+    assert recipes["d_test_variant"]["pgd"] == dataclasses.asdict(wide)
     assert recipes["d_det"]["pgd"] == dataclasses.asdict(pgd)
-    assert recipes["d_det_eps1"]["set"]["stream"] == 4
+    assert recipes["d_test_variant"]["set"]["stream"] == stream
 
 
 def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):

@@ -23,7 +23,7 @@ PAPER_SETS = ("d_r", "d_nr", "d_rand", "d_det")
 FREE = 1 + max(s.stream for s in SETS.values())
 # a set that no entry of the paper's builds alike: PGD on the robust model towards random targets
 NEW = SetSpec(kind="pgd", source="robust", targets="random", stream=FREE, label="D_rand_R")
-VARIANT = "d_test_variant"  # D_det at eps 1.0, as README's d_det_eps1
+VARIANT = "d_test_variant"  # D_det at eps 0.875 (an eps your own variants are unlikely to take), as README's d_det_eps1
 # the source model's meta.json, as far as a construction recipe reads it
 STAND_IN = {"model_id": "cpu/standard-d-resnet9", "checkpoint_sha256": "0" * 64, "arch": "resnet9"}
 
@@ -66,7 +66,7 @@ def test_an_unknown_set_names_the_table():
 
 
 def test_config_refuses_two_sets_built_alike(monkeypatch):
-    """"D_det at eps 1.0" as one more entry, without its own eps, would be built exactly as D_det."""
+    """"D_det at eps 0.875" as one more entry, without its own eps, would be built exactly as D_det."""
     monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (test variant)"))
     with pytest.raises(ConfigError, match="same parameters") as e:
         load_params(ROOT / "params.yaml", profile="cpu")
@@ -90,22 +90,22 @@ def _with_variant(monkeypatch, tmp_path, cpu_override: dict | None, paper_overri
 
 
 def test_a_variant_of_a_set_is_built_with_its_own_parameters(monkeypatch, tmp_path):
-    """D_det at eps 1.0: its recipe holds its eps (the profile's other PGD settings kept), D_det's is as before,
+    """D_det at eps 0.875: its recipe holds its eps (the profile's other PGD settings kept), D_det's is as before,
     and only the variant's steps are new: the others' recipes and step hashes stay as they were."""
     params = load_params(ROOT / "params.yaml", profile="cpu")
     recipes, hashes = _recipe_hashes(params), _step_hashes(params)
-    path = _with_variant(monkeypatch, tmp_path, {"eps": 1.0})
+    path = _with_variant(monkeypatch, tmp_path, {"eps": 0.875})
     variant = load_params(path, profile="cpu")
     assert _recipe_hashes(variant) == recipes and _step_hashes(variant) == hashes
     pgd = params.profile.construct.pgd
     recipe = construct_recipe(variant, VARIANT, STAND_IN, bf16=False)
-    assert recipe["pgd"] == {**dataclasses.asdict(pgd), "eps": 1.0} and pgd.eps == 0.5
+    assert recipe["pgd"] == {**dataclasses.asdict(pgd), "eps": 0.875} and pgd.eps == 0.5
     assert steps.step_params(f"construct@{VARIANT}")[-1] == f"construct_on.{VARIANT}"
     assert steps.step_hash(variant, f"construct@{VARIANT}", "arrays") not in hashes.values()
     # the variant against the paper's build of it: no deviation beyond those the profile has anyway
     assert variant.deviations() == params.deviations()
-    other = load_params(_with_variant(monkeypatch, tmp_path, {"eps": 1.0}, {"eps": 2.0}), profile="cpu")
-    assert f"construct_on.{VARIANT}.eps: 1.0 (paper: 2.0)" in other.deviations()
+    other = load_params(_with_variant(monkeypatch, tmp_path, {"eps": 0.875}, {"eps": 1.25}), profile="cpu")
+    assert f"construct_on.{VARIANT}.eps: 0.875 (paper: 1.25)" in other.deviations()
 
 
 def test_a_set_s_own_parameters_reach_its_steps_only(monkeypatch, tmp_path):

@@ -31,7 +31,8 @@ from notbugs.sets import KINDS, set_spec  # noqa: E402
 
 def _shrink_construction(p: dict, cap: int) -> None:
     """Cap construction's steps at `cap`: each kind's section and the sets' own steps (construct_on) scaled by
-    one factor, so that a variant of a set by its steps stays apart from it (config refuses two sets built alike);
+    one factor, so that a variant of a set by its steps stays apart from it (config refuses two sets built alike;
+    rounding can still merge close counts, 31 beside 30 at a cap of 10);
     then PGD step sizes raised where the fewer steps would no longer reach the set's eps (config refuses that too)."""
     own = p.get("construct_on") or {}
     for kind in KINDS:

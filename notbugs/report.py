@@ -365,10 +365,12 @@ def _unreported_blocks(others: list[Measured]) -> list:
     return ([Heading("Other constructed sets"),
              Para("Sets the paper does not build (notbugs/sets.py beyond its four, or sets this code no longer "
                   "knows): the standard-trained model on each, on the real CIFAR-10 test set, as Figure 2 and Table 1 "
-                  "give the paper's sets' (the construction table below says how each was built).")]
+                  "give the paper's sets' (for a set of notbugs/sets.py, the construction table below says how it "
+                  "was built).")]
             + [Para(f"{SET_LABEL.get(m.ref.train_set, m.ref.train_set)} ({m.ref.train_set}): no row of the paper's "
-                    f"(notbugs/report_paper.py FIGURE2 / TABLE1), so Figure 2 and Table 1 leave its models out; this "
-                    f"table has them.") for m in others]
+                    f"(notbugs/report_paper.py FIGURE2 / TABLE1), so Figure 2 and Table 1 leave it out; "
+                    + ("this table has its model." if m.model_id else "no model is trained on it yet."))
+               for m in others]
             + [Table(("training set", "model", "clean", f"robust (eps {ROBUST_EPS})", "attack steps", "runs"), rows)]
             + _spread_blocks(others))
 

@@ -679,6 +679,9 @@ def test_construction_table_gives_each_set_s_recorded_parameters(tmp_path):
     ], tmp_path / "results")
     page = report.build_report(tmp_path / "results", tmp_path / "nodata", tmp_path / "out")["html"].read_text()
     assert "matching, 100 steps of 0.3 → 0.02" in page and "targeted PGD, eps 1, 15 steps of 0.1" in page
+    md = (tmp_path / "out" / "report.md").read_text()  # each in its own set's row
+    assert "| D_R | 5000 | cpu/standard-d-resnet18 | matching, 100 steps of 0.3 → 0.02 |" in md
+    assert "| D_det | 5000 | cpu/standard-d-resnet18 | targeted PGD, eps 1, 15 steps of 0.1 |" in md
     assert report_tables.built_with({"match": {**match, "final_step_size": 0.3}}) == "matching, 100 steps of 0.3"
     # variants that differ in a flag only are told apart: the paper's choices go unsaid, the others are named
     assert report_tables.built_with({"match": {**match, "use_best": False, "fake_relu": False}}) == (
@@ -708,6 +711,7 @@ def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):
     # its model's numbers, as Figure 2 and Table 1 give the paper's sets' (the set without models: not run yet)
     md = paths["markdown"].read_text()
     assert f"| d_new | {new} | 31.1 | 0.4 | 20 |" in md and "| d_gone | not run yet |" in md
+    assert "(d_gone): no row of the paper's" in md and "no model is trained on it yet" in md
     other = json.loads(paths["summary"].read_text())["other_sets"]
     assert other["d_new"]["clean"] == 31.1 and other["d_new"]["paper_clean"] is None
     assert other["d_gone"]["model_id"] is None and set(other) == {"d_new", "d_gone"}

@@ -194,7 +194,7 @@ class Params:
             if parts[0] in ("train_on", "source_on", "construct_on"):
                 base = ".".join(["train", *parts[2:]] if parts[0] != "construct_on"
                                 else ["construct", set_spec(parts[1]).kind, *parts[2:]])
-                if (a, b) == (dotted(ours, base), dotted(theirs, base)):
+                if (a, b) == (_get(ours, base), _get(theirs, base)):
                     continue
             out.append(f"{key}: {a!r} (paper: {b!r})")
         return out
@@ -202,15 +202,19 @@ class Params:
     def hash(self, *sections: str) -> str:
         """Short hash of the named profile sections (all when none), each a key or a dotted path such
         as "construct.pgd" (None where the profile lacks it): provenance of a stage's recipe."""
-        body = self.raw if not sections else {s: dotted(self.raw, s) for s in sections}
+        body = self.raw if not sections else {s: _get(self.raw, s) for s in sections}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def construct_params(p: Profile, name: str) -> MatchConfig | PGDConfig:
     """The parameters that build set `name`: its kind's section of the profile (construct.match | construct.pgd)
     with the set's own overrides (construct_on.<name>; none for a set added to notbugs/sets.py in a test only)."""
-    base = p.construct.match if set_spec(name).kind == "match" else p.construct.pgd
-    return dataclasses.replace(base, **p.construct_on.get(name, {}))
+    return dataclasses.replace(_kind_section(p, name), **p.construct_on.get(name, {}))
+
+
+def _kind_section(p: Profile, name: str) -> MatchConfig | PGDConfig:
+    """The profile's construction parameters of set `name`'s kind, before its own overrides."""
+    return p.construct.match if set_spec(name).kind == "match" else p.construct.pgd
 
 
 def _inherited(p: Profile, kind: str, key: str) -> bool:
@@ -221,8 +225,8 @@ def _inherited(p: Profile, kind: str, key: str) -> bool:
 def construct_changes(p: Profile, name: str) -> dict:
     """What set `name`'s overrides change: those of its construct_on keys whose value differs from its kind's
     section (restating a value changes nothing), with their values."""
-    base = dataclasses.asdict(p.construct.match if set_spec(name).kind == "match" else p.construct.pgd)
-    return {key: value for key, value in p.construct_on.get(name, {}).items() if value != base[key]}
+    base = _kind_section(p, name)
+    return {key: value for key, value in p.construct_on.get(name, {}).items() if value != getattr(base, key)}
 
 
 def recipe_for(params: Params, name: str, override: dict | None = None) -> TrainConfig:
@@ -246,9 +250,9 @@ def adversarial_for(params: Params, override: dict | None = None) -> Adversarial
     return cfg
 
 
-def dotted(tree: dict, path: str):
+def _get(tree: dict, dotted: str):
     """The value at a dotted path such as "construct.pgd"; None for a path the tree lacks."""
-    for key in path.split("."):
+    for key in dotted.split("."):
         tree = tree.get(key) if isinstance(tree, dict) else None
     return tree
 
@@ -407,7 +411,8 @@ def validate(p: Profile) -> None:
     c = p.construct
     _check(c.shard_size > 0 and c.batch_size > 0, f"{where}.construct: shard_size and batch_size must be > 0")
     _check(set(p.construct_on) == set(DATASETS), f"{where}.construct_on: needs exactly {list(DATASETS)}")
-    per_set = [(f"construct_on.{name}", construct_params(p, name)) for name in p.construct_on]
+    params_of = {name: construct_params(p, name) for name in SETS}  # each set's, its overrides applied
+    per_set = [(f"construct_on.{name}", m) for name, m in params_of.items() if name in p.construct_on]
     for name, m in [("construct.match", c.match), ("construct.pgd", c.pgd)] + per_set:
         w = f"{where}.{name}"
         if isinstance(m, MatchConfig):
@@ -425,7 +430,7 @@ def validate(p: Profile) -> None:
     for name, s in SETS.items():
         # same kind, source, targets and parameters: the same images (a PGD set's draws are its targets, which
         # `next` fixes), or the same recipe on other draws; either way not a variant the report could tell apart
-        how = (s.kind, s.source, s.targets, construct_params(p, name))
+        how = (s.kind, s.source, s.targets, params_of[name])
         _check(how not in built,
                f"{where}: sets {built.get(how)!r} and {name!r} (notbugs/sets.py) are both kind {s.kind!r} from the "
                f"{s.source} model with targets {s.targets!r}, built with the same parameters. A variant of a set "

@@ -354,7 +354,7 @@ def _unreported_sets(models: pd.DataFrame, datasets: pd.DataFrame) -> list[str]:
     return sorted(str(name) for name in held - reported)
 
 
-def _unreported_blocks(others: list[Measured]) -> list:
+def _other_sets_blocks(others: list[Measured]) -> list:
     """The sets without a row of the paper's (a variant of a set, a new one): a line each, and their models'
     numbers, as Figure 2 and Table 1 give them for the paper's sets, with no paper's number to compare."""
     if not others:
@@ -577,7 +577,7 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
               + _data_blocks(Path(data_dir), tables["datasets"], used) + _claim_blocks(claims)
               + _deviation_blocks(flags, deviations, _shown_runs(tables["runs"], behind))
               + _figure2_blocks(fig2, unrecorded) + _table1_blocks(tab1)
-              + _unreported_blocks(others)
+              + _other_sets_blocks(others)
               + figure3 + _sample_blocks(grid, sample_notes)
               + _construction_blocks(construction) + _curves_blocks(curves) + _evaluations_blocks(evals))
 

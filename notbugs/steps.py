@@ -108,8 +108,9 @@ def step_hash(params, step: str, arrays: str | None = None) -> str:
     body: dict = {"profile": params.profile.name, "params": params.hash(*plain) if keys else None,
                   "code": code_digest(params, step)}
     changes = {k: construct_changes(params.profile, k[len(PER_SET):]) for k in keys if k.startswith(PER_SET)}
-    if any(changes.values()):
-        body["construct_on"] = {k: v for k, v in changes.items() if v}
+    changes = {k: v for k, v in changes.items() if v}  # an empty entry is left out of the hash
+    if changes:
+        body["construct_on"] = changes
     stage, _, item = step.partition("@")
     if stage == "construct":  # its own entry of sets.py, not the file: a new set leaves this hash alone
         body["set"] = construction(item)

@@ -73,20 +73,30 @@ def test_config_refuses_two_sets_built_alike(monkeypatch):
     assert "'d_det'" in str(e.value) and f"'{VARIANT}'" in str(e.value) and f"construct_on.{VARIANT}" in str(e.value)
 
 
-def _with_variant(monkeypatch, tmp_path, cpu_override: dict | None, paper_override: dict | None = None):
-    """params.yaml with a variant of D_det (VARIANT) in the table and in the profiles' train_on and construct_on
-    (its overrides: `cpu_override`, `paper_override`), as README's 'Extending' asks."""
+def _edited(tmp_path, edit) -> Path:
+    """A copy of the project's params.yaml (its data section and profile key as they are, unlike conftest's
+    write_params: the step hashes compared here read them), changed by `edit(profiles)`."""
     import yaml
 
-    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (test variant)"))
-    monkeypatch.setattr("notbugs.config.DATASETS", (*DATASETS, VARIANT))
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for name, override in (("cpu", cpu_override), ("paper", paper_override or cpu_override)):
-        doc["profiles"][name]["train_on"][VARIANT] = {}
-        doc["profiles"][name]["construct_on"][VARIANT] = override
+    edit(doc["profiles"])
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _with_variant(monkeypatch, tmp_path, cpu_override: dict | None, paper_override: dict | None = None):
+    """params.yaml with a variant of D_det (VARIANT) in the table and in the profiles' train_on and construct_on
+    (its overrides: `cpu_override`, `paper_override`), as README's 'Extending' asks."""
+    monkeypatch.setitem(SETS, VARIANT, SetSpec("pgd", "standard", "next", FREE, "D_det (test variant)"))
+    monkeypatch.setattr("notbugs.config.DATASETS", (*DATASETS, VARIANT))
+
+    def add(profiles):
+        for name, override in (("cpu", cpu_override), ("paper", paper_override or cpu_override)):
+            profiles[name]["train_on"][VARIANT] = {}
+            profiles[name]["construct_on"][VARIANT] = override
+
+    return _edited(tmp_path, add)
 
 
 def test_a_variant_of_a_set_is_built_with_its_own_parameters(monkeypatch, tmp_path):
@@ -112,14 +122,10 @@ def test_a_set_s_own_parameters_reach_its_steps_only(monkeypatch, tmp_path):
     """An override of a paper set (D_det at eps 0.625 in place of 0.5) is a deviation, changes D_det's recipe and the
     steps that read it (its construction, what trains on it, Figure 3's transfer, which attacks as D_det), and no
     other."""
-    import yaml
-
     params = load_params(ROOT / "params.yaml", profile="cpu")
     recipes, hashes = _recipe_hashes(params), _step_hashes(params)
-    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    doc["profiles"]["cpu"]["construct_on"]["d_det"] = {"eps": 0.625}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    changed = load_params(tmp_path / "params.yaml", profile="cpu")
+    path = _edited(tmp_path, lambda profiles: profiles["cpu"]["construct_on"].update(d_det={"eps": 0.625}))
+    changed = load_params(path, profile="cpu")
     after_recipes, after = _recipe_hashes(changed), _step_hashes(changed)
     assert {n for n in recipes if after_recipes[n][1] != recipes[n][1]} == {"d_det"}
     assert after_recipes["d_det"][0]["pgd"]["eps"] == 0.625
@@ -130,16 +136,15 @@ def test_a_set_s_own_parameters_reach_its_steps_only(monkeypatch, tmp_path):
 def test_a_section_value_no_set_is_built_with_is_no_deviation(tmp_path):
     """`cpu` builds with 15 PGD steps where the paper takes 100; with every PGD set at 100 steps of its own, no set
     is built with 15, and the deviations say nothing of PGD steps."""
-    import yaml
-
     params = load_params(ROOT / "params.yaml", profile="cpu")
     assert "construct.pgd.steps: 15 (paper: 100)" in params.deviations()
-    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    own = doc["profiles"]["cpu"]["construct_on"]
-    for name in (n for n, s in SETS.items() if s.kind == "pgd"):
-        own[name] = {**(own[name] or {}), "steps": 100}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    own = load_params(tmp_path / "params.yaml", profile="cpu")
+
+    def hundred_steps(profiles):
+        own = profiles["cpu"]["construct_on"]
+        for name in (n for n, s in SETS.items() if s.kind == "pgd"):
+            own[name] = {**(own[name] or {}), "steps": 100}
+
+    own = load_params(_edited(tmp_path, hundred_steps), profile="cpu")
     assert set(params.deviations()) - set(own.deviations()) == {"construct.pgd.steps: 15 (paper: 100)"}
     assert set(own.deviations()) <= set(params.deviations())
 
@@ -147,15 +152,11 @@ def test_a_section_value_no_set_is_built_with_is_no_deviation(tmp_path):
 def test_restating_a_value_of_the_kind_s_section_changes_no_hash(tmp_path):
     """`d_det: {eps: 0.5}` where construct.pgd's eps is 0.5 builds D_det as before: no step reruns, its recipe is
     the same; `d_det: null` (YAML's empty entry) is no override either."""
-    import yaml
-
     params = load_params(ROOT / "params.yaml", profile="cpu")
     recipes, hashes = _recipe_hashes(params), _step_hashes(params)
     for override in ({"eps": 0.5, "use_best": True}, None):
-        doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-        doc["profiles"]["cpu"]["construct_on"]["d_det"] = override
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        same = load_params(tmp_path / "params.yaml", profile="cpu")
+        path = _edited(tmp_path, lambda profiles, o=override: profiles["cpu"]["construct_on"].update(d_det=o))
+        same = load_params(path, profile="cpu")
         assert _recipe_hashes(same) == recipes and _step_hashes(same) == hashes, override
 
 

@@ -52,7 +52,7 @@ def current_evaluations(results_root="data/results", data_dir="data", profile: s
     stage, which writes no rows. Rows of models no longer in the data folder are kept (by their latest weights).
     Every profile's rows, or `profile`'s only (the report shows one)."""
     periods = weight_periods(results.load("models", results_root), read_on_disk(Path(data_dir))[0])
-    ev = latest_evaluations(results.load("evaluations", results_root), periods).drop(columns="eps_key")
+    ev = latest_evaluations(results.load("evaluations", results_root), periods)
     return ev if profile is None else ev[ev["profile"] == profile].reset_index(drop=True)
 
 
@@ -494,16 +494,28 @@ def _curves_blocks(curves: dict[str, pd.DataFrame]) -> list:
 
 def _evaluations_blocks(evals: pd.DataFrame) -> list:
     blocks = [Heading("All evaluations"),
-              Para("The latest evaluation of every model under every attack setting (a re-evaluation with the "
-                   "same setting supersedes an older row; rows made before a model was retrained are left "
-                   "out). Figure 2 and Table 1 use the strongest setting at eps 0.25.")]
+              Para("The latest evaluation of every model under every attack setting: eps, steps, restarts, and "
+                   "the step (its l2 size, and whether each image is scored by its worst iterate, the highest-loss "
+                   "one, or by the last). A re-evaluation with the same setting supersedes an older row; rows made "
+                   "before a model was retrained are left out. Figure 2 and Table 1 use the strongest setting at "
+                   "eps 0.25 (most steps x restarts).")]
     if evals.empty:
         return blocks + [Note("No evaluation yet: not run yet.")]
     rows = tuple((e["model_id"], e["test_set"], e["attack"], f"{e['eps']:g}", str(e["steps"]), str(e["restarts"]),
-                  _pct(100.0 * e["accuracy"]), str(e["n"]), _when(e["evaluated_at"]))
+                  _step(e), _pct(100.0 * e["accuracy"]), str(e["n"]), _when(e["evaluated_at"]))
                  for _, e in evals.sort_values(["model_id", "attack", "eps", "steps", "restarts"]).iterrows())
-    return blocks + [Table(("model", "test set", "attack", "eps", "steps", "restarts", "accuracy (%)", "n",
+    return blocks + [Table(("model", "test set", "attack", "eps", "steps", "restarts", "step", "accuracy (%)", "n",
                             "evaluated"), rows)]
+
+
+def _step(e: pd.Series) -> str:
+    """An attack's step size and the iterate that scores an image: "0.0625, worst", "0.0625, last"; "-" for
+    none; "not recorded" in rows written before 2026-12-08."""
+    if e["attack"] == "none":
+        return "-"
+    if pd.isna(e["step_size"]) or pd.isna(e["use_best"]):
+        return "not recorded"
+    return f"{float(e['step_size']):.4g}, {'worst' if bool(e['use_best']) else 'last'}"
 
 
 def _summary(profile, fig2, tab1, others, points, r, claims, construction, flags, deviations) -> dict:

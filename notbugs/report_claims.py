@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from notbugs.report_paper import CHANCE, ROBUST_EPS, SET_LABEL
-from notbugs.report_tables import Measured, Spread, TransferPoint
+from notbugs.report_tables import Measured, Spread, TransferPoint, setting_of
 
 # A difference between two accuracies counts when it exceeds this many standard errors of the test-set
 # sampling: against chance (10%), 3 are 0.9 points at 10,000 test images and 2.8 at 1,000; between two
@@ -85,7 +85,7 @@ def _robust_pair(evals: pd.DataFrame, a: str | None, b: str | None) -> tuple | N
     def settings(model_id):
         found = evals[(evals["model_id"] == model_id) & (evals["attack"] == "pgd_l2")]
         found = found[np.isclose(found["eps"].astype(float), ROBUST_EPS)]
-        return {(int(e["steps"]), int(e["restarts"])): e for _, e in found.iterrows()}
+        return {setting_of(e): e for _, e in found.iterrows()}
 
     if a is None or b is None:
         return None

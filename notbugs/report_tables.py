@@ -122,15 +122,26 @@ def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
     return any(start <= when and (end is None or when < end) for start, end in periods[model_id])
 
 
+# An evaluation's attack setting (setting_of): rows of a model that share it score it alike, and the latest
+# supersedes the others. A row written before 2026-12-08 holds no step size or use_best (null): its setting is
+# its own, not taken for a later row's.
+def setting_of(e: pd.Series) -> tuple:
+    """The attack setting of one evaluation row, as a hashable and sortable tuple: (steps, restarts, eps, step
+    size, use_best), with -1 for a step size or use_best not recorded."""
+    step = -1.0 if pd.isna(e["step_size"]) else round(float(e["step_size"]), 6)
+    best = -1 if pd.isna(e["use_best"]) else int(bool(e["use_best"]))
+    return int(e["steps"]), int(e["restarts"]), round(float(e["eps"]), 6), step, best
+
+
 def latest_evaluations(evaluations: pd.DataFrame, periods: dict[str, list[tuple]]) -> pd.DataFrame:
     """The latest row of every attack setting of every model, leaving out those made on other weights of the
     model than its current ones (before it was retrained, or those an earlier run's put back replaced)."""
     current = np.array([_describes(periods, m, t)
                         for m, t in zip(evaluations["model_id"], evaluations["evaluated_at"], strict=True)], dtype=bool)
     ev = evaluations.loc[current]
-    ev = ev.assign(eps_key=ev["eps"].round(6))
-    keys = ["model_id", "test_set", "attack", "eps_key", "steps", "restarts"]
-    return latest_rows(ev, keys, "evaluated_at").reset_index(drop=True)
+    ev = ev.assign(setting=[setting_of(e) for _, e in ev.iterrows()])
+    keys = ["model_id", "test_set", "attack", "setting"]
+    return latest_rows(ev, keys, "evaluated_at").drop(columns="setting").reset_index(drop=True)
 
 
 def current_models(models: pd.DataFrame, on_disk: dict[str, OnDisk]) -> pd.DataFrame:
@@ -261,12 +272,10 @@ def _recipe_but_seed(recipe) -> dict | None:
 
 def _score_like(evals: pd.DataFrame, model_id: str, like: pd.Series) -> pd.Series | None:
     """The model's latest score under the attack setting of `like` (a score of another model): the same attack,
-    eps, steps, restarts and number of test images. The rows hold no step size or `use_best`: a suite that changed
-    only those is taken as the same."""
+    test set, eps, steps, restarts, step size, use_best (setting_of) and number of test images."""
     found = evals[(evals["model_id"] == model_id) & (evals["attack"] == like["attack"])
-                  & np.isclose(evals["eps"].astype(float), float(like["eps"]), equal_nan=True)
-                  & (evals["steps"] == like["steps"]) & (evals["restarts"] == like["restarts"])
-                  & (evals["n"] == like["n"])]
+                  & (evals["test_set"] == like["test_set"]) & (evals["n"] == like["n"])]
+    found = found[[setting_of(e) == setting_of(like) for _, e in found.iterrows()]]
     return None if found.empty else found.sort_values("evaluated_at", kind="stable").iloc[-1]
 
 

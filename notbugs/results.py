@@ -130,6 +130,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("evaluated_at", _UTC_US),
             # Added 2026-12-07 (null in earlier rows): the weights scored, as models.checkpoint_sha256
             _optional("checkpoint_sha256", pa.string()),
+            # Added 2026-12-08 (null in earlier rows): the attack's step (l2) and whether each restart scored its
+            # highest-loss iterate; 0 and false for "none"
+            _optional("step_size", pa.float64()),
+            _optional("use_best", pa.bool_()),
         ]
     ),
     "transfer": pa.schema(
@@ -148,6 +152,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             # Added 2026-12-07 (null in earlier rows): the weights of both models, as models.checkpoint_sha256
             _optional("source_checkpoint_sha256", pa.string()),
             _optional("target_checkpoint_sha256", pa.string()),
+            # Added 2026-12-08 (null in earlier rows): the attack's step (l2) and whether it kept each image's
+            # lowest target-loss iterate
+            _optional("step_size", pa.float64()),
+            _optional("use_best", pa.bool_()),
         ]
     ),
     "epochs": pa.schema(
@@ -404,6 +412,11 @@ def _read_part(path: Path, schema: pa.Schema) -> pa.Table:
         raise _corrupt(path, f"types do not match the schema: {err}") from err
 
 
+# A bool column with a null would come back as `object` and one without as `bool`: pandas' nullable boolean
+# keeps one dtype whatever the rows hold.
+_PANDAS_TYPES = {pa.bool_(): pd.BooleanDtype()}
+
+
 def load(table: str, root: str | Path = DEFAULT_ROOT) -> pd.DataFrame:
     """All rows of ``table`` as a DataFrame, columns in schema order.
 
@@ -412,9 +425,8 @@ def load(table: str, root: str | Path = DEFAULT_ROOT) -> pd.DataFrame:
     """
     schema = _schema(table)
     parts = [_read_part(path, schema) for path in part_files(table, root)]
-    if not parts:
-        return schema.empty_table().to_pandas()
-    return pa.concat_tables(parts).to_pandas()
+    arrow = pa.concat_tables(parts) if parts else schema.empty_table()
+    return arrow.to_pandas(types_mapper=_PANDAS_TYPES.get)
 
 
 def dataset(table: str, root: str | Path = DEFAULT_ROOT) -> ds.Dataset:

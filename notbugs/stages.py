@@ -351,7 +351,8 @@ def measure_transfer(params: Params, trained: dict, split: Split, data_dir, devi
             rate = transfer_success(model, adv, targets, p.evaluate.batch_size, device, bf16)
             rows.append({"source_model_id": source_meta["model_id"], "target_model_id": spec.model_id(p.name),
                          "target_arch": spec.arch, "profile": p.name, "attack": "pgd_l2_targeted_next",
-                         "eps": pgd.eps, "steps": pgd.steps, "success_rate": rate, "n": n,
+                         "eps": pgd.eps, "steps": pgd.steps, "step_size": pgd.step_size, "use_best": pgd.use_best,
+                         "success_rate": rate, "n": n,
                          "run_id": run_id, "created_at": results.now_utc(),
                          "source_checkpoint_sha256": source_meta["checkpoint_sha256"],
                          "target_checkpoint_sha256": trained[spec.name]["meta"]["checkpoint_sha256"]})

@@ -49,10 +49,12 @@ def model_row(profile: str, training: str, train_set: str, arch: str = "resnet18
 
 def eval_row(profile: str, mid: str, attack: str, eps: float, accuracy: float, when: datetime) -> dict:
     n = 1000
+    steps = 0 if attack == "none" else 20
     return {"model_id": mid, "profile": profile, "test_set": "cifar10-test", "attack": attack, "eps": eps,
-            "steps": 0 if attack == "none" else 20, "restarts": 1, "accuracy": accuracy,
+            "steps": steps, "restarts": 1, "accuracy": accuracy,
             "correct": int(round(accuracy * n)), "n": n, "per_class_accuracy": [accuracy] * 10, "wall_s": 1.0,
-            "run_id": "r2", "evaluated_at": when}
+            "run_id": "r2", "evaluated_at": when, "step_size": 2.5 * eps / steps if steps else 0.0,
+            "use_best": attack != "none"}
 
 
 def run_row(profile: str, stage: str, minute: int, wall: float, status: str = "ok") -> dict:
@@ -229,6 +231,33 @@ def test_every_attack_setting_is_listed_and_figure2_takes_the_strongest(tmp_path
     listed = [line for line in md.splitlines() if line.startswith(f"| {mid} |") and "pgd_l2" in line]
     assert len(listed) == 2
     assert any("| 61.1 |" in line for line in listed) and any("| 56.9 |" in line for line in listed)
+
+
+def test_rows_differing_only_in_step_size_or_iterate_are_settings_of_their_own(tmp_path):
+    """A re-evaluation with another step size or iterate rule adds a row beside the first; a row written before
+    these were recorded (null) is a setting of its own, listed as such; the claims compare two models under one
+    setting, step size included."""
+    root = tmp_path / "results"
+    write_results(root)
+    mid = model_id("cpu", "standard", "d_r")
+    later = eval_row("cpu", mid, "pgd_l2", 0.25, 0.40, T0 + timedelta(days=1))
+    results.append("evaluations", [{**later, "step_size": 2 * later["step_size"]},
+                                   {**later, "use_best": False, "accuracy": 0.41},
+                                   {**later, "step_size": None, "use_best": None, "accuracy": 0.42},
+                                   {**later, "step_size": None, "use_best": None, "accuracy": 0.43,
+                                    "evaluated_at": T0 + timedelta(days=2)}], root)
+    paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
+    md = paths["markdown"].read_text()
+    listed = [line for line in md.splitlines() if line.startswith(f"| {mid} |") and "pgd_l2" in line]
+    assert len(listed) == 4  # 56.9 (write_results'), 40.0, 41.0, and the later of the two unrecorded ones
+    assert [line for line in listed if "| 0.03125, worst |" in line and "| 56.9 |" in line]
+    assert [line for line in listed if "| 0.0625, worst |" in line and "| 40.0 |" in line]
+    assert [line for line in listed if "| 0.03125, last |" in line and "| 41.0 |" in line]
+    assert [line for line in listed if "| not recorded |" in line and "| 43.0 |" in line]
+    ev = report.current_evaluations(root, tmp_path / "nodata", "cpu")
+    assert len(ev[(ev["model_id"] == mid) & (ev["attack"] == "pgd_l2")]) == 4 and "setting" not in ev
+    # the standard model was scored with write_results' setting only: D_R's score under it is the one compared
+    assert "robust accuracy (20 steps): D_R 56.9, standard 9.7" in md
 
 
 def test_evaluations_of_earlier_weights_are_left_out(tmp_path):

@@ -90,6 +90,8 @@ def sample_row(table: str, i: int = 0) -> dict:
             # A non-UTC aware datetime is fine; it is stored as UTC.
             "evaluated_at": T0.astimezone(timezone(timedelta(hours=2))),
             "checkpoint_sha256": None if i % 2 else "f" * 64,
+            "step_size": None if i % 2 else 0.25 * 2.5 / 7,
+            "use_best": None if i % 2 else np.bool_(True),
         }
     if table == "transfer":
         return {
@@ -106,6 +108,8 @@ def sample_row(table: str, i: int = 0) -> dict:
             "created_at": T0,
             "source_checkpoint_sha256": None if i % 2 else "d" * 64,
             "target_checkpoint_sha256": None if i % 2 else "c" * 64,
+            "step_size": None if i % 2 else 0.1,
+            "use_best": None if i % 2 else False,
         }
     if table == "epochs":
         return {
@@ -122,7 +126,10 @@ def sample_row(table: str, i: int = 0) -> dict:
 
 
 def expected_dtypes(table: str) -> pd.Series:
-    return results.SCHEMAS[table].empty_table().to_pandas().dtypes
+    """pyarrow's pandas dtypes, but pandas' nullable `boolean` for a bool column (one dtype with or without
+    nulls, docs/results.md)."""
+    dtypes = results.SCHEMAS[table].empty_table().to_pandas().dtypes
+    return dtypes.where(dtypes != np.dtype(bool), pd.BooleanDtype())
 
 
 # ---------------------------------------------------------------------------
@@ -140,11 +147,11 @@ def documented_schemas() -> dict[str, list[tuple[str, pa.DataType, bool]]]:
     """docs/results.md's tables, as (column, Arrow type, nullable) per table, in the documented order.
 
     Each table is a `### `name` — ...` section whose rows read `| `column` | type | meaning |`; a type
-    is string, int64, float64, timestamp (the section's `timestamp[us, tz=UTC]`) or list<float64>, with
+    is string, int64, float64, bool, timestamp (the section's `timestamp[us, tz=UTC]`) or list<float64>, with
     ", **nullable**" after it for the columns that may be null."""
     text = (REPO_ROOT / "docs" / "results.md").read_text()
     assert "all timestamps are `timestamp[us, tz=UTC]`" in text  # what the documented "timestamp" means
-    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
              "timestamp": pa.timestamp("us", tz="UTC"), "list<float64>": pa.list_(pa.float64())}
     tables: dict[str, list] = {}
     current = None
@@ -182,7 +189,8 @@ def test_schemas_are_the_documented_ones():
     assert [(t, c[0]) for t, cols in documented.items() for c in cols if c[2]] == [
         ("runs", "params"), ("runs", "versions"), ("models", "train_set_run_id"),
         ("datasets", "source_model_id"), ("datasets", "source_model_sha256"), ("evaluations", "checkpoint_sha256"),
-        ("transfer", "source_checkpoint_sha256"), ("transfer", "target_checkpoint_sha256")]
+        ("evaluations", "step_size"), ("evaluations", "use_best"), ("transfer", "source_checkpoint_sha256"),
+        ("transfer", "target_checkpoint_sha256"), ("transfer", "step_size"), ("transfer", "use_best")]
 
 
 @pytest.mark.parametrize("table", results.TABLES)

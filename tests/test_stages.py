@@ -21,7 +21,7 @@ from notbugs import stages as S
 from notbugs import units as U
 from notbugs.attacks import pgd_l2
 from notbugs.compiling import CACHE_ENV
-from notbugs.config import load_params
+from notbugs.config import construct_params, load_params
 from notbugs.deadline import Deadline, Stopped
 from notbugs.storage import ArtefactError, load_tensors, package_digest
 from notbugs.train import load_model
@@ -471,15 +471,36 @@ def test_whole_pipeline_fills_every_table(sources, tmp_path):
     assert set(transfer["resnet9"]) == {"transfer_success", "d_det_clean"}
     # the profile's own architecture on D_det is the train@d_det model, reused rather than retrained
     assert transfer["resnet9"]["d_det_clean"] == trained["d_det"]["clean"]
-    S.stage_reevaluate(params, data, "cpu")
+    # re-scored with another step and the last iterate: rows of their own, each with its attack's settings
+    again = dataclasses.replace(params.profile.reevaluate, step_factor=2.0, use_best=False)
+    S.stage_reevaluate(_with(params, reevaluate=again), data, "cpu")
     paths = S.stage_report(params, data, None, "cpu")
     assert "report.html" in paths["html"]
+    _rows_hold_their_attack_settings(R.results_root(data), params.profile.evaluate, again,
+                                     construct_params(params.profile, "d_det"))
     counts = results.summary(R.results_root(data))
     # 2 source + 4 train + 1 transfer target (on D) models, each clean + 1 eps, then re-evaluated at 2 eps
     assert counts["models"] == 7 and counts["transfer"] == 1 and counts["datasets"] == 1 + 4  # D, then the four
     assert counts["evaluations"] == 7 * 2 + 7 * 3
     assert counts["runs"] == 3 + 4 + 4 + 1 + 1 + 1
     _rows_join_to_the_weights_and_sets_they_describe(R.results_root(data))
+
+
+def _rows_hold_their_attack_settings(root, evaluate, reevaluate, d_det):
+    """Each evaluation row holds its attack's step and iterate rule, those of the section its stage read; each
+    transfer row those of D_det's construction."""
+    evals, runs = results.load("evaluations", root), results.load("runs", root)
+    stage = evals["run_id"].map(dict(zip(runs["run_id"], runs["stage"], strict=True)))
+    clean = evals["attack"] == "none"
+    assert (evals.loc[clean, "step_size"] == 0).all() and not evals.loc[clean, "use_best"].any()
+    for section, rows in ((evaluate, evals[~clean & (stage != "reevaluate")]),
+                          (reevaluate, evals[~clean & (stage == "reevaluate")])):
+        assert len(rows) > 0
+        assert np.allclose(rows["step_size"], section.step_factor * rows["eps"] / rows["steps"])
+        assert (rows["use_best"] == section.use_best).all()
+    assert evals["step_size"].notna().all() and evals["use_best"].notna().all()
+    transfer = results.load("transfer", root)
+    assert (transfer["step_size"] == d_det.step_size).all() and (transfer["use_best"] == d_det.use_best).all()
 
 
 def _rows_join_to_the_weights_and_sets_they_describe(root):

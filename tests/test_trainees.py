@@ -217,6 +217,12 @@ def test_the_spread_counts_only_trainees_scored_as_the_first_is_shown(built, tmp
     spread, _ = _spread(data, tmp_path / "b")
     assert (spread["n"], spread["left_out"]) == (3, 0)
     assert spread["robust_mean"] == pytest.approx(100 * np.mean([r["accuracy"] for r in stronger]), abs=0.01)
+    # the first re-scored with another step size, then with the other iterate rule: the trainees' scores are not
+    # of its setting
+    for change in ({"step_size": 2 * first[0]["step_size"]}, {"use_best": not first[0]["use_best"]}):
+        results.append("evaluations", [{**first[0], **change, "evaluated_at": results.now_utc()}], root)
+        spread, _ = _spread(data, tmp_path / f"c-{sorted(change)[0]}")
+        assert (spread["n"], spread["left_out"]) == (1, 2)
 
 
 def test_the_spread_leaves_out_a_trainee_of_another_recipe(built, tmp_path):

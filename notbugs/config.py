@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from notbugs.sets import KINDS, SETS, TARGETS, SetSpec, set_spec
+from notbugs.sets import KINDS, SETS, TARGETS, SetSpec, draws, set_spec
 
 DATASETS = tuple(SETS)  # the constructed training sets' names (notbugs/sets.py), in the paper's order
 SOURCE_MODELS = ("standard", "robust")  # the two source models trained on D
@@ -428,14 +428,16 @@ def validate(p: Profile) -> None:
                    f"of eps {m.eps:g}, so eps would change nothing; give it a larger step_size or more steps")
     built: dict[tuple, str] = {}
     for name, s in SETS.items():
-        # same kind, source, targets and parameters: the same images (a PGD set's draws are its targets, which
-        # `next` fixes), or the same recipe on other draws; either way not a variant the report could tell apart
-        how = (s.kind, s.source, s.targets, params_of[name])
+        # same kind, source, targets and parameters, and a set with nothing to draw: the same images. A set that
+        # draws (start images, random targets) is built from its own stream, so two such are replicates: the
+        # same recipe on other draws, for the spread over construction draws
+        how = (s.kind, s.source, s.targets, params_of[name], s.stream if draws(s) else None)
         _check(how not in built,
                f"{where}: sets {built.get(how)!r} and {name!r} (notbugs/sets.py) are both kind {s.kind!r} from the "
-               f"{s.source} model with targets {s.targets!r}, built with the same parameters. A variant of a set "
-               f"differs in its construction parameters: give it its own in construct_on.{name} (README, "
-               f"'Extending')")
+               f"{s.source} model with targets {s.targets!r}, built with the same parameters, and draw nothing "
+               f"(the targets are fixed and the attack starts at the image): they would be the same images. A "
+               f"variant of a set differs in its construction parameters: give it its own in "
+               f"construct_on.{name} (README, 'Extending')")
         built[how] = name
     for name, e in (("evaluate", p.evaluate), ("reevaluate", p.reevaluate)):
         _check(all(x > 0 for x in e.eps), f"{where}.{name}.eps: every eps must be > 0, got {list(e.eps)}")

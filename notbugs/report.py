@@ -459,7 +459,9 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
                    "relative to the target representation's norm. D_rand / D_det: success rate of the targeted "
                    "attack on the source model. The paper reports neither; they show whether construction did "
                    "its job. \"Built with\": the parameters its recorded recipe holds (an l2 step size for "
-                   "matching, which decays linearly where two are given).")]
+                   "matching, which decays linearly where two are given), and, for sets built alike but from "
+                   "random streams of their own (replicates: the same recipe on other start images or targets), "
+                   "each one's stream.")]
     if not construction:
         return blocks + [Note("No constructed set is recorded in the datasets table yet: not run yet.")]
 
@@ -469,6 +471,7 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
             return "—"
         return " → ".join("—" if v is None else f"{float(v):.3f}" for v in (start, final))
 
+    replicates = _replicates(construction)
     rows = []
     for name in CONSTRUCTED:
         if name not in construction:
@@ -476,12 +479,30 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
             continue
         entry, stats = construction[name], construction[name]["stats"]
         success = stats.get("success_rate")
+        how = built_with(entry["recipe"])
+        if name in replicates:
+            how += f"; draws of stream {entry['recipe']['set']['stream']}"
         rows.append((SET_LABEL[name], str(entry["n_images"]), entry["source_model_id"] or "—",
-                     built_with(entry["recipe"]), start_final(stats, "distance"), start_final(stats, "relative"),
+                     how, start_final(stats, "distance"), start_final(stats, "relative"),
                      "—" if success is None else _pct(100.0 * float(success))))
     blocks.append(Table(("set", "images", "source model", "built with", "distance start → final",
                          "relative start → final", "attack success (%)"), tuple(rows)))
     return blocks
+
+
+def _replicates(construction: dict[str, dict]) -> set[str]:
+    """The sets built as another is (kind, source, targets and parameters, as their recipes recorded them) but
+    from their own random stream: replicates, the same recipe on other draws (config.validate allows them only
+    for sets that draw)."""
+    alike: dict[tuple, list[str]] = {}
+    for name, entry in construction.items():
+        spec = entry["recipe"].get("set")
+        if isinstance(spec, dict) and "stream" in spec and built_with(entry["recipe"]) != "—":
+            key = (json.dumps({k: v for k, v in spec.items() if k != "stream"}, sort_keys=True),
+                   json.dumps({k: entry["recipe"].get(k) for k in ("match", "pgd", "subset", "precision")},
+                              sort_keys=True))
+            alike.setdefault(key, []).append(name)
+    return {name for names in alike.values() if len(names) > 1 for name in names}
 
 
 def _curves_blocks(curves: dict[str, pd.DataFrame]) -> list:

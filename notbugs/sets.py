@@ -48,6 +48,13 @@ def set_spec(name: str) -> SetSpec:
     return SETS[name]
 
 
+def draws(s: SetSpec) -> bool:
+    """Whether a set's images depend on its random stream: a matching set's start images and a PGD set's random
+    targets are drawn; D_det's targets are fixed (label + 1) and its attack starts at the image. Two sets that
+    differ in their stream alone are then replicates, the same recipe on other draws, or the same images."""
+    return s.kind == "match" or s.targets == "random"
+
+
 def construction(name: str) -> dict:
     """What of set `name`'s entry decides its images (all but the label): part of its recipe and step hash."""
     fields = dataclasses.asdict(set_spec(name))

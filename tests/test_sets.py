@@ -73,6 +73,22 @@ def test_config_refuses_two_sets_built_alike(monkeypatch):
     assert "'d_det'" in str(e.value) and f"'{VARIANT}'" in str(e.value) and f"construct_on.{VARIANT}" in str(e.value)
 
 
+@pytest.mark.parametrize("name", [n for n in PAPER_SETS if sets.draws(SETS[n])])
+def test_a_replicate_of_a_set_that_draws_loads_and_draws_its_own(monkeypatch, name):
+    """D_R, D_NR or D_rand once more, from a stream of its own and with no overrides: the same recipe on other
+    start images or targets (the spread over construction draws), not the same images; D_det, which draws
+    nothing, is refused as built alike (above)."""
+    original = SETS[name]
+    monkeypatch.setitem(SETS, "d_replicate", dataclasses.replace(original, stream=FREE, label="replicate"))
+    params = load_params(ROOT / "params.yaml", profile="cpu")  # valid: no "built alike"
+    assert config.construct_params(params.profile, "d_replicate") == config.construct_params(params.profile, name)
+    labels = np.arange(1000) % 10
+    mine, theirs = C.assignments("d_replicate", labels, 0), C.assignments(name, labels, 0)
+    (key,) = theirs
+    assert (mine[key] != theirs[key]).mean() > 0.5  # other draws, mostly
+    assert {n for n, s in SETS.items() if not sets.draws(s)} >= {"d_det"}
+
+
 def _edited(tmp_path, edit) -> Path:
     """A copy of the project's params.yaml (its data section and profile key as they are, unlike conftest's
     write_params: the step hashes compared here read them), changed by `edit(profiles)`."""

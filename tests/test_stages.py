@@ -335,6 +335,39 @@ def test_a_variant_set_is_built_with_its_own_parameters(sources, tmp_path, monke
     assert recipes["d_test_variant"]["set"]["stream"] == stream
 
 
+def test_a_replicate_set_is_built_on_draws_of_its_own_and_reported_as_one(sources, tmp_path, monkeypatch):
+    """D_rand once more from another stream, no overrides: the same recipe but for the stream, other targets,
+    and the report's construction table gives both sets' streams."""
+    from notbugs.report import build_report
+    from notbugs.sets import SETS
+
+    params, data = _copy(sources, tmp_path)
+    stream = 1 + max(s.stream for s in SETS.values())  # one no entry has, yours included
+    monkeypatch.setitem(SETS, "d_test_replicate", dataclasses.replace(SETS["d_rand"], stream=stream,
+                                                                      label="D_rand (replicate)"))
+    built = {}
+    for name in ("d_rand", "d_test_replicate"):
+        S.stage_construct(params, name, data, "cpu")
+        built[name] = C.load_constructed(R.dataset_dir(data, name))
+    assert (built["d_rand"]["labels"] != built["d_test_replicate"]["labels"]).mean() > 0.5  # other targets
+    ds = results.load("datasets", R.results_root(data)).set_index("name")
+    recipes = {name: json.loads(ds.loc[name, "recipe"]) for name in built}
+    assert recipes["d_test_replicate"]["set"] == {**recipes["d_rand"]["set"], "stream": stream}
+    assert {k: v for k, v in recipes["d_test_replicate"].items() if k not in ("set", "name")} == {
+        k: v for k, v in recipes["d_rand"].items() if k not in ("set", "name")}
+    # the report's tables of sets are made on import, from the table as it was then
+    from notbugs import report, report_paper, report_samples, report_tables
+    for module in (report, report_samples, report_tables):
+        monkeypatch.setattr(module, "CONSTRUCTED", (*report_paper.CONSTRUCTED, "d_test_replicate"))
+    monkeypatch.setitem(report_paper.SET_LABEL, "d_test_replicate", "D_rand (replicate)")
+    md = build_report(R.results_root(data), data, tmp_path / "report", "tiny")["markdown"].read_text()
+    pgd = params.profile.construct.pgd
+    how = f"targeted PGD, eps {pgd.eps:g}, {pgd.steps} steps of {pgd.step_size:g}"
+    assert f"| D_rand | 200 | tiny/standard-d-resnet9 | {how}; draws of stream {SETS['d_rand'].stream} |" in md
+    assert f"| D_rand (replicate) | 200 | tiny/standard-d-resnet9 | {how}; draws of stream {stream} |" in md
+    assert "draws of stream" not in md.split("| D_det |")[1].splitlines()[0]
+
+
 def test_report_samples_are_the_set_s_images_read_row_by_row(sources, tmp_path):
     """The report's few samples come from seeking in the shards; they equal the loaded set's, also
     from a compressed shard; a shard cut short or a NaN image is an error naming the set."""

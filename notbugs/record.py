@@ -26,6 +26,7 @@ from notbugs.attacks import precision_name, use_bf16
 from notbugs.config import Params
 from notbugs.deadline import Stopped
 from notbugs.storage import sha256_file, write_json
+from notbugs.sets import TRAINEE, trainee_number
 
 log = logging.getLogger("notbugs")
 
@@ -73,8 +74,8 @@ def model_dir(data_dir, name: str) -> Path:
 def trainee_dirs(data_dir, name: str) -> list[Path]:
     """The folders of the models beyond the first trained on constructed set `name` (the profile's `trainees`),
     data/models/<name>/trainee-<k>, in order of k."""
-    found = [p for p in model_dir(data_dir, name).glob("trainee-*") if p.name.removeprefix("trainee-").isdigit()]
-    return sorted(found, key=lambda p: int(p.name.removeprefix("trainee-")))
+    found = [p for p in model_dir(data_dir, name).glob(f"{TRAINEE}*") if trainee_number(p.name) is not None]
+    return sorted(found, key=lambda p: trainee_number(p.name))
 
 
 def dataset_dir(data_dir, name: str) -> Path:

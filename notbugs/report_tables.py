@@ -14,6 +14,7 @@ import pandas as pd
 
 from notbugs import results
 from notbugs.report_paper import CONSTRUCTED, ROBUST_EPS, PaperRow
+from notbugs.sets import TRAINEE
 from notbugs.storage import ArtefactError, read_json
 
 
@@ -176,7 +177,7 @@ def _is_transfer(models: pd.DataFrame) -> pd.Series:
 
 
 # What a trainee's id adds to its first model's: `<first's id>/trainee-<k>` (units.ModelSpec.model_id)
-TRAINEE_MARK = "/trainee-"
+TRAINEE_MARK = f"/{TRAINEE}"
 
 
 def _is_trainee(models: pd.DataFrame) -> pd.Series:

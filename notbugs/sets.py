@@ -55,6 +55,28 @@ def draws(s: SetSpec) -> bool:
     return s.kind == "match" or s.targets == "random"
 
 
+# A set's models after the first (the profile's `trainees`): folders models/<set>/trainee-<k>, model ids
+# <the first's id>/trainee-<k>. Part of every such model's id and seed: never to change.
+TRAINEE = "trainee-"
+
+
+def trainee_path(first: str, k: int) -> str:
+    """The folder name or model id of a set's trainee k > 1, under its first model's (`first`)."""
+    return f"{first}/{TRAINEE}{k}"
+
+
+def trainee_number(name: str) -> int | None:
+    """k of a trainee's folder name, path or model id (`trainee_path`); None for any other name."""
+    last = name.rsplit("/", 1)[-1]
+    k = last.removeprefix(TRAINEE)
+    return int(k) if last.startswith(TRAINEE) and k.isdigit() else None
+
+
+def first_of(name: str) -> str:
+    """The first model's folder name or id for a trainee's (`trainee_path`); any other name as it is."""
+    return name.rsplit("/", 1)[0] if trainee_number(name) is not None else name
+
+
 def construction(name: str) -> dict:
     """What of set `name`'s entry decides its images (all but the label): part of its recipe and step hash."""
     fields = dataclasses.asdict(set_spec(name))

@@ -40,7 +40,7 @@ from notbugs.evaluate import make_transfer_examples, predict, transfer_success
 from notbugs.models import arch_code
 from notbugs.record import (bf16_for, dataset_dir, exclusive, model_dir, recorded_run, results_root, trainee_dirs,
                             write_metrics)
-from notbugs.sets import construction, set_spec
+from notbugs.sets import construction, set_spec, trainee_number, trainee_path
 from notbugs.subset import balanced_subset
 from notbugs.storage import ArtefactError, atomic_write_bytes, package_digest, read_json, sha256_bytes, write_json
 from notbugs.train import load_model, pick_device
@@ -241,7 +241,7 @@ def train_specs(params: Params, name: str) -> list[ModelSpec]:
     """The profile's `trainees` models of set `name`: the first (models/<name>, the one every table shows), then
     the others, models/<name>/trainee-<k>: the same recipe, each from a seed of its own (units.model_seed)."""
     first = train_spec(params, name)
-    return [first] + [dataclasses.replace(first, name=f"{name}/trainee-{k}", trainee=k)
+    return [first] + [dataclasses.replace(first, name=trainee_path(name, k), trainee=k)
                       for k in range(2, params.profile.trainees + 1)]
 
 
@@ -249,7 +249,7 @@ def retire_trainees(data_dir, name: str, keep: int) -> list[Path]:
     """Delete the model folders of set `name`'s trainees beyond the first `keep` (a profile that trains fewer
     than a run before), which DVC would otherwise keep in the set's output and the report count. Their finished
     checkpoints stay in work/<name>/trainee-<k>/: a run that trains that many again restores them."""
-    gone = [path for path in trainee_dirs(data_dir, name) if int(path.name.removeprefix("trainee-")) > keep]
+    gone = [path for path in trainee_dirs(data_dir, name) if trainee_number(path.name) > keep]
     for path in gone:
         shutil.rmtree(path)
         (Path(data_dir) / "plots" / name / f"{path.name}.csv").unlink(missing_ok=True)  # its training curve

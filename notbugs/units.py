@@ -27,6 +27,7 @@ from notbugs.deadline import Deadline, Stopped, expired
 from notbugs.evaluate import evaluate
 from notbugs.models import make_model
 from notbugs.record import bf16_for, dataset_dir, model_dir, results_root
+from notbugs.sets import first_of, trainee_path
 from notbugs.storage import ArtefactError, atomic_write_bytes, read_json
 from notbugs.subset import balanced_subset
 from notbugs.train import load_model, pick_device, save_model, train
@@ -84,8 +85,8 @@ class ModelSpec:
 
     def model_id(self, profile: str) -> str:
         group = f"{self.group}/" if self.group else ""
-        trainee = f"/trainee-{self.trainee}" if self.trainee > 1 else ""
-        return f"{profile}/{group}{self.training}-{self.train_set}-{self.arch}{trainee}"
+        first = f"{profile}/{group}{self.training}-{self.train_set}-{self.arch}"
+        return trainee_path(first, self.trainee) if self.trainee > 1 else first
 
 
 def rebuild_command(name: str, train_set: str) -> str:
@@ -115,8 +116,7 @@ def model_seed(params: Params, spec: ModelSpec) -> int:
     so that no two of a set's trainees share one (seeds drawn from 1,000 by name would, among a few dozen)."""
     if spec.trainee == 1:
         return _seed(params, spec.name)
-    first = spec.name.rsplit("/trainee-", 1)[0]  # <set>/trainee-<k>: the first is named <set> (stages.train_spec)
-    return _seed(params, first) + 1_000_000 * (spec.trainee - 1)
+    return _seed(params, first_of(spec.name)) + 1_000_000 * (spec.trainee - 1)
 
 
 def train_unit(params: Params, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, data_dir, device,

@@ -13,6 +13,7 @@ from notbugs import record as R
 from notbugs import results
 from notbugs import stages as S
 from notbugs import steps
+from notbugs import sets
 from notbugs.config import load_params
 from notbugs.deadline import Deadline, Stopped
 from notbugs.report import build_report
@@ -270,3 +271,12 @@ def test_above_chance_over_trainees_also_needs_their_mean_clear_of_chance_by_its
     assert seeds_lower_bound(Spread(1, 21.5, None, 0.0, None, left_out=2)) is None
     many = seeds_lower_bound(Spread(30, 20.0, 3.0, 0.0, 0.0))  # beyond 10 degrees of freedom: t for 10, 1.812
     assert many == pytest.approx(20.0 - 1.812 * 3.0 / 30 ** 0.5)
+
+
+def test_trainee_names_are_spelled_in_one_place():
+    """A set's trainee k > 1 is <first>/trainee-<k>, as a folder and as a model id; other names are no trainee's."""
+    assert sets.trainee_path("d_rand", 3) == "d_rand/trainee-3"
+    model_id = sets.trainee_path("cpu/standard-d_rand-resnet9", 12)
+    assert sets.trainee_number(model_id) == 12 and sets.first_of(model_id) == "cpu/standard-d_rand-resnet9"
+    for other in ("d_rand", "cpu/standard-d_rand-resnet9", "d_rand/trainee-x", "d_rand/my_trainee-2", "trainee-"):
+        assert sets.trainee_number(other) is None and sets.first_of(other) == other, other

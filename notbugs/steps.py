@@ -6,6 +6,7 @@ steps DVC ran. The report (rendered every time) and `reevaluate` (no step of the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -118,7 +119,11 @@ def step_hash(params, step: str, arrays: str | None = None) -> str:
         body["data"] = [params.data.train_per_class, params.data.test_per_class]
     else:
         body["arrays"] = arrays
-        body["upstream"] = [step_hash(params, up, arrays) for up in upstream_steps(step) if up != "fetch"]
+        # the steps before it as one trainee each: the steps after a train step read its first model only
+        # (transfer, train@d_det's), which more trainees leave as it is. With 1, as every profile has, the hash is
+        # as it always was
+        one = dataclasses.replace(params, raw={**params.raw, "trainees": 1})
+        body["upstream"] = [step_hash(one, up, arrays) for up in upstream_steps(step) if up != "fetch"]
     return sha256_bytes(json.dumps(body, sort_keys=True).encode())[:16]
 
 

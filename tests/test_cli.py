@@ -273,6 +273,9 @@ def test_all_reruns_only_the_steps_a_changed_parameter_reaches(tmp_path, mirror,
     assert ran_after(lambda prof: prof["construct_on"].update(d_det={"eps": 0.55})) == [
         "construct@d_det", "train@d_det", "transfer"]
     assert ran_after(lambda prof: prof["construct_on"].update(d_det={"eps": 0.55, "steps": 6})) == []
+    # more trainees, then fewer: the train steps alone (transfer reads train@d_det's first model, left as it was)
+    assert ran_after(lambda prof: prof.update(trainees=2)) == sorted(f"train@{d}" for d in DATASETS)
+    assert ran_after(lambda prof: prof.update(trainees=1)) == sorted(f"train@{d}" for d in DATASETS)
     digest, updated = steps.code_digest, {}  # updated: a stand-in code digest per stage whose code changed
     monkeypatch.setattr(steps, "code_digest",
                         lambda params, step: updated.get(step.partition("@")[0]) or digest(params, step))
@@ -348,7 +351,7 @@ def test_the_steps_of_all_read_what_dvc_yaml_declares():
                 if dep == "data/cifar10":
                     ups.add("fetch")
                 elif dep.startswith("data/models/"):
-                    name = dep.removeprefix("data/models/")
+                    name = dep.removeprefix("data/models/").split("/")[0]  # a model's folder or a file in it
                     ups.add(f"source@{name}" if name in ("standard", "robust") else f"train@{name}")
                 elif dep.startswith("data/datasets/"):
                     ups.add(f"construct@{dep.removeprefix('data/datasets/')}")

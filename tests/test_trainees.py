@@ -126,6 +126,11 @@ def test_trainees_are_in_the_step_hash(built):
     raw = {**params.raw, "trainees": 2}
     more = type(params)(profile=params.profile, data=params.data, raw=raw, paper=params.paper)
     assert steps.step_hash(more, "train@d_det", "a") != steps.step_hash(params, "train@d_det", "a")
+    # transfer reads train@d_det's first model only, which more trainees leave as it is
+    assert steps.step_hash(more, "transfer", "a") == steps.step_hash(params, "transfer", "a")
+    changed = type(params)(profile=params.profile, data=params.data, paper=params.paper,
+                           raw={**params.raw, "train_on": {**params.raw["train_on"], "d_det": {"epochs": 1}}})
+    assert steps.step_hash(changed, "transfer", "a") != steps.step_hash(params, "transfer", "a")
 
 
 def test_the_report_shows_the_first_model_and_the_spread_over_all(built, tmp_path):

@@ -491,17 +491,16 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
 
 
 def _replicates(construction: dict[str, dict]) -> set[str]:
-    """The sets built as another is (kind, source, targets and parameters, as their recipes recorded them) but
-    from their own random stream: replicates, the same recipe on other draws (config.validate allows them only
-    for sets that draw)."""
-    alike: dict[tuple, list[str]] = {}
+    """The sets whose recorded recipes are alike but for their name and random stream (kind, source model,
+    targets, parameters, subset, precision, code): replicates, the same recipe on other draws (config.validate
+    allows them only for sets that draw)."""
+    alike: dict[str, list[str]] = {}
     for name, entry in construction.items():
-        spec = entry["recipe"].get("set")
-        if isinstance(spec, dict) and "stream" in spec and built_with(entry["recipe"]) != "—":
-            key = (json.dumps({k: v for k, v in spec.items() if k != "stream"}, sort_keys=True),
-                   json.dumps({k: entry["recipe"].get(k) for k in ("match", "pgd", "subset", "precision")},
-                              sort_keys=True))
-            alike.setdefault(key, []).append(name)
+        recipe = entry["recipe"]
+        spec = recipe.get("set")
+        if isinstance(spec, dict) and "stream" in spec:  # recorded from 2026-12-07
+            rest = {**recipe, "name": None, "set": {**spec, "stream": None}}
+            alike.setdefault(json.dumps(rest, sort_keys=True), []).append(name)
     return {name for names in alike.values() if len(names) > 1 for name in names}
 
 

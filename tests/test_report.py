@@ -721,6 +721,32 @@ def test_construction_table_gives_each_set_s_recorded_parameters(tmp_path):
         assert report_tables.built_with(unreadable) == "—", unreadable
 
 
+def test_the_construction_table_names_replicates_by_their_streams(tmp_path):
+    """Two sets whose recorded recipes differ in their name and stream alone are replicates, each given with its
+    stream; built from other weights of the source model they are not."""
+    pgd = {"eps": 0.5, "steps": 15, "step_size": 0.1, "use_best": True}
+
+    def recipe(name, stream, source_sha="a" * 64):
+        return results.to_json({"name": name, "pgd": pgd, "subset": {"train": 5000}, "source_model_sha256": source_sha,
+                                "set": {"kind": "pgd", "source": "standard", "targets": "random", "stream": stream}})
+
+    for source_sha, replicates in (("a" * 64, True), ("b" * 64, False)):
+        root = tmp_path / source_sha[0] / "results"
+        write_results(root)
+        results.append("datasets", [
+            {**dataset_row("cpu", "d_rand", {}), "recipe": recipe("d_rand", 2), "run_id": "r4"},
+            {**dataset_row("cpu", "d_det", {}), "recipe": recipe("d_det", 7, source_sha), "run_id": "r4"},
+        ], root)
+        md = report.build_report(root, tmp_path / "nodata", root.parent / "out")["markdown"].read_text()
+        rows = [line for line in md.splitlines() if line.startswith(("| D_rand | 5000 |", "| D_det | 5000 |"))]
+        assert len(rows) == 2
+        if replicates:
+            assert "eps 0.5, 15 steps of 0.1; draws of stream 2 |" in rows[0]
+            assert "eps 0.5, 15 steps of 0.1; draws of stream 7 |" in rows[1]
+        else:
+            assert not any("draws of stream" in line for line in rows)
+
+
 def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):
     """A set the results hold models or a construction of, that Figure 2 and Table 1 have no row for (one added to
     notbugs/sets.py, or one this code no longer knows), gets a visible note, not silence."""

@@ -523,7 +523,8 @@ def _evaluations_blocks(evals: pd.DataFrame) -> list:
         return blocks + [Note("No evaluation yet: not run yet.")]
     rows = tuple((e["model_id"], e["test_set"], e["attack"], f"{e['eps']:g}", str(e["steps"]), str(e["restarts"]),
                   _step(e), _pct(100.0 * e["accuracy"]), str(e["n"]), _when(e["evaluated_at"]))
-                 for _, e in evals.sort_values(["model_id", "attack", "eps", "steps", "restarts"]).iterrows())
+                 for _, e in evals.sort_values(["model_id", "attack", "eps", "steps", "restarts", "step_size",
+                                                "use_best"]).iterrows())
     return blocks + [Table(("model", "test set", "attack", "eps", "steps", "restarts", "step", "accuracy (%)", "n",
                             "evaluated"), rows)]
 

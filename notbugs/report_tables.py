@@ -124,11 +124,16 @@ def _describes(periods: dict[str, list[tuple]], model_id: str, when) -> bool:
 
 
 # An evaluation's attack setting (setting_of): rows of a model that share it score it alike, and the latest
-# supersedes the others. A row written before 2026-12-08 holds no step size or use_best (null): its setting is
-# its own, not taken for a later row's.
+# supersedes the others. An attack's row written before 2026-12-08 holds no step size or use_best (null): its
+# setting is its own, not taken for a later row's. A clean row has one setting, whenever written.
+CLEAN = (0, 0, 0.0, 0.0, 0)
+
+
 def setting_of(e: pd.Series) -> tuple:
     """The attack setting of one evaluation row, as a hashable and sortable tuple: (steps, restarts, eps, step
-    size, use_best), with -1 for a step size or use_best not recorded."""
+    size, use_best), with -1 for a step size or use_best not recorded; CLEAN for a clean row."""
+    if e["attack"] == "none":
+        return CLEAN
     step = -1.0 if pd.isna(e["step_size"]) else round(float(e["step_size"]), 6)
     best = -1 if pd.isna(e["use_best"]) else int(bool(e["use_best"]))
     return int(e["steps"]), int(e["restarts"]), round(float(e["eps"]), 6), step, best

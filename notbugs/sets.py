@@ -69,7 +69,7 @@ def trainee_number(name: str) -> int | None:
     """k of a trainee's folder name, path or model id (`trainee_path`); None for any other name."""
     last = name.rsplit("/", 1)[-1]
     k = last.removeprefix(TRAINEE)
-    return int(k) if last.startswith(TRAINEE) and k.isdigit() else None
+    return int(k) if last.startswith(TRAINEE) and k.isascii() and k.isdigit() else None
 
 
 def first_of(name: str) -> str:

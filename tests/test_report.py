@@ -246,6 +246,10 @@ def test_rows_differing_only_in_step_size_or_iterate_are_settings_of_their_own(t
                                    {**later, "step_size": None, "use_best": None, "accuracy": 0.42},
                                    {**later, "step_size": None, "use_best": None, "accuracy": 0.43,
                                     "evaluated_at": T0 + timedelta(days=2)}], root)
+    # a clean score has one setting, recorded or not: the later row supersedes the earlier
+    clean = eval_row("cpu", mid, "none", 0.0, 0.70, T0 + timedelta(days=1))
+    results.append("evaluations", [{**clean, "step_size": None, "use_best": None},
+                                   {**clean, "accuracy": 0.71, "evaluated_at": T0 + timedelta(days=2)}], root)
     paths = report.build_report(root, tmp_path / "nodata", tmp_path / "out")
     md = paths["markdown"].read_text()
     listed = [line for line in md.splitlines() if line.startswith(f"| {mid} |") and "pgd_l2" in line]
@@ -254,6 +258,8 @@ def test_rows_differing_only_in_step_size_or_iterate_are_settings_of_their_own(t
     assert [line for line in listed if "| 0.0625, worst |" in line and "| 40.0 |" in line]
     assert [line for line in listed if "| 0.03125, last |" in line and "| 41.0 |" in line]
     assert [line for line in listed if "| not recorded |" in line and "| 43.0 |" in line]
+    (clean_line,) = [line for line in md.splitlines() if line.startswith(f"| {mid} |") and "| none |" in line]
+    assert "| 71.0 |" in clean_line
     ev = report.current_evaluations(root, tmp_path / "nodata", "cpu")
     assert len(ev[(ev["model_id"] == mid) & (ev["attack"] == "pgd_l2")]) == 4 and "setting" not in ev
     # the standard model was scored with write_results' setting only: D_R's score under it is the one compared

@@ -283,5 +283,6 @@ def test_trainee_names_are_spelled_in_one_place():
     assert sets.trainee_path("d_rand", 3) == "d_rand/trainee-3"
     model_id = sets.trainee_path("cpu/standard-d_rand-resnet9", 12)
     assert sets.trainee_number(model_id) == 12 and sets.first_of(model_id) == "cpu/standard-d_rand-resnet9"
-    for other in ("d_rand", "cpu/standard-d_rand-resnet9", "d_rand/trainee-x", "d_rand/my_trainee-2", "trainee-"):
+    for other in ("d_rand", "cpu/standard-d_rand-resnet9", "d_rand/trainee-x", "d_rand/my_trainee-2", "trainee-",
+                  "d_rand/trainee-²"):
         assert sets.trainee_number(other) is None and sets.first_of(other) == other, other

@@ -25,8 +25,8 @@ from notbugs import results, steps
 from notbugs.attacks import precision_name, use_bf16
 from notbugs.config import Params
 from notbugs.deadline import Stopped
-from notbugs.storage import sha256_file, write_json
 from notbugs.sets import TRAINEE, trainee_number
+from notbugs.storage import sha256_file, write_json
 
 log = logging.getLogger("notbugs")
 

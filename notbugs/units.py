@@ -195,7 +195,8 @@ def evaluate_unit(params: Params, model, model_id: str, checkpoint_sha256: str, 
                     cfg.restarts, cfg.batch_size, device, bf16=bf16_for(params, device), use_best=cfg.use_best)
     stamp = results.now_utc()
     for r in rows:
-        # the attack's other settings, so that rows of suites that differ only in them are told apart
+        # the attack's other settings (its step as evaluate.robust_correct takes it), so that rows of suites that
+        # differ only in them are told apart
         attacked = r["attack"] != "none"
         r.update(profile=params.profile.name, run_id=run_id, evaluated_at=stamp, checkpoint_sha256=checkpoint_sha256,
                  step_size=cfg.step_factor * r["eps"] / r["steps"] if attacked else 0.0,

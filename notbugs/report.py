@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -471,7 +472,7 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
             return "—"
         return " → ".join("—" if v is None else f"{float(v):.3f}" for v in (start, final))
 
-    replicates = _replicates(construction)
+    replicates = {name for group in _replicates(construction) for name in group}
     rows = []
     for name in CONSTRUCTED:
         if name not in construction:
@@ -490,18 +491,61 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
     return blocks
 
 
-def _replicates(construction: dict[str, dict]) -> set[str]:
-    """The sets whose recorded recipes are alike but for their name and random stream (kind, source model,
+def _replicates(construction: dict[str, dict]) -> list[list[str]]:
+    """Groups of sets whose recorded recipes are alike but for their name and random stream (kind, source model,
     targets, parameters, subset, precision, code): replicates, the same recipe on other draws (config.validate
-    allows them only for sets that draw)."""
+    allows them only for sets that draw). Each group in the table's order (notbugs/sets.py)."""
     alike: dict[str, list[str]] = {}
-    for name, entry in construction.items():
-        recipe = entry["recipe"]
+    for name in [n for n in CONSTRUCTED if n in construction] + sorted(set(construction) - set(CONSTRUCTED)):
+        recipe = construction[name]["recipe"]
         spec = recipe.get("set")
         if isinstance(spec, dict) and "stream" in spec:  # recorded from 2026-12-07
             rest = {**recipe, "name": None, "set": {**spec, "stream": None}}
             alike.setdefault(json.dumps(rest, sort_keys=True), []).append(name)
-    return {name for names in alike.values() if len(names) > 1 for name in names}
+    return [names for names in alike.values() if len(names) > 1]
+
+
+def _build_scores(m: Measured) -> tuple[float | None, float | None]:
+    """A build's clean and robust accuracy: the mean over its models where it has more than one, else its first's."""
+    if m.spread is None:
+        return m.clean, m.robust
+    return m.spread.clean_mean, m.spread.robust_mean
+
+
+def _replicate_rows(groups: list[list[str]], measured: list[Measured]) -> list[dict]:
+    """Per group of replicates: each build's scores (`_build_scores`) and their mean and sample standard
+    deviation over the builds scored (None below two)."""
+    by_set = {m.ref.train_set: m for m in measured if m.ref.training == "standard"}
+    out = []
+    for group in groups:
+        builds = {name: _build_scores(by_set[name]) if name in by_set else (None, None) for name in group}
+        row = {"sets": group, "builds": {name: {"clean": c, "robust": r} for name, (c, r) in builds.items()}}
+        for i, key in enumerate(("clean", "robust")):
+            values = [b[i] for b in builds.values() if b[i] is not None]
+            enough = len(values) >= 2
+            row[f"{key}_mean"] = statistics.mean(values) if enough else None
+            row[f"{key}_sd"] = statistics.stdev(values) if enough else None
+        out.append(row)
+    return out
+
+
+def _replicates_blocks(rows: list[dict]) -> list:
+    """The spread over construction draws, for sets built more than once alike (replicates)."""
+    if not rows:
+        return []
+    cells = tuple((", ".join(SET_LABEL.get(n, n) for n in row["sets"]),
+                   ", ".join(_pct(b["clean"]) for b in row["builds"].values()),
+                   _spread_cell(row["clean_mean"], row["clean_sd"]),
+                   ", ".join(_pct(b["robust"]) for b in row["builds"].values()),
+                   _spread_cell(row["robust_mean"], row["robust_sd"])) for row in rows)
+    return [Heading("Replicates: the spread over construction draws"),
+            Para("Sets built alike but from random streams of their own (the same recipe on other start images or "
+                 "targets). Each build's score is the mean over its models where it has several (the profile's "
+                 "`trainees`), else its first model's; then their mean ± sample standard deviation over the "
+                 "builds. That spread holds the draws' share and what is left of the training seeds' after "
+                 "averaging within a build."),
+            Table(("sets", "clean per build", "clean over builds, mean ± sd", f"robust (eps {ROBUST_EPS}) per build",
+                   "robust over builds, mean ± sd"), cells)]
 
 
 def _curves_blocks(curves: dict[str, pd.DataFrame]) -> list:
@@ -539,7 +583,7 @@ def _step(e: pd.Series) -> str:
     return f"{float(e['step_size']):.4g}, {'worst' if bool(e['use_best']) else 'last'}"
 
 
-def _summary(profile, fig2, tab1, others, points, r, claims, construction, flags, deviations) -> dict:
+def _summary(profile, fig2, tab1, others, points, r, claims, construction, flags, deviations, replicates) -> dict:
     def rounded(v):
         return None if v is None else round(v, 2)
 
@@ -561,6 +605,11 @@ def _summary(profile, fig2, tab1, others, points, r, claims, construction, flags
                     "pearson_r": rounded(r)},
         "claims": {c.key: c.holds for c in claims},
         "construction": {name: entry["stats"] for name, entry in construction.items()},
+        # groups of sets built alike from their own draws: each build's scores and their spread over builds
+        "replicates": [{"sets": row["sets"],
+                        "builds": {n: {k: rounded(v) for k, v in b.items()} for n, b in row["builds"].items()},
+                        **{k: rounded(row[k]) for k in ("clean_mean", "clean_sd", "robust_mean", "robust_sd")}}
+                       for row in replicates],
         "flags": [f.text for f in flags],
         "deviations": list(deviations or []),
     }
@@ -604,20 +653,21 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     # a set's first model stands for its trainees, as in the tables
     curves = {model_id: rows for model_id, rows in curves.items() if TRAINEE_MARK not in model_id}
 
+    replicates = _replicate_rows(_replicates(construction), fig2 + tab1 + others)
     behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk, points)
     used = _images_used(models, evals[evals["model_id"].isin(models["model_id"])])
     blocks = (_header_blocks(profile, profiles, tables["runs"], behind)
               + _data_blocks(Path(data_dir), tables["datasets"], used) + _claim_blocks(claims)
               + _deviation_blocks(flags, deviations, _shown_runs(tables["runs"], behind))
               + _figure2_blocks(fig2, unrecorded) + _table1_blocks(tab1)
-              + _other_sets_blocks(others)
+              + _other_sets_blocks(others) + _replicates_blocks(replicates)
               + figure3 + _sample_blocks(grid, sample_notes)
               + _construction_blocks(construction) + _curves_blocks(curves) + _evaluations_blocks(evals))
 
     paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "summary": out_dir / "summary.json"}
     markdown, files = render_markdown(blocks)
     paths.update({Path(name).stem: out_dir / name for name in files})
-    summary = _summary(profile, fig2, tab1, others, points, r, claims, construction, flags, deviations)
+    summary = _summary(profile, fig2, tab1, others, points, r, claims, construction, flags, deviations, replicates)
     writes = [(out_dir / name, data) for name, data in files.items()]
     writes += [(paths["html"], render_html(blocks).encode()), (paths["markdown"], markdown.encode()),
                (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())]

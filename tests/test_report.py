@@ -743,14 +743,21 @@ def test_the_construction_table_names_replicates_by_their_streams(tmp_path):
             {**dataset_row("cpu", "d_rand", {}), "recipe": recipe("d_rand", 2), "run_id": "r4"},
             {**dataset_row("cpu", "d_det", {}), "recipe": recipe("d_det", 7, source_sha), "run_id": "r4"},
         ], root)
-        md = report.build_report(root, tmp_path / "nodata", root.parent / "out")["markdown"].read_text()
+        paths = report.build_report(root, tmp_path / "nodata", root.parent / "out")
+        md, summary = paths["markdown"].read_text(), json.loads(paths["summary"].read_text())
         rows = [line for line in md.splitlines() if line.startswith(("| D_rand | 5000 |", "| D_det | 5000 |"))]
         assert len(rows) == 2
         if replicates:
             assert "eps 0.5, 15 steps of 0.1; draws of stream 2 |" in rows[0]
             assert "eps 0.5, 15 steps of 0.1; draws of stream 7 |" in rows[1]
+            # the spread over the two builds: D_rand's 12.1 and D_det's 30.1 (write_results' scores)
+            assert "| D_rand, D_det | 12.1, 30.1 | 21.1 ± 12.7 | 0.0, 0.0 | 0.0 ± 0.0 |" in md
+            (group,) = summary["replicates"]
+            assert group["sets"] == ["d_rand", "d_det"] and group["builds"]["d_det"] == {"clean": 30.1, "robust": 0.0}
+            assert group["clean_mean"] == 21.1 and group["clean_sd"] == pytest.approx(12.73, abs=0.01)
         else:
             assert not any("draws of stream" in line for line in rows)
+            assert "Replicates" not in md and summary["replicates"] == []
 
 
 def test_a_set_without_a_row_of_the_papers_is_named_not_left_out(tmp_path):

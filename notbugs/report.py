@@ -453,7 +453,7 @@ def _sample_blocks(grid: SampleGrid | None, notes: list[str]) -> list:
     return blocks
 
 
-def _construction_blocks(construction: dict[str, dict]) -> list:
+def _construction_blocks(construction: dict[str, dict], groups: list[list[str]]) -> list:
     blocks = [Heading("Construction statistics"),
               Para("D_R / D_NR: l2 distance between the constructed image's representation and the target "
                    "image's, at the start (the random start image) and at the end of the matching, absolute and "
@@ -472,7 +472,7 @@ def _construction_blocks(construction: dict[str, dict]) -> list:
             return "—"
         return " → ".join("—" if v is None else f"{float(v):.3f}" for v in (start, final))
 
-    replicates = {name for group in _replicates(construction) for name in group}
+    replicates = {name for group in groups for name in group}  # `_replicates`' groups
     rows = []
     for name in CONSTRUCTED:
         if name not in construction:
@@ -653,7 +653,8 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
     # a set's first model stands for its trainees, as in the tables
     curves = {model_id: rows for model_id, rows in curves.items() if TRAINEE_MARK not in model_id}
 
-    replicates = _replicate_rows(_replicates(construction), fig2 + tab1 + others)
+    groups = _replicates(construction)
+    replicates = _replicate_rows(groups, fig2 + tab1 + others)
     behind = _runs_behind(tables, models, evals, models_on_disk, sets_on_disk, points)
     used = _images_used(models, evals[evals["model_id"].isin(models["model_id"])])
     blocks = (_header_blocks(profile, profiles, tables["runs"], behind)
@@ -662,7 +663,7 @@ def build_report(results_root, data_dir, out_dir, profile: str | None = None,
               + _figure2_blocks(fig2, unrecorded) + _table1_blocks(tab1)
               + _other_sets_blocks(others) + _replicates_blocks(replicates)
               + figure3 + _sample_blocks(grid, sample_notes)
-              + _construction_blocks(construction) + _curves_blocks(curves) + _evaluations_blocks(evals))
+              + _construction_blocks(construction, groups) + _curves_blocks(curves) + _evaluations_blocks(evals))
 
     paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "summary": out_dir / "summary.json"}
     markdown, files = render_markdown(blocks)
